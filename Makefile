@@ -1,0 +1,56 @@
+# The two commands: `make demo` and `make test`. Each sets up .venv, installs the
+# package with its extras, builds the extension and runs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXTRAS ?= test,bench,lint,gpu
+
+.PHONY: all venv build demo test lint stress bench wheel clean
+
+all: test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml setup.py
+	$(PY) -m pip install -q "setuptools>=68" wheel "Cython>=3.0.8,<4"
+	$(PY) -m pip install -q --no-build-isolation -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Incremental: Cython and the compiler only redo what changed.
+build: $(STAMP)
+	$(PY) setup.py -q build_ext --inplace
+
+demo: build
+	$(PY) -m emp_fastbuf demo
+
+test: build
+	$(PY) -m pytest -q -p no:cacheprovider
+
+stress: build
+	for i in $$(seq 1 20); do \
+		echo "stress run $$i/20"; \
+		$(PY) -m pytest -q -p no:cacheprovider -m stress -x || exit 1; \
+	done
+
+lint: build
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/cython-lint src/emp_fastbuf
+	$(VENV)/bin/mypy
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(PY) -m mypy.stubtest emp_fastbuf._ring emp_fastbuf._codec
+
+bench: build
+	$(PY) -m bench.run
+
+wheel: $(STAMP)
+	$(PY) -m pip install -q build
+	$(PY) -m build
+
+clean:
+	rm -rf build dist src/*.egg-info src/emp_fastbuf/*.so src/emp_fastbuf/_*.c

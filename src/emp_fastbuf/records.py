@@ -1,0 +1,116 @@
+"""Decoded records: the shape the drainer side works with.
+
+The binary format is described in ``docs/record-format.md``; ``codec_py`` turns bytes
+into these objects (and back, for tests and tools).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+AttrScalar = Union[None, str, int, float, bool, bytes]
+AttrValue = Union[AttrScalar, list[AttrScalar]]
+Attributes = dict[str, AttrValue]
+
+# Kinds (record byte 1).
+LOG = 1
+EVENT = 2
+SPAN = 3
+METRIC = 4
+RESOURCE = 5
+KIND_NAMES = {LOG: "log", EVENT: "event", SPAN: "span", METRIC: "metric"}
+
+# Metric instruments.
+COUNTER = 1
+UPDOWNCOUNTER = 2
+GAUGE = 3
+HISTOGRAM = 4
+INSTRUMENT_NAMES = {
+    COUNTER: "counter",
+    UPDOWNCOUNTER: "updowncounter",
+    GAUGE: "gauge",
+    HISTOGRAM: "histogram",
+}
+
+# Span status codes (OTLP numbering).
+STATUS_UNSET = 0
+STATUS_OK = 1
+STATUS_ERROR = 2
+
+DEFAULT_HISTOGRAM_BOUNDS: tuple[float, ...] = (
+    0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0,
+    1000.0, 2500.0, 5000.0, 7500.0, 10000.0,
+)  # fmt: skip
+
+
+class CorruptRecord(ValueError):
+    """Raised when bytes taken from the ring or the spool are not a valid record."""
+
+
+@dataclass(slots=True)
+class SpanEvent:
+    name: str
+    time_unix_nano: int
+    attributes: Attributes = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SpanLink:
+    trace_id: bytes
+    span_id: bytes
+    attributes: Attributes = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Record:
+    """One decoded record. Fields that do not apply to ``kind`` keep their defaults."""
+
+    kind: int
+    time_unix_nano: int
+    trace_id: bytes | None = None  # 16 bytes
+    span_id: bytes | None = None  # 8 bytes
+    dropped_attributes: int = 0
+    truncated_values: int = 0
+    context: Attributes = field(default_factory=dict)
+    attributes: Attributes = field(default_factory=dict)
+    # LOG
+    severity_number: int = 0
+    severity_text: str = ""
+    body: str = ""
+    # EVENT, SPAN, METRIC
+    name: str = ""
+    # SPAN
+    parent_span_id: bytes | None = None  # None for a root span
+    start_unix_nano: int = 0
+    status_code: int = STATUS_UNSET
+    span_kind: int = 0
+    trace_flags: int = 1
+    status_message: str = ""
+    events: list[SpanEvent] = field(default_factory=list)
+    links: list[SpanLink] = field(default_factory=list)
+    # METRIC
+    instrument: int = 0
+    unit: str = ""
+    description: str = ""
+    value: int | float = 0  # COUNTER, UPDOWNCOUNTER, GAUGE
+    values: list[float] = field(default_factory=list)  # HISTOGRAM
+    bounds: list[float] = field(default_factory=list)  # HISTOGRAM; empty = default bounds
+
+    @property
+    def kind_name(self) -> str:
+        return KIND_NAMES.get(self.kind, "unknown")
+
+    @property
+    def job_id(self) -> str | None:
+        value = self.context.get("job_id")
+        return None if value is None else str(value)
+
+
+@dataclass(slots=True)
+class Resource:
+    """Per-producer data, published once in the producer's lane metadata."""
+
+    attributes: Attributes = field(default_factory=dict)
+    scope_name: str = "emp_fastbuf"
+    scope_version: str = ""

@@ -1,0 +1,33 @@
+"""Shared fixtures. Helper modules in this folder (e.g. ``otlp_receiver``) are imported
+by the tests that need them."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def ring_name() -> Iterator[str]:
+    """A unique ring name, unlinked after the test if the test left it behind."""
+    name = f"emp-fastbuf-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    yield name
+    try:
+        from emp_fastbuf import Ring
+
+        Ring.unlink(name)
+    except Exception:
+        pass
+
+
+@pytest.fixture
+def fastbuf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private EMP_FASTBUF_HOME for the test."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv("EMP_FASTBUF_HOME", str(home))
+    return home
