@@ -5,6 +5,7 @@ Switches (environment variables, read at build time):
 - EMP_FASTBUF_SANITIZE=1: AddressSanitizer and UBSan (for a CI job).
 """
 
+import glob
 import os
 import sys
 
@@ -44,13 +45,13 @@ def ext(name: str) -> Extension:
         extra_link_args=link_args,
         libraries=libraries,
         define_macros=macros,
-        depends=["src/emp_fastbuf/_atomics.h"],
+        depends=glob.glob("src/emp_fastbuf/*.h") + glob.glob("src/emp_fastbuf/*.pxd"),
     )
 
 
 setup(
     ext_modules=cythonize(
-        [ext("_ring"), ext("_codec")],
+        [ext(os.path.basename(p)[:-4]) for p in sorted(glob.glob("src/emp_fastbuf/_*.pyx"))],
         compiler_directives=directives,
         include_path=["src"],
     ),

@@ -1,0 +1,1047 @@
+# cython: freethreading_compatible = False
+"""Shared-memory multi-producer ring with per-producer lanes.
+
+Layout and memory ordering: docs/ring-layout.md. Each producer process claims one
+single-producer lane with a compare-and-swap on the lane's owner word; its hot path is
+a copy and a release-store of the lane head. The one consumer walks the lanes and frees
+space with a release-store of each lane's tail after ``ack()``.
+"""
+
+import os
+import re
+import time
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.errno cimport EEXIST, ENOENT, errno
+from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memset
+
+from emp_fastbuf.errors import (
+    RecordTooLarge,
+    RingBusy,
+    RingCorrupt,
+    RingError,
+    RingExists,
+    RingNotFound,
+    RingPermissionError,
+    RingVersionError,
+)
+
+
+from posix.fcntl cimport O_CREAT, O_EXCL, O_RDWR
+from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap, shm_open, shm_unlink
+from posix.stat cimport fchmod, fstat, struct_stat
+from posix.types cimport off_t
+from posix.unistd cimport close, ftruncate, geteuid, getpid
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+cdef extern from *:
+    """
+    #ifdef __linux__
+    #define EFB_MAP_POPULATE MAP_POPULATE
+    #else
+    #define EFB_MAP_POPULATE 0
+    #endif
+    """
+    int EFB_MAP_POPULATE
+
+cdef extern from "_proc.h" nogil:
+    int efb_proc_stat(long pid, uint64_t *start)
+    int efb_alive(long pid, uint64_t start)
+    uint64_t efb_now_ns(int realtime)
+
+
+# ---- layout (docs/ring-layout.md) -------------------------------------------------
+cdef uint64_t MAGIC = 0x474E5242465F4D45  # "EM_FBRNG" little-endian
+cdef uint32_t VERSION = 1
+cdef uint64_t HEADER_SIZE = 4096
+cdef uint64_t DESC_SIZE = 256
+LAYOUT_VERSION = 1
+
+# header offsets
+cdef enum:
+    H_MAGIC = 0
+    H_VERSION = 8
+    H_HEADER_SIZE = 12
+    H_SEGMENT_SIZE = 16
+    H_LANE_COUNT = 24
+    H_META_SIZE = 28
+    H_LANE_SIZE = 32
+    H_MAX_RECORD = 40
+    H_CREATED_NS = 48
+    H_CREATOR_UID = 56
+    H_CREATOR_PID = 60
+    H_CREATOR_START = 64
+    H_LEASE_PID = 128
+    H_LEASE_START = 136
+    H_LEASE_HEARTBEAT = 144
+    H_LEASE_EPOCH = 152
+    H_NO_LANE = 192
+    H_CORRUPT = 200
+
+# lane descriptor offsets
+cdef enum:
+    L_OWNER = 0
+    L_OWNER_START = 8
+    L_GENERATION = 16
+    L_META_LEN = 24
+    L_STATE = 32
+    L_HEAD = 64
+    L_WRITTEN = 72
+    L_ACCEPTED = 80
+    L_BYTES = 88
+    L_DROP_FULL = 96
+    L_DROP_TOO_LARGE = 104
+    L_TAIL = 128
+    L_ACKED = 136
+    L_BYTES_ACKED = 144
+
+cdef enum:
+    STATE_RELEASED = 1
+
+# frame header: u32 tag (bit 31: padding to the lane's end), u32 check = ~tag
+cdef uint32_t PAD_BIT = 0x80000000u
+
+DEFAULT_SIZE = 64 << 20
+DEFAULT_LANES = 64
+DEFAULT_MAX_RECORD = 64 << 10
+DEFAULT_META_SIZE = 8192
+MAX_LANES = 1024
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+efb_register_atfork()
+
+
+cdef inline uint64_t *U64(char *p, size_t off) noexcept nogil:
+    return <uint64_t *>(p + off)
+
+
+cdef inline uint32_t *U32(char *p, size_t off) noexcept nogil:
+    return <uint32_t *>(p + off)
+
+
+cdef inline uint64_t align8(uint64_t n) noexcept nogil:
+    return (n + 7) & ~(<uint64_t>7)
+
+
+cdef inline uint64_t align_page(uint64_t n) noexcept nogil:
+    return (n + 4095) & ~(<uint64_t>4095)
+
+
+def default_ring_name():
+    """``EMP_FASTBUF_RING``, else ``emp-fastbuf-<uid>``."""
+    return os.environ.get("EMP_FASTBUF_RING") or f"emp-fastbuf-{os.geteuid()}"
+
+
+cdef bytes _shm_name(object name):
+    if name is None:
+        name = default_ring_name()
+    if not isinstance(name, str):
+        raise TypeError(f"ring name must be a str, not {type(name).__name__}")
+    if not _NAME_RE.match(name):
+        raise ValueError(
+            f"invalid ring name {name!r}: use 1-200 letters, digits, '.', '_' or '-'"
+        )
+    return ("/" + name).encode()
+
+
+cdef uint64_t _my_start() noexcept:
+    cdef uint64_t st = 0
+    efb_proc_stat(getpid(), &st)
+    return st
+
+
+def process_alive(long pid, uint64_t start=0):
+    """True if the process ``pid`` (started at ``start``, 0 = any) is alive."""
+    return bool(efb_alive(pid, start))
+
+
+cdef class Ring:
+    """A named shared-memory ring. See ``docs/ring-layout.md``.
+
+    ``Ring.create`` makes a segment, ``Ring.open`` attaches to one; ``write`` never
+    blocks; ``consumer()`` takes the single consumer role.
+    """
+
+    def __cinit__(self):
+        self.base = NULL
+        self.lane = -1
+        self.closed = True
+        self.meta = b""
+        self.spin_ns = 0
+
+    def __init__(self):
+        raise TypeError("use Ring.create(name) or Ring.open(name)")
+
+    def __dealloc__(self):
+        if self.base != NULL:
+            self._release_lane()
+            munmap(self.base, self.map_size)
+            self.base = NULL
+
+    # ---- creation and attachment ----------------------------------------------
+
+    @staticmethod
+    def create(name=None, size=DEFAULT_SIZE, *, lanes=DEFAULT_LANES,
+               max_record=DEFAULT_MAX_RECORD, exist_ok=False):
+        """Create the segment ``name`` owner-only (0600), with ``size`` bytes of lane data.
+
+        ``size`` is split into ``lanes`` lanes of a power-of-two size, each at least twice
+        ``max_record``. If the segment exists: with ``exist_ok`` it is opened (and
+        validated), else ``RingExists`` says who created it and whether they are alive.
+        """
+        cdef bytes shm = _shm_name(name)
+        for arg, label in ((size, "size"), (lanes, "lanes"), (max_record, "max_record")):
+            if not isinstance(arg, int) or isinstance(arg, bool):
+                raise TypeError(f"{label} must be an int, not {type(arg).__name__}")
+        if not 1 <= lanes <= MAX_LANES:
+            raise ValueError(f"lanes must be between 1 and {MAX_LANES}, got {lanes}")
+        if not 1 <= max_record <= (16 << 20):
+            raise ValueError(f"max_record must be between 1 and 16 MiB, got {max_record}")
+        cdef uint64_t lane_size = 1
+        while lane_size * 2 <= size // lanes:
+            lane_size *= 2
+        if size // lanes < 1 or lane_size < 2 * (align8(max_record + 8)) or lane_size < 4096:
+            raise ValueError(
+                f"size {size} is too small for {lanes} lanes: each lane needs at least "
+                f"{max(4096, 2 * align8(max_record + 8))} bytes (2 x max_record {max_record} "
+                f"+ framing)"
+            )
+        if lane_size > (1 << 34):
+            raise ValueError(f"lanes of {lane_size} bytes are too large (16 GiB max)")
+        cdef uint64_t desc_end = HEADER_SIZE + <uint64_t>lanes * DESC_SIZE
+        cdef uint64_t meta_off = align_page(desc_end)
+        cdef uint64_t data_off = align_page(meta_off + <uint64_t>lanes * DEFAULT_META_SIZE)
+        cdef uint64_t total = data_off + <uint64_t>lanes * lane_size
+        cdef int fd = shm_open(shm, O_RDWR | O_CREAT | O_EXCL, 0o600)
+        if fd < 0:
+            if errno == EEXIST:
+                if exist_ok:
+                    return Ring.open(name)
+                raise RingExists(_describe_existing(name, shm))
+            raise OSError(errno, f"shm_open({shm.decode()!r}) failed: {os.strerror(errno)}")
+        cdef Ring self
+        try:
+            fchmod(fd, 0o600)  # the umask may have cleared bits; never widened
+            if ftruncate(fd, <off_t>total) != 0:
+                raise OSError(errno, f"cannot size ring segment to {total} bytes: "
+                                     f"{os.strerror(errno)}")
+            self = Ring.__new__(Ring)
+            self._map(fd, total, shm)
+        except BaseException:
+            close(fd)
+            shm_unlink(shm)
+            raise
+        close(fd)
+        cdef char *b = self.base
+        # Pre-fault every page now so that no producer takes a page fault on the hot path.
+        memset(b, 0, total)
+        U32(b, H_VERSION)[0] = VERSION
+        U32(b, H_HEADER_SIZE)[0] = <uint32_t>HEADER_SIZE
+        U64(b, H_SEGMENT_SIZE)[0] = total
+        U32(b, H_LANE_COUNT)[0] = lanes
+        U32(b, H_META_SIZE)[0] = DEFAULT_META_SIZE
+        U64(b, H_LANE_SIZE)[0] = lane_size
+        U32(b, H_MAX_RECORD)[0] = max_record
+        U64(b, H_CREATED_NS)[0] = efb_now_ns(1)
+        U32(b, H_CREATOR_UID)[0] = geteuid()
+        U32(b, H_CREATOR_PID)[0] = getpid()
+        U64(b, H_CREATOR_START)[0] = _my_start()
+        # The magic goes last: a segment without it is one whose creator died mid-way.
+        efb_store_release(U64(b, H_MAGIC), MAGIC)
+        self._setup()
+        return self
+
+    @staticmethod
+    def open(name=None):
+        """Attach to an existing segment, validating its header, owner and mode."""
+        cdef bytes shm = _shm_name(name)
+        cdef int fd = shm_open(shm, O_RDWR, 0)
+        if fd < 0:
+            if errno == ENOENT:
+                raise RingNotFound(f"no ring named {shm[1:].decode()!r} (create it first)")
+            if errno == 13:
+                raise RingPermissionError(
+                    f"ring {shm[1:].decode()!r} belongs to another user or is not writable"
+                )
+            raise OSError(errno, f"shm_open({shm.decode()!r}) failed: {os.strerror(errno)}")
+        cdef struct_stat st
+        cdef Ring self = Ring.__new__(Ring)
+        try:
+            if fstat(fd, &st) != 0:
+                raise OSError(errno, os.strerror(errno))
+            if st.st_uid != geteuid():
+                raise RingPermissionError(
+                    f"ring {shm[1:].decode()!r} belongs to uid {st.st_uid}, not to this "
+                    f"user (uid {geteuid()})"
+                )
+            if st.st_mode & 0o077:
+                raise RingPermissionError(
+                    f"ring {shm[1:].decode()!r} has mode {st.st_mode & 0o777:o}: other users "
+                    f"could read it; expected 600"
+                )
+            if <uint64_t>st.st_size < HEADER_SIZE:
+                raise RingCorrupt(
+                    f"ring {shm[1:].decode()!r} is truncated: {st.st_size} bytes, smaller "
+                    f"than its {HEADER_SIZE}-byte header"
+                )
+            self._map(fd, HEADER_SIZE, shm)
+            total = self._validate_header(<uint64_t>st.st_size)
+            munmap(self.base, self.map_size)
+            self.base = NULL
+            self._map(fd, total, shm)
+            self._validate_header(<uint64_t>st.st_size)
+        finally:
+            close(fd)
+        self._setup()
+        return self
+
+    @staticmethod
+    def unlink(name=None):
+        """Remove the segment ``name``. Attached processes keep their mapping."""
+        cdef bytes shm = _shm_name(name)
+        if shm_unlink(shm) != 0 and errno != ENOENT:
+            raise OSError(errno, f"shm_unlink({shm.decode()!r}): {os.strerror(errno)}")
+
+    cdef _map(self, int fd, uint64_t size, bytes shm):
+        cdef void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | EFB_MAP_POPULATE,
+                            fd, 0)
+        if p == MAP_FAILED:
+            raise OSError(errno, f"mmap of ring {shm.decode()!r} failed: {os.strerror(errno)}")
+        self.base = <char *>p
+        self.map_size = size
+        self.name = shm[1:].decode()
+
+    cdef uint64_t _validate_header(self, uint64_t file_size) except 0:
+        cdef char *b = self.base
+        cdef str name = self.name
+        magic = efb_load_acquire(U64(b, H_MAGIC))
+        if magic != MAGIC:
+            raise RingCorrupt(
+                f"ring {name!r} has a wrong magic number ({magic:#x}): not an emp-fastbuf "
+                f"ring, or its creator died while creating it; remove it with "
+                f"Ring.unlink({name!r})"
+            )
+        version = U32(b, H_VERSION)[0]
+        if version != VERSION:
+            raise RingVersionError(
+                f"ring {name!r} has layout version {version}; this emp-fastbuf reads "
+                f"version {VERSION}"
+            )
+        lanes = U32(b, H_LANE_COUNT)[0]
+        lane_size = U64(b, H_LANE_SIZE)[0]
+        max_record = U32(b, H_MAX_RECORD)[0]
+        meta_size = U32(b, H_META_SIZE)[0]
+        seg = U64(b, H_SEGMENT_SIZE)[0]
+        if (U32(b, H_HEADER_SIZE)[0] != HEADER_SIZE or not 1 <= lanes <= MAX_LANES
+                or lane_size < 4096 or lane_size & (lane_size - 1) or lane_size > (1 << 34)
+                or not 1 <= max_record <= (16 << 20)
+                or lane_size < 2 * align8(max_record + 8)
+                or not 0 < meta_size <= (1 << 20) or meta_size % 8):
+            raise RingCorrupt(f"ring {name!r} has an inconsistent header")
+        meta_off = align_page(HEADER_SIZE + lanes * DESC_SIZE)
+        data_off = align_page(meta_off + lanes * meta_size)
+        total = data_off + lanes * lane_size
+        if seg != total:
+            raise RingCorrupt(
+                f"ring {name!r} has an inconsistent header (segment size {seg}, layout "
+                f"needs {total})"
+            )
+        if file_size < total:
+            raise RingCorrupt(
+                f"ring {name!r} is truncated: {file_size} bytes, its layout needs {total}"
+            )
+        return total
+
+    cdef _setup(self):
+        cdef char *b = self.base
+        self.lane_count = U32(b, H_LANE_COUNT)[0]
+        self.lane_size = U64(b, H_LANE_SIZE)[0]
+        self.lane_mask = self.lane_size - 1
+        self.max_record = U32(b, H_MAX_RECORD)[0]
+        self.meta_size = U32(b, H_META_SIZE)[0]
+        self.lanes_desc = b + HEADER_SIZE
+        cdef uint64_t meta_off = align_page(HEADER_SIZE + self.lane_count * DESC_SIZE)
+        self.meta_base = b + meta_off
+        self.data_base = b + align_page(meta_off + self.lane_count * self.meta_size)
+        self.closed = False
+        self.lane = -1
+        self.fork_gen = efb_fork_gen()
+
+    # ---- producer side ---------------------------------------------------------
+
+    cdef char *_desc(self, uint32_t i) noexcept:
+        return self.lanes_desc + <uint64_t>i * DESC_SIZE
+
+    cdef int _ensure_lane(self) except -1:
+        """Claim a lane for this process. 0: claimed; 1: none free (the caller drops).
+
+        Pure C from here on: it never releases the GIL, so two threads of one process
+        cannot both claim.
+        """
+        if self.closed:
+            raise RingError("ring is closed")
+        cdef uint64_t gen = efb_fork_gen()
+        if gen != self.fork_gen:
+            # A forked child: the parent's lane and half-written record stay the parent's.
+            self.lane = -1
+            self.fork_gen = gen
+            self.next_claim_ns = 0
+        if self.lane >= 0:
+            return 0
+        cdef uint64_t now = efb_now_ns(0)
+        if now < self.next_claim_ns:
+            return 1
+        cdef uint64_t pid = <uint64_t>getpid()
+        cdef uint64_t start = _my_start()
+        cdef uint32_t n = self.lane_count, k, i
+        cdef char *d
+        cdef uint64_t owner, head, tail
+        cdef int attempt
+        for attempt in range(2):
+            for k in range(n):
+                i = (<uint32_t>pid + k) % n
+                d = self._desc(i)
+                owner = efb_load_acquire(U64(d, L_OWNER))
+                if owner == 0:
+                    if not efb_cas(U64(d, L_OWNER), 0, pid):
+                        continue
+                elif attempt == 1:
+                    # Second pass: take over a drained lane whose owner is dead.
+                    head = efb_load_acquire(U64(d, L_HEAD))
+                    tail = efb_load_acquire(U64(d, L_TAIL))
+                    if head != tail or efb_alive(<long>owner,
+                                                 efb_load_acquire(U64(d, L_OWNER_START))):
+                        continue
+                    if not efb_cas(U64(d, L_OWNER), owner, pid):
+                        continue
+                else:
+                    continue
+                self._take_lane(i, start)
+                return 0
+        self.next_claim_ns = now + 50000000  # retry in 50 ms: keeps the drop path cheap
+        return 1
+
+    cdef void _take_lane(self, uint32_t i, uint64_t start) noexcept:
+        cdef char *d = self._desc(i)
+        efb_store_relaxed(U64(d, L_OWNER_START), start)
+        efb_store_relaxed(U64(d, L_STATE), 0)
+        efb_fetch_add(U64(d, L_GENERATION), 1)
+        cdef uint64_t head = efb_load_acquire(U64(d, L_HEAD))
+        cdef uint64_t tail = efb_load_acquire(U64(d, L_TAIL))
+        if head < tail or head - tail > self.lane_size or head & 7:
+            # A corrupted lane: start after the consumer's position; nothing valid is lost.
+            head = align8(tail)
+            efb_store_release(U64(d, L_HEAD), head)
+        cdef Py_ssize_t m = len(self.meta)
+        if m > self.meta_size:
+            m = 0
+        if m:
+            memcpy(self.meta_base + <uint64_t>i * self.meta_size,
+                   PyBytes_AS_STRING(self.meta), m)
+        efb_store_release(U64(d, L_META_LEN), <uint64_t>m)
+        self.lane = i
+        self.lane_data = self.data_base + <uint64_t>i * self.lane_size
+        self.lane_head = U64(d, L_HEAD)
+        self.lane_tail = U64(d, L_TAIL)
+        self.lane_ctr = U64(d, L_WRITTEN)
+        self.head = head
+
+    cdef _release_lane(self):
+        """Hand the lane back: the consumer drains what is left, then frees it."""
+        if self.lane < 0 or self.fork_gen != efb_fork_gen() or self.base == NULL:
+            self.lane = -1
+            return
+        efb_store_release(U64(self._desc(self.lane), L_STATE), STATE_RELEASED)
+        self.lane = -1
+
+    cdef Py_ssize_t _window(self, char **out, bint wrap) noexcept:
+        """Room for one record at the lane head: capacity in bytes, or -1 without room.
+
+        With ``wrap``, the record goes to the start of the lane and the rest of the lane
+        is padding, committed together with the record.
+        """
+        cdef uint64_t tail = efb_load_acquire(self.lane_tail)
+        cdef uint64_t free_ = self.lane_size - (self.head - tail)
+        cdef uint64_t off = self.head & self.lane_mask
+        cdef uint64_t to_end = self.lane_size - off
+        cdef uint64_t room
+        if self.head - tail > self.lane_size:
+            return -1  # the consumer wrote a bad tail; drop instead of overwriting
+        if not wrap:
+            room = to_end if to_end < free_ else free_
+            self.w_pos = self.head
+        else:
+            if off == 0 or free_ < to_end + 8:
+                return -1
+            room = free_ - to_end
+            self.w_pos = self.head + to_end
+            off = 0
+        if room < 8:
+            return -1
+        room -= 8
+        if room > self.max_record:
+            room = self.max_record
+        out[0] = self.lane_data + off + 8
+        return <Py_ssize_t>room
+
+    cdef void _commit(self, Py_ssize_t n) noexcept:
+        cdef char *p
+        cdef uint64_t off
+        if self.w_pos != self.head:
+            p = self.lane_data + (self.head & self.lane_mask)
+            efb_put_u32(p, PAD_BIT)
+            efb_put_u32(p + 4, ~PAD_BIT)
+        off = self.w_pos & self.lane_mask
+        p = self.lane_data + off
+        efb_put_u32(p, <uint32_t>n)
+        efb_put_u32(p + 4, ~(<uint32_t>n))
+        efb_bump(self.lane_ctr, 1)  # written
+        efb_bump(self.lane_ctr + 1, 1)  # accepted
+        efb_bump(self.lane_ctr + 2, <uint64_t>n)  # bytes
+        self.head = self.w_pos + align8(8 + <uint64_t>n)
+        efb_store_release(self.lane_head, self.head)
+
+    cdef void _drop(self, int reason) noexcept:
+        if self.lane < 0:
+            efb_fetch_add(U64(self.base, H_NO_LANE), 1)
+            return
+        efb_bump(self.lane_ctr, 1)  # written
+        efb_bump(self.lane_ctr + 3 + reason, 1)
+
+    cdef bint _wait_room(self, uint64_t need) noexcept:
+        """The opt-in spin policy: wait up to ``spin_ns`` for the consumer to free room."""
+        if self.spin_ns <= 0:
+            return False
+        cdef uint64_t deadline = efb_now_ns(0) + <uint64_t>self.spin_ns
+        cdef uint64_t off, tail
+        need = align8(need + 8)
+        while efb_now_ns(0) < deadline:
+            tail = efb_load_acquire(self.lane_tail)
+            off = self.head & self.lane_mask
+            if self.lane_size - (self.head - tail) >= need + (
+                    0 if self.lane_size - off >= need else self.lane_size - off):
+                return True
+            sched_yield()
+        return False
+
+    def write(self, data):
+        """Copy one record into this process's lane. False when dropped (no room or no
+        free lane); never blocks (unless a spin budget was set with ``spin_ns``).
+
+        Raises ``RecordTooLarge`` above ``max_record`` and ``TypeError`` for anything that
+        is not bytes-like.
+        """
+        cdef Py_buffer view
+        cdef const char *src
+        cdef Py_ssize_t n
+        cdef bint release = False
+        if type(data) is bytes:
+            src = PyBytes_AS_STRING(data)
+            n = PyBytes_GET_SIZE(data)
+        else:
+            if isinstance(data, str):
+                raise TypeError("ring.write() takes a bytes-like object, not str")
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            src = <const char *>view.buf
+            n = view.len
+            release = True
+        try:
+            return self._write(src, n)
+        finally:
+            if release:
+                PyBuffer_Release(&view)
+
+    cdef object _write(self, const char *src, Py_ssize_t n):
+        cdef char *dst
+        cdef Py_ssize_t cap
+        if EFB_UNLIKELY(self.lane < 0 or self.fork_gen != efb_fork_gen()):
+            if self.closed:
+                raise RingError("ring is closed")
+            if self._ensure_lane():
+                if n > self.max_record:
+                    efb_fetch_add(U64(self.base, H_NO_LANE), 1)
+                    raise RecordTooLarge(
+                        f"record of {n} bytes exceeds the ring's maximum of {self.max_record}"
+                    )
+                self._drop(DROP_FULL)
+                return False
+        if EFB_UNLIKELY(n > self.max_record):
+            self._drop(DROP_TOO_LARGE)
+            raise RecordTooLarge(
+                f"record of {n} bytes exceeds the ring's maximum of {self.max_record}"
+            )
+        cap = self._window(&dst, False)
+        if EFB_UNLIKELY(cap < n):
+            cap = self._window(&dst, True)
+            if cap < n:
+                if not self._wait_room(n):
+                    self._drop(DROP_FULL)
+                    return False
+                cap = self._window(&dst, False)
+                if cap < n:
+                    cap = self._window(&dst, True)
+                    if cap < n:
+                        self._drop(DROP_FULL)
+                        return False
+        memcpy(dst, src, n)
+        self._commit(n)
+        return True
+
+    def set_meta(self, data):
+        """Publish this producer's metadata (its resource blob) for the consumer.
+
+        A lane's metadata never changes while it holds records: if this Ring already
+        writes into a lane, it hands that lane back and the next write claims a new one.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"meta must be bytes, not {type(data).__name__}")
+        data = bytes(data)
+        if len(data) > self.meta_size:
+            raise ValueError(
+                f"meta of {len(data)} bytes exceeds the ring's {self.meta_size}-byte slot"
+            )
+        self.meta = data
+        self._release_lane()
+
+    def pending(self):
+        """Bytes this Ring object wrote into its lane that the consumer has not acked."""
+        if self.closed or self.lane < 0 or self.fork_gen != efb_fork_gen():
+            return 0
+        return int(self.head - efb_load_acquire(self.lane_tail))
+
+    def flush(self, timeout=5.0):
+        """Wait until every record this Ring object wrote so far is acknowledged by the
+        consumer. True when they are, False at the timeout."""
+        if self.closed or self.lane < 0 or self.fork_gen != efb_fork_gen():
+            return True
+        cdef uint64_t target = self.head
+        cdef uint64_t *tail = self.lane_tail
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while efb_load_acquire(tail) < target:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        return True
+
+    @property
+    def lane_index(self):
+        """The lane this Ring object writes into, or None before its first write."""
+        if self.lane < 0 or self.fork_gen != efb_fork_gen():
+            return None
+        return self.lane
+
+    @property
+    def size(self):
+        return int(self.lane_size * self.lane_count)
+
+    @property
+    def lanes(self):
+        return int(self.lane_count)
+
+    # ---- consumer side ---------------------------------------------------------
+
+    def consumer(self):
+        """Take the consumer role. ``RingBusy`` if a live process holds it."""
+        self._check_open()
+        return Consumer._take(self)
+
+    # ---- accounting ------------------------------------------------------------
+
+    def stats(self):
+        """Counters from shared memory, per lane and in total.
+
+        ``written`` counts every record offered to ``write`` (and the encoder);
+        ``written == acked + dropped + in_flight`` at every quiescent point.
+        """
+        self._check_open()
+        cdef char *b = self.base
+        cdef char *d
+        cdef uint32_t i
+        lanes = []
+        tot = dict(written=0, accepted=0, bytes_written=0, dropped_full=0,
+                   dropped_too_large=0, acked=0, bytes_acked=0)
+        for i in range(self.lane_count):
+            d = self._desc(i)
+            owner = efb_load_acquire(U64(d, L_OWNER))
+            head = efb_load_acquire(U64(d, L_HEAD))
+            tail = efb_load_acquire(U64(d, L_TAIL))
+            lane = dict(
+                lane=i,
+                owner_pid=int(owner) or None,
+                alive=bool(owner) and bool(efb_alive(<long>owner,
+                                                     efb_load_relaxed(U64(d, L_OWNER_START)))),
+                released=efb_load_relaxed(U64(d, L_STATE)) == STATE_RELEASED,
+                generation=int(efb_load_relaxed(U64(d, L_GENERATION))),
+                written=int(efb_load_relaxed(U64(d, L_WRITTEN))),
+                accepted=int(efb_load_relaxed(U64(d, L_ACCEPTED))),
+                bytes_written=int(efb_load_relaxed(U64(d, L_BYTES))),
+                dropped_full=int(efb_load_relaxed(U64(d, L_DROP_FULL))),
+                dropped_too_large=int(efb_load_relaxed(U64(d, L_DROP_TOO_LARGE))),
+                acked=int(efb_load_relaxed(U64(d, L_ACKED))),
+                bytes_acked=int(efb_load_relaxed(U64(d, L_BYTES_ACKED))),
+                occupancy=int(head - tail) if head >= tail else 0,
+                capacity=int(self.lane_size),
+            )
+            for k in tot:
+                tot[k] += lane[k]
+            if owner or lane["written"]:
+                lanes.append(lane)
+        no_lane = int(efb_load_relaxed(U64(b, H_NO_LANE)))
+        lease_pid = efb_load_acquire(U64(b, H_LEASE_PID))
+        lease_start = efb_load_relaxed(U64(b, H_LEASE_START))
+        tot["dropped_no_lane"] = no_lane
+        tot["written"] += no_lane
+        tot["dropped"] = tot["dropped_full"] + tot["dropped_too_large"] + no_lane
+        tot["in_flight"] = tot["accepted"] - tot["acked"]
+        tot.update(
+            name=self.name,
+            layout_version=LAYOUT_VERSION,
+            size=self.size,
+            lane_count=int(self.lane_count),
+            lane_size=int(self.lane_size),
+            max_record=int(self.max_record),
+            created_ns=int(U64(b, H_CREATED_NS)[0]),
+            creator_pid=int(U32(b, H_CREATOR_PID)[0]),
+            corrupt_skipped=int(efb_load_relaxed(U64(b, H_CORRUPT))),
+            consumer=dict(
+                pid=int(lease_pid) or None,
+                alive=bool(lease_pid) and bool(efb_alive(<long>lease_pid, lease_start)),
+                heartbeat_ns=int(efb_load_relaxed(U64(b, H_LEASE_HEARTBEAT))),
+                epoch=int(efb_load_relaxed(U64(b, H_LEASE_EPOCH))),
+            ),
+            lanes=lanes,
+        )
+        return tot
+
+    def _check_open(self):
+        if self.closed:
+            raise RingError("ring is closed")
+
+    def close(self):
+        """Detach. This process's lane is handed back once the consumer drained it."""
+        if self.base == NULL:
+            self.closed = True
+            return
+        self._release_lane()
+        if self.consumer_open:
+            # A live Consumer still uses the mapping; it is unmapped when both are gone.
+            self.closed = True
+            return
+        munmap(self.base, self.map_size)
+        self.base = NULL
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self.closed else f"{self.lane_count} lanes x {self.lane_size} B"
+        return f"<Ring {self.name!r} {state}>"
+
+
+def _describe_existing(name, bytes shm):
+    try:
+        ring = Ring.open(name)
+    except RingError as exc:
+        return (f"a segment named {shm[1:].decode()!r} exists and cannot be used: {exc}")
+    try:
+        st = ring.stats()
+        pid = st["creator_pid"]
+        alive = process_alive(pid)
+        return (
+            f"ring {shm[1:].decode()!r} already exists (created by pid {pid}, "
+            f"{'alive' if alive else 'no longer running'}); pass exist_ok=True to attach "
+            f"to it, or Ring.unlink({shm[1:].decode()!r}) to remove it"
+        )
+    finally:
+        ring.close()
+
+
+cdef class Consumer:
+    """The single consumer of a ring (see ``Ring.consumer``)."""
+
+    cdef Ring ring
+    cdef uint64_t *pos
+    cdef uint64_t *nrec
+    cdef uint64_t *nbytes
+    cdef uint64_t *gen_seen
+    cdef dict metas
+    cdef long pid
+    cdef uint64_t fork_gen
+    cdef readonly bint closed
+    cdef double next_reap
+
+    def __cinit__(self):
+        self.pos = NULL
+        self.nrec = NULL
+        self.nbytes = NULL
+        self.gen_seen = NULL
+        self.closed = True
+
+    def __init__(self):
+        raise TypeError("use ring.consumer()")
+
+    @staticmethod
+    cdef Consumer _take(Ring ring):
+        cdef char *b = ring.base
+        cdef uint64_t me = <uint64_t>getpid()
+        cdef uint64_t cur
+        while True:
+            cur = efb_load_acquire(U64(b, H_LEASE_PID))
+            if cur == 0:
+                if efb_cas(U64(b, H_LEASE_PID), 0, me):
+                    break
+                continue
+            if cur == me:
+                raise RingBusy(f"this process (pid {me}) already holds the consumer role "
+                               f"of ring {ring.name!r}")
+            if efb_alive(<long>cur, efb_load_acquire(U64(b, H_LEASE_START))):
+                raise RingBusy(
+                    f"the consumer role of ring {ring.name!r} is held by live pid {cur}"
+                )
+            if efb_cas(U64(b, H_LEASE_PID), cur, me):
+                break  # took over a dead consumer's lease
+        efb_store_release(U64(b, H_LEASE_START), _my_start())
+        efb_store_release(U64(b, H_LEASE_HEARTBEAT), efb_now_ns(1))
+        efb_fetch_add(U64(b, H_LEASE_EPOCH), 1)
+        cdef Consumer c = Consumer.__new__(Consumer)
+        cdef uint32_t n = ring.lane_count
+        c.pos = <uint64_t *>calloc(n, sizeof(uint64_t))
+        c.nrec = <uint64_t *>calloc(n, sizeof(uint64_t))
+        c.nbytes = <uint64_t *>calloc(n, sizeof(uint64_t))
+        c.gen_seen = <uint64_t *>calloc(n, sizeof(uint64_t))
+        if c.pos == NULL or c.nrec == NULL or c.nbytes == NULL or c.gen_seen == NULL:
+            efb_store_release(U64(b, H_LEASE_PID), 0)
+            raise MemoryError()
+        cdef uint32_t i
+        for i in range(n):
+            # Start at the acked position: what the last consumer read but did not ack is
+            # read again (at-least-once).
+            c.pos[i] = efb_load_acquire(U64(ring._desc(i), L_TAIL))
+        c.ring = ring
+        c.metas = {}
+        c.pid = <long>me
+        c.fork_gen = efb_fork_gen()
+        c.closed = False
+        c.next_reap = 0.0
+        ring.consumer_open = True
+        return c
+
+    def __dealloc__(self):
+        if not self.closed and self.ring is not None and self.ring.base != NULL:
+            self._release()
+        free(self.pos)
+        free(self.nrec)
+        free(self.nbytes)
+        free(self.gen_seen)
+
+    cdef _check(self):
+        if self.closed:
+            raise RingError("consumer is closed")
+        if self.fork_gen != efb_fork_gen():
+            raise RingError("the consumer role does not survive fork(); take it again in "
+                            "the child")
+
+    cdef _corrupt(self, uint32_t lane, uint64_t head):
+        # Untrusted bytes: skip the rest of the lane rather than read out of bounds.
+        self.pos[lane] = head
+        efb_fetch_add(U64(self.ring.base, H_CORRUPT), 1)
+
+    cdef int _read_lane(self, uint32_t i, list out, Py_ssize_t limit) except -1:
+        cdef Ring r = self.ring
+        cdef char *d = r._desc(i)
+        cdef uint64_t head = efb_load_acquire(U64(d, L_HEAD))
+        cdef uint64_t pos = self.pos[i]
+        cdef uint64_t tail = efb_load_acquire(U64(d, L_TAIL))
+        cdef char *data = r.data_base + <uint64_t>i * r.lane_size
+        cdef uint64_t off, size
+        cdef uint32_t tag, check
+        cdef int count = 0
+        if pos < tail:
+            pos = tail
+        if head < pos or head - tail > r.lane_size:
+            if head != pos:
+                self._corrupt(i, pos if head < pos else head)
+            return 0
+        while pos < head and count < limit:
+            off = pos & r.lane_mask
+            if off & 7 or head - pos < 8:
+                self._corrupt(i, head)
+                return count
+            tag = efb_get_u32(data + off)
+            check = efb_get_u32(data + off + 4)
+            if check != ~tag or (tag & PAD_BIT and tag != PAD_BIT):
+                self._corrupt(i, head)
+                return count
+            if tag & PAD_BIT:
+                pos += r.lane_size - off
+                continue
+            size = align8(8 + <uint64_t>tag)
+            if tag > r.max_record or off + size > r.lane_size or pos + size > head:
+                self._corrupt(i, head)
+                return count
+            out.append(PyBytes_FromStringAndSize(data + off + 8, tag))
+            self.nrec[i] += 1
+            self.nbytes[i] += tag
+            pos += size
+            count += 1
+        self.pos[i] = pos
+        return count
+
+    def read(self, max_records=4096):
+        """Up to ``max_records`` records (bytes), oldest first within each producer."""
+        out = []
+        for _lane, _meta, records in self.read_lanes(max_records):
+            out.extend(records)
+        return out
+
+    def read_lanes(self, max_records=4096):
+        """Like ``read``, grouped: a list of ``(lane, meta, records)``."""
+        self._check()
+        if not isinstance(max_records, int) or isinstance(max_records, bool):
+            raise TypeError(f"max_records must be an int, not {type(max_records).__name__}")
+        if max_records < 1:
+            raise ValueError(f"max_records must be at least 1, got {max_records}")
+        cdef Ring r = self.ring
+        cdef uint32_t i
+        cdef Py_ssize_t left = max_records
+        cdef list records
+        out = []
+        efb_store_relaxed(U64(r.base, H_LEASE_HEARTBEAT), efb_now_ns(1))
+        for i in range(r.lane_count):
+            if left <= 0:
+                break
+            if efb_load_acquire(U64(r._desc(i), L_HEAD)) == self.pos[i]:
+                continue
+            records = []
+            left -= self._read_lane(i, records, left)
+            if records:
+                out.append((int(i), self._meta(i), records))
+        return out
+
+    cdef bytes _meta(self, uint32_t i):
+        cdef Ring r = self.ring
+        cdef char *d = r._desc(i)
+        cdef uint64_t gen = efb_load_acquire(U64(d, L_GENERATION))
+        cached = self.metas.get(i)
+        if cached is not None and self.gen_seen[i] == gen:
+            return cached
+        cdef uint64_t m = efb_load_acquire(U64(d, L_META_LEN))
+        if m > r.meta_size:
+            m = 0
+        meta = PyBytes_FromStringAndSize(r.meta_base + <uint64_t>i * r.meta_size, m)
+        self.metas[i] = meta
+        self.gen_seen[i] = gen
+        return meta
+
+    def ack(self):
+        """Everything read so far may now be overwritten by the producers."""
+        self._check()
+        cdef Ring r = self.ring
+        cdef uint32_t i
+        cdef char *d
+        for i in range(r.lane_count):
+            d = r._desc(i)
+            if self.pos[i] != efb_load_relaxed(U64(d, L_TAIL)):
+                efb_store_relaxed(U64(d, L_ACKED),
+                                  efb_load_relaxed(U64(d, L_ACKED)) + self.nrec[i])
+                efb_store_relaxed(U64(d, L_BYTES_ACKED),
+                                  efb_load_relaxed(U64(d, L_BYTES_ACKED)) + self.nbytes[i])
+                efb_store_release(U64(d, L_TAIL), self.pos[i])
+            self.nrec[i] = 0
+            self.nbytes[i] = 0
+        efb_store_relaxed(U64(r.base, H_LEASE_HEARTBEAT), efb_now_ns(1))
+        now = time.monotonic()
+        if now >= self.next_reap:
+            self.next_reap = now + 0.5
+            self.reap()
+
+    def reap(self):
+        """Free drained lanes whose owner is dead or handed them back. Returns how many."""
+        self._check()
+        cdef Ring r = self.ring
+        cdef uint32_t i
+        cdef char *d
+        cdef uint64_t owner
+        freed = 0
+        for i in range(r.lane_count):
+            d = r._desc(i)
+            owner = efb_load_acquire(U64(d, L_OWNER))
+            if owner == 0:
+                continue
+            if efb_load_acquire(U64(d, L_TAIL)) != efb_load_acquire(U64(d, L_HEAD)):
+                continue
+            if (efb_load_acquire(U64(d, L_STATE)) != STATE_RELEASED
+                    and efb_alive(<long>owner, efb_load_acquire(U64(d, L_OWNER_START)))):
+                continue
+            # Clear the meta before the owner word: the next claimer writes its own.
+            efb_store_release(U64(d, L_META_LEN), 0)
+            if efb_cas(U64(d, L_OWNER), owner, 0):
+                freed += 1
+        return freed
+
+    def producers(self):
+        """Live and dead producers that own lanes: a list of dicts (lane, pid, alive)."""
+        self._check()
+        cdef Ring r = self.ring
+        cdef uint32_t i
+        cdef char *d
+        out = []
+        for i in range(r.lane_count):
+            d = r._desc(i)
+            owner = efb_load_acquire(U64(d, L_OWNER))
+            if owner:
+                out.append(dict(
+                    lane=int(i), pid=int(owner),
+                    alive=bool(efb_alive(<long>owner,
+                                         efb_load_acquire(U64(d, L_OWNER_START))))
+                    and efb_load_acquire(U64(d, L_STATE)) != STATE_RELEASED,
+                ))
+        return out
+
+    def backlog(self):
+        """Bytes written by producers and not yet read by this consumer."""
+        self._check()
+        cdef Ring r = self.ring
+        cdef uint32_t i
+        total = 0
+        for i in range(r.lane_count):
+            head = efb_load_acquire(U64(r._desc(i), L_HEAD))
+            if head > self.pos[i]:
+                total += head - self.pos[i]
+        return total
+
+    cdef _release(self):
+        cdef char *b = self.ring.base
+        efb_cas(U64(b, H_LEASE_PID), <uint64_t>self.pid, 0)
+        self.closed = True
+        self.ring.consumer_open = False
+
+    def close(self):
+        """Give the role up. Unacknowledged records are read again by the next consumer."""
+        if self.closed:
+            return
+        if self.fork_gen != efb_fork_gen():
+            self.closed = True  # the parent still holds the role
+            return
+        self._release()
+        if self.ring.closed and self.ring.base != NULL:
+            munmap(self.ring.base, self.ring.map_size)
+            self.ring.base = NULL
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
