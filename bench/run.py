@@ -1,0 +1,263 @@
+"""Run the benchmark scenarios and write the reports.
+
+    python -m bench.run [--quick] [--only PATTERN] [--calls N] [--out DIR]
+                        [--compare PREVIOUS.json [--current LATEST.json]] [--fail-on-regression]
+
+Scenarios come from ``bench.peers`` and, when present, ``bench.ours``; both register into
+``bench.scenarios``. Exit status: 0 when every scenario ran (or was skipped with a reason)
+and every budget held; 1 when a scenario failed or a budget was missed, or, with
+``--fail-on-regression``, when a P50/P99 regressed by more than the threshold; 2 for bad
+arguments or unreadable results files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import gc
+import importlib
+import importlib.util
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench import report, scenarios
+from bench.harness import Result, Skip, measure, measure_processes, timer_floor
+from bench.scenarios import BudgetOutcome, Scenario
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+# Roughly an on-demand x86 cloud vCPU hour; only used for cost_per_million_usd.
+DEFAULT_USD_PER_CORE_HOUR = 0.05
+
+
+def load_scenarios() -> None:
+    """Import the modules that register scenarios (``bench.ours`` only if it exists)."""
+    importlib.import_module("bench.peers")
+    if importlib.util.find_spec("bench.ours") is not None:
+        importlib.import_module("bench.ours")
+
+
+def select(all_scenarios: Sequence[Scenario], pattern: str | None) -> list[Scenario]:
+    """Scenarios whose name matches ``pattern``: a glob if it has ``*?[``, else a substring."""
+    if not pattern:
+        return list(all_scenarios)
+    if any(c in pattern for c in "*?["):
+        return [s for s in all_scenarios if fnmatch.fnmatchcase(s.name, pattern)]
+    return [s for s in all_scenarios if pattern in s.name]
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_scenario(s: Scenario, calls: int) -> Result:
+    """Time one scenario; raises ``Skip`` when it cannot run here."""
+    warmup = min(s.warmup, calls)
+    if s.processes > 1:
+        args: tuple[object, ...] = ()
+        shared_teardown = None
+        if s.shared is not None:
+            args, shared_teardown = s.shared()
+        try:
+            return measure_processes(
+                s.name,
+                s.factory,
+                processes=s.processes,
+                calls=calls,
+                warmup=warmup,
+                peer=s.peer,
+                args=args,
+                items_per_call=s.items_per_call,
+            )
+        finally:
+            if shared_teardown is not None:
+                shared_teardown()
+    fn, teardown = s.factory()
+    return measure(
+        s.name,
+        fn,
+        calls=calls,
+        warmup=warmup,
+        peer=s.peer,
+        teardown=teardown,
+        items_per_call=s.items_per_call,
+    )
+
+
+def cost_per_million(results: Sequence[Result], usd_per_core_hour: float) -> float | None:
+    """CPU cost of a million items of the cost scenario, timer excluded; None if it did not run."""
+    name = scenarios.cost_scenario()
+    r = next((r for r in results if r.name == name), None)
+    if r is None:
+        return None
+    ns_per_item = max(0.0, r.mean_ns - (r.floor_mean_ns or 0.0)) / r.items_per_call
+    return float(f"{1e6 * ns_per_item * 1e-9 / 3600.0 * usd_per_core_hour:.4g}")
+
+
+def evaluate_budgets(results: Sequence[Result]) -> tuple[list[BudgetOutcome], list[str]]:
+    """Check every registered budget; also return the names of those that could not be checked."""
+    rows = {r.name: {**r.row(), "max_ns": r.max_ns, "mean_ns": r.mean_ns} for r in results}
+    outcomes, unchecked = [], []
+    for budget in scenarios.budgets():
+        outcome = budget.evaluate(rows)
+        if outcome is None:
+            unchecked.append(budget.name)
+        else:
+            outcomes.append(outcome)
+    return outcomes, unchecked
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="few calls per scenario (CI smoke run)")
+    p.add_argument("--only", metavar="PATTERN", help="run matching scenarios (glob or substring)")
+    p.add_argument("--calls", type=int, metavar="N", help="timed calls per scenario (overrides)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+    p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    p.add_argument("--compare", type=Path, metavar="PREVIOUS", help="earlier latest.json")
+    p.add_argument(
+        "--current",
+        type=Path,
+        metavar="LATEST",
+        help="with --compare: compare this file instead of running the scenarios",
+    )
+    p.add_argument("--threshold", type=float, default=0.10, help="regression threshold (0.10)")
+    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 on a regression")
+    p.add_argument(
+        "--usd-per-core-hour",
+        type=float,
+        default=float(
+            os.environ.get("EMP_FASTBUF_BENCH_USD_PER_CORE_HOUR", DEFAULT_USD_PER_CORE_HOUR)
+        ),
+        help="price of one core-hour for cost_per_million_usd",
+    )
+    return p
+
+
+def _print_regressions(regressions: Sequence[report.Regression], threshold: float) -> None:
+    if regressions:
+        print(f"WARNING: {len(regressions)} regression(s) above {threshold:.0%}:")
+        for reg in regressions:
+            print(f"  - {reg}")
+    else:
+        print(f"No P50/P99 regression above {threshold:.0%}.")
+
+
+def _compare_files(previous: Path, current: Path, threshold: float, fail: bool) -> int:
+    try:
+        old = report.load_document(previous)
+        new = report.load_document(current)
+    except report.ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    regressions = report.compare(old, new, threshold)
+    _print_regressions(regressions, threshold)
+    return 1 if regressions and fail else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.calls is not None and args.calls < 1:
+        print("error: --calls must be at least 1", file=sys.stderr)
+        return 2
+    if not 0 < args.threshold < 10:
+        print("error: --threshold must be a fraction such as 0.10", file=sys.stderr)
+        return 2
+    if args.current is not None:
+        if args.compare is None:
+            print("error: --current needs --compare", file=sys.stderr)
+            return 2
+        return _compare_files(args.compare, args.current, args.threshold, args.fail_on_regression)
+    previous = None
+    if args.compare is not None:
+        try:
+            previous = report.load_document(args.compare)
+        except report.ReportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    load_scenarios()
+    chosen = select(scenarios.scenarios(), args.only)
+    if args.list:
+        for s in scenarios.scenarios():
+            print(f"{s.name:28} {s.peer or 'ours':28} {s.description}")
+        return 0
+    if not chosen:
+        print(f"error: no scenario matches {args.only!r}", file=sys.stderr)
+        return 2
+
+    started = time.monotonic()
+    floor = timer_floor()
+    _log(f"timer floor: P50 {report.fmt_ns(floor.p50_ns)}, P99 {report.fmt_ns(floor.p99_ns)}")
+    results: list[Result] = [floor]
+    notes: list[str] = []
+    failed: list[str] = []
+    for i, s in enumerate(chosen, 1):
+        calls = args.calls or (s.quick_calls if args.quick else s.calls)
+        procs = f" x {s.processes} processes" if s.processes > 1 else ""
+        _log(f"[{i}/{len(chosen)}] {s.name}: {calls:,} calls{procs} ...")
+        gc.collect()
+        t0 = time.monotonic()
+        try:
+            r = run_scenario(s, calls)
+        except Skip as exc:
+            notes.append(f"{s.name} skipped: {exc}")
+            _log(f"    skipped: {exc}")
+            continue
+        except Exception:
+            failed.append(s.name)
+            _log(f"    FAILED:\n{traceback.format_exc()}")
+            continue
+        results.append(r)
+        _log(
+            f"    P50 {report.fmt_ns(r.p50_ns)}  P99 {report.fmt_ns(r.p99_ns)}  "
+            f"P99.9 {report.fmt_ns(r.p999_ns)}  {report.fmt_rate(r.ops_per_s)}  "
+            f"({time.monotonic() - t0:.1f} s)"
+        )
+
+    outcomes, unchecked = evaluate_budgets(results)
+    notes += [f"budget not checked (its scenario did not run): {n}" for n in unchecked]
+    notes += [f"scenario failed: {n}" for n in failed]
+    document = report.build_document(
+        report.machine_info(), results, outcomes, cost_per_million(results, args.usd_per_core_hour)
+    )
+    regressions = report.compare(previous, document, args.threshold) if previous else []
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / "latest.json", document)
+    by_name = {s.name: s for s in scenarios.scenarios()}
+    (out / "latest.md").write_text(
+        report.render_markdown(document, results, by_name, notes, regressions), encoding="utf-8"
+    )
+    report.write_cdf_png(out / "latest_cdf.png", results)
+
+    missed = [o for o in outcomes if not o.ok]
+    print(
+        f"\n{len(results) - 1} scenario(s) ran in {time.monotonic() - started:.0f} s; "
+        f"reports in {out}/latest.{{json,md}} and latest_cdf.png"
+    )
+    for note in notes:
+        print(f"note: {note}")
+    for o in outcomes:
+        verdict = "ok    " if o.ok else "MISSED"
+        print(f"budget {verdict} {o.name} (value {o.value:.4g}, limit {o.limit:g})")
+    if previous is not None:
+        _print_regressions(regressions, args.threshold)
+    status = 0
+    if failed:
+        print(f"FAILED scenarios: {', '.join(failed)}")
+        status = 1
+    if missed:
+        print(f"MISSED budgets: {len(missed)}")
+        status = 1
+    if regressions and args.fail_on_regression:
+        status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
