@@ -1,7 +1,26 @@
-"""emp-fastbuf: telemetry out of GPU workers through shared memory."""
+"""emp-fastbuf: telemetry out of GPU workers through shared memory.
+
+``import emp_fastbuf as fastbuf``; then ``fastbuf.emit(...)``, ``fastbuf.log.info(...)``,
+``with fastbuf.span(...)``, ``fastbuf.metrics.counter(...).inc()``. See README.md.
+"""
 
 from emp_fastbuf._ring import Consumer, Ring, default_ring_name
 from emp_fastbuf._version import __version__
+from emp_fastbuf.api import (
+    configure,
+    context,
+    continue_trace,
+    emit,
+    event,
+    flush,
+    log,
+    metrics,
+    shutdown,
+    span,
+    stats,
+    traced,
+    traceparent,
+)
 from emp_fastbuf.errors import (
     RecordTooLarge,
     RingBusy,
@@ -27,5 +46,18 @@ __all__ = [
     "RingPermissionError",
     "RingVersionError",
     "__version__",
+    "configure",
+    "context",
+    "continue_trace",
     "default_ring_name",
+    "emit",
+    "event",
+    "flush",
+    "log",
+    "metrics",
+    "shutdown",
+    "span",
+    "stats",
+    "traced",
+    "traceparent",
 ]

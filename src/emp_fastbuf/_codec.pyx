@@ -1,0 +1,1045 @@
+"""The hot path: encode telemetry records (docs/record-format.md) straight into the
+calling process's ring lane. No intermediate bytes object: the encoder writes into the
+window the ring hands out and commits it with one release-store.
+
+Nothing here raises into the host program except for a malformed call (a non-str name
+raises TypeError): a bad attribute value is coerced or truncated and counted.
+"""
+
+from contextvars import ContextVar
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_Next
+from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_XDECREF
+from cpython.unicode cimport PyUnicode_GET_LENGTH
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memmove
+
+from emp_fastbuf._ring cimport (
+    DROP_FULL,
+    DROP_TOO_LARGE,
+    EFB_UNLIKELY,
+    Ring,
+    efb_fork_gen,
+)
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+    int PyContextVar_Get(object var, PyObject *default_value, PyObject **value) except -1
+
+cdef extern from "_proc.h" nogil:
+    uint64_t efb_now_ns(int realtime)
+
+
+# ---- format constants (docs/record-format.md) -------------------------------------
+cdef uint8_t FORMAT_VERSION = 1
+cdef enum:
+    K_LOG = 1
+    K_EVENT = 2
+    K_SPAN = 3
+    K_METRIC = 4
+    F_HAS_TRACE = 1
+    F_HAS_LIMITS = 2
+    T_NONE = 0
+    T_STR = 1
+    T_INT = 2
+    T_DOUBLE = 3
+    T_BOOL = 4
+    T_BYTES = 5
+    T_ARRAY = 6
+
+# Counters kept per process (fastbuf.stats()).
+cdef enum:
+    C_LOG = 1
+    C_EVENT = 2
+    C_SPAN = 3
+    C_METRIC = 4
+    C_DROP_FULL = 5
+    C_DROP_NO_LANE = 6
+    C_DROP_TOO_LARGE = 7
+    C_BYTES = 8
+    C_TRUNCATED = 9
+    C_DROPPED_ATTRS = 10
+    C_COERCED = 11
+    C_ERRORS = 12
+    C_COUNT = 13
+
+cdef uint64_t counters[C_COUNT]
+
+COUNTER_NAMES = {
+    "log": C_LOG, "event": C_EVENT, "span": C_SPAN, "metric": C_METRIC,
+    "dropped_full": C_DROP_FULL, "dropped_no_lane": C_DROP_NO_LANE,
+    "dropped_too_large": C_DROP_TOO_LARGE, "bytes": C_BYTES,
+    "truncated_values": C_TRUNCATED, "dropped_attributes": C_DROPPED_ATTRS,
+    "coerced_values": C_COERCED, "errors": C_ERRORS,
+}
+
+
+def counter_values():
+    """This process's emit counters (see ``fastbuf.stats``)."""
+    return {name: int(counters[i]) for name, i in COUNTER_NAMES.items()}
+
+
+def reset_counters():
+    cdef int i
+    for i in range(C_COUNT):
+        counters[i] = 0
+
+
+# ---- limits -------------------------------------------------------------------------
+cdef int max_attributes = 128
+cdef int max_key_length = 128
+cdef int max_value_length = 4096
+cdef int max_array_length = 128
+cdef int max_body_length = 65536
+
+
+def set_limits(attributes=None, key_length=None, value_length=None, array_length=None,
+               body_length=None):
+    """Set the encoder's limits (documented in docs/record-format.md)."""
+    global max_attributes, max_key_length, max_value_length, max_array_length
+    global max_body_length
+    for label, v, hi in (("max_attributes", attributes, 65535),
+                         ("max_key_length", key_length, 16384),
+                         ("max_value_length", value_length, 1 << 24),
+                         ("max_array_length", array_length, 65535),
+                         ("max_body_length", body_length, 1 << 24)):
+        if v is not None and (type(v) is not int or not 1 <= v <= hi):
+            raise ValueError(f"{label} must be an int between 1 and {hi}, got {v!r}")
+    if attributes is not None:
+        max_attributes = attributes
+    if key_length is not None:
+        max_key_length = key_length
+    if value_length is not None:
+        max_value_length = value_length
+    if array_length is not None:
+        max_array_length = array_length
+    if body_length is not None:
+        max_body_length = body_length
+
+
+def get_limits():
+    return dict(max_attributes=max_attributes, max_key_length=max_key_length,
+                max_value_length=max_value_length, max_array_length=max_array_length,
+                max_body_length=max_body_length)
+
+
+# ---- the encoder state --------------------------------------------------------------
+cdef struct Enc:
+    char *p
+    char *end
+    bint overflow
+    uint32_t dropped
+    uint32_t truncated
+    uint32_t nattrs
+
+
+cdef inline bint room(Enc *e, Py_ssize_t n) noexcept:
+    if e.end - e.p < n:
+        e.overflow = True
+        return False
+    return True
+
+
+cdef inline void put_u8(Enc *e, uint8_t v) noexcept:
+    if room(e, 1):
+        e.p[0] = <char>v
+        e.p += 1
+
+
+cdef inline void put_u16(Enc *e, uint16_t v) noexcept:
+    if room(e, 2):
+        memcpy(e.p, &v, 2)
+        e.p += 2
+
+
+cdef inline void put_u32(Enc *e, uint32_t v) noexcept:
+    if room(e, 4):
+        memcpy(e.p, &v, 4)
+        e.p += 4
+
+
+cdef inline void put_u64(Enc *e, uint64_t v) noexcept:
+    if room(e, 8):
+        memcpy(e.p, &v, 8)
+        e.p += 8
+
+
+cdef inline void put_f64(Enc *e, double v) noexcept:
+    if room(e, 8):
+        memcpy(e.p, &v, 8)
+        e.p += 8
+
+
+cdef inline void put_raw(Enc *e, const char *src, Py_ssize_t n) noexcept:
+    if room(e, n):
+        memcpy(e.p, src, n)
+        e.p += n
+
+
+cdef int put_text(Enc *e, object s, int width, Py_ssize_t max_chars) except -1:
+    """A str as str8/str16/str32 (``width`` bytes of length), truncated to ``max_chars``
+    characters (and to what the width can hold), counted."""
+    cdef Py_ssize_t n
+    cdef const char *u
+    cdef Py_ssize_t cap = 255 if width == 1 else (65535 if width == 2 else 0x7FFFFFFF)
+    if PyUnicode_GET_LENGTH(s) > max_chars:
+        s = s[:max_chars]
+        e.truncated += 1
+    try:
+        u = PyUnicode_AsUTF8AndSize(s, &n)
+    except UnicodeEncodeError:  # lone surrogates
+        s = s.encode("utf-8", "replace").decode("utf-8")
+        u = PyUnicode_AsUTF8AndSize(s, &n)
+        counters[C_COERCED] += 1
+    if n > cap:
+        # Cut at a character boundary so the result stays valid UTF-8.
+        n = cap
+        while n > 0 and (<uint8_t>u[n] & 0xC0) == 0x80:
+            n -= 1
+        e.truncated += 1
+    if width == 1:
+        put_u8(e, <uint8_t>n)
+    elif width == 2:
+        put_u16(e, <uint16_t>n)
+    else:
+        put_u32(e, <uint32_t>n)
+    put_raw(e, u, n)
+    return 0
+
+
+cdef int put_scalar(Enc *e, object v, bint in_array) except -1:
+    """One attribute value with its tag. Never raises for odd values: they are coerced."""
+    cdef int overflow = 0
+    cdef long long iv
+    cdef type t = type(v)
+    cdef Py_ssize_t n
+    if t is str:
+        put_u8(e, T_STR)
+        return put_text(e, v, 4, max_value_length)
+    if t is int:
+        iv = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if overflow:
+            put_u8(e, T_STR)  # beyond 64 bits: kept exactly, as its decimal string
+            return put_text(e, str(v), 4, max_value_length)
+        put_u8(e, T_INT)
+        put_u64(e, <uint64_t>iv)
+        return 0
+    if t is float:
+        put_u8(e, T_DOUBLE)
+        put_f64(e, PyFloat_AS_DOUBLE(v))
+        return 0
+    if t is bool:
+        put_u8(e, T_BOOL)
+        put_u8(e, 1 if v is True else 0)
+        return 0
+    if v is None:
+        put_u8(e, T_NONE)
+        return 0
+    if t is bytes or t is bytearray or t is memoryview:
+        try:
+            b = bytes(v)
+        except Exception:  # a non-contiguous memoryview
+            return put_coerced(e, v)
+        n = len(b)
+        if n > max_value_length:
+            n = max_value_length
+            e.truncated += 1
+        put_u8(e, T_BYTES)
+        put_u32(e, <uint32_t>n)
+        put_raw(e, PyBytes_AS_STRING(b), n)
+        return 0
+    if (t is list or t is tuple) and not in_array:
+        return put_array(e, v)
+    if isinstance(v, (str, int, float)) and not in_array:
+        # Subclasses (IntEnum, str enums, numpy.float64 is a float subclass).
+        if isinstance(v, bool):
+            return put_scalar(e, bool(v), in_array)
+        if isinstance(v, int):
+            return put_scalar(e, int(v), in_array)
+        if isinstance(v, float):
+            return put_scalar(e, float(v), in_array)
+        return put_scalar(e, str(v), in_array)
+    if isinstance(v, (str, int, float)):
+        return put_scalar(e, float(v) if isinstance(v, float) else (
+            bool(v) if isinstance(v, bool) else (int(v) if isinstance(v, int) else str(v))),
+            in_array)
+    # numpy scalars (numpy.int32, numpy.bool_, numpy.float32, ...): .item() gives the
+    # Python value without importing numpy here.
+    if hasattr(v, "dtype") and hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        try:
+            item = v.item()
+        except Exception:
+            item = None
+        if type(item) in (int, float, bool, str, bytes):
+            return put_scalar(e, item, in_array)
+    return put_coerced(e, v)
+
+
+cdef int put_coerced(Enc *e, object v) except -1:
+    counters[C_COERCED] += 1
+    try:
+        s = str(v)
+        if type(s) is not str:
+            raise TypeError
+    except Exception:
+        try:
+            s = f"<unprintable {type(v).__name__}>"
+        except Exception:
+            s = "<unprintable>"
+    put_u8(e, T_STR)
+    return put_text(e, s, 4, max_value_length)
+
+
+cdef int put_array(Enc *e, object seq) except -1:
+    cdef Py_ssize_t n = len(seq), i
+    if n > max_array_length:
+        n = max_array_length
+        e.truncated += 1
+    put_u8(e, T_ARRAY)
+    put_u16(e, <uint16_t>n)
+    for i in range(n):
+        put_scalar(e, seq[i], True)
+    return 0
+
+
+cdef int put_key(Enc *e, object k) except -1:
+    if type(k) is not str:
+        k = str(k)
+        counters[C_COERCED] += 1
+    return put_text(e, k, 2, max_key_length)
+
+
+cdef int put_attrs(Enc *e, dict attrs) except -1:
+    """An attrlist: u16 count, then entries, within the per-record attribute budget."""
+    cdef char *count_at = e.p
+    cdef Py_ssize_t pos = 0
+    cdef PyObject *k
+    cdef PyObject *v
+    cdef uint16_t n = 0
+    put_u16(e, 0)
+    if attrs is None:
+        return 0
+    while PyDict_Next(attrs, &pos, &k, &v):
+        if e.nattrs >= <uint32_t>max_attributes:
+            e.dropped += 1
+            continue
+        put_key(e, <object>k)
+        put_scalar(e, <object>v, False)
+        n += 1
+        e.nattrs += 1
+        if e.overflow:
+            return 0
+    if not e.overflow:
+        memcpy(count_at, &n, 2)
+    return 0
+
+
+# ---- correlation scope ---------------------------------------------------------------
+cdef class Scope:
+    """What every record inside a ``context()`` or span carries: the encoded context
+    attributes and the current trace and span ids. Immutable; one per scope entry."""
+
+    cdef readonly dict attrs
+    cdef bytes ctx  # encoded context entries, without their count
+    cdef uint16_t nctx
+    cdef readonly bytes trace_id  # 16 bytes or None
+    cdef readonly bytes span_id  # 8 bytes or None
+    cdef readonly int trace_flags
+    cdef readonly bint remote  # the span id came from a traceparent header
+
+    def __cinit__(self):
+        self.attrs = {}
+        self.ctx = b""
+        self.nctx = 0
+        self.trace_flags = 1
+
+    cdef _encode_ctx(self):
+        cdef char buf[65536]
+        cdef Enc e
+        e.p = buf
+        e.end = buf + sizeof(buf)
+        e.overflow = False
+        e.dropped = 0
+        e.truncated = 0
+        e.nattrs = 0
+        put_attrs(&e, self.attrs)
+        if e.overflow:
+            # Oversized context: keep what fits by dropping values, never fail the scope.
+            self.attrs = {k: str(v)[:256] for k, v in list(self.attrs.items())[:32]}
+            e.p = buf
+            e.overflow = False
+            e.nattrs = 0
+            put_attrs(&e, self.attrs)
+        memcpy(&self.nctx, buf, 2)
+        self.ctx = buf[2:e.p - buf]
+
+    def with_attrs(self, dict more):
+        """A scope with these context attributes added (re-encoded once, here)."""
+        merged = dict(self.attrs)
+        merged.update(more)
+        return make_scope(merged, self.trace_id, self.span_id, self.trace_flags, self.remote)
+
+    def with_span(self, bytes trace_id, bytes span_id, int trace_flags=1, bint remote=False):
+        """A scope in span ``span_id`` of trace ``trace_id``, with these context attributes."""
+        return derive(self, trace_id, span_id, trace_flags, remote)
+
+
+cpdef Scope make_scope(dict attrs, bytes trace_id=None, bytes span_id=None, int trace_flags=1,
+                       bint remote=False):
+    """A scope with context ``attrs`` (encoded once) and, optionally, a current span."""
+    if (trace_id is None) != (span_id is None) or (
+            trace_id is not None and (len(trace_id) != 16 or len(span_id) != 8)):
+        raise ValueError("a scope needs both a 16-byte trace id and an 8-byte span id, "
+                         "or neither")
+    cdef Scope sc = Scope.__new__(Scope)
+    sc.attrs = attrs if attrs is not None else {}
+    sc.trace_id = trace_id
+    sc.span_id = span_id
+    sc.trace_flags = trace_flags & 0xFF
+    sc.remote = remote
+    sc._encode_ctx()
+    return sc
+
+
+cdef inline Scope derive(Scope parent, bytes trace_id, bytes span_id, int trace_flags,
+                         bint remote):
+    # Shares the parent's encoded context instead of encoding it again.
+    cdef Scope sc = Scope.__new__(Scope)
+    sc.attrs = parent.attrs
+    sc.ctx = parent.ctx
+    sc.nctx = parent.nctx
+    sc.trace_id = trace_id
+    sc.span_id = span_id
+    sc.trace_flags = trace_flags & 0xFF
+    sc.remote = remote
+    return sc
+
+
+cdef Scope EMPTY_SCOPE = Scope.__new__(Scope)
+scope_var = ContextVar("emp_fastbuf_scope", default=EMPTY_SCOPE)
+cdef object _scope_var = scope_var
+
+
+cdef inline Scope current_scope():
+    cdef PyObject *value = NULL
+    PyContextVar_Get(_scope_var, NULL, &value)
+    if value == NULL:
+        return EMPTY_SCOPE
+    cdef Scope s = <Scope>value
+    Py_XDECREF(value)  # PyContextVar_Get gave a new reference; `s` holds its own
+    return s
+
+
+def current():
+    """The current scope (context attributes and span ids)."""
+    return current_scope()
+
+
+# ---- ids -----------------------------------------------------------------------------
+cdef uint64_t rng_state = 0
+cdef uint64_t rng_fork_gen = 0xFFFFFFFFFFFFFFFF
+cdef uint64_t GOLDEN = 0x9E3779B97F4A7C15
+cdef uint64_t MIX1 = 0xBF58476D1CE4E5B9
+cdef uint64_t MIX2 = 0x94D049BB133111EB
+
+
+cdef uint64_t next_random() except? 0:
+    """splitmix64, seeded from the OS and reseeded in a forked child (ids must differ)."""
+    global rng_state, rng_fork_gen
+    cdef uint64_t z
+    if EFB_UNLIKELY(rng_fork_gen != efb_fork_gen()):
+        rng_fork_gen = efb_fork_gen()
+        import os
+        rng_state = int.from_bytes(os.urandom(8), "little")
+    rng_state += GOLDEN
+    z = rng_state
+    z = (z ^ (z >> 30)) * MIX1
+    z = (z ^ (z >> 27)) * MIX2
+    return z ^ (z >> 31)
+
+
+cdef bytes new_id(int n):
+    cdef uint64_t parts[2]
+    parts[0] = next_random()
+    parts[1] = next_random()
+    while parts[0] == 0:
+        parts[0] = next_random()
+    return (<char *>parts)[:n]
+
+
+def new_trace_id():
+    return new_id(16)
+
+
+def new_span_id():
+    return new_id(8)
+
+
+# ---- the producer ------------------------------------------------------------------
+cdef Ring _ring = None
+cdef bint _disabled = False
+cdef object _attach = None  # api-level callable: attaches to the ring on first use
+cdef uint64_t _fork_gen = 0
+cdef object _after_fork = None
+
+
+def bind(ring, attach=None, after_fork=None, disabled=False):
+    """Point the encoder at ``ring`` (api.configure calls this)."""
+    global _ring, _attach, _disabled, _after_fork, _fork_gen
+    _ring = ring
+    _attach = attach
+    _after_fork = after_fork
+    _disabled = bool(disabled)
+    _fork_gen = efb_fork_gen()
+
+
+def bound_ring():
+    return _ring
+
+
+cdef int ensure_ring() except -1:
+    """0 when a ring is attached, 1 when telemetry is off (disabled or no ring)."""
+    global _fork_gen
+    if EFB_UNLIKELY(_ring is None or _fork_gen != efb_fork_gen()):
+        if _disabled:
+            return 1
+        if _ring is not None and _fork_gen != efb_fork_gen():
+            _fork_gen = efb_fork_gen()
+            if _after_fork is not None:
+                _after_fork()
+        if _ring is None:
+            if _attach is None:
+                return 1
+            _attach()
+            if _ring is None:
+                return 1
+    return 0
+
+
+cdef inline void begin(Enc *e, char *buf, Py_ssize_t cap) noexcept:
+    e.p = buf
+    e.end = buf + cap
+    e.overflow = False
+    e.dropped = 0
+    e.truncated = 0
+    e.nattrs = 0
+
+
+cdef inline void put_header(Enc *e, uint8_t kind, Scope sc, uint64_t t) noexcept:
+    cdef char *p = e.p
+    if not room(e, 12):
+        return
+    p[0] = <char>FORMAT_VERSION
+    p[1] = <char>kind
+    p[2] = <char>(F_HAS_TRACE if sc.trace_id is not None else 0)
+    p[3] = 0
+    memcpy(p + 4, &t, 8)
+    e.p += 12
+    if sc.trace_id is not None:
+        put_raw(e, PyBytes_AS_STRING(sc.trace_id), 16)
+        put_raw(e, PyBytes_AS_STRING(sc.span_id), 8)
+
+
+cdef inline void put_ctx(Enc *e, Scope sc) noexcept:
+    put_u16(e, sc.nctx)
+    put_raw(e, PyBytes_AS_STRING(sc.ctx), PyBytes_GET_SIZE(sc.ctx))
+    e.nattrs += sc.nctx
+
+
+cdef inline Py_ssize_t finish(Enc *e, char *start) noexcept:
+    """Length of the record, after inserting the limits field when anything was cut."""
+    cdef Py_ssize_t n = e.p - start
+    cdef Py_ssize_t at
+    cdef uint16_t d, t
+    if e.overflow:
+        return -1
+    if EFB_UNLIKELY(e.dropped or e.truncated):
+        if e.end - e.p < 4:
+            return -1
+        at = 12 + (24 if start[2] & F_HAS_TRACE else 0)
+        memmove(start + at + 4, start + at, n - at)
+        d = <uint16_t>(e.dropped if e.dropped < 65535 else 65535)
+        t = <uint16_t>(e.truncated if e.truncated < 65535 else 65535)
+        memcpy(start + at, &d, 2)
+        memcpy(start + at + 2, &t, 2)
+        start[2] = start[2] | F_HAS_LIMITS
+        n += 4
+        counters[C_TRUNCATED] += e.truncated
+        counters[C_DROPPED_ATTRS] += e.dropped
+    return n
+
+
+# Body writers: each encodes one whole record into the window and returns its length,
+# -1 when it did not fit. ``write_record`` retries them at the lane's start, after a spin
+# if configured, and with a reduced record when even the maximum size is too small.
+ctypedef Py_ssize_t (*body_fn)(Enc *e, char *start, tuple args, Scope sc, uint64_t t,
+                               int reduce) except -2
+
+
+cdef int write_record(uint8_t kind, body_fn fn, tuple args, Scope sc) except -1:
+    cdef Ring r = _ring
+    cdef char *buf
+    cdef Py_ssize_t cap, n
+    cdef Enc e
+    cdef uint64_t t = efb_now_ns(1)
+    cdef int reduce = 0, attempt
+    if EFB_UNLIKELY(r._ensure_lane()):
+        r._drop(DROP_FULL)
+        counters[C_DROP_NO_LANE] += 1
+        return 0
+    for attempt in range(8):
+        cap = r._window(&buf, False)
+        if cap >= 0:
+            begin(&e, buf, cap)
+            n = fn(&e, buf, args, sc, t, reduce)
+            if n >= 0:
+                break
+        if cap < r.max_record:
+            # Limited by free space or the lane's end: try at the lane's start.
+            cap = r._window(&buf, True)
+            if cap >= 0:
+                begin(&e, buf, cap)
+                n = fn(&e, buf, args, sc, t, reduce)
+                if n >= 0:
+                    break
+            if cap < r.max_record:
+                if attempt == 0 and r._wait_room(<uint64_t>r.max_record // 4):
+                    continue
+                r._drop(DROP_FULL)
+                counters[C_DROP_FULL] += 1
+                return 0
+        # Larger than the ring's maximum record: cut it down, step by step.
+        reduce += 1
+    else:
+        r._drop(DROP_TOO_LARGE)
+        counters[C_DROP_TOO_LARGE] += 1
+        return 0
+    r._commit(n)
+    counters[kind] += 1
+    counters[C_BYTES] += <uint64_t>n
+    return 0
+
+
+cdef dict reduced(dict attrs, int reduce, Enc *e):
+    """The attributes kept at reduction step ``reduce``: half as many each step."""
+    if reduce == 0 or not attrs:
+        return attrs
+    cdef Py_ssize_t keep = len(attrs) >> reduce
+    e.dropped += <uint32_t>(len(attrs) - keep)
+    out = {}
+    for k in attrs:
+        if len(out) >= keep:
+            break
+        out[k] = attrs[k]
+    return out
+
+
+cdef Py_ssize_t body_event(Enc *e, char *start, tuple args, Scope sc, uint64_t t,
+                           int reduce) except -2:
+    put_header(e, K_EVENT, sc, t)
+    put_text(e, <str>args[0], 2, max_key_length * 4)
+    put_ctx(e, sc)
+    put_attrs(e, reduced(<dict>args[1], reduce, e))
+    return finish(e, start)
+
+
+cdef Py_ssize_t body_log(Enc *e, char *start, tuple args, Scope sc, uint64_t t,
+                         int reduce) except -2:
+    put_header(e, K_LOG, sc, t)
+    put_u8(e, <uint8_t>args[0])
+    put_text(e, <str>args[1], 1, 64)
+    body = <str>args[2]
+    limit = max_body_length
+    if reduce:
+        limit = min(limit, max(64, (_ring.max_record >> reduce) // 4))
+    put_text(e, body, 4, limit)
+    put_ctx(e, sc)
+    put_attrs(e, reduced(<dict>args[3], reduce, e))
+    return finish(e, start)
+
+
+cdef Py_ssize_t body_span(Enc *e, char *start, tuple args, Scope sc, uint64_t t,
+                          int reduce) except -2:
+    # args: name, parent_span_id (8 bytes or None), start ns, status, kind, message,
+    #       attrs, events (list of (name, ns, attrs)), links (list of (tid, sid, attrs))
+    cdef bytes parent = args[1]
+    put_header(e, K_SPAN, sc, t)
+    put_text(e, <str>args[0], 2, max_key_length * 4)
+    if parent is None:
+        put_u64(e, 0)
+    else:
+        put_raw(e, PyBytes_AS_STRING(parent), 8)
+    put_u64(e, <uint64_t>args[2])
+    put_u8(e, <uint8_t>args[3])
+    put_u8(e, <uint8_t>args[4])
+    put_u8(e, <uint8_t>sc.trace_flags)
+    put_text(e, <str>args[5], 2, max_value_length)
+    events = args[7] or ()
+    links = args[8] or ()
+    if reduce:
+        events = events[:max(0, len(events) >> reduce)]
+    put_u16(e, <uint16_t>min(len(events), 65535))
+    for ev in events[:65535]:
+        put_text(e, ev[0], 2, max_key_length * 4)
+        put_u64(e, <uint64_t>ev[1])
+        put_attrs(e, ev[2])
+    put_u16(e, <uint16_t>min(len(links), 65535))
+    for ln in links[:65535]:
+        put_raw(e, PyBytes_AS_STRING(ln[0]), 16)
+        put_raw(e, PyBytes_AS_STRING(ln[1]), 8)
+        put_attrs(e, ln[2])
+    put_ctx(e, sc)
+    put_attrs(e, reduced(<dict>args[6], reduce, e))
+    return finish(e, start)
+
+
+cdef Py_ssize_t body_metric(Enc *e, char *start, tuple args, Scope sc, uint64_t t,
+                            int reduce) except -2:
+    # args: Instrument, value (int/float) or list of floats, attrs
+    cdef Instrument ins = <Instrument>args[0]
+    cdef object value = args[1]
+    cdef Py_ssize_t i, n
+    put_header(e, K_METRIC, sc, t)
+    put_raw(e, PyBytes_AS_STRING(ins.head), PyBytes_GET_SIZE(ins.head))
+    if ins.kind == 4:
+        values = <list>value
+        n = len(values)
+        put_u32(e, <uint32_t>n)
+        if room(e, 8 * n):
+            for i in range(n):
+                put_f64(e, <double>values[i])
+        put_raw(e, PyBytes_AS_STRING(ins.bounds), PyBytes_GET_SIZE(ins.bounds))
+    elif type(value) is int:
+        put_u8(e, T_INT)
+        put_u64(e, <uint64_t><int64_t>value)
+    else:
+        put_u8(e, T_DOUBLE)
+        put_f64(e, <double>value)
+    put_ctx(e, sc)
+    put_attrs(e, reduced(<dict>args[2], reduce, e))
+    return finish(e, start)
+
+
+# ---- public hot paths ---------------------------------------------------------------
+def emit(name, **attrs):
+    """Record an event ``name`` with attributes: the fastest path."""
+    if type(name) is not str:
+        raise TypeError(f"event name must be a str, not {type(name).__name__}")
+    if ensure_ring():
+        return
+    try:
+        write_record(K_EVENT, body_event, (name, attrs), current_scope())
+    except Exception:
+        counters[C_ERRORS] += 1
+
+
+cdef int _log(int severity, str text, object msg, dict attrs) except -1:
+    if type(msg) is not str:
+        try:
+            msg = str(msg)
+        except Exception:
+            msg = f"<unprintable {type(msg).__name__}>"
+        counters[C_COERCED] += 1
+    if ensure_ring():
+        return 0
+    try:
+        write_record(K_LOG, body_log, (severity, text, msg, attrs), current_scope())
+    except Exception:
+        counters[C_ERRORS] += 1
+    return 0
+
+
+def log_record(int severity, str severity_text, msg, dict attrs):
+    """A log record with an explicit severity (used by the logging bridges)."""
+    _log(severity, severity_text, msg, attrs)
+
+
+cdef class Log:
+    """``fastbuf.log``: severities DEBUG 5, INFO 9, WARN 13, ERROR 17, FATAL 21."""
+
+    def debug(self, msg, **attrs):
+        _log(5, "DEBUG", msg, attrs)
+
+    def info(self, msg, **attrs):
+        _log(9, "INFO", msg, attrs)
+
+    def warning(self, msg, **attrs):
+        _log(13, "WARN", msg, attrs)
+
+    warn = warning
+
+    def error(self, msg, **attrs):
+        _log(17, "ERROR", msg, attrs)
+
+    def critical(self, msg, **attrs):
+        _log(21, "FATAL", msg, attrs)
+
+    def exception(self, msg, **attrs):
+        """An ERROR record with ``exception.type``, ``exception.message`` and
+        ``exception.stacktrace`` of the exception being handled."""
+        import sys
+        import traceback
+        exc = sys.exc_info()[1]
+        if exc is not None:
+            attrs.setdefault("exception.type", type(exc).__qualname__)
+            attrs.setdefault("exception.message", str(exc))
+            attrs.setdefault("exception.stacktrace",
+                             "".join(traceback.format_exception(exc)))
+        _log(17, "ERROR", msg, attrs)
+
+
+def write_span(str name, bytes trace_id, bytes span_id, bytes parent_span_id,
+               uint64_t start_ns, uint64_t end_ns, int status, int kind, str message,
+               dict attrs, events=None, links=None, int trace_flags=1):
+    """Write a finished span with explicit ids and times (used by the OpenTelemetry
+    bridge). Ids are 16 and 8 bytes."""
+    if len(trace_id) != 16 or len(span_id) != 8 or (
+            parent_span_id is not None and len(parent_span_id) != 8):
+        raise ValueError("trace_id must be 16 bytes, span ids 8 bytes")
+    if ensure_ring():
+        return
+    cdef Scope sc = derive(current_scope(), trace_id, span_id, trace_flags, False)
+    try:
+        # A span's record time is its end time, given here rather than stamped.
+        write_record(K_SPAN, body_span_at,
+                     (name, parent_span_id, start_ns, status, kind, message, attrs, events,
+                      links, end_ns), sc)
+    except Exception:
+        counters[C_ERRORS] += 1
+
+
+cdef Py_ssize_t body_span_at(Enc *e, char *start, tuple args, Scope sc, uint64_t t,
+                             int reduce) except -2:
+    return body_span(e, start, args, sc, <uint64_t>args[9], reduce)
+
+
+cdef class Span:
+    """A span: ``with fastbuf.span(name, **attrs) as s``. Ends with status error when
+    an exception leaves it."""
+
+    cdef readonly str name
+    cdef dict attrs
+    cdef Scope scope
+    cdef Scope parent_scope
+    cdef object token
+    cdef uint64_t start_ns
+    cdef int status
+    cdef str message
+    cdef public int kind
+    cdef list events
+    cdef list links
+    cdef bint ended
+
+    def __cinit__(self, name, dict attrs=None, int kind=1):
+        if type(name) is not str:
+            raise TypeError(f"span name must be a str, not {type(name).__name__}")
+        self.name = name
+        self.attrs = attrs if attrs is not None else {}
+        self.kind = kind
+        self.status = 0
+        self.message = ""
+
+    def __enter__(self):
+        cdef Scope parent = current_scope()
+        cdef bytes trace_id = parent.trace_id
+        if trace_id is None:
+            trace_id = new_id(16)
+        self.parent_scope = parent
+        self.scope = derive(parent, trace_id, new_id(8), parent.trace_flags, False)
+        self.token = _scope_var.set(self.scope)
+        self.start_ns = efb_now_ns(1)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is not None and self.status != 1:
+            self.status = 2
+            try:
+                self.message = f"{type(exc).__name__}: {exc}"
+            except Exception:
+                self.message = type(exc).__name__
+            self.add_event("exception", **{
+                "exception.type": type(exc).__qualname__,
+                "exception.message": self.message,
+            })
+        try:
+            _scope_var.reset(self.token)
+        except ValueError:
+            # Exited in another context (e.g. a generator): restore the parent explicitly.
+            _scope_var.set(self.parent_scope)
+        self.end()
+        return False
+
+    def end(self):
+        """Write the span (``__exit__`` does this; for spans used without ``with``)."""
+        if self.ended or self.scope is None:
+            return
+        self.ended = True
+        if ensure_ring():
+            return
+        try:
+            write_record(K_SPAN, body_span,
+                         (self.name, self.parent_scope.span_id, self.start_ns, self.status,
+                          self.kind, self.message, self.attrs, self.events, self.links),
+                         self.scope)
+        except Exception:
+            counters[C_ERRORS] += 1
+
+    def set(self, **attrs):
+        """Add or replace attributes."""
+        self.attrs.update(attrs)
+        return self
+
+    def set_status(self, str status, str message=""):
+        """``"ok"``, ``"error"`` or ``"unset"``."""
+        codes = {"unset": 0, "ok": 1, "error": 2}
+        if status not in codes:
+            raise ValueError(f"status must be one of {sorted(codes)}, got {status!r}")
+        self.status = codes[status]
+        self.message = message
+
+    def add_event(self, str name, **attrs):
+        if self.events is None:
+            self.events = []
+        if len(self.events) < 128:
+            self.events.append((name, efb_now_ns(1), attrs))
+
+    def add_link(self, bytes trace_id, bytes span_id, **attrs):
+        if len(trace_id) != 16 or len(span_id) != 8:
+            raise ValueError("a link needs a 16-byte trace id and an 8-byte span id")
+        if self.links is None:
+            self.links = []
+        self.links.append((trace_id, span_id, attrs))
+
+    @property
+    def trace_id(self):
+        return self.scope.trace_id.hex() if self.scope is not None else None
+
+    @property
+    def span_id(self):
+        return self.scope.span_id.hex() if self.scope is not None else None
+
+    @property
+    def parent_span_id(self):
+        if self.parent_scope is None or self.parent_scope.span_id is None:
+            return None
+        return self.parent_scope.span_id.hex()
+
+
+def span(name, **attrs):
+    """``with fastbuf.span("denoise", steps=30) as s: ...``"""
+    return Span(name, attrs)
+
+
+cdef class Instrument:
+    """A metric instrument; updates are records the drainer aggregates."""
+
+    cdef readonly str name
+    cdef readonly str unit
+    cdef readonly str description
+    cdef readonly int kind
+    cdef bytes head  # encoded: u8 instrument, str16 name, str8 unit, str16 description
+    cdef bytes bounds  # HISTOGRAM: encoded u16 n_bounds + f64s
+
+    def __cinit__(self, int kind, str name, str unit="", str description="", bounds=None):
+        cdef char buf[4096]
+        cdef Enc e
+        self.kind = kind
+        self.name = name
+        self.unit = unit
+        self.description = description
+        begin(&e, buf, sizeof(buf))
+        put_u8(&e, <uint8_t>kind)
+        put_text(&e, name, 2, max_key_length * 4)
+        put_text(&e, unit, 1, 63)
+        put_text(&e, description, 2, 1024)
+        self.head = buf[:e.p - buf]
+        begin(&e, buf, sizeof(buf))
+        if bounds is None:
+            put_u16(&e, 0)
+        else:
+            bl = [float(b) for b in bounds]
+            if not bl or len(bl) > 256 or any(not (a < b) for a, b in zip(bl, bl[1:])):
+                raise ValueError("histogram bounds must be 1 to 256 strictly increasing "
+                                 "numbers")
+            put_u16(&e, <uint16_t>len(bl))
+            for b in bl:
+                put_f64(&e, b)
+        self.bounds = buf[:e.p - buf]
+
+    cdef int _update(self, value, dict attrs) except -1:
+        if ensure_ring():
+            return 0
+        try:
+            write_record(K_METRIC, body_metric, (self, value, attrs), current_scope())
+        except Exception:
+            counters[C_ERRORS] += 1
+        return 0
+
+    cdef object _number(self, value):
+        if type(value) is float:
+            return value
+        if type(value) is int:
+            return value if -(1 << 63) <= value < (1 << 63) else float(value)
+        if isinstance(value, bool):
+            return int(value)
+        try:
+            return value.__index__() if hasattr(value, "__index__") else float(value)
+        except Exception:
+            raise TypeError(f"metric value must be a number, not {type(value).__name__}")
+
+    def inc(self, value=1, **attrs):
+        """COUNTER: add a non-negative amount (negative amounts are ignored and counted)."""
+        value = self._number(value)
+        if value < 0:
+            counters[C_COERCED] += 1
+            return
+        self._update(value, attrs)
+
+    def add(self, value, **attrs):
+        """UPDOWNCOUNTER: add any amount."""
+        self._update(self._number(value), attrs)
+
+    def set(self, value, **attrs):
+        """GAUGE: the current value."""
+        self._update(self._number(value), attrs)
+
+    def record(self, value, **attrs):
+        """HISTOGRAM: one observation."""
+        self._update([float(self._number(value))], attrs)
+
+    def record_many(self, values, **attrs):
+        """HISTOGRAM: many observations in one call (a numpy array or a sequence),
+        split over several records only when they exceed the record size."""
+        try:
+            if hasattr(values, "tolist"):
+                vals = values.tolist()
+            else:
+                vals = list(values)
+            vals = [float(v) for v in vals]
+        except Exception:
+            raise TypeError("record_many takes a sequence or array of numbers")
+        cdef Py_ssize_t chunk = 4096
+        if _ring is not None:
+            chunk = max(1, (_ring.max_record - 1024) // 8)
+        cdef Py_ssize_t i
+        for i in range(0, len(vals), chunk):
+            self._update(vals[i:i + chunk], attrs)
+
+
+def encode_resource(dict attrs, str scope_name="emp_fastbuf", str scope_version=""):
+    """The resource blob a producer publishes in its lane's metadata."""
+    cdef char buf[8192]
+    cdef Enc e
+    begin(&e, buf, sizeof(buf))
+    put_u8(&e, FORMAT_VERSION)
+    put_u8(&e, 5)
+    put_text(&e, scope_name, 2, 256)
+    put_text(&e, scope_version, 2, 256)
+    put_attrs(&e, attrs)
+    if e.overflow:
+        raise ValueError("resource attributes do not fit in 8 KiB")
+    return buf[:e.p - buf]

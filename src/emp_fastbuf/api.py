@@ -1,0 +1,432 @@
+"""The telemetry API: configuration, correlation scopes, trace context, metrics.
+
+The per-call hot paths (``emit``, ``log.*``, ``span``, instrument updates) live in the
+native ``_codec`` module; this module sets them up and holds everything that is not hot.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import re
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+from urllib.parse import unquote
+
+from emp_fastbuf import _codec
+from emp_fastbuf._codec import Instrument, Log, Span, scope_var
+from emp_fastbuf._ring import Ring, default_ring_name
+from emp_fastbuf._version import __version__
+from emp_fastbuf.errors import RingCorrupt, RingError, RingNotFound
+
+_logger = logging.getLogger("emp_fastbuf")
+
+DEFAULT_RING_SIZE = 64 << 20
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class _State:
+    ring: Ring | None = None
+    ring_name: str = ""
+    service: str = "unknown_service"
+    machine_id: str = ""
+    worker_id: str | None = None  # None: host name and pid, recomputed after fork
+    resource_attributes: dict[str, Any] = field(default_factory=dict)
+    instance_id: str = ""
+    disabled: bool = False
+    pid: int = 0
+
+
+_state = _State()
+_lock = threading.RLock()
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def parse_resource_attributes(value: str) -> dict[str, str]:
+    """``OTEL_RESOURCE_ATTRIBUTES``: ``k=v,k2=v2``, percent-encoded. Malformed pairs are
+    skipped (telemetry configuration must never crash the worker)."""
+    out: dict[str, str] = {}
+    for part in value.split(","):
+        if "=" not in part:
+            continue
+        key, _, val = part.partition("=")
+        key = unquote(key.strip())
+        if key:
+            out[key] = unquote(val.strip())
+    return out
+
+
+def _resource() -> dict[str, Any]:
+    st = _state
+    host = socket.gethostname()
+    pid = os.getpid()
+    attrs: dict[str, Any] = dict(st.resource_attributes)
+    attrs.update(
+        {
+            "service.name": st.service,
+            "service.instance.id": st.instance_id,
+            "host.name": host,
+            "process.pid": pid,
+            "process.runtime.name": "cpython",
+            "emp.machine_id": st.machine_id or host,
+            "emp.worker_id": st.worker_id or f"{host}-{pid}",
+            "telemetry.sdk.name": "emp-fastbuf",
+            "telemetry.sdk.version": __version__,
+        }
+    )
+    return attrs
+
+
+def _publish_resource() -> None:
+    if _state.ring is not None:
+        _state.ring.set_meta(_codec.encode_resource(_resource(), "emp_fastbuf", __version__))
+
+
+def _after_fork() -> None:
+    # A forked child is a new producer: new pid, new instance id, its own lane.
+    with _lock:
+        _state.pid = os.getpid()
+        _state.instance_id = uuid.uuid4().hex
+        _publish_resource()
+
+
+def _open_ring(name: str, create: bool, size: int) -> Ring:
+    last: Exception | None = None
+    for _ in range(50):
+        try:
+            return Ring.open(name)
+        except RingNotFound as exc:
+            last = exc
+            if not create:
+                raise
+            try:
+                return Ring.create(name, size, exist_ok=True)
+            except RingCorrupt as exc2:  # another process is creating it right now
+                last = exc2
+        except RingCorrupt as exc:
+            last = exc
+        threading.Event().wait(0.01)
+    assert last is not None
+    raise last
+
+
+def configure(
+    service: str | None = None,
+    machine_id: str | None = None,
+    worker_id: str | None = None,
+    ring: str | None = None,
+    *,
+    resource_attributes: Mapping[str, Any] | None = None,
+    create: bool = True,
+    ring_size: int | None = None,
+    max_attributes: int | None = None,
+    max_key_length: int | None = None,
+    max_value_length: int | None = None,
+    agent: str | None = None,
+) -> None:
+    """Set who this process is and which ring it writes to (all optional).
+
+    Unset values come from the environment (``OTEL_SERVICE_NAME``,
+    ``OTEL_RESOURCE_ATTRIBUTES``, ``EMP_MACHINE_ID``, ``EMP_WORKER_ID``,
+    ``EMP_FASTBUF_RING``). The ring is created when missing (``create=True``).
+    ``agent``: ``"spawn"`` (default, from ``EMP_FASTBUF_AGENT``) starts a drainer when none
+    holds the ring; ``"external"`` leaves that to the operator.
+    """
+    for label, value in (
+        ("service", service),
+        ("machine_id", machine_id),
+        ("worker_id", worker_id),
+        ("ring", ring),
+    ):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{label} must be a str, not {type(value).__name__}")
+    env = os.environ
+    _codec.set_limits(
+        attributes=max_attributes, key_length=max_key_length, value_length=max_value_length
+    )
+    with _lock:
+        if _truthy(env.get("OTEL_SDK_DISABLED")):
+            _state.disabled = True
+            _codec.bind(None, None, None, True)
+            return
+        res = parse_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
+        if resource_attributes:
+            res.update(resource_attributes)
+        svc = service or env.get("OTEL_SERVICE_NAME") or res.get("service.name")
+        _state.service = str(svc or "unknown_service")
+        _state.machine_id = machine_id or env.get("EMP_MACHINE_ID") or socket.gethostname()
+        _state.worker_id = worker_id or env.get("EMP_WORKER_ID") or None
+        _state.resource_attributes = res
+        _state.instance_id = _state.instance_id or uuid.uuid4().hex
+        _state.pid = os.getpid()
+        name = ring or env.get("EMP_FASTBUF_RING") or default_ring_name()
+        if _state.ring is not None and _state.ring_name == name:
+            new_ring = _state.ring
+        else:
+            size = ring_size or int(env.get("EMP_FASTBUF_RING_SIZE", DEFAULT_RING_SIZE))
+            new_ring = _open_ring(name, create, size)
+            if _state.ring is not None:
+                _state.ring.flush(0)
+                _state.ring.close()
+        _state.ring = new_ring
+        _state.ring_name = name
+        _state.disabled = False
+        _publish_resource()
+        _codec.bind(new_ring, _auto_attach, _after_fork, False)
+    mode = agent or env.get("EMP_FASTBUF_AGENT", "spawn")
+    if mode not in ("spawn", "external"):
+        raise ValueError(f"agent must be 'spawn' or 'external', got {mode!r}")
+    if mode == "spawn":
+        from emp_fastbuf.agent.spawn import ensure_agent
+
+        ensure_agent(name)
+
+
+def _auto_attach() -> None:
+    """First call without ``configure``: configure from the environment. Never raises:
+    telemetry that cannot attach is off, with one warning."""
+    with _lock:
+        if _state.ring is not None or _state.disabled:
+            return
+        try:
+            configure()
+        except Exception as exc:
+            _state.disabled = True
+            _codec.bind(None, None, None, True)
+            _logger.warning("emp_fastbuf: telemetry is off: cannot attach to the ring: %s", exc)
+
+
+_codec.bind(None, _auto_attach, _after_fork, False)
+
+
+def shutdown() -> None:
+    """Detach from the ring (records already written stay there for the drainer)."""
+    with _lock:
+        if _state.ring is not None:
+            _state.ring.close()
+        _state.ring = None
+        _codec.bind(None, _auto_attach, _after_fork, False)
+
+
+def ring() -> Ring | None:
+    """The ring this process writes to, if attached."""
+    return _state.ring
+
+
+# ---- records -------------------------------------------------------------------------
+
+emit = _codec.emit
+
+
+def event(name: str, **attrs: Any) -> None:
+    """The same as ``emit``: a named event with attributes."""
+    _codec.emit(name, **attrs)
+
+
+log = Log()
+span = _codec.span
+
+
+# ---- correlation ---------------------------------------------------------------------
+
+
+@contextmanager
+def context(**attrs: Any) -> Iterator[None]:
+    """Every record inside carries these attributes (``job_id`` becomes ``emp.job_id``)."""
+    token = scope_var.set(_codec.current().with_attrs(attrs))
+    try:
+        yield
+    finally:
+        try:
+            scope_var.reset(token)
+        except ValueError:
+            pass
+
+
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+
+
+def parse_traceparent(header: object) -> tuple[bytes, bytes, int] | None:
+    """(trace id, parent span id, flags) from a W3C ``traceparent``; None if invalid."""
+    if not isinstance(header, str):
+        return None
+    header = header.strip()
+    m = _TRACEPARENT.match(header)
+    if m is None:
+        return None
+    version, trace, parent, flags, rest = m.groups()
+    if version == "ff" or (version == "00" and rest is not None):
+        return None
+    if trace == "0" * 32 or parent == "0" * 16:
+        return None
+    return bytes.fromhex(trace), bytes.fromhex(parent), int(flags, 16)
+
+
+def traceparent() -> str | None:
+    """The W3C ``traceparent`` of the current span, or None outside spans."""
+    sc = _codec.current()
+    if sc.trace_id is None or sc.span_id is None:
+        return None
+    return f"00-{sc.trace_id.hex()}-{sc.span_id.hex()}-{sc.trace_flags & 0xFF:02x}"
+
+
+@contextmanager
+def continue_trace(header: str | None) -> Iterator[None]:
+    """Spans inside join the trace of ``header`` (an invalid header is ignored)."""
+    parsed = parse_traceparent(header)
+    if parsed is None:
+        yield
+        return
+    trace_id, span_id, flags = parsed
+    token = scope_var.set(_codec.current().with_span(trace_id, span_id, flags, True))
+    try:
+        yield
+    finally:
+        try:
+            scope_var.reset(token)
+        except ValueError:
+            pass
+
+
+@overload
+def traced(name: F) -> F: ...
+@overload
+def traced(name: str | None = None, **attrs: Any) -> Callable[[F], F]: ...
+def traced(name: Any = None, **attrs: Any) -> Any:
+    """Decorator: run the function inside a span (``@traced`` or ``@traced("name")``);
+    works on coroutine functions too."""
+    if callable(name):
+        return traced(None)(name)
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"span name must be a str, not {type(name).__name__}")
+
+    def decorate(fn: F) -> F:
+        span_name = name or fn.__qualname__
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with _codec.span(span_name, **attrs):
+                    return await fn(*args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with _codec.span(span_name, **attrs):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+# ---- metrics ---------------------------------------------------------------------------
+
+
+class Metrics:
+    """``fastbuf.metrics``: instruments are cached by kind, name and unit."""
+
+    def __init__(self) -> None:
+        self._instruments: dict[tuple[int, str, str, tuple[float, ...] | None], Instrument] = {}
+        self._lock = threading.Lock()
+
+    def _get(
+        self, kind: int, name: str, unit: str, description: str, bounds: Any = None
+    ) -> Instrument:
+        if not isinstance(name, str):
+            raise TypeError(f"instrument name must be a str, not {type(name).__name__}")
+        if not isinstance(unit, str) or not isinstance(description, str):
+            raise TypeError("unit and description must be str")
+        bkey = None if bounds is None else tuple(float(b) for b in bounds)
+        key = (kind, name, unit, bkey)
+        inst = self._instruments.get(key)
+        if inst is None:
+            with self._lock:
+                inst = self._instruments.get(key)
+                if inst is None:
+                    inst = Instrument(kind, name, unit, description, bkey)
+                    self._instruments[key] = inst
+        return inst
+
+    def counter(self, name: str, unit: str = "", description: str = "") -> Instrument:
+        """A monotonic sum: ``.inc(amount=1, **attrs)``."""
+        return self._get(1, name, unit, description)
+
+    def updowncounter(self, name: str, unit: str = "", description: str = "") -> Instrument:
+        """A sum that can go down: ``.add(amount, **attrs)``."""
+        return self._get(2, name, unit, description)
+
+    def gauge(self, name: str, unit: str = "", description: str = "") -> Instrument:
+        """The last value wins: ``.set(value, **attrs)``."""
+        return self._get(3, name, unit, description)
+
+    def histogram(
+        self,
+        name: str,
+        unit: str = "",
+        description: str = "",
+        bounds: Any = None,
+    ) -> Instrument:
+        """Explicit-bucket histogram (OpenTelemetry default bounds unless ``bounds``):
+        ``.record(value, **attrs)``, ``.record_many(values, **attrs)``."""
+        return self._get(4, name, unit, description, bounds)
+
+
+metrics = Metrics()
+
+
+# ---- flush and stats ------------------------------------------------------------------
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """True once every record this process emitted so far has been taken (acknowledged)
+    by the drainer; False at the timeout. Never raises for a missing drainer."""
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool):
+        raise TypeError(f"timeout must be a number, not {type(timeout).__name__}")
+    r = _state.ring
+    if r is None:
+        return True
+    try:
+        return bool(r.flush(float(timeout)))
+    except RingError:
+        return False
+
+
+def stats() -> dict[str, Any]:
+    """This process's counters: emitted (total and per kind), dropped by reason, bytes,
+    truncated values, dropped attributes, coerced values."""
+    c = _codec.counter_values()
+    per_kind = {k: c[k] for k in ("log", "event", "span", "metric")}
+    dropped = {
+        "full": c["dropped_full"],
+        "no_lane": c["dropped_no_lane"],
+        "too_large": c["dropped_too_large"],
+    }
+    r = _state.ring
+    return {
+        "emitted": sum(per_kind.values()),
+        "by_kind": per_kind,
+        "dropped": sum(dropped.values()),
+        "dropped_by_reason": dropped,
+        "bytes": c["bytes"],
+        "truncated_values": c["truncated_values"],
+        "dropped_attributes": c["dropped_attributes"],
+        "coerced_values": c["coerced_values"],
+        "errors": c["errors"],
+        "disabled": _state.disabled,
+        "ring": _state.ring_name if r is not None else None,
+        "pending_bytes": r.pending() if r is not None else 0,
+    }
