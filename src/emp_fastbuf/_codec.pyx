@@ -9,7 +9,10 @@ raises TypeError): a bad attribute value is coerced or truncated and counted.
 from contextvars import ContextVar
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.contextvars cimport PyContextVar_Reset, PyContextVar_Set
 from cpython.dict cimport PyDict_Next
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from cpython.unicode cimport PyUnicode_CheckExact
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
@@ -28,6 +31,9 @@ from emp_fastbuf._ring cimport (
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+    bint PyUnicode_IS_COMPACT_ASCII(object s)
+    void *PyUnicode_DATA(object s)
+    Py_ssize_t PyDict_GET_SIZE(object d)
     int PyContextVar_Get(object var, PyObject *default_value, PyObject **value) except -1
 
 cdef extern from "_proc.h" nogil:
@@ -186,7 +192,18 @@ cdef int put_text(Enc *e, object s, int width, Py_ssize_t max_chars) except -1:
     cdef Py_ssize_t n
     cdef const char *u
     cdef Py_ssize_t cap = 255 if width == 1 else (65535 if width == 2 else 0x7FFFFFFF)
-    if PyUnicode_GET_LENGTH(s) > max_chars:
+    n = PyUnicode_GET_LENGTH(s)
+    if n <= max_chars and n <= cap and PyUnicode_IS_COMPACT_ASCII(s):
+        # The common case: ASCII, within limits, its bytes are the UTF-8.
+        if width == 1:
+            put_u8(e, <uint8_t>n)
+        elif width == 2:
+            put_u16(e, <uint16_t>n)
+        else:
+            put_u32(e, <uint32_t>n)
+        put_raw(e, <const char *>PyUnicode_DATA(s), n)
+        return 0
+    if n > max_chars:
         s = s[:max_chars]
         e.truncated += 1
     try:
@@ -576,16 +593,39 @@ cdef inline Py_ssize_t finish(Enc *e, char *start) noexcept:
 # Body writers: each encodes one whole record into the window and returns its length,
 # -1 when it did not fit. ``write_record`` retries them at the lane's start, after a spin
 # if configured, and with a reduced record when even the maximum size is too small.
-ctypedef Py_ssize_t (*body_fn)(Enc *e, char *start, tuple args, Scope sc, uint64_t t,
+cdef struct Call:
+    PyObject *name  # str: event, span or log text
+    PyObject *sev_text  # LOG: severity text
+    int severity  # LOG
+    PyObject *attrs  # a dict, or NULL with kn/kv
+    PyObject *kn  # fastcall keyword names (a tuple) or NULL
+    PyObject **kv  # fastcall keyword values
+    PyObject *obj  # SPAN: the Span; METRIC: the Instrument
+    PyObject *value  # METRIC: int/float, or a list of floats for a histogram
+    uint64_t t  # the record's time; 0: now
+
+ctypedef Py_ssize_t (*body_fn)(Enc *e, char *start, Call *c, Scope sc, uint64_t t,
                                int reduce) except -2
 
 
-cdef int write_record(uint8_t kind, body_fn fn, tuple args, Scope sc) except -1:
+cdef inline void init_call(Call *c) noexcept:
+    c.name = NULL
+    c.sev_text = NULL
+    c.severity = 0
+    c.attrs = NULL
+    c.kn = NULL
+    c.kv = NULL
+    c.obj = NULL
+    c.value = NULL
+    c.t = 0
+
+
+cdef int write_record(uint8_t kind, body_fn fn, Call *c, Scope sc) except -1:
     cdef Ring r = _ring
     cdef char *buf
     cdef Py_ssize_t cap, n
     cdef Enc e
-    cdef uint64_t t = efb_now_ns(1)
+    cdef uint64_t t = c.t if c.t else efb_now_ns(1)
     cdef int reduce = 0, attempt
     if EFB_UNLIKELY(r._ensure_lane()):
         r._drop(DROP_FULL)
@@ -595,7 +635,7 @@ cdef int write_record(uint8_t kind, body_fn fn, tuple args, Scope sc) except -1:
         cap = r._window(&buf, False)
         if cap >= 0:
             begin(&e, buf, cap)
-            n = fn(&e, buf, args, sc, t, reduce)
+            n = fn(&e, buf, c, sc, t, reduce)
             if n >= 0:
                 break
         if cap < r.max_record:
@@ -603,7 +643,7 @@ cdef int write_record(uint8_t kind, body_fn fn, tuple args, Scope sc) except -1:
             cap = r._window(&buf, True)
             if cap >= 0:
                 begin(&e, buf, cap)
-                n = fn(&e, buf, args, sc, t, reduce)
+                n = fn(&e, buf, c, sc, t, reduce)
                 if n >= 0:
                     break
             if cap < r.max_record:
@@ -624,85 +664,118 @@ cdef int write_record(uint8_t kind, body_fn fn, tuple args, Scope sc) except -1:
     return 0
 
 
-cdef dict reduced(dict attrs, int reduce, Enc *e):
-    """The attributes kept at reduction step ``reduce``: half as many each step."""
-    if reduce == 0 or not attrs:
-        return attrs
-    cdef Py_ssize_t keep = len(attrs) >> reduce
-    e.dropped += <uint32_t>(len(attrs) - keep)
-    out = {}
-    for k in attrs:
-        if len(out) >= keep:
+cdef int put_own_attrs(Enc *e, Call *c, int reduce) except -1:
+    """The record's own attributes, from a dict or straight from the call's keywords
+    (no dict is built on the fast path). At reduction step ``reduce`` only the first
+    ``n >> reduce`` are kept (the rest counted as dropped)."""
+    cdef char *count_at = e.p
+    cdef Py_ssize_t pos = 0, i, total, keep
+    cdef PyObject *k
+    cdef PyObject *v
+    cdef uint16_t n = 0
+    put_u16(e, 0)
+    if c.kn != NULL:
+        total = PyTuple_GET_SIZE(<object>c.kn)
+    elif c.attrs != NULL:
+        total = PyDict_GET_SIZE(<object>c.attrs)
+    else:
+        return 0
+    keep = total >> reduce
+    if keep < total:
+        e.dropped += <uint32_t>(total - keep)
+    i = 0
+    while i < keep:
+        if c.kn != NULL:
+            k = PyTuple_GET_ITEM(<object>c.kn, i)
+            v = c.kv[i]
+        elif not PyDict_Next(<object>c.attrs, &pos, &k, &v):
             break
-        out[k] = attrs[k]
-    return out
+        i += 1
+        if e.nattrs >= <uint32_t>max_attributes:
+            e.dropped += 1
+            continue
+        put_key(e, <object>k)
+        put_scalar(e, <object>v, False)
+        n += 1
+        e.nattrs += 1
+        if e.overflow:
+            return 0
+    if not e.overflow:
+        memcpy(count_at, &n, 2)
+    return 0
 
 
-cdef Py_ssize_t body_event(Enc *e, char *start, tuple args, Scope sc, uint64_t t,
+cdef Py_ssize_t body_event(Enc *e, char *start, Call *c, Scope sc, uint64_t t,
                            int reduce) except -2:
     put_header(e, K_EVENT, sc, t)
-    put_text(e, <str>args[0], 2, max_key_length * 4)
+    put_text(e, <object>c.name, 2, max_key_length * 4)
     put_ctx(e, sc)
-    put_attrs(e, reduced(<dict>args[1], reduce, e))
+    put_own_attrs(e, c, reduce)
     return finish(e, start)
 
 
-cdef Py_ssize_t body_log(Enc *e, char *start, tuple args, Scope sc, uint64_t t,
+cdef Py_ssize_t body_log(Enc *e, char *start, Call *c, Scope sc, uint64_t t,
                          int reduce) except -2:
+    cdef Py_ssize_t limit = max_body_length
     put_header(e, K_LOG, sc, t)
-    put_u8(e, <uint8_t>args[0])
-    put_text(e, <str>args[1], 1, 64)
-    body = <str>args[2]
-    limit = max_body_length
+    put_u8(e, <uint8_t>c.severity)
+    put_text(e, <object>c.sev_text, 1, 64)
     if reduce:
         limit = min(limit, max(64, (_ring.max_record >> reduce) // 4))
-    put_text(e, body, 4, limit)
+    put_text(e, <object>c.name, 4, limit)
     put_ctx(e, sc)
-    put_attrs(e, reduced(<dict>args[3], reduce, e))
+    put_own_attrs(e, c, reduce)
     return finish(e, start)
 
 
-cdef Py_ssize_t body_span(Enc *e, char *start, tuple args, Scope sc, uint64_t t,
+cdef Py_ssize_t body_span(Enc *e, char *start, Call *c, Scope sc, uint64_t t,
                           int reduce) except -2:
-    # args: name, parent_span_id (8 bytes or None), start ns, status, kind, message,
-    #       attrs, events (list of (name, ns, attrs)), links (list of (tid, sid, attrs))
-    cdef bytes parent = args[1]
+    cdef Span s = <Span>c.obj
+    cdef bytes parent = s.parent_span
+    cdef list events = s.events
+    cdef list links = s.links
+    cdef Py_ssize_t nev = len(events) if events is not None else 0
+    cdef Py_ssize_t nln = len(links) if links is not None else 0
     put_header(e, K_SPAN, sc, t)
-    put_text(e, <str>args[0], 2, max_key_length * 4)
+    put_text(e, s.name, 2, max_key_length * 4)
     if parent is None:
         put_u64(e, 0)
     else:
         put_raw(e, PyBytes_AS_STRING(parent), 8)
-    put_u64(e, <uint64_t>args[2])
-    put_u8(e, <uint8_t>args[3])
-    put_u8(e, <uint8_t>args[4])
+    put_u64(e, s.start_ns)
+    put_u8(e, <uint8_t>s.status)
+    put_u8(e, <uint8_t>s.kind)
     put_u8(e, <uint8_t>sc.trace_flags)
-    put_text(e, <str>args[5], 2, max_value_length)
-    events = args[7] or ()
-    links = args[8] or ()
+    put_text(e, s.message, 2, max_value_length)
     if reduce:
-        events = events[:max(0, len(events) >> reduce)]
-    put_u16(e, <uint16_t>min(len(events), 65535))
-    for ev in events[:65535]:
+        nev >>= reduce
+    if nev > 65535:
+        nev = 65535
+    if nln > 65535:
+        nln = 65535
+    put_u16(e, <uint16_t>nev)
+    for i in range(nev):
+        ev = events[i]
         put_text(e, ev[0], 2, max_key_length * 4)
         put_u64(e, <uint64_t>ev[1])
         put_attrs(e, ev[2])
-    put_u16(e, <uint16_t>min(len(links), 65535))
-    for ln in links[:65535]:
+    put_u16(e, <uint16_t>nln)
+    for i in range(nln):
+        ln = links[i]
         put_raw(e, PyBytes_AS_STRING(ln[0]), 16)
         put_raw(e, PyBytes_AS_STRING(ln[1]), 8)
         put_attrs(e, ln[2])
     put_ctx(e, sc)
-    put_attrs(e, reduced(<dict>args[6], reduce, e))
+    put_own_attrs(e, c, reduce)
     return finish(e, start)
 
 
-cdef Py_ssize_t body_metric(Enc *e, char *start, tuple args, Scope sc, uint64_t t,
+cdef Py_ssize_t body_metric(Enc *e, char *start, Call *c, Scope sc, uint64_t t,
                             int reduce) except -2:
-    # args: Instrument, value (int/float) or list of floats, attrs
-    cdef Instrument ins = <Instrument>args[0]
-    cdef object value = args[1]
+    cdef Instrument ins = <Instrument>c.obj
+    cdef object value = <object>c.value
     cdef Py_ssize_t i, n
+    cdef double d
     put_header(e, K_METRIC, sc, t)
     put_raw(e, PyBytes_AS_STRING(ins.head), PyBytes_GET_SIZE(ins.head))
     if ins.kind == 4:
@@ -711,7 +784,9 @@ cdef Py_ssize_t body_metric(Enc *e, char *start, tuple args, Scope sc, uint64_t 
         put_u32(e, <uint32_t>n)
         if room(e, 8 * n):
             for i in range(n):
-                put_f64(e, <double>values[i])
+                d = <double>values[i]
+                memcpy(e.p, &d, 8)
+                e.p += 8
         put_raw(e, PyBytes_AS_STRING(ins.bounds), PyBytes_GET_SIZE(ins.bounds))
     elif type(value) is int:
         put_u8(e, T_INT)
@@ -720,63 +795,121 @@ cdef Py_ssize_t body_metric(Enc *e, char *start, tuple args, Scope sc, uint64_t 
         put_u8(e, T_DOUBLE)
         put_f64(e, <double>value)
     put_ctx(e, sc)
-    put_attrs(e, reduced(<dict>args[2], reduce, e))
+    put_own_attrs(e, c, reduce)
     return finish(e, start)
 
 
 # ---- public hot paths ---------------------------------------------------------------
-def emit(name, **attrs):
-    """Record an event ``name`` with attributes: the fastest path."""
-    if type(name) is not str:
-        raise TypeError(f"event name must be a str, not {type(name).__name__}")
+# emit and the log methods are METH_FASTCALL functions made by hand: keyword arguments
+# are encoded straight from the call's argument vector, with no kwargs dict built.
+cdef extern from *:
+    """
+    static PyObject *efb_make_fastcall(const char *name, void *fn, PyObject *self,
+                                       const char *doc) {
+        PyMethodDef *def = (PyMethodDef *)PyMem_Malloc(sizeof(PyMethodDef));
+        if (!def) return PyErr_NoMemory();
+        def->ml_name = name;
+        def->ml_meth = (PyCFunction)(void (*)(void))fn;
+        def->ml_flags = METH_FASTCALL | METH_KEYWORDS;
+        def->ml_doc = doc;
+        return PyCFunction_NewEx(def, self, NULL);  /* lives as long as the module */
+    }
+    """
+    object efb_make_fastcall(const char *name, void *fn, object self, const char *doc)
+
+
+cdef object emit_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    cdef Call c
+    if nargs != 1:
+        raise TypeError(f"emit() takes 1 positional argument (the event name), {nargs} given")
+    if not PyUnicode_CheckExact(<object>args[0]):
+        raise TypeError(f"event name must be a str, not {type(<object>args[0]).__name__}")
     if ensure_ring():
-        return
+        return None
+    init_call(&c)
+    c.name = args[0]
+    if kwnames != NULL:
+        c.kn = kwnames
+        c.kv = args + 1
     try:
-        write_record(K_EVENT, body_event, (name, attrs), current_scope())
+        write_record(K_EVENT, body_event, &c, current_scope())
     except Exception:
         counters[C_ERRORS] += 1
+    return None
 
 
-cdef int _log(int severity, str text, object msg, dict attrs) except -1:
-    if type(msg) is not str:
+emit = efb_make_fastcall(
+    "emit", <void *>emit_fast, None,
+    "emit(name, **attributes)\n--\n\nRecord an event ``name``: the fastest path.")
+
+
+cdef int _log(int severity, object sev_text, object msg, PyObject *attrs, PyObject *kn,
+              PyObject **kv) except -1:
+    cdef Call c
+    if not PyUnicode_CheckExact(msg):
         try:
             msg = str(msg)
+            if type(msg) is not str:
+                raise TypeError
         except Exception:
             msg = f"<unprintable {type(msg).__name__}>"
         counters[C_COERCED] += 1
     if ensure_ring():
         return 0
+    init_call(&c)
+    c.severity = severity
+    c.sev_text = <PyObject *>sev_text
+    c.name = <PyObject *>msg
+    c.attrs = attrs
+    c.kn = kn
+    c.kv = kv
     try:
-        write_record(K_LOG, body_log, (severity, text, msg, attrs), current_scope())
+        write_record(K_LOG, body_log, &c, current_scope())
     except Exception:
         counters[C_ERRORS] += 1
     return 0
 
 
+SEVERITY_TEXT = {5: "DEBUG", 9: "INFO", 13: "WARN", 17: "ERROR", 21: "FATAL"}
+
+
+cdef object log_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    # self is the severity number (a Python int) the function was made with.
+    if nargs != 1:
+        raise TypeError(f"log methods take 1 positional argument (the message), {nargs} given")
+    cdef int sev = self
+    _log(sev, SEVERITY_TEXT[sev], <object>args[0], NULL, kwnames,
+         args + 1 if kwnames != NULL else NULL)
+    return None
+
+
 def log_record(int severity, str severity_text, msg, dict attrs):
     """A log record with an explicit severity (used by the logging bridges)."""
-    _log(severity, severity_text, msg, attrs)
+    if not 0 <= severity <= 24:
+        raise ValueError(f"severity must be 0..24, got {severity}")
+    _log(severity, severity_text, msg, <PyObject *>attrs, NULL, NULL)
 
 
 cdef class Log:
-    """``fastbuf.log``: severities DEBUG 5, INFO 9, WARN 13, ERROR 17, FATAL 21."""
+    """``fastbuf.log``: ``debug``/``info``/``warning``/``error``/``critical`` (severity
+    numbers 5, 9, 13, 17, 21) take a message and keyword attributes."""
 
-    def debug(self, msg, **attrs):
-        _log(5, "DEBUG", msg, attrs)
+    cdef readonly object debug
+    cdef readonly object info
+    cdef readonly object warning
+    cdef readonly object warn
+    cdef readonly object error
+    cdef readonly object critical
 
-    def info(self, msg, **attrs):
-        _log(9, "INFO", msg, attrs)
-
-    def warning(self, msg, **attrs):
-        _log(13, "WARN", msg, attrs)
-
-    warn = warning
-
-    def error(self, msg, **attrs):
-        _log(17, "ERROR", msg, attrs)
-
-    def critical(self, msg, **attrs):
-        _log(21, "FATAL", msg, attrs)
+    def __cinit__(self):
+        self.debug = efb_make_fastcall("debug", <void *>log_fast, 5, "debug(msg, **attributes)")
+        self.info = efb_make_fastcall("info", <void *>log_fast, 9, "info(msg, **attributes)")
+        self.warning = efb_make_fastcall("warning", <void *>log_fast, 13,
+                                         "warning(msg, **attributes)")
+        self.warn = self.warning
+        self.error = efb_make_fastcall("error", <void *>log_fast, 17, "error(msg, **attributes)")
+        self.critical = efb_make_fastcall("critical", <void *>log_fast, 21,
+                                          "critical(msg, **attributes)")
 
     def exception(self, msg, **attrs):
         """An ERROR record with ``exception.type``, ``exception.message`` and
@@ -789,42 +922,44 @@ cdef class Log:
             attrs.setdefault("exception.message", str(exc))
             attrs.setdefault("exception.stacktrace",
                              "".join(traceback.format_exception(exc)))
-        _log(17, "ERROR", msg, attrs)
+        _log(17, "ERROR", msg, <PyObject *>attrs, NULL, NULL)
 
 
 def write_span(str name, bytes trace_id, bytes span_id, bytes parent_span_id,
                uint64_t start_ns, uint64_t end_ns, int status, int kind, str message,
-               dict attrs, events=None, links=None, int trace_flags=1):
+               dict attrs, list events=None, list links=None, int trace_flags=1):
     """Write a finished span with explicit ids and times (used by the OpenTelemetry
-    bridge). Ids are 16 and 8 bytes."""
+    bridge). Ids are 16 and 8 bytes; events are ``(name, time_ns, attrs)``, links
+    ``(trace_id, span_id, attrs)``."""
     if len(trace_id) != 16 or len(span_id) != 8 or (
             parent_span_id is not None and len(parent_span_id) != 8):
         raise ValueError("trace_id must be 16 bytes, span ids 8 bytes")
+    if not 0 <= status <= 2 or not 0 <= kind <= 5:
+        raise ValueError("status must be 0..2 and kind 0..5 (OTLP numbering)")
     if ensure_ring():
         return
-    cdef Scope sc = derive(current_scope(), trace_id, span_id, trace_flags, False)
-    try:
-        # A span's record time is its end time, given here rather than stamped.
-        write_record(K_SPAN, body_span_at,
-                     (name, parent_span_id, start_ns, status, kind, message, attrs, events,
-                      links, end_ns), sc)
-    except Exception:
-        counters[C_ERRORS] += 1
-
-
-cdef Py_ssize_t body_span_at(Enc *e, char *start, tuple args, Scope sc, uint64_t t,
-                             int reduce) except -2:
-    return body_span(e, start, args, sc, <uint64_t>args[9], reduce)
+    cdef Span s = Span.__new__(Span)
+    s.name = name
+    s.attrs = attrs
+    s.parent_span = parent_span_id
+    s.start_ns = start_ns
+    s.status = status
+    s.kind = kind
+    s.message = message
+    s.events = events
+    s.links = links
+    s.scope = derive(current_scope(), trace_id, span_id, trace_flags, False)
+    s._write(end_ns)
 
 
 cdef class Span:
-    """A span: ``with fastbuf.span(name, **attrs) as s``. Ends with status error when
-    an exception leaves it."""
+    """A span: ``with fastbuf.span(name, **attrs) as s``. Nested spans are children;
+    an exception that leaves the span ends it with status error."""
 
     cdef readonly str name
     cdef dict attrs
     cdef Scope scope
-    cdef Scope parent_scope
+    cdef bytes parent_span
     cdef object token
     cdef uint64_t start_ns
     cdef int status
@@ -834,27 +969,30 @@ cdef class Span:
     cdef list links
     cdef bint ended
 
-    def __cinit__(self, name, dict attrs=None, int kind=1):
+    def __cinit__(self):
+        self.status = 0
+        self.kind = 1
+        self.message = ""
+
+    def __init__(self, name, **attrs):
         if type(name) is not str:
             raise TypeError(f"span name must be a str, not {type(name).__name__}")
         self.name = name
-        self.attrs = attrs if attrs is not None else {}
-        self.kind = kind
-        self.status = 0
-        self.message = ""
+        self.attrs = attrs
 
     def __enter__(self):
         cdef Scope parent = current_scope()
         cdef bytes trace_id = parent.trace_id
         if trace_id is None:
             trace_id = new_id(16)
-        self.parent_scope = parent
+        self.parent_span = parent.span_id
         self.scope = derive(parent, trace_id, new_id(8), parent.trace_flags, False)
-        self.token = _scope_var.set(self.scope)
+        self.token = PyContextVar_Set(_scope_var, self.scope)
         self.start_ns = efb_now_ns(1)
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        cdef uint64_t end_ns = efb_now_ns(1)
         if exc is not None and self.status != 1:
             self.status = 2
             try:
@@ -865,32 +1003,43 @@ cdef class Span:
                 "exception.type": type(exc).__qualname__,
                 "exception.message": self.message,
             })
-        try:
-            _scope_var.reset(self.token)
-        except ValueError:
-            # Exited in another context (e.g. a generator): restore the parent explicitly.
-            _scope_var.set(self.parent_scope)
-        self.end()
+        if self.token is not None:
+            try:
+                PyContextVar_Reset(_scope_var, self.token)
+            except ValueError:
+                pass  # exited in another context (e.g. a generator): nothing to restore
+            self.token = None
+        if not self.ended:
+            self.ended = True
+            self._write(end_ns)
         return False
 
-    def end(self):
-        """Write the span (``__exit__`` does this; for spans used without ``with``)."""
-        if self.ended or self.scope is None:
-            return
-        self.ended = True
+    cdef _write(self, uint64_t end_ns):
+        cdef Call c
         if ensure_ring():
             return
+        init_call(&c)
+        c.obj = <PyObject *>self
+        c.attrs = <PyObject *>self.attrs if self.attrs is not None else NULL
+        c.t = end_ns
         try:
-            write_record(K_SPAN, body_span,
-                         (self.name, self.parent_scope.span_id, self.start_ns, self.status,
-                          self.kind, self.message, self.attrs, self.events, self.links),
-                         self.scope)
+            write_record(K_SPAN, body_span, &c, self.scope)
         except Exception:
             counters[C_ERRORS] += 1
 
+    def end(self):
+        """Write the span now (``with`` does this; for spans used without ``with``)."""
+        if self.ended or self.scope is None:
+            return
+        self.ended = True
+        self._write(efb_now_ns(1))
+
     def set(self, **attrs):
         """Add or replace attributes."""
-        self.attrs.update(attrs)
+        if self.attrs is None:
+            self.attrs = attrs
+        else:
+            self.attrs.update(attrs)
         return self
 
     def set_status(self, str status, str message=""):
@@ -902,6 +1051,7 @@ cdef class Span:
         self.message = message
 
     def add_event(self, str name, **attrs):
+        """A timestamped event inside the span (at most 128 are kept)."""
         if self.events is None:
             self.events = []
         if len(self.events) < 128:
@@ -916,6 +1066,7 @@ cdef class Span:
 
     @property
     def trace_id(self):
+        """Lowercase hex, once entered."""
         return self.scope.trace_id.hex() if self.scope is not None else None
 
     @property
@@ -924,14 +1075,30 @@ cdef class Span:
 
     @property
     def parent_span_id(self):
-        if self.parent_scope is None or self.parent_scope.span_id is None:
-            return None
-        return self.parent_scope.span_id.hex()
+        return self.parent_span.hex() if self.parent_span is not None else None
 
 
-def span(name, **attrs):
-    """``with fastbuf.span("denoise", steps=30) as s: ...``"""
-    return Span(name, attrs)
+cdef object span_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    cdef Span s
+    cdef Py_ssize_t i, n
+    if nargs != 1:
+        raise TypeError(f"span() takes 1 positional argument (the name), {nargs} given")
+    if not PyUnicode_CheckExact(<object>args[0]):
+        raise TypeError(f"span name must be a str, not {type(<object>args[0]).__name__}")
+    s = Span.__new__(Span)
+    s.name = <str>args[0]
+    if kwnames != NULL:
+        n = PyTuple_GET_SIZE(<object>kwnames)
+        d = {}
+        for i in range(n):
+            d[<object>PyTuple_GET_ITEM(<object>kwnames, i)] = <object>args[1 + i]
+        s.attrs = d
+    return s
+
+
+span = efb_make_fastcall(
+    "span", <void *>span_fast, None,
+    "span(name, **attributes)\n--\n\n``with fastbuf.span(\"denoise\", steps=30) as s: ...``")
 
 
 cdef class Instrument:
@@ -947,6 +1114,8 @@ cdef class Instrument:
     def __cinit__(self, int kind, str name, str unit="", str description="", bounds=None):
         cdef char buf[4096]
         cdef Enc e
+        if not 1 <= kind <= 4:
+            raise ValueError(f"instrument kind must be 1..4, got {kind}")
         self.kind = kind
         self.name = name
         self.unit = unit
@@ -970,11 +1139,17 @@ cdef class Instrument:
                 put_f64(&e, b)
         self.bounds = buf[:e.p - buf]
 
-    cdef int _update(self, value, dict attrs) except -1:
+    cdef int _update(self, object value, dict attrs) except -1:
+        cdef Call c
         if ensure_ring():
             return 0
+        init_call(&c)
+        c.obj = <PyObject *>self
+        c.value = <PyObject *>value
+        if attrs:
+            c.attrs = <PyObject *>attrs
         try:
-            write_record(K_METRIC, body_metric, (self, value, attrs), current_scope())
+            write_record(K_METRIC, body_metric, &c, current_scope())
         except Exception:
             counters[C_ERRORS] += 1
         return 0
@@ -992,11 +1167,12 @@ cdef class Instrument:
             raise TypeError(f"metric value must be a number, not {type(value).__name__}")
 
     def inc(self, value=1, **attrs):
-        """COUNTER: add a non-negative amount (negative amounts are ignored and counted)."""
-        value = self._number(value)
-        if value < 0:
-            counters[C_COERCED] += 1
-            return
+        """COUNTER: add a non-negative amount (a negative amount is ignored and counted)."""
+        if type(value) is not int or value < 0 or value >= (1 << 63):
+            value = self._number(value)
+            if value < 0:
+                counters[C_COERCED] += 1
+                return
         self._update(value, attrs)
 
     def add(self, value, **attrs):
