@@ -1,0 +1,616 @@
+"""Durable spool of raw batches between the drainer and the destinations.
+
+The drainer writes each batch (raw ring bytes, per lane) to one file and acknowledges the
+ring records only after ``Spool.write`` returns; exporters read the oldest files, and mark
+each destination done; the file is deleted once every destination has it. The on-disk
+format is described in ``docs/spool-format.md``. Files read back are untrusted: a file that
+does not parse is moved to ``<directory>/../quarantine/`` instead of being retried forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import re
+import shutil
+import struct
+import sys
+import threading
+import time
+import zlib
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+__all__ = [
+    "COMPRESSION_NONE",
+    "COMPRESSION_ZSTD",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "MAX_PAYLOAD",
+    "CorruptSpoolFile",
+    "LaneChunk",
+    "Spool",
+]
+
+log = logging.getLogger("emp_fastbuf.agent")
+
+MAGIC = b"EFBSPOOL"
+FORMAT_VERSION = 1
+COMPRESSION_NONE = 0
+COMPRESSION_ZSTD = 1
+ZSTD_LEVEL = 1
+# Largest uncompressed payload a file may hold; also the most a reader will allocate.
+MAX_PAYLOAD = 1 << 30
+
+# magic, version, compression, flags, chunk count, created ns, record count, payload length
+_HEADER = struct.Struct("<8sHBBIQQQ")
+_HEADER_CRC = struct.Struct("<I")
+_FRAME = struct.Struct("<QI")  # compressed length, crc32 of the compressed bytes
+_PREFIX_LEN = _HEADER.size + _HEADER_CRC.size + _FRAME.size  # 56
+_U32 = struct.Struct("<I")
+# Upper bound of a valid file: zstd never expands input by more than a small fraction.
+_MAX_FILE = _PREFIX_LEN + MAX_PAYLOAD + (MAX_PAYLOAD >> 6)
+_U32_MAX = 0xFFFFFFFF
+
+_DATA_SUFFIX = ".spool"
+_ID_RE = re.compile(r"\d{12}-\d{19}")
+_DATA_RE = re.compile(r"(\d{12}-\d{19})\.spool")
+_MARKER_RE = re.compile(r"(\d{12}-\d{19})\.([A-Za-z0-9_-]{1,64})\.done")
+_DEST_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TMP_RE = re.compile(r"\.(\d{12}-\d{19})\.(\d+)\.tmp")
+# A temporary file of a live process other than this one is left alone for this long.
+_TMP_GRACE_S = 3600.0
+
+# Record lengths are stored as little-endian u32; pick the array code that is 4 bytes.
+_LEN_CODE = "I" if array("I").itemsize == 4 else "L"
+_BIG_ENDIAN = sys.byteorder == "big"
+
+# Temporary files being written right now by any Spool of this process.
+_active_tmp: set[str] = set()
+_active_tmp_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class LaneChunk:
+    """Raw bytes of one lane: the producer's resource blob and its record payloads."""
+
+    meta: bytes
+    records: list[bytes]
+
+
+class CorruptSpoolFile(Exception):
+    """A spool file failed to parse; it has been moved to the quarantine directory."""
+
+
+class _Corrupt(Exception):
+    """Internal: why a file does not parse."""
+
+
+@dataclass(slots=True)
+class _Entry:
+    size: int
+    records: int
+
+
+def _u32_lengths(items: Sequence[bytes | bytearray], what: str) -> bytes:
+    try:
+        lengths = array(_LEN_CODE, map(len, items))
+    except OverflowError:
+        raise ValueError(f"a {what} is larger than 4 GiB - 1") from None
+    if _BIG_ENDIAN:
+        lengths.byteswap()
+    return lengths.tobytes()
+
+
+def _encode_payload(batch: Sequence[LaneChunk]) -> tuple[bytes, int, int]:
+    """Serialize a batch; returns (payload, chunk count, record count)."""
+    if not isinstance(batch, list | tuple):
+        raise TypeError(f"batch must be a list of LaneChunk, not {type(batch).__name__}")
+    parts: list[bytes] = []
+    n_records = 0
+    for chunk in batch:
+        if not isinstance(chunk, LaneChunk):
+            raise TypeError(f"batch items must be LaneChunk, not {type(chunk).__name__}")
+        meta, recs = chunk.meta, chunk.records
+        if not isinstance(meta, bytes | bytearray):
+            raise TypeError(f"LaneChunk.meta must be bytes, not {type(meta).__name__}")
+        if not isinstance(recs, list | tuple):
+            raise TypeError(f"LaneChunk.records must be a list, not {type(recs).__name__}")
+        # The common case is all bytes; only walk the slow path when it is not.
+        if not all(type(r) is bytes for r in recs):
+            for r in recs:
+                if not isinstance(r, bytes | bytearray):
+                    raise TypeError(f"records must be bytes, not {type(r).__name__}")
+        if len(meta) > _U32_MAX or len(recs) > _U32_MAX:
+            raise ValueError("lane metadata or record count does not fit in 32 bits")
+        parts.append(_U32.pack(len(meta)))
+        parts.append(bytes(meta))
+        parts.append(_U32.pack(len(recs)))
+        parts.append(_u32_lengths(recs, "record"))
+        parts.extend(recs)
+        n_records += len(recs)
+    payload = b"".join(parts)
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"batch of {len(payload)} bytes exceeds the {MAX_PAYLOAD} byte limit")
+    return payload, len(batch), n_records
+
+
+def _decode_payload(payload: bytes, n_chunks: int, n_records: int) -> list[LaneChunk]:
+    """Parse a payload; every length is checked against what is left."""
+    end = len(payload)
+    pos = 0
+    chunks: list[LaneChunk] = []
+    seen_records = 0
+    for index in range(n_chunks):
+        if end - pos < 4:
+            raise _Corrupt(f"chunk {index}: metadata length runs past the payload")
+        (meta_len,) = _U32.unpack_from(payload, pos)
+        pos += 4
+        if meta_len > end - pos:
+            raise _Corrupt(f"chunk {index}: metadata length {meta_len} out of bounds")
+        meta = payload[pos : pos + meta_len]
+        pos += meta_len
+        if end - pos < 4:
+            raise _Corrupt(f"chunk {index}: record count runs past the payload")
+        (count,) = _U32.unpack_from(payload, pos)
+        pos += 4
+        if count > n_records - seen_records or count * 4 > end - pos:
+            raise _Corrupt(f"chunk {index}: record count {count} out of bounds")
+        lengths = array(_LEN_CODE)
+        lengths.frombytes(payload[pos : pos + count * 4])
+        if _BIG_ENDIAN:
+            lengths.byteswap()
+        pos += count * 4
+        offsets = list(itertools.accumulate(lengths, initial=pos))
+        if offsets[-1] > end:
+            raise _Corrupt(f"chunk {index}: record lengths run past the payload")
+        records = [payload[a:b] for a, b in itertools.pairwise(offsets)]
+        pos = offsets[-1]
+        seen_records += count
+        chunks.append(LaneChunk(meta, records))
+    if pos != end:
+        raise _Corrupt(f"{end - pos} bytes left over after the last chunk")
+    if seen_records != n_records:
+        raise _Corrupt(f"header says {n_records} records, payload holds {seen_records}")
+    return chunks
+
+
+def _parse_header(head: bytes) -> tuple[int, int, int, int, int]:
+    """Check the fixed header; returns (compression, chunks, created ns, records, payload len)."""
+    if len(head) < len(MAGIC) + 2:
+        raise _Corrupt(f"truncated: {len(head)} bytes, shorter than the header")
+    if head[: len(MAGIC)] != MAGIC:
+        raise _Corrupt("bad magic (not a spool file)")
+    (version,) = struct.unpack_from("<H", head, len(MAGIC))
+    if version != FORMAT_VERSION:
+        raise _Corrupt(f"unknown format version {version}")
+    if len(head) < _HEADER.size + _HEADER_CRC.size:
+        raise _Corrupt(f"truncated: {len(head)} bytes, shorter than the header")
+    fields = _HEADER.unpack_from(head, 0)
+    (crc,) = _HEADER_CRC.unpack_from(head, _HEADER.size)
+    if zlib.crc32(head[: _HEADER.size]) != crc:
+        raise _Corrupt("header checksum mismatch")
+    _, _, compression, flags, n_chunks, created, n_records, payload_len = fields
+    if flags != 0:
+        raise _Corrupt(f"unknown header flags {flags:#x}")
+    if compression not in (COMPRESSION_NONE, COMPRESSION_ZSTD):
+        raise _Corrupt(f"unknown compression id {compression}")
+    if payload_len > MAX_PAYLOAD:
+        raise _Corrupt(f"payload length {payload_len} exceeds the {MAX_PAYLOAD} byte cap")
+    # Each chunk needs 8 bytes and each record 4 bytes of the payload.
+    if n_chunks * 8 + n_records * 4 > payload_len:
+        raise _Corrupt(f"{n_chunks} chunks / {n_records} records cannot fit the payload")
+    return compression, n_chunks, created, n_records, payload_len
+
+
+def _decode_file(data: bytes) -> list[LaneChunk]:
+    """Parse a whole spool file (untrusted bytes)."""
+    compression, n_chunks, _created, n_records, payload_len = _parse_header(data)
+    if len(data) < _PREFIX_LEN:
+        raise _Corrupt(f"truncated: {len(data)} bytes, no frame header")
+    frame_len, frame_crc = _FRAME.unpack_from(data, _HEADER.size + _HEADER_CRC.size)
+    available = len(data) - _PREFIX_LEN
+    if frame_len != available:
+        if frame_len > available:
+            raise _Corrupt(f"truncated: frame length {frame_len}, {available} bytes present")
+        raise _Corrupt(f"frame length {frame_len} but {available} bytes follow the header")
+    frame = data[_PREFIX_LEN:]
+    if zlib.crc32(frame) != frame_crc:
+        raise _Corrupt("payload checksum mismatch")
+    if compression == COMPRESSION_ZSTD:
+        try:
+            content_size = zstandard.get_frame_parameters(frame).content_size
+        except zstandard.ZstdError as exc:
+            raise _Corrupt(f"decompression error: {exc}") from None
+        # The writer always records the content size; refuse anything else so the
+        # decompressor never sizes its output from an unchecked field.
+        if content_size != payload_len:
+            raise _Corrupt(f"zstd content size {content_size} != payload length {payload_len}")
+        try:
+            payload = zstandard.ZstdDecompressor().decompress(
+                frame, max_output_size=payload_len, allow_extra_data=False
+            )
+        except zstandard.ZstdError as exc:
+            raise _Corrupt(f"decompression error: {exc}") from None
+    else:
+        payload = frame
+    if len(payload) != payload_len:
+        raise _Corrupt(f"payload is {len(payload)} bytes, header says {payload_len}")
+    return _decode_payload(payload, n_chunks, n_records)
+
+
+def _header_records(path: Path) -> int:
+    """Record count from a file's header, 0 when the header does not parse."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEADER.size + _HEADER_CRC.size)
+        return _parse_header(head)[3]
+    except (OSError, _Corrupt):
+        return 0
+
+
+def _read_all(fd: int) -> bytes:
+    parts = []
+    while chunk := os.read(fd, 1 << 24):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _make_private_dir(path: Path) -> None:
+    """Create ``path`` and missing parents as 0700; tighten ``path`` if it exists."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for p in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            p.mkdir(mode=0o700)
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a directory")
+    os.chmod(path, 0o700)
+
+
+class Spool:
+    """A bounded directory of durable batch files, oldest first.
+
+    Safe for one writer thread and one reader thread (or more readers) in one process.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        limit_bytes: int = 1 << 30,
+        destinations: tuple[str, ...] = ("export",),
+    ) -> None:
+        if not isinstance(directory, str | os.PathLike):
+            raise TypeError(f"directory must be a path, not {type(directory).__name__}")
+        if not isinstance(limit_bytes, int) or isinstance(limit_bytes, bool):
+            raise TypeError(f"limit_bytes must be an int, not {type(limit_bytes).__name__}")
+        if limit_bytes <= 0:
+            raise ValueError("limit_bytes must be positive")
+        if not isinstance(destinations, tuple) or not destinations:
+            raise ValueError("destinations must be a non-empty tuple of names")
+        for name in destinations:
+            if not isinstance(name, str) or not _DEST_RE.fullmatch(name):
+                raise ValueError(f"invalid destination name {name!r} (letters, digits, _ -)")
+        if len(set(destinations)) != len(destinations):
+            raise ValueError("destination names must be unique")
+        self.directory = Path(directory)
+        self.quarantine_dir = self.directory.parent / "quarantine"
+        self.limit_bytes = limit_bytes
+        self.destinations = destinations
+        self._lock = threading.RLock()
+        self._write_lock = threading.Lock()
+        self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+        self._index: dict[str, _Entry] = {}
+        self._done: dict[str, set[str]] = {}
+        self._bytes = 0
+        self._next_seq = 1
+        self._counters = dict.fromkeys(
+            (
+                "written_files",
+                "written_records",
+                "evicted_files",
+                "evicted_records",
+                "quarantined_files",
+                "deleted_files",
+            ),
+            0,
+        )
+        _make_private_dir(self.directory)
+        with self._lock:
+            self._reconcile()
+            # Finish deletions a crash interrupted: every destination already has these.
+            for file_id in [f for f, d in self._done.items() if d >= set(destinations)]:
+                if file_id in self._index:
+                    self._delete(file_id)
+                    self._counters["deleted_files"] += 1
+
+    # ---- paths --------------------------------------------------------------------------
+
+    def _data_path(self, file_id: str) -> Path:
+        return self.directory / (file_id + _DATA_SUFFIX)
+
+    def _marker_path(self, file_id: str, destination: str) -> Path:
+        return self.directory / f"{file_id}.{destination}.done"
+
+    @staticmethod
+    def _check_id(file_id: str) -> None:
+        if not isinstance(file_id, str):
+            raise TypeError(f"file id must be a str, not {type(file_id).__name__}")
+        if not _ID_RE.fullmatch(file_id):
+            raise ValueError(f"not a spool file id: {file_id!r}")
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # ---- directory scan -----------------------------------------------------------------
+
+    def _tmp_is_stale(self, name: str) -> bool:
+        path = str(self.directory / name)
+        with _active_tmp_lock:
+            if path in _active_tmp:
+                return False
+        m = _TMP_RE.fullmatch(name)
+        if m is None:
+            return True
+        pid = int(m.group(2))
+        if pid == os.getpid() or not _pid_alive(pid):
+            return True
+        try:
+            age = time.time() - os.stat(path).st_mtime
+        except FileNotFoundError:
+            return False
+        return age > _TMP_GRACE_S
+
+    def _reconcile(self) -> None:
+        """Bring the index in line with the directory (caller holds the lock)."""
+        names = os.listdir(self.directory)
+        data: set[str] = set()
+        markers: dict[str, set[str]] = {}
+        for name in names:
+            if name.endswith(".tmp"):
+                if self._tmp_is_stale(name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.directory / name)
+                    log.info("spool: removed leftover temporary file %s", name)
+                continue
+            m = _DATA_RE.fullmatch(name)
+            if m is not None:
+                data.add(m.group(1))
+                continue
+            m = _MARKER_RE.fullmatch(name)
+            if m is not None:
+                markers.setdefault(m.group(1), set()).add(m.group(2))
+        for file_id in [f for f in self._index if f not in data]:
+            self._forget(file_id)
+        for file_id in data - self._index.keys():
+            path = self._data_path(file_id)
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            self._index[file_id] = _Entry(size, _header_records(path))
+            self._bytes += size
+            self._done[file_id] = set(markers.get(file_id, ())) & set(self.destinations)
+            self._next_seq = max(self._next_seq, int(file_id[:12]) + 1)
+        # Markers whose data file is gone belong to a deletion a crash interrupted.
+        for file_id in markers.keys() - data:
+            for dest in markers[file_id]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._marker_path(file_id, dest))
+
+    def _forget(self, file_id: str) -> None:
+        entry = self._index.pop(file_id, None)
+        if entry is not None:
+            self._bytes -= entry.size
+        self._done.pop(file_id, None)
+
+    def _delete(self, file_id: str) -> None:
+        """Remove a file and then its markers (caller holds the lock)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._data_path(file_id))
+        for dest in self._done.get(file_id, ()):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._marker_path(file_id, dest))
+        self._forget(file_id)
+
+    # ---- public API ---------------------------------------------------------------------
+
+    def write(self, batch: list[LaneChunk]) -> str:
+        """Store a batch durably and return its file id; durable once this returns."""
+        payload, n_chunks, n_records = _encode_payload(batch)
+        with self._write_lock:
+            frame = self._cctx.compress(payload)
+            created = time.time_ns()
+            with self._lock:
+                seq = self._next_seq
+                self._next_seq += 1
+            file_id = f"{seq:012d}-{created:019d}"
+            header = _HEADER.pack(
+                MAGIC,
+                FORMAT_VERSION,
+                COMPRESSION_ZSTD,
+                0,
+                n_chunks,
+                created,
+                n_records,
+                len(payload),
+            )
+            blob = b"".join(
+                (
+                    header,
+                    _HEADER_CRC.pack(zlib.crc32(header)),
+                    _FRAME.pack(len(frame), zlib.crc32(frame)),
+                    frame,
+                )
+            )
+            tmp = self.directory / f".{file_id}.{os.getpid()}.tmp"
+            with _active_tmp_lock:
+                _active_tmp.add(str(tmp))
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                try:
+                    os.fchmod(fd, 0o600)
+                    view = memoryview(blob)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                with self._lock:
+                    os.rename(tmp, self._data_path(file_id))
+                    self._index[file_id] = _Entry(len(blob), n_records)
+                    self._done[file_id] = set()
+                    self._bytes += len(blob)
+                    self._counters["written_files"] += 1
+                    self._counters["written_records"] += n_records
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            finally:
+                with _active_tmp_lock:
+                    _active_tmp.discard(str(tmp))
+            self._fsync_dir()
+        with self._lock:
+            self._evict(keep=file_id)
+        return file_id
+
+    def _evict(self, keep: str) -> None:
+        """Drop the oldest files until under the limit; never the one just written."""
+        if self._bytes <= self.limit_bytes:
+            return
+        for file_id in sorted(self._index):
+            if self._bytes <= self.limit_bytes:
+                break
+            if file_id == keep:
+                continue
+            records = self._index[file_id].records
+            self._delete(file_id)
+            self._counters["evicted_files"] += 1
+            self._counters["evicted_records"] += records
+            log.warning(
+                "spool over its %d byte limit: evicted %s (%d records)",
+                self.limit_bytes,
+                file_id,
+                records,
+            )
+
+    def pending(self) -> list[str]:
+        """File ids not yet done for every destination, oldest first."""
+        with self._lock:
+            self._reconcile()
+            return sorted(self._index)
+
+    def read(self, file_id: str) -> list[LaneChunk]:
+        """The batch stored in ``file_id``.
+
+        Raises ``CorruptSpoolFile`` (after moving the file to quarantine) when it does not
+        parse, ``FileNotFoundError`` when it is no longer in the spool.
+        """
+        self._check_id(file_id)
+        path = self._data_path(file_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"spool file {file_id} is not in the spool") from None
+        try:
+            size = os.fstat(fd).st_size
+            # Never read a file no writer could have produced.
+            too_big = size > _MAX_FILE
+            data = b"" if too_big else _read_all(fd)
+        finally:
+            os.close(fd)
+        try:
+            if too_big:
+                raise _Corrupt(f"file of {size} bytes is larger than any valid spool file")
+            return _decode_file(data)
+        except _Corrupt as exc:
+            where = self._quarantine(file_id, str(exc))
+            raise CorruptSpoolFile(
+                f"spool file {file_id} is corrupt ({exc}); moved to {where}"
+            ) from None
+
+    def _quarantine(self, file_id: str, reason: str) -> Path:
+        with self._lock:
+            _make_private_dir(self.quarantine_dir)
+            target = self.quarantine_dir / (file_id + _DATA_SUFFIX)
+            n = 1
+            while target.exists():
+                target = self.quarantine_dir / f"{file_id}.{n}{_DATA_SUFFIX}"
+                n += 1
+            try:
+                os.rename(self._data_path(file_id), target)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                # A quarantine on another filesystem: copy, then remove.
+                shutil.move(str(self._data_path(file_id)), str(target))
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(target, 0o600)
+            for dest in self._done.get(file_id, ()):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._marker_path(file_id, dest))
+            self._forget(file_id)
+            self._counters["quarantined_files"] += 1
+        log.error("spool file %s quarantined to %s: %s", file_id, target, reason)
+        return target
+
+    def mark_done(self, file_id: str, destination: str) -> None:
+        """Record durably that ``destination`` accepted ``file_id``; the file is deleted
+        once every destination has. A file no longer in the spool is ignored."""
+        self._check_id(file_id)
+        if destination not in self.destinations:
+            raise ValueError(f"unknown destination {destination!r}")
+        with self._lock:
+            if file_id not in self._index:
+                self._reconcile()
+                if file_id not in self._index:
+                    return
+            done = self._done.setdefault(file_id, set())
+            if destination in done:
+                return
+            if done | {destination} >= set(self.destinations):
+                # The last destination: deleting the file is the durable record.
+                self._delete(file_id)
+                self._counters["deleted_files"] += 1
+                self._fsync_dir()
+                return
+            marker = self._marker_path(file_id, destination)
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._fsync_dir()
+            done.add(destination)
+
+    def done_for(self, file_id: str) -> set[str]:
+        """Destinations that have accepted ``file_id`` (empty once it left the spool)."""
+        self._check_id(file_id)
+        with self._lock:
+            return set(self._done.get(file_id, ()))
+
+    def stats(self) -> dict[str, int]:
+        """Counters: files, bytes, written/evicted/quarantined/deleted files and records."""
+        with self._lock:
+            return {"files": len(self._index), "bytes": self._bytes, **self._counters}
