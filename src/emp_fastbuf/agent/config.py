@@ -1,0 +1,601 @@
+"""Agent configuration: OpenTelemetry and Dash0 environment variables plus `fastbuf agent` flags.
+
+Precedence, highest first:
+
+* endpoints: the ``endpoint`` override (a base URL, applied to every signal) >
+  ``OTEL_EXPORTER_OTLP_{TRACES,METRICS,LOGS}_ENDPOINT`` (used as they are) >
+  ``OTEL_EXPORTER_OTLP_ENDPOINT`` (base URL, ``v1/<signal>`` appended) > ``DASH0_ENDPOINT``
+  (base URL). With none of them the agent runs in local store mode (every endpoint is None).
+* headers: the ``headers`` override > ``OTEL_EXPORTER_OTLP_HEADERS`` > the Dash0 variables
+  (``DASH0_AUTH_TOKEN`` -> ``Authorization: Bearer <token>``, ``DASH0_DATASET`` ->
+  ``Dash0-Dataset``); the ``dataset`` override beats every source of ``Dash0-Dataset``.
+  A ``Dash0-Dataset`` of ``default`` is dropped (the token's default dataset is used).
+  Header names compare case-insensitively.
+* ``OTEL_EXPORTER_OTLP_CERTIFICATE``: a PEM bundle trusted instead of the system store.
+* everything else: override > environment variable > default.
+
+An empty environment variable counts as unset, as the OpenTelemetry specification says.
+Secrets (the ``Authorization`` header and other credential-like headers, URL user info and
+query strings) never appear in ``repr()``, ``str()``, ``describe()`` or ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+
+Signal = Literal["traces", "metrics", "logs"]
+Compression = Literal["gzip", "zstd", "none"]
+
+SIGNALS: tuple[Signal, ...] = ("traces", "metrics", "logs")
+COMPRESSIONS: tuple[Compression, ...] = ("gzip", "zstd", "none")
+REDACTED = "<redacted>"
+
+DEFAULT_TIMEOUT_S = 10.0
+# An agent spawned on demand by a worker exits after this much idle time.
+SPAWNED_IDLE_EXIT_S = 30.0
+
+OVERRIDE_KEYS = frozenset(
+    {
+        "endpoint",
+        "headers",
+        "compression",
+        "timeout",
+        "dataset",
+        "home",
+        "local_copy",
+        "ring",
+        "idle_exit",
+    }
+)
+
+_SENSITIVE_HEADER = re.compile(r"auth|token|secret|key|cookie|passw|credential", re.IGNORECASE)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(Exception):
+    """The agent's configuration is invalid; the CLI prints the message and exits with 2."""
+
+
+def is_sensitive_header(name: str) -> bool:
+    """Whether a header's value must never be shown (Authorization, tokens, keys...)."""
+    return bool(_SENSITIVE_HEADER.search(name))
+
+
+def redact_url(url: str) -> str:
+    """The URL with user info and query string replaced by ``<redacted>``, for display."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return REDACTED
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    if parts.username is not None or parts.password is not None:
+        netloc = f"{REDACTED}@{netloc}"
+    query = REDACTED if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return addr.is_loopback
+
+
+def check_url(url: object, source: str) -> str:
+    """Validate an OTLP/HTTP URL: http or https, with a host; return it stripped."""
+    if not isinstance(url, str):
+        raise ConfigError(f"{source}: expected a URL string, got {type(url).__name__}")
+    url = url.strip()
+    if not url:
+        raise ConfigError(f"{source}: the URL is empty")
+    if any(c.isspace() for c in url):
+        raise ConfigError(f"{source}: {redact_url(url)!r} contains whitespace")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"{source}: {redact_url(url)!r} is not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(
+            f"{source}: {redact_url(url)!r} must start with http:// or https:// "
+            "(OTLP/HTTP endpoint)"
+        )
+    if not host:
+        raise ConfigError(f"{source}: {redact_url(url)!r} has no host")
+    if parts.fragment:
+        raise ConfigError(f"{source}: {redact_url(url)!r} must not have a #fragment")
+    return url
+
+
+def signal_url(base: str, signal: Signal) -> str:
+    """Join an OTLP base URL and ``v1/<signal>`` with exactly one ``/`` between them."""
+    parts = urlsplit(base)
+    path = parts.path.rstrip("/") + f"/v1/{signal}"
+    return urlunsplit(SplitResult(parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def parse_headers(text: str, source: str) -> dict[str, str]:
+    """Parse the W3C-baggage-like ``k1=v1,k2=v2`` list, URL-decoding keys and values.
+
+    Error messages name the entry by position only: a value may be a secret.
+    """
+    headers: dict[str, str] = {}
+    for index, raw in enumerate(text.split(","), start=1):
+        entry = raw.strip()
+        if not entry:
+            # Tolerate a trailing comma or empty entries ("a=b,,c=d"), like the SDKs.
+            continue
+        name, sep, value = entry.partition("=")
+        if not sep:
+            raise ConfigError(f"{source}: entry {index} is not of the form key=value")
+        name = unquote(name).strip()
+        if not name:
+            raise ConfigError(f"{source}: entry {index} has an empty header name")
+        if not _HEADER_NAME.match(name):
+            raise ConfigError(f"{source}: entry {index} has an invalid header name")
+        value = unquote(value).strip()
+        if any(c in value for c in "\r\n\0"):
+            raise ConfigError(f"{source}: entry {index} has a control character in its value")
+        _set_header(headers, name, value)
+    return headers
+
+
+def _set_header(headers: dict[str, str], name: str, value: str) -> None:
+    """Set a header, replacing any existing one whose name differs only by case."""
+    for existing in [k for k in headers if k.lower() == name.lower()]:
+        del headers[existing]
+    headers[name] = value
+
+
+def _get_header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def _parse_timeout_ms(text: str, source: str) -> float:
+    try:
+        millis = float(text.strip())
+    except ValueError:
+        raise ConfigError(f"{source}: {text.strip()!r} is not a number of milliseconds") from None
+    if not math.isfinite(millis) or millis <= 0:
+        raise ConfigError(f"{source}: the timeout must be a positive number of milliseconds")
+    return millis / 1000.0
+
+
+def _check_seconds(value: object, source: str, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{source}: expected a number of seconds, got {type(value).__name__}")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{source}: expected a positive number of seconds, got {seconds}")
+    return seconds
+
+
+def _parse_bool(text: str, source: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{source}: {text.strip()!r} is not a boolean (use true/false or 1/0)")
+
+
+def _check_compression(value: object, source: str) -> Compression:
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: expected a string, got {type(value).__name__}")
+    lowered = value.strip().lower()
+    if lowered not in COMPRESSIONS:
+        raise ConfigError(
+            f"{source}: unknown compression {value.strip()!r} (expected gzip, zstd or none)"
+        )
+    return lowered
+
+
+def _override_headers(value: object) -> dict[str, str]:
+    """Headers given as flags: a mapping, a ``k=v,k2=v2`` string or a list of ``k=v``."""
+    source = "--header"
+    if isinstance(value, str):
+        return parse_headers(value, source)
+    if isinstance(value, Mapping):
+        headers: dict[str, str] = {}
+        for name, val in value.items():
+            if not isinstance(name, str) or not isinstance(val, str):
+                raise ConfigError(f"{source}: header names and values must be strings")
+            if not _HEADER_NAME.match(name):
+                raise ConfigError(f"{source}: invalid header name {name!r}")
+            if any(c in val for c in "\r\n\0"):
+                raise ConfigError(f"{source}: a header value contains a control character")
+            _set_header(headers, name, val)
+        return headers
+    if isinstance(value, Iterable):
+        headers = {}
+        for item in value:
+            if not isinstance(item, str):
+                raise ConfigError(f"{source}: expected key=value strings")
+            for name, val in parse_headers(item, source).items():
+                _set_header(headers, name, val)
+        return headers
+    raise ConfigError(f"{source}: expected key=value strings, got {type(value).__name__}")
+
+
+def _env(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name)
+    if value is None or not value.strip():
+        return None
+    return value
+
+
+@dataclass(repr=False)
+class AgentConfig:
+    """Everything the agent needs; build it with :meth:`from_env`.
+
+    ``*_endpoint`` is the full URL of a signal, or None: with no endpoint at all the agent
+    writes to the local store only.
+    """
+
+    traces_endpoint: str | None = None
+    metrics_endpoint: str | None = None
+    logs_endpoint: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    compression: Compression = "gzip"
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    traces_timeout_s: float | None = None
+    metrics_timeout_s: float | None = None
+    logs_timeout_s: float | None = None
+    home: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "emp-fastbuf")
+    spool_limit_bytes: int = 1 << 30
+    batch_interval_s: float = 1.0
+    batch_max_bytes: int = 8 << 20
+    request_max_bytes: int = 64 << 20
+    metrics_interval_s: float = 10.0
+    local_copy: bool = False
+    ring: str | None = None
+    idle_exit_s: float | None = None
+    store_retention_s: float = 7 * 86400.0
+    store_max_bytes: int = 2 << 30
+    # How long a stopping agent keeps trying to deliver what it has spooled.
+    shutdown_timeout_s: float = 10.0
+    # A PEM bundle trusted instead of the system store (OTEL_EXPORTER_OTLP_CERTIFICATE).
+    certificate: Path | None = None
+
+    def __post_init__(self) -> None:
+        for signal in SIGNALS:
+            url = getattr(self, f"{signal}_endpoint")
+            if url is not None:
+                setattr(self, f"{signal}_endpoint", check_url(url, f"{signal}_endpoint"))
+        if not isinstance(self.headers, dict):
+            raise ConfigError("headers: expected a dict of strings")
+        for name, value in self.headers.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise ConfigError("headers: header names and values must be strings")
+        self.compression = _check_compression(self.compression, "compression")
+        _check_seconds(self.timeout_s, "timeout_s")
+        for signal in SIGNALS:
+            _check_seconds(
+                getattr(self, f"{signal}_timeout_s"), f"{signal}_timeout_s", allow_none=True
+            )
+        if not isinstance(self.home, Path):
+            raise ConfigError(f"home: expected a Path, got {type(self.home).__name__}")
+        for name in (
+            "spool_limit_bytes",
+            "batch_max_bytes",
+            "request_max_bytes",
+            "store_max_bytes",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name}: expected a positive integer")
+        for name in (
+            "batch_interval_s",
+            "metrics_interval_s",
+            "store_retention_s",
+            "shutdown_timeout_s",
+        ):
+            _check_seconds(getattr(self, name), name)
+        _check_seconds(self.idle_exit_s, "idle_exit_s", allow_none=True)
+        if not isinstance(self.local_copy, bool):
+            raise ConfigError("local_copy: expected a boolean")
+        if self.ring is not None and (not isinstance(self.ring, str) or not self.ring):
+            raise ConfigError("ring: expected a non-empty name")
+        if self.certificate is not None:
+            if not isinstance(self.certificate, Path):
+                raise ConfigError("certificate: expected a Path")
+            if not self.certificate.is_file():
+                raise ConfigError(f"certificate: {str(self.certificate)!r} is not a readable file")
+        self._check_token_transport()
+
+    def _check_token_transport(self) -> None:
+        """Refuse to send credentials in clear text anywhere but to this machine."""
+        if _get_header(self.headers, "Authorization") is None:
+            return
+        for signal in SIGNALS:
+            url = self.endpoint(signal)
+            if url is None:
+                continue
+            parts = urlsplit(url)
+            if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+                raise ConfigError(
+                    f"refusing to send an Authorization header over plain http to "
+                    f"{redact_url(url)!r}: use https:// (http is allowed only for "
+                    "localhost, 127.0.0.0/8 and ::1)"
+                )
+
+    # -- accessors -------------------------------------------------------------------------
+
+    def endpoint(self, signal: Signal) -> str | None:
+        """The full URL for a signal, or None when that signal is not exported."""
+        if signal not in SIGNALS:
+            raise ValueError(f"unknown signal {signal!r}")
+        return cast("str | None", getattr(self, f"{signal}_endpoint"))
+
+    def timeout_for(self, signal: Signal) -> float:
+        """The per-request timeout in seconds for a signal."""
+        if signal not in SIGNALS:
+            raise ValueError(f"unknown signal {signal!r}")
+        specific = cast("float | None", getattr(self, f"{signal}_timeout_s"))
+        return self.timeout_s if specific is None else specific
+
+    @property
+    def exporting(self) -> bool:
+        """True when at least one signal goes to an OTLP endpoint."""
+        return any(self.endpoint(s) is not None for s in SIGNALS)
+
+    @property
+    def has_endpoint(self) -> bool:
+        """Alias of :attr:`exporting`."""
+        return self.exporting
+
+    @property
+    def mode(self) -> Literal["otlp", "local"]:
+        """``otlp`` when exporting, ``local`` when only the embedded store is written."""
+        return "otlp" if self.exporting else "local"
+
+    def redacted_headers(self) -> dict[str, str]:
+        """Headers for display: credential-like values replaced by ``<redacted>``."""
+        return {k: (REDACTED if is_sensitive_header(k) else v) for k, v in self.headers.items()}
+
+    def secrets(self) -> list[str]:
+        """Values that must never be shown: credential-like header values and bearer tokens."""
+        found: list[str] = []
+        for name, value in self.headers.items():
+            if is_sensitive_header(name) and value:
+                found.append(value)
+                scheme, _, credential = value.partition(" ")
+                if credential and scheme.lower() in ("bearer", "basic", "token"):
+                    found.append(credential)
+        return found
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready, secret-free summary for ``fastbuf status``."""
+        return {
+            "mode": self.mode,
+            "endpoints": {
+                s: (None if (u := self.endpoint(s)) is None else redact_url(u)) for s in SIGNALS
+            },
+            "headers": self.redacted_headers(),
+            "compression": self.compression,
+            "timeout_s": self.timeout_s,
+            "timeouts_s": {s: self.timeout_for(s) for s in SIGNALS},
+            "home": str(self.home),
+            "spool_limit_bytes": self.spool_limit_bytes,
+            "batch_interval_s": self.batch_interval_s,
+            "batch_max_bytes": self.batch_max_bytes,
+            "request_max_bytes": self.request_max_bytes,
+            "metrics_interval_s": self.metrics_interval_s,
+            "local_copy": self.local_copy,
+            "ring": self.ring,
+            "idle_exit_s": self.idle_exit_s,
+            "store_retention_s": self.store_retention_s,
+            "store_max_bytes": self.store_max_bytes,
+            "shutdown_timeout_s": self.shutdown_timeout_s,
+            "certificate": None if self.certificate is None else str(self.certificate),
+        }
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "headers":
+                value = self.redacted_headers()
+            elif f.name.endswith("_endpoint") and value is not None:
+                value = redact_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"AgentConfig({', '.join(shown)})"
+
+    __str__ = __repr__
+
+    # -- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, object] | None = None,
+    ) -> AgentConfig:
+        """Build the configuration from environment variables and ``fastbuf agent`` flags.
+
+        ``environ`` defaults to ``os.environ``. ``overrides`` keys are the flag names
+        (``endpoint``, ``headers``, ``compression``, ``timeout`` in seconds, ``dataset``,
+        ``home``, ``local_copy``, ``ring``, ``idle_exit`` in seconds); a None value means
+        "flag not given". Raises :class:`ConfigError` on anything invalid.
+        """
+        env: Mapping[str, str] = os.environ if environ is None else environ
+        given: dict[str, object] = {k: v for k, v in (overrides or {}).items() if v is not None}
+        unknown = sorted(set(given) - OVERRIDE_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown agent option(s): {', '.join(unknown)}")
+
+        endpoints = _endpoints(env, given.get("endpoint"))
+        headers = _headers(env, given)
+        return cls(
+            traces_endpoint=endpoints["traces"],
+            metrics_endpoint=endpoints["metrics"],
+            logs_endpoint=endpoints["logs"],
+            headers=headers,
+            compression=_compression(env, given.get("compression")),
+            **_timeouts(env, given.get("timeout")),
+            home=_home(env, given.get("home")),
+            local_copy=_local_copy(env, given.get("local_copy")),
+            ring=_ring(env, given.get("ring")),
+            idle_exit_s=_check_seconds(given.get("idle_exit"), "--idle-exit", allow_none=True),
+            certificate=_certificate(env),
+        )
+
+
+def _endpoints(env: Mapping[str, str], override: object) -> dict[Signal, str | None]:
+    if override is not None:
+        flag_base = check_url(override, "--endpoint")
+        return {s: signal_url(flag_base, s) for s in SIGNALS}
+    base: str | None = None
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "DASH0_ENDPOINT"):
+        value = _env(env, name)
+        if value is not None:
+            base = check_url(value, name)
+            break
+    result: dict[Signal, str | None] = {}
+    for signal in SIGNALS:
+        name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+        specific = _env(env, name)
+        if specific is not None:
+            result[signal] = check_url(specific, name)
+        elif base is not None:
+            result[signal] = signal_url(base, signal)
+        else:
+            result[signal] = None
+    return result
+
+
+def _headers(env: Mapping[str, str], given: Mapping[str, object]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    token = _env(env, "DASH0_AUTH_TOKEN")
+    if token is not None:
+        token = token.strip()
+        if any(c.isspace() or c in "\0" for c in token):
+            raise ConfigError("DASH0_AUTH_TOKEN: the token contains whitespace or control bytes")
+        _set_header(headers, "Authorization", f"Bearer {token}")
+    dataset = _env(env, "DASH0_DATASET")
+    if dataset is not None:
+        _set_header(headers, "Dash0-Dataset", _check_dataset(dataset, "DASH0_DATASET"))
+    text = _env(env, "OTEL_EXPORTER_OTLP_HEADERS")
+    if text is not None:
+        for name, value in parse_headers(text, "OTEL_EXPORTER_OTLP_HEADERS").items():
+            _set_header(headers, name, value)
+    if "headers" in given:
+        for name, value in _override_headers(given["headers"]).items():
+            _set_header(headers, name, value)
+    if "dataset" in given:
+        dataset_flag = given["dataset"]
+        if not isinstance(dataset_flag, str):
+            raise ConfigError("--dataset: expected a string")
+        _set_header(headers, "Dash0-Dataset", _check_dataset(dataset_flag, "--dataset"))
+    if (_get_header(headers, "Dash0-Dataset") or "").strip() in ("default", ""):
+        for key in [k for k in headers if k.lower() == "dash0-dataset"]:
+            del headers[key]
+    return headers
+
+
+def _check_dataset(value: str, source: str) -> str:
+    value = value.strip()
+    if any(c.isspace() or c in "\0," for c in value):
+        raise ConfigError(f"{source}: {value!r} is not a valid dataset slug")
+    return value
+
+
+def _compression(env: Mapping[str, str], override: object) -> Compression:
+    if override is not None:
+        return _check_compression(override, "--compression")
+    value = _env(env, "OTEL_EXPORTER_OTLP_COMPRESSION")
+    if value is None:
+        return "gzip"
+    return _check_compression(value, "OTEL_EXPORTER_OTLP_COMPRESSION")
+
+
+def _timeouts(env: Mapping[str, str], override: object) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    if override is not None:
+        # An explicit flag sets one timeout for every signal.
+        result["timeout_s"] = _check_seconds(override, "--timeout")
+        return result
+    value = _env(env, "OTEL_EXPORTER_OTLP_TIMEOUT")
+    result["timeout_s"] = (
+        DEFAULT_TIMEOUT_S
+        if value is None
+        else _parse_timeout_ms(value, "OTEL_EXPORTER_OTLP_TIMEOUT")
+    )
+    for signal in SIGNALS:
+        name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT"
+        specific = _env(env, name)
+        if specific is not None:
+            result[f"{signal}_timeout_s"] = _parse_timeout_ms(specific, name)
+    return result
+
+
+def _home(env: Mapping[str, str], override: object) -> Path:
+    if override is not None:
+        if not isinstance(override, str | os.PathLike):
+            raise ConfigError(f"--home: expected a path, got {type(override).__name__}")
+        raw = os.fspath(override)
+        source = "--home"
+    else:
+        value = _env(env, "EMP_FASTBUF_HOME")
+        if value is None:
+            user_home = _env(env, "HOME")
+            base = Path(user_home) if user_home is not None else Path.home()
+            return base / ".local" / "share" / "emp-fastbuf"
+        raw, source = value, "EMP_FASTBUF_HOME"
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(f"{source}: the path is empty")
+    return Path(raw).expanduser()
+
+
+def _local_copy(env: Mapping[str, str], override: object) -> bool:
+    if override is not None:
+        if not isinstance(override, bool):
+            raise ConfigError("--local-copy: expected a boolean")
+        return override
+    value = _env(env, "EMP_FASTBUF_LOCAL_COPY")
+    return False if value is None else _parse_bool(value, "EMP_FASTBUF_LOCAL_COPY")
+
+
+def _ring(env: Mapping[str, str], override: object) -> str | None:
+    if override is not None:
+        if not isinstance(override, str) or not override.strip():
+            raise ConfigError("--ring: expected a non-empty ring name")
+        return override.strip()
+    value = _env(env, "EMP_FASTBUF_RING")
+    return None if value is None else value.strip()
+
+
+def _certificate(env: Mapping[str, str]) -> Path | None:
+    value = _env(env, "OTEL_EXPORTER_OTLP_CERTIFICATE")
+    if value is None:
+        return None
+    path = Path(value.strip()).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"OTEL_EXPORTER_OTLP_CERTIFICATE: {str(path)!r} is not a readable file")
+    return path

@@ -1,0 +1,636 @@
+"""OTLP/HTTP transport: compression, retries with ``Retry-After``, circuit breaker, dead-letter.
+
+One :class:`OTLPHttpExporter` owns one keep-alive ``urllib3.PoolManager`` (TLS verification
+on, system trust store). :meth:`OTLPHttpExporter.export` takes a serialized, uncompressed
+``Export*ServiceRequest`` and answers with an :class:`ExportResult`:
+
+* ``ok``: delivered (possibly with a partial success, which is counted, never retried);
+* ``retry_later``: not delivered yet (retry deadline reached, circuit open, exporter
+  closed); the caller keeps the batch in its spool and offers it again later;
+* ``dead_letter``: the endpoint refused it for good (400, 401, 413, 500...): the payload is
+  written under ``<home>/dead-letter/`` with its status and response body.
+
+Only 429, 502, 503, 504, connection failures and timeouts are retried, as OTLP prescribes.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import email.utils
+import gzip
+import json
+import logging
+import math
+import os
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import urllib3
+import zstandard
+from google.protobuf.message import DecodeError, Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from emp_fastbuf._version import __version__
+from emp_fastbuf.agent.config import REDACTED, SIGNALS, AgentConfig, Signal, redact_url
+
+log = logging.getLogger("emp_fastbuf.agent")
+
+ExportStatus = Literal["ok", "retry_later", "dead_letter"]
+
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+USER_AGENT = f"emp-fastbuf/{__version__}"
+# Bytes of a response body kept for logs and dead-letter sidecars.
+_BODY_KEEP = 64 * 1024
+_LATENCY_RESERVOIR = 512
+
+_RESPONSE_TYPES: dict[Signal, Callable[[], Message]] = {
+    "logs": ExportLogsServiceResponse,
+    "traces": ExportTraceServiceResponse,
+    "metrics": ExportMetricsServiceResponse,
+}
+_REJECTED_FIELD: dict[Signal, str] = {
+    "logs": "rejected_log_records",
+    "traces": "rejected_spans",
+    "metrics": "rejected_data_points",
+}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff, deadline and circuit-breaker settings (defaults suit production)."""
+
+    initial_backoff_s: float = 0.5
+    multiplier: float = 2.0
+    max_backoff_s: float = 30.0
+    # Total time one export() call may spend before it answers retry_later.
+    max_elapsed_s: float = 60.0
+    # A Retry-After beyond this is clamped: a misbehaving server cannot park us for days.
+    max_retry_after_s: float = 600.0
+    breaker_threshold: int = 5
+    breaker_cooldown_s: float = 5.0
+    breaker_max_cooldown_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "initial_backoff_s",
+            "max_backoff_s",
+            "max_elapsed_s",
+            "max_retry_after_s",
+            "breaker_cooldown_s",
+            "breaker_max_cooldown_s",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"RetryPolicy.{name} must be a finite number >= 0")
+        if self.multiplier < 1:
+            raise ValueError("RetryPolicy.multiplier must be >= 1")
+        if not isinstance(self.breaker_threshold, int) or self.breaker_threshold < 1:
+            raise ValueError("RetryPolicy.breaker_threshold must be an integer >= 1")
+
+    def backoff(self, retry: int) -> float:
+        """Full-jitter wait before retry number ``retry`` (1-based)."""
+        ceiling = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (retry - 1))
+        return random.uniform(0.0, ceiling)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """The outcome of one :meth:`OTLPHttpExporter.export` call."""
+
+    status: ExportStatus
+    http_status: int | None = None
+    rejected: int = 0
+    message: str = ""
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the endpoint accepted the request."""
+        return self.status == "ok"
+
+
+def _per_signal() -> dict[str, int]:
+    return dict.fromkeys(SIGNALS, 0)
+
+
+@dataclass
+class ExporterStats:
+    """Counters of an exporter; read them through :meth:`OTLPHttpExporter.stats`."""
+
+    requests: dict[str, int] = field(default_factory=_per_signal)
+    exported: dict[str, int] = field(default_factory=_per_signal)
+    bytes_uncompressed: dict[str, int] = field(default_factory=_per_signal)
+    bytes_on_wire: dict[str, int] = field(default_factory=_per_signal)
+    retries: dict[str, int] = field(default_factory=_per_signal)
+    dead_lettered: dict[str, int] = field(default_factory=_per_signal)
+    partial_rejected: dict[str, int] = field(default_factory=_per_signal)
+    failures: dict[str, int] = field(default_factory=_per_signal)
+    retry_later: dict[str, int] = field(default_factory=_per_signal)
+    breaker_opened: int = 0
+    last_error: str | None = None
+    last_latency_s: float | None = None
+    latencies: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=_LATENCY_RESERVOIR)
+    )
+
+
+class _Breaker:
+    """Consecutive-failure circuit breaker with a growing cool-down and one half-open probe."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._policy = policy
+        self._failures = 0
+        self._open_until: float | None = None
+        self._cooldown = policy.breaker_cooldown_s
+        self._probing = False
+
+    @property
+    def state(self) -> Literal["closed", "open", "half_open"]:
+        if self._open_until is None:
+            return "closed"
+        if self._probing or time.monotonic() >= self._open_until:
+            return "half_open"
+        return "open"
+
+    def allow(self) -> bool:
+        """Whether an attempt may go out now; takes the half-open probe slot if due."""
+        if self._open_until is None:
+            return True
+        if self._probing or time.monotonic() < self._open_until:
+            return False
+        self._probing = True
+        return True
+
+    def success(self) -> None:
+        self._failures = 0
+        self._open_until = None
+        self._probing = False
+        self._cooldown = self._policy.breaker_cooldown_s
+
+    def failure(self) -> bool:
+        """Record a failed attempt; True when this failure opened (or reopened) the breaker."""
+        self._failures += 1
+        if self._probing:
+            # The probe failed: open again, for longer.
+            self._probing = False
+            self._cooldown = min(self._cooldown * 2, self._policy.breaker_max_cooldown_s)
+            self._open_until = time.monotonic() + self._cooldown
+            return True
+        if self._open_until is None and self._failures >= self._policy.breaker_threshold:
+            self._open_until = time.monotonic() + self._cooldown
+            return True
+        return False
+
+    def release_probe(self) -> None:
+        """The probe ended without a verdict on the endpoint (e.g. the exporter closed)."""
+        self._probing = False
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta seconds or an HTTP date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+class OTLPHttpExporter:
+    """Sends OTLP/HTTP protobuf requests for the three signals to the configured endpoints."""
+
+    def __init__(self, config: AgentConfig, policy: RetryPolicy | None = None) -> None:
+        self.config = config
+        self.policy = policy or RetryPolicy()
+        self._pool = urllib3.PoolManager(
+            num_pools=4,
+            maxsize=4,
+            block=False,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=None if config.certificate is None else str(config.certificate),
+            retries=False,
+        )
+        self._lock = threading.Lock()
+        self._stats = ExporterStats()
+        self._breaker = _Breaker(self.policy)
+        # A server's Retry-After applies to every export, not only to the call that saw it.
+        self._not_before = 0.0
+        self._closed = threading.Event()
+        self._secrets = [s for s in config.secrets() if len(s) >= 4]
+
+    # -- public ----------------------------------------------------------------------------
+
+    def export(self, signal: Signal, payload: bytes) -> ExportResult:
+        """Deliver one serialized ``Export*ServiceRequest`` for ``signal``; see the module doc."""
+        if signal not in SIGNALS:
+            raise ValueError(f"unknown signal {signal!r} (expected logs, traces or metrics)")
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+        url = self.config.endpoint(signal)
+        if url is None:
+            raise ValueError(f"no OTLP endpoint is configured for {signal}")
+        data = bytes(payload)
+        if not data:
+            # OTLP: do not send empty requests.
+            return ExportResult("ok", message="empty request not sent")
+        if self._closed.is_set():
+            return self._later(signal, "exporter closed", 0)
+        if len(data) > self.config.request_max_bytes:
+            message = (
+                f"request of {len(data)} bytes exceeds request_max_bytes "
+                f"({self.config.request_max_bytes})"
+            )
+            return self._dead_letter(signal, data, url, None, b"", message, 0)
+
+        body, encoding = self._compress(data)
+        headers = self._headers(encoding)
+        deadline = time.monotonic() + self.policy.max_elapsed_s
+        attempts = 0
+        while True:
+            with self._lock:
+                allowed = self._breaker.allow()
+                not_before = self._not_before
+            if not allowed:
+                return self._later(signal, "circuit breaker open", attempts)
+            pause = not_before - time.monotonic()
+            if pause > 0:
+                if time.monotonic() + pause > deadline:
+                    self._release_probe()
+                    return self._later(signal, "endpoint asked to wait (Retry-After)", attempts)
+                if not self._sleep(pause):
+                    self._release_probe()
+                    return self._later(signal, "exporter closed", attempts)
+
+            attempts += 1
+            timeout = max(0.05, min(self.config.timeout_for(signal), deadline - time.monotonic()))
+            with self._lock:
+                self._stats.requests[signal] += 1
+                self._stats.bytes_uncompressed[signal] += len(data)
+                self._stats.bytes_on_wire[signal] += len(body)
+            started = time.monotonic()
+            retry_after: float | None = None
+            try:
+                response = self._pool.request(
+                    "POST",
+                    url,
+                    body=body,
+                    headers=headers,
+                    timeout=urllib3.Timeout(total=timeout),
+                    retries=False,
+                    redirect=False,
+                    preload_content=True,
+                )
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                reason = self._scrub(f"{signal}: {_describe_exception(exc)}")
+                self._failed(signal, reason)
+            except BaseException:
+                # Not a verdict on the endpoint: a half-open probe must not stay taken.
+                self._release_probe()
+                raise
+            else:
+                elapsed = time.monotonic() - started
+                status = response.status
+                resp_body = bytes(response.data[:_BODY_KEEP])
+                with self._lock:
+                    self._stats.last_latency_s = elapsed
+                    self._stats.latencies.append(elapsed)
+                if 200 <= status < 300:
+                    return self._succeeded(signal, status, resp_body, attempts)
+                if status not in RETRYABLE_STATUSES:
+                    # The endpoint answered: it is up, whatever it thinks of this request.
+                    with self._lock:
+                        self._breaker.success()
+                    message = f"HTTP {status}: {_body_text(resp_body)}"
+                    return self._dead_letter(
+                        signal, data, url, status, resp_body, message, attempts
+                    )
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                if retry_after is not None:
+                    retry_after = min(retry_after, self.policy.max_retry_after_s)
+                    with self._lock:
+                        self._not_before = max(self._not_before, time.monotonic() + retry_after)
+                reason = self._scrub(f"{signal}: HTTP {status}: {_body_text(resp_body)}")
+                self._failed(signal, reason)
+
+            with self._lock:
+                opened = self._breaker.failure()
+                if opened:
+                    self._stats.breaker_opened += 1
+            if opened:
+                log.warning(
+                    "OTLP endpoint for %s failing: circuit breaker open (%s)", signal, reason
+                )
+                return self._later(signal, f"circuit breaker opened after: {reason}", attempts)
+            wait = self.policy.backoff(attempts)
+            if retry_after is not None:
+                wait = max(wait, retry_after)
+            if time.monotonic() + wait > deadline:
+                return self._later(
+                    signal, f"retry deadline reached; last error: {reason}", attempts
+                )
+            with self._lock:
+                self._stats.retries[signal] += 1
+            log.info("export %s failed (%s); retry %d in %.2f s", signal, reason, attempts, wait)
+            if not self._sleep(wait):
+                return self._later(signal, "exporter closed", attempts)
+
+    @property
+    def breaker_state(self) -> Literal["closed", "open", "half_open"]:
+        """The circuit breaker's state: ``closed`` (normal), ``open``, ``half_open``."""
+        with self._lock:
+            return self._breaker.state
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the counters, JSON-ready and free of secrets.
+
+        Top-level counters are totals over the signals; ``per_signal[signal][counter]``
+        has the breakdown.
+        """
+        with self._lock:
+            s = self._stats
+            latencies = sorted(s.latencies)
+            breaker = self._breaker.state
+            counters = {
+                name: dict(getattr(s, name))
+                for name in (
+                    "requests",
+                    "exported",
+                    "bytes_uncompressed",
+                    "bytes_on_wire",
+                    "retries",
+                    "dead_lettered",
+                    "partial_rejected",
+                    "failures",
+                    "retry_later",
+                )
+            }
+            snapshot: dict[str, Any] = {
+                name: sum(values.values()) for name, values in counters.items()
+            }
+            snapshot["per_signal"] = {
+                signal: {name: values[signal] for name, values in counters.items()}
+                for signal in SIGNALS
+            }
+            snapshot.update(
+                breaker_opened=s.breaker_opened,
+                breaker_state=breaker,
+                last_error=s.last_error,
+                latency_s={
+                    "last": s.last_latency_s,
+                    "p50": _quantile(latencies, 0.50),
+                    "p99": _quantile(latencies, 0.99),
+                    "samples": len(latencies),
+                },
+            )
+        return snapshot
+
+    @property
+    def dead_letter_dir(self) -> Path:
+        """Where refused payloads are kept."""
+        return self.config.home / "dead-letter"
+
+    def close(self) -> None:
+        """Stop retry waits, refuse new exports (``retry_later``) and close the pool."""
+        self._closed.set()
+        self._pool.clear()
+
+    def __enter__(self) -> OTLPHttpExporter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _headers(self, encoding: str | None) -> dict[str, str]:
+        headers = dict(self.config.headers)
+        # The transport's own headers win over configured ones with the same name.
+        for key in [
+            k
+            for k in headers
+            if k.lower() in ("content-type", "content-encoding", "user-agent", "content-length")
+        ]:
+            del headers[key]
+        headers["Content-Type"] = "application/x-protobuf"
+        headers["User-Agent"] = USER_AGENT
+        if encoding is not None:
+            headers["Content-Encoding"] = encoding
+        return headers
+
+    def _compress(self, data: bytes) -> tuple[bytes, str | None]:
+        if self.config.compression == "gzip":
+            return gzip.compress(data, compresslevel=1, mtime=0), "gzip"
+        if self.config.compression == "zstd":
+            # A compressor object is not safe to share between threads: one per call.
+            return zstandard.ZstdCompressor(level=1).compress(data), "zstd"
+        return data, None
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait at least ``seconds``; False when the exporter was closed meanwhile."""
+        end = time.monotonic() + seconds
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            if self._closed.wait(left):
+                return False
+
+    def _release_probe(self) -> None:
+        with self._lock:
+            self._breaker.release_probe()
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def _failed(self, signal: Signal, reason: str) -> None:
+        with self._lock:
+            self._stats.failures[signal] += 1
+            self._stats.last_error = reason
+
+    def _later(self, signal: Signal, message: str, attempts: int) -> ExportResult:
+        with self._lock:
+            self._stats.retry_later[signal] += 1
+        return ExportResult("retry_later", message=self._scrub(message), attempts=attempts)
+
+    def _succeeded(self, signal: Signal, status: int, body: bytes, attempts: int) -> ExportResult:
+        rejected, error_message = self._partial_success(signal, body)
+        with self._lock:
+            self._breaker.success()
+            self._stats.exported[signal] += 1
+            self._stats.partial_rejected[signal] += rejected
+        message = ""
+        if rejected or error_message:
+            message = self._scrub(
+                f"partial success: {rejected} rejected: {error_message or 'no message'}"
+            )
+            log.warning("OTLP %s export %s", signal, message)
+        return ExportResult("ok", status, rejected, message, attempts)
+
+    def _partial_success(self, signal: Signal, body: bytes) -> tuple[int, str]:
+        if not body:
+            return 0, ""
+        response = _RESPONSE_TYPES[signal]()
+        try:
+            response.ParseFromString(body)
+        except DecodeError:
+            log.warning("OTLP %s export: the success response is not a valid protobuf", signal)
+            return 0, ""
+        partial = getattr(response, "partial_success", None)
+        if partial is None:
+            return 0, ""
+        rejected = int(getattr(partial, _REJECTED_FIELD[signal], 0))
+        return rejected, str(getattr(partial, "error_message", ""))
+
+    def _dead_letter(
+        self,
+        signal: Signal,
+        data: bytes,
+        url: str,
+        status: int | None,
+        resp_body: bytes,
+        message: str,
+        attempts: int,
+    ) -> ExportResult:
+        message = self._scrub(message)
+        with self._lock:
+            self._stats.dead_lettered[signal] += 1
+            self._stats.last_error = f"{signal}: {message}"
+        try:
+            path = self._write_dead_letter(signal, data, url, status, resp_body, message)
+        except OSError as exc:
+            log.error(
+                "OTLP %s export refused (%s) and the dead-letter write failed: %s",
+                signal,
+                message,
+                exc,
+            )
+        else:
+            log.error("OTLP %s export refused (%s); payload kept in %s", signal, message, path.name)
+        return ExportResult("dead_letter", status, 0, message, attempts)
+
+    def _write_dead_letter(
+        self,
+        signal: Signal,
+        data: bytes,
+        url: str,
+        status: int | None,
+        resp_body: bytes,
+        message: str,
+    ) -> Path:
+        directory = self.dead_letter_dir
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        now = time.time()
+        stem = f"{time.time_ns()}-{os.getpid()}-{threading.get_ident()}-{signal}-{status or 0}"
+        body_text = self._scrub(resp_body.decode("utf-8", "replace"))
+        # The raw bytes are kept only when the server did not echo a secret back.
+        echoed = any(secret.encode("utf-8") in resp_body for secret in self._secrets)
+        raw = body_text.encode("utf-8") if echoed else resp_body
+        sidecar = {
+            "signal": signal,
+            "status": status,
+            "message": message,
+            "body": body_text,
+            "body_b64": base64.b64encode(raw).decode("ascii"),
+            "url": redact_url(url),
+            "time": datetime.fromtimestamp(now, UTC).isoformat(),
+            "payload": f"{stem}.pb",
+            "payload_bytes": len(data),
+            "content_type": "application/x-protobuf",
+        }
+        payload_path = directory / f"{stem}.pb"
+        _write_private(payload_path, data)
+        sidecar_path = directory / f"{stem}.json"
+        _write_private(sidecar_path, json.dumps(sidecar, indent=1).encode("utf-8"))
+        return sidecar_path
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a new owner-only file, atomically visible under its final name."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def _describe_exception(exc: BaseException) -> str:
+    """A short reason without URLs (they may carry credentials) or header values."""
+    reason = getattr(exc, "reason", None)
+    # urllib3 makes NewConnectionError a ConnectTimeoutError subclass: test it first.
+    refused = isinstance(exc, urllib3.exceptions.NewConnectionError) or isinstance(
+        reason, urllib3.exceptions.NewConnectionError
+    )
+    timed_out = isinstance(exc, urllib3.exceptions.TimeoutError) or isinstance(
+        reason, TimeoutError | urllib3.exceptions.TimeoutError
+    )
+    if timed_out and not refused:
+        return f"timeout ({type(exc).__name__})"
+    inner = reason if isinstance(reason, BaseException) else exc
+    errno = getattr(inner, "errno", None)
+    if errno is None and inner.__context__ is not None:
+        errno = getattr(inner.__context__, "errno", None)
+    tls = _find_ssl_error(exc)
+    if tls is not None:
+        verify = getattr(tls, "verify_message", None)
+        return f"TLS failed: {verify or tls.reason or type(tls).__name__}"
+    detail = os.strerror(errno) if isinstance(errno, int) else type(inner).__name__
+    return f"connection failed: {detail} ({type(exc).__name__})"
+
+
+def _find_ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    """The ``ssl.SSLError`` behind a urllib3 error (in args, reason, cause or context)."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ssl.SSLError):
+            return item
+        todo += [*item.args, getattr(item, "reason", None), item.__cause__, item.__context__]
+    return None
+
+
+def _body_text(body: bytes) -> str:
+    """A printable, bounded excerpt of an error response body."""
+    text = body[:512].decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() else " " for c in text).strip()
+    return text or "(empty body)"
+
+
+def _quantile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[index]
