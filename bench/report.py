@@ -1,7 +1,8 @@
 """Writing and reading benchmark reports: ``latest.json``, ``latest.md``, ``latest_cdf.png``.
 
-``latest.json`` holds exactly ``machine``, ``results`` (one summary row per scenario),
-``budgets`` and ``cost_per_million_usd``; the Markdown adds the tails, GC activity, the
+``latest.json`` holds ``machine``, ``results`` (one summary row per scenario), ``budgets``,
+``cost_per_million_usd`` and, when it was measured, ``survival`` (spans that reach their
+destination when the worker is SIGKILLed); the Markdown adds the tails, GC activity, the
 timer floor and the ratios of our scenarios against their peers.
 """
 
@@ -79,14 +80,18 @@ def build_document(
     results: Sequence[Result],
     budgets: Sequence[BudgetOutcome],
     cost_per_million_usd: float | None,
+    survival: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``latest.json`` document."""
-    return {
+    """The ``latest.json`` document (``survival`` only when it was measured)."""
+    document: dict[str, Any] = {
         "machine": dict(machine),
         "results": [r.row() for r in results],
         "budgets": [b.to_json() for b in budgets],
         "cost_per_million_usd": cost_per_million_usd,
     }
+    if survival is not None:
+        document["survival"] = dict(survival)
+    return document
 
 
 def write_json(path: Path, document: Mapping[str, Any]) -> None:
@@ -249,6 +254,9 @@ def render_markdown(
     cost = document["cost_per_million_usd"]
     if cost is not None:
         lines += ["", f"CPU cost per million items of the cost scenario: {cost:.4g} USD."]
+    survival = document.get("survival")
+    if survival:
+        lines += ["", *_survival_lines(survival)]
     if regressions:
         lines += ["", "## Regressions (> threshold vs the previous run)", ""]
         lines += [f"- {reg}" for reg in regressions]
@@ -257,6 +265,33 @@ def render_markdown(
         lines += ["", "## Notes", ""]
         lines += [f"- {n}" for n in all_notes]
     return "\n".join(lines) + "\n"
+
+
+def _survival_lines(survival: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "## Survival of a SIGKILL",
+        "",
+        f"A worker ends {survival.get('spans', '?'):,} spans and is SIGKILLed "
+        f"{1000 * float(survival.get('kill_after_s', 0.1)):.0f} ms after the last one; "
+        "spans that reached their destination:",
+        "",
+    ]
+    if "error" in survival:
+        return [*lines, f"The survival run failed: `{str(survival['error']).strip()[-300:]}`"]
+    lines += ["| kind | ended | arrived | fraction | method |", "|---|---:|---:|---:|---|"]
+    for kind in ("fastbuf", "otel"):
+        row = survival.get(kind)
+        if not isinstance(row, Mapping):
+            continue
+        if "skipped" in row:
+            lines.append(f"| {kind} | {row.get('ended', '?')} | | | skipped: {row['skipped']} |")
+            continue
+        fraction = row.get("fraction")
+        shown = f"{fraction:.1%}" if isinstance(fraction, int | float) else "n/a"
+        lines.append(
+            f"| {kind} | {row['ended']:,} | {row['received']:,} | {shown} | {row['method']} |"
+        )
+    return lines
 
 
 def write_cdf_png(path: Path, results: Sequence[Result]) -> None:

@@ -4,15 +4,18 @@
                         [--compare PREVIOUS.json [--current LATEST.json]] [--fail-on-regression]
 
 Scenarios come from ``bench.peers`` and, when present, ``bench.ours``; both register into
-``bench.scenarios``. Exit status: 0 when every scenario ran (or was skipped with a reason)
-and every budget held; 1 when a scenario failed or a budget was missed, or, with
-``--fail-on-regression``, when a P50/P99 regressed by more than the threshold; 2 for bad
-arguments or unreadable results files.
+``bench.scenarios``. A run of every scenario (no ``--only``) also counts the spans that
+survive a SIGKILL of the worker (``bench.survival``, when present). Exit status: 0 when
+every scenario ran (or was skipped with a reason) and every budget held; 1 when a scenario
+or the survival run failed or a budget was missed, or, with ``--fail-on-regression``, when
+a P50/P99 regressed by more than the threshold; 2 for bad arguments or unreadable results
+files.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import gc
 import importlib
@@ -31,6 +34,7 @@ from bench.scenarios import BudgetOutcome, Scenario
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # Roughly an on-demand x86 cloud vCPU hour; only used for cost_per_million_usd.
 DEFAULT_USD_PER_CORE_HOUR = 0.05
+SURVIVAL_SPANS = 10_000
 
 
 def load_scenarios() -> None:
@@ -61,8 +65,9 @@ def run_scenario(s: Scenario, calls: int) -> Result:
         shared_teardown = None
         if s.shared is not None:
             args, shared_teardown = s.shared()
+        said: object = None
         try:
-            return measure_processes(
+            result = measure_processes(
                 s.name,
                 s.factory,
                 processes=s.processes,
@@ -74,7 +79,11 @@ def run_scenario(s: Scenario, calls: int) -> Result:
             )
         finally:
             if shared_teardown is not None:
-                shared_teardown()
+                said = shared_teardown()
+        # As for a single process: a non-empty string from the teardown becomes a note.
+        if isinstance(said, str) and said:
+            result = dataclasses.replace(result, notes=(*result.notes, said))
+        return result
     fn, teardown = s.factory()
     return measure(
         s.name,
@@ -95,6 +104,27 @@ def cost_per_million(results: Sequence[Result], usd_per_core_hour: float) -> flo
         return None
     ns_per_item = max(0.0, r.mean_ns - (r.floor_mean_ns or 0.0)) / r.items_per_call
     return float(f"{1e6 * ns_per_item * 1e-9 / 3600.0 * usd_per_core_hour:.4g}")
+
+
+def run_survival(spans: int = SURVIVAL_SPANS) -> dict[str, object] | None:
+    """The SIGKILL survival counts from ``bench.survival`` (None if that module is absent).
+
+    A failure is kept as ``{"error": ...}`` so the report says what went wrong.
+    """
+    if importlib.util.find_spec("bench.survival") is None:
+        return None
+    _log(f"survival: {spans:,} spans per kind, worker SIGKILLed after its last span ...")
+    try:
+        module = importlib.import_module("bench.survival")
+        outcome: dict[str, object] = module.run_all(spans)
+    except Exception:
+        _log(f"    FAILED:\n{traceback.format_exc()}")
+        return {"spans": spans, "error": traceback.format_exc(limit=3)}
+    for kind in ("fastbuf", "otel"):
+        got = outcome.get(kind)
+        if isinstance(got, dict):
+            _log(f"    {kind}: {got.get('received')} of {got.get('ended')} spans arrived")
+    return outcome
 
 
 def evaluate_budgets(results: Sequence[Result]) -> tuple[list[BudgetOutcome], list[str]]:
@@ -219,11 +249,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({time.monotonic() - t0:.1f} s)"
         )
 
+    survival = None
+    if args.only is None and not args.list:
+        survival = run_survival()
+        if survival is None:
+            notes.append("survival not measured: bench.survival is missing")
+        elif "error" in survival:
+            failed.append("survival")
+
     outcomes, unchecked = evaluate_budgets(results)
     notes += [f"budget not checked (its scenario did not run): {n}" for n in unchecked]
     notes += [f"scenario failed: {n}" for n in failed]
     document = report.build_document(
-        report.machine_info(), results, outcomes, cost_per_million(results, args.usd_per_core_hour)
+        report.machine_info(),
+        results,
+        outcomes,
+        cost_per_million(results, args.usd_per_core_hour),
+        survival,
     )
     regressions = report.compare(previous, document, args.threshold) if previous else []
     out: Path = args.out
