@@ -804,17 +804,27 @@ cdef Py_ssize_t body_metric(Enc *e, char *start, Call *c, Scope sc, uint64_t t,
 # are encoded straight from the call's argument vector, with no kwargs dict built.
 cdef extern from *:
     """
-    static PyObject *efb_make_fastcall(const char *name, void *fn, PyObject *self,
-                                       const char *doc) {
+    /* A method definition lives as long as the module: made once, bound many times. */
+    static void *efb_new_def(const char *name, void *fn, const char *doc) {
         PyMethodDef *def = (PyMethodDef *)PyMem_Malloc(sizeof(PyMethodDef));
-        if (!def) return PyErr_NoMemory();
+        if (!def) { PyErr_NoMemory(); return NULL; }
         def->ml_name = name;
         def->ml_meth = (PyCFunction)(void (*)(void))fn;
         def->ml_flags = METH_FASTCALL | METH_KEYWORDS;
         def->ml_doc = doc;
-        return PyCFunction_NewEx(def, self, NULL);  /* lives as long as the module */
+        return def;
+    }
+    static PyObject *efb_bind(void *def, PyObject *self) {
+        return PyCFunction_NewEx((PyMethodDef *)def, self, NULL);
+    }
+    static PyObject *efb_make_fastcall(const char *name, void *fn, PyObject *self,
+                                       const char *doc) {
+        void *def = efb_new_def(name, fn, doc);
+        return def ? efb_bind(def, self) : NULL;
     }
     """
+    void *efb_new_def(const char *name, void *fn, const char *doc) except NULL
+    object efb_bind(void *fn_def, object self)
     object efb_make_fastcall(const char *name, void *fn, object self, const char *doc)
 
 
@@ -1101,6 +1111,56 @@ span = efb_make_fastcall(
     "span(name, **attributes)\n--\n\n``with fastbuf.span(\"denoise\", steps=30) as s: ...``")
 
 
+cdef object _metric_call(object self, PyObject **args, Py_ssize_t nargs,
+                         PyObject *kwnames, int op):
+    # op: 0 inc, 1 add, 2 set, 3 record
+    cdef Instrument ins = <Instrument>self
+    cdef object value
+    if nargs > 1:
+        raise TypeError(f"takes at most 1 positional argument (the value), {nargs} given")
+    if nargs == 0:
+        if op != 0:
+            raise TypeError("missing the value")
+        value = 1
+    else:
+        value = <object>args[0]
+        if not (type(value) is int and 0 <= value < (1 << 62)) and type(value) is not float:
+            value = ins._number(value)
+    if op == 0 and value < 0:
+        counters[C_COERCED] += 1  # a counter never goes down: ignored, counted
+        return None
+    if op == 3:
+        value = [float(value)]
+    ins._update(value, None, kwnames, args + nargs if kwnames != NULL else NULL)
+    return None
+
+
+cdef object inc_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    return _metric_call(self, args, nargs, kwnames, 0)
+
+
+cdef object add_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    return _metric_call(self, args, nargs, kwnames, 1)
+
+
+cdef object set_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    return _metric_call(self, args, nargs, kwnames, 2)
+
+
+cdef object record_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    return _metric_call(self, args, nargs, kwnames, 3)
+
+
+cdef void *INC_DEF = efb_new_def("inc", <void *>inc_fast,
+                                 "inc(amount=1, **attributes): add to a counter")
+cdef void *ADD_DEF = efb_new_def("add", <void *>add_fast,
+                                 "add(amount, **attributes): add to an up-down counter")
+cdef void *SET_DEF = efb_new_def("set", <void *>set_fast,
+                                 "set(value, **attributes): the gauge's current value")
+cdef void *RECORD_DEF = efb_new_def("record", <void *>record_fast,
+                                    "record(value, **attributes): one observation")
+
+
 cdef class Instrument:
     """A metric instrument; updates are records the drainer aggregates."""
 
@@ -1110,6 +1170,11 @@ cdef class Instrument:
     cdef readonly int kind
     cdef bytes head  # encoded: u8 instrument, str16 name, str8 unit, str16 description
     cdef bytes bounds  # HISTOGRAM: encoded u16 n_bounds + f64s
+    # Update methods are METH_FASTCALL functions bound to the instrument (no kwargs dict).
+    cdef readonly object inc  # COUNTER: inc(amount=1, **attrs); negative amounts ignored
+    cdef readonly object add  # UPDOWNCOUNTER: add(amount, **attrs)
+    cdef readonly object set  # GAUGE: set(value, **attrs)
+    cdef readonly object record  # HISTOGRAM: record(value, **attrs)
 
     def __cinit__(self, int kind, str name, str unit="", str description="", bounds=None):
         cdef char buf[4096]
@@ -1138,15 +1203,23 @@ cdef class Instrument:
             for b in bl:
                 put_f64(&e, b)
         self.bounds = buf[:e.p - buf]
+        self.inc = efb_bind(INC_DEF, self)
+        self.add = efb_bind(ADD_DEF, self)
+        self.set = efb_bind(SET_DEF, self)
+        self.record = efb_bind(RECORD_DEF, self)
 
-    cdef int _update(self, object value, dict attrs) except -1:
+    cdef int _update(self, object value, dict attrs, PyObject *kn=NULL,
+                     PyObject **kv=NULL) except -1:
         cdef Call c
         if ensure_ring():
             return 0
         init_call(&c)
         c.obj = <PyObject *>self
         c.value = <PyObject *>value
-        if attrs:
+        if kn != NULL:
+            c.kn = kn
+            c.kv = kv
+        elif attrs:
             c.attrs = <PyObject *>attrs
         try:
             write_record(K_METRIC, body_metric, &c, current_scope())
@@ -1165,27 +1238,6 @@ cdef class Instrument:
             return value.__index__() if hasattr(value, "__index__") else float(value)
         except Exception:
             raise TypeError(f"metric value must be a number, not {type(value).__name__}")
-
-    def inc(self, value=1, **attrs):
-        """COUNTER: add a non-negative amount (a negative amount is ignored and counted)."""
-        if type(value) is not int or value < 0 or value >= (1 << 63):
-            value = self._number(value)
-            if value < 0:
-                counters[C_COERCED] += 1
-                return
-        self._update(value, attrs)
-
-    def add(self, value, **attrs):
-        """UPDOWNCOUNTER: add any amount."""
-        self._update(self._number(value), attrs)
-
-    def set(self, value, **attrs):
-        """GAUGE: the current value."""
-        self._update(self._number(value), attrs)
-
-    def record(self, value, **attrs):
-        """HISTOGRAM: one observation."""
-        self._update([float(self._number(value))], attrs)
 
     def record_many(self, values, **attrs):
         """HISTOGRAM: many observations in one call (a numpy array or a sequence),
