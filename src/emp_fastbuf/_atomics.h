@@ -52,7 +52,9 @@ static inline void efb_put_u32(char *p, uint32_t v) { memcpy(p, &v, 4); }
 
 /* Fork detection that works for forks made from C too (uWSGI never runs
  * os.register_at_fork hooks): the child bumps a generation counter that every Ring
- * compares with the one it saw when it claimed its lane. */
+ * compares with the one it saw when it claimed its lane. Each extension module gets its
+ * own copy of these statics: only _ring registers the handler, and other modules read
+ * the counter through _ring's fork_generation(). */
 static volatile uint64_t efb_fork_generation = 0;
 static void efb_atfork_child(void) { efb_fork_generation++; }
 static int efb_atfork_registered = 0;

@@ -26,7 +26,7 @@ from emp_fastbuf._ring cimport (
     DROP_TOO_LARGE,
     EFB_UNLIKELY,
     Ring,
-    efb_fork_gen,
+    fork_generation,
 )
 
 cdef extern from "Python.h":
@@ -468,8 +468,8 @@ cdef uint64_t next_random() except? 0:
     """splitmix64, seeded from the OS and reseeded in a forked child (ids must differ)."""
     global rng_state, rng_fork_gen
     cdef uint64_t z
-    if EFB_UNLIKELY(rng_fork_gen != efb_fork_gen()):
-        rng_fork_gen = efb_fork_gen()
+    if EFB_UNLIKELY(rng_fork_gen != fork_generation()):
+        rng_fork_gen = fork_generation()
         import os
         rng_state = int.from_bytes(os.urandom(8), "little")
     rng_state += GOLDEN
@@ -511,7 +511,7 @@ def bind(ring, attach=None, after_fork=None, disabled=False):
     _attach = attach
     _after_fork = after_fork
     _disabled = bool(disabled)
-    _fork_gen = efb_fork_gen()
+    _fork_gen = fork_generation()
 
 
 def bound_ring():
@@ -521,11 +521,11 @@ def bound_ring():
 cdef int ensure_ring() except -1:
     """0 when a ring is attached, 1 when telemetry is off (disabled or no ring)."""
     global _fork_gen
-    if EFB_UNLIKELY(_ring is None or _fork_gen != efb_fork_gen()):
+    if EFB_UNLIKELY(_ring is None or _fork_gen != fork_generation()):
         if _disabled:
             return 1
-        if _ring is not None and _fork_gen != efb_fork_gen():
-            _fork_gen = efb_fork_gen()
+        if _ring is not None and _fork_gen != fork_generation():
+            _fork_gen = fork_generation()
             if _after_fork is not None:
                 _after_fork()
         if _ring is None:

@@ -63,3 +63,8 @@ cdef class Ring:
     cdef void _commit(self, Py_ssize_t n) noexcept
     cdef void _drop(self, int reason) noexcept
     cdef bint _wait_room(self, uint64_t need) noexcept
+
+
+# The fork generation of the _ring module: the one counter its pthread_atfork handler
+# bumps. Other native modules must use this, not their own copy of the header's static.
+cdef uint64_t fork_generation() noexcept nogil

@@ -1045,3 +1045,7 @@ cdef class Consumer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+cdef uint64_t fork_generation() noexcept nogil:
+    return efb_fork_gen()

@@ -21,7 +21,7 @@ from typing import Any, TypeVar, overload
 from urllib.parse import unquote
 
 from emp_fastbuf import _codec
-from emp_fastbuf._codec import Instrument, Log, Span, scope_var
+from emp_fastbuf._codec import Instrument, Log, scope_var
 from emp_fastbuf._ring import Ring, default_ring_name
 from emp_fastbuf._version import __version__
 from emp_fastbuf.errors import RingCorrupt, RingError, RingNotFound
@@ -171,7 +171,11 @@ def configure(
         _state.resource_attributes = res
         _state.instance_id = _state.instance_id or uuid.uuid4().hex
         _state.pid = os.getpid()
-        name = ring or env.get("EMP_FASTBUF_RING") or default_ring_name()
+        # Without ``ring``, an attached process keeps its ring (configure() may only be
+        # changing limits or identity).
+        name = ring or _state.ring_name or env.get("EMP_FASTBUF_RING") or default_ring_name()
+        if _state.ring is None and not ring:
+            name = env.get("EMP_FASTBUF_RING") or default_ring_name()
         if _state.ring is not None and _state.ring_name == name:
             new_ring = _state.ring
         else:
