@@ -606,3 +606,14 @@ print("survived")
     assert out.returncode == 0, out.stderr
     assert "survived" in out.stdout
     assert "telemetry is off" in out.stderr
+
+
+def test_log_record_keeps_an_explicit_time(ring: fastbuf.Ring) -> None:
+    _codec.log_record(13, "WARNING", "from a bridge", {"k": 1}, 1_700_000_000_123_456_789)
+    _codec.log_record(9, "INFO", "now", {})
+    then, now = records(ring)
+    assert then.time_unix_nano == 1_700_000_000_123_456_789
+    assert (then.severity_number, then.severity_text, then.body) == (13, "WARNING", "from a bridge")
+    assert abs(now.time_unix_nano - __import__("time").time_ns()) < 60 * 10**9
+    with pytest.raises(ValueError):
+        _codec.log_record(99, "X", "bad severity", {})

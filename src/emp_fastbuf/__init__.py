@@ -31,6 +31,7 @@ from emp_fastbuf.errors import (
     RingPermissionError,
     RingVersionError,
 )
+from emp_fastbuf.integrations.stdlib import instrument_logging
 from emp_fastbuf.records import CorruptRecord
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "emit",
     "event",
     "flush",
+    "instrument_logging",
     "log",
     "metrics",
     "shutdown",

@@ -854,7 +854,7 @@ emit = efb_make_fastcall(
 
 
 cdef int _log(int severity, object sev_text, object msg, PyObject *attrs, PyObject *kn,
-              PyObject **kv) except -1:
+              PyObject **kv, uint64_t t=0) except -1:
     cdef Call c
     if not PyUnicode_CheckExact(msg):
         try:
@@ -873,6 +873,7 @@ cdef int _log(int severity, object sev_text, object msg, PyObject *attrs, PyObje
     c.attrs = attrs
     c.kn = kn
     c.kv = kv
+    c.t = t
     try:
         write_record(K_LOG, body_log, &c, current_scope())
     except Exception:
@@ -893,11 +894,12 @@ cdef object log_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *k
     return None
 
 
-def log_record(int severity, str severity_text, msg, dict attrs):
-    """A log record with an explicit severity (used by the logging bridges)."""
+def log_record(int severity, str severity_text, msg, dict attrs, uint64_t time_unix_nano=0):
+    """A log record with an explicit severity and, optionally, its original time in ns
+    (0: now). Used by the logging bridges."""
     if not 0 <= severity <= 24:
         raise ValueError(f"severity must be 0..24, got {severity}")
-    _log(severity, severity_text, msg, <PyObject *>attrs, NULL, NULL)
+    _log(severity, severity_text, msg, <PyObject *>attrs, NULL, NULL, time_unix_nano)
 
 
 cdef class Log:

@@ -1,0 +1,32 @@
+"""Bridges that carry other telemetry APIs into the fastbuf ring.
+
+- ``emp_fastbuf.integrations.stdlib``: ``FastbufHandler``, a ``logging.Handler``, and
+  ``instrument_logging()``.
+- ``emp_fastbuf.integrations.otel``: ``FastbufSpanProcessor`` and
+  ``FastbufLogRecordProcessor`` for the OpenTelemetry SDK (``pip install
+  emp-fastbuf[otel]``), and the context bridge that lets SDK spans and ``fastbuf.span``
+  share one trace.
+- ``emp_fastbuf.integrations.structlog``: ``FastbufProcessor``, a structlog processor.
+
+Each module is imported on its own so that a missing optional library only affects the
+bridge that needs it. See docs/integrations.md.
+"""
+
+from __future__ import annotations
+
+from emp_fastbuf import _codec
+
+
+def clip_trace(text: str) -> str:
+    """A stack trace that fits the encoder's value limit, cut in the middle: the first
+    line (``Traceback ...``/``Stack ...``) and the innermost frames and the exception line
+    at the end are what a reader needs; the encoder alone would cut the end off."""
+    limit = int(_codec.get_limits()["max_value_length"])
+    if len(text) <= limit:
+        return text
+    head, sep, _ = text.partition("\n")
+    marker = "  ...\n"
+    keep = limit - len(head) - len(sep) - len(marker)
+    if not sep or keep <= 0:
+        return text[-limit:]
+    return head + sep + marker + text[-keep:]
