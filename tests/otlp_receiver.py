@@ -122,6 +122,7 @@ class OTLPReceiver:
         self._script: deque[Response] = deque()
         self.default = Response()
         self.requests: list[tuple[str, dict[str, str], Message]] = []
+        self._accepted: list[bool] = []  # parallel to requests: answered with 2xx
         self.attempts: list[Attempt] = []
         self._port = port
         self._server: ThreadingHTTPServer | None = None
@@ -239,8 +240,14 @@ class OTLPReceiver:
         return out
 
     def _decoded(self, path: str) -> list[Any]:
+        # What a backend keeps: requests it answered with success (a 429 or 503 answer
+        # means the data was not taken, and the client sends it again).
         with self._lock:
-            return [req for p, _, req in self.requests if p == path]
+            return [
+                req
+                for (p, _, req), ok in zip(self.requests, self._accepted, strict=True)
+                if p == path and ok
+            ]
 
     def attempt_times(self, path: str | None = None) -> list[float]:
         """Arrival times (monotonic) of every attempt, optionally for one path."""
@@ -284,6 +291,7 @@ class OTLPReceiver:
             self.attempts.append(Attempt(path, arrived, status, headers, error))
             if decoded is not None:
                 self.requests.append((path, headers, decoded))
+                self._accepted.append(200 <= status < 300)
         if answer.delay_s > 0 and self._stopping.wait(answer.delay_s):
             handler.close_connection = True
             return

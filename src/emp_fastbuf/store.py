@@ -1,0 +1,1247 @@
+"""The embedded local store: decoded records in one SQLite file (WAL), and the queries
+the ``fastbuf`` CLI runs against it.
+
+The agent is the only writer; any number of CLI processes read at the same time (WAL lets
+readers see committed batches while the writer goes on). The schema is versioned and
+described in ``docs/store-schema.md``.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import math
+import os
+import sqlite3
+import sys
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emp_fastbuf import records
+from emp_fastbuf.records import EVENT, HISTOGRAM, LOG, METRIC, SPAN, Record, Resource
+
+__all__ = [
+    "APPLICATION_ID",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_RETENTION_S",
+    "SCHEMA_VERSION",
+    "MetricSeries",
+    "SpanNode",
+    "Store",
+    "StoreError",
+    "StoredRecord",
+    "TraceView",
+    "default_home",
+    "default_store_path",
+    "percentile",
+    "severity_name",
+]
+
+# PRAGMA application_id: "eFBs" read as a big-endian int. Marks the file as ours.
+APPLICATION_ID = 0x65464273
+SCHEMA_VERSION = 1
+DEFAULT_RETENTION_S = 7 * 24 * 3600
+DEFAULT_MAX_BYTES = 2 << 30
+STORE_FILE = "store.sqlite"
+# The WAL file is cut back to this size after a checkpoint.
+_WAL_LIMIT_BYTES = 64 << 20
+# Size retention deletes down to this share of max_bytes, so that it does not run on
+# every call once the store is full.
+_SIZE_LOW_WATER = 0.9
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_KIND_BY_CODE = {LOG: "log", EVENT: "event", SPAN: "span"}
+_STATUS_NAMES = {
+    records.STATUS_UNSET: "unset",
+    records.STATUS_OK: "ok",
+    records.STATUS_ERROR: "error",
+}
+_NATIVE_LE = sys.byteorder == "little"
+
+_SCHEMA = """
+CREATE TABLE sources (
+    id INTEGER PRIMARY KEY,
+    service TEXT,
+    machine_id TEXT,
+    worker_id TEXT
+);
+CREATE INDEX sources_machine ON sources (machine_id);
+CREATE INDEX sources_worker ON sources (worker_id);
+
+CREATE TABLE records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_unix_nano INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    source_id INTEGER NOT NULL REFERENCES sources (id),
+    job_id TEXT,
+    name TEXT,
+    body TEXT,
+    severity_number INTEGER,
+    severity_text TEXT,
+    trace_id BLOB,
+    span_id BLOB,
+    parent_span_id BLOB,
+    start_unix_nano INTEGER,
+    status_code INTEGER,
+    status_message TEXT,
+    span_kind INTEGER,
+    attributes TEXT,
+    events TEXT,
+    links TEXT
+);
+CREATE INDEX records_time ON records (time_unix_nano);
+CREATE INDEX records_trace ON records (trace_id) WHERE trace_id IS NOT NULL;
+CREATE INDEX records_job ON records (job_id, time_unix_nano) WHERE job_id IS NOT NULL;
+CREATE INDEX records_source ON records (source_id, time_unix_nano);
+
+CREATE TABLE metric_updates (
+    id INTEGER PRIMARY KEY,
+    time_unix_nano INTEGER NOT NULL,
+    source_id INTEGER NOT NULL REFERENCES sources (id),
+    job_id TEXT,
+    name TEXT NOT NULL,
+    instrument INTEGER NOT NULL,
+    unit TEXT NOT NULL,
+    value ANY,
+    count INTEGER,
+    sum REAL,
+    min REAL,
+    max REAL,
+    hist_values BLOB,
+    bounds TEXT,
+    attributes TEXT
+);
+CREATE INDEX metric_updates_time ON metric_updates (time_unix_nano);
+CREATE INDEX metric_updates_source ON metric_updates (source_id, time_unix_nano);
+CREATE INDEX metric_updates_job ON metric_updates (job_id) WHERE job_id IS NOT NULL;
+"""
+
+_INSERT_LOG = (
+    "INSERT INTO records (time_unix_nano, kind, source_id, job_id, body, severity_number,"
+    " severity_text, trace_id, span_id, attributes) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_EVENT = (
+    "INSERT INTO records (time_unix_nano, kind, source_id, job_id, name, trace_id, span_id,"
+    " attributes) VALUES (?, 2, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_SPAN = (
+    "INSERT INTO records (time_unix_nano, kind, source_id, job_id, name, trace_id, span_id,"
+    " parent_span_id, start_unix_nano, status_code, status_message, span_kind, attributes,"
+    " events, links) VALUES (?, 3, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_METRIC = (
+    "INSERT INTO metric_updates (time_unix_nano, source_id, job_id, name, instrument, unit,"
+    " value, count, sum, min, max, hist_values, bounds, attributes)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+_RECORD_COLUMNS = (
+    "r.id, r.time_unix_nano, r.kind, r.source_id, r.job_id, r.name, r.body, r.severity_number,"
+    " r.severity_text, r.trace_id, r.span_id, r.parent_span_id, r.start_unix_nano,"
+    " r.status_code, r.status_message, r.span_kind, r.attributes, r.events, r.links"
+)
+_METRIC_COLUMNS = (
+    "m.id, m.time_unix_nano, m.source_id, m.job_id, m.name, m.instrument, m.unit, m.value,"
+    " m.count, m.sum, m.min, m.max, m.attributes"
+)
+
+
+class StoreError(Exception):
+    """The store file is missing, is not an emp-fastbuf store, or has another schema."""
+
+
+def default_home() -> Path:
+    """``$EMP_FASTBUF_HOME``, else ``~/.local/share/emp-fastbuf``."""
+    env = os.environ.get("EMP_FASTBUF_HOME")
+    if env:
+        return Path(env)
+    return Path.home() / ".local" / "share" / "emp-fastbuf"
+
+
+def default_store_path() -> Path:
+    """Where the agent keeps its store: ``<home>/store.sqlite``."""
+    return default_home() / STORE_FILE
+
+
+# ---- values as JSON ------------------------------------------------------------------
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    return str(value)
+
+
+def _make_encoder() -> Callable[[Any], str]:
+    """A compact, strict JSON encoder. The C encoder is built once and called directly:
+    ``json.dumps`` and ``JSONEncoder.encode`` rebuild it on every call, which costs more
+    than encoding a small attribute dict."""
+    c_make = getattr(json.encoder, "c_make_encoder", None)
+    if c_make is None:
+        return json.JSONEncoder(
+            separators=(",", ":"), allow_nan=False, check_circular=False, default=_json_default
+        ).encode
+    # (markers, default, encoder, indent, key_sep, item_sep, sort_keys, skipkeys, allow_nan)
+    iterencode = c_make(
+        None, _json_default, json.encoder.encode_basestring_ascii, None, ":", ",",
+        False, False, False,
+    )  # fmt: skip
+    join = "".join
+
+    def encode(value: Any) -> str:
+        return join(iterencode(value, 0))
+
+    return encode
+
+
+_encode_strict = _make_encoder()
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as strings: they have no JSON spelling."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _to_json(value: Any) -> str:
+    try:
+        return _encode_strict(value)
+    except ValueError:  # a NaN or an infinity somewhere: rare, so the walk is off the fast path
+        return _encode_strict(_finite(value))
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def _f64_blob(values: Sequence[float]) -> bytes:
+    arr = array.array("d", values)
+    if not _NATIVE_LE:
+        arr.byteswap()
+    return arr.tobytes()
+
+
+def _f64_values(blob: bytes | None) -> array.array[float]:
+    arr = array.array("d")
+    if blob:
+        arr.frombytes(blob)
+        if not _NATIVE_LE:
+            arr.byteswap()
+    return arr
+
+
+# ---- query results ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StoredRecord:
+    """One record as read back from the store. Ids are lowercase hex."""
+
+    id: int
+    kind: str  # "log", "event", "span", "metric"
+    time_unix_nano: int  # for a span, its end
+    name: str | None = None
+    body: str | None = None
+    severity_number: int | None = None
+    severity_text: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    parent_span_id: str | None = None
+    job_id: str | None = None
+    service: str | None = None
+    machine_id: str | None = None
+    worker_id: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    # spans
+    start_unix_nano: int | None = None
+    status_code: int | None = None
+    status_message: str | None = None
+    span_kind: int | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    links: list[dict[str, Any]] = field(default_factory=list)
+    # metric updates
+    instrument: str | None = None
+    unit: str | None = None
+    value: int | float | None = None
+    count: int | None = None
+    sum: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+    @property
+    def status(self) -> str | None:
+        """'unset', 'ok' or 'error' for spans; None otherwise."""
+        if self.kind != "span":
+            return None
+        return _STATUS_NAMES.get(self.status_code or 0, "unset")
+
+    @property
+    def severity(self) -> str | None:
+        """The log's severity text (from its number when the text is empty)."""
+        if self.kind != "log":
+            return None
+        return self.severity_text or severity_name(self.severity_number or 0)
+
+    @property
+    def sort_time(self) -> int:
+        """Where the record sits on a timeline: a span at its start, the rest at their time."""
+        if self.kind == "span" and self.start_unix_nano is not None:
+            return self.start_unix_nano
+        return self.time_unix_nano
+
+
+@dataclass(slots=True)
+class SpanNode:
+    """A span in a trace tree, with the logs and events recorded inside it (time order)."""
+
+    span: StoredRecord
+    depth: int
+    items: list[StoredRecord] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class TraceView:
+    """A trace: spans root first in tree order, and the trace's records whose span is not
+    in the store (``orphans``)."""
+
+    trace_id: str
+    spans: list[SpanNode]
+    orphans: list[StoredRecord]
+
+    @property
+    def start_unix_nano(self) -> int:
+        times = [n.span.sort_time for n in self.spans] + [r.time_unix_nano for r in self.orphans]
+        return min(times)
+
+    @property
+    def end_unix_nano(self) -> int:
+        times = [n.span.time_unix_nano for n in self.spans]
+        times += [r.time_unix_nano for r in self.orphans]
+        return max(times)
+
+
+@dataclass(slots=True)
+class MetricSeries:
+    """The current state of one series (name, instrument, unit, source, attributes)."""
+
+    name: str
+    instrument: str  # "counter", "updowncounter", "gauge", "histogram"
+    unit: str
+    service: str | None
+    machine_id: str | None
+    worker_id: str | None
+    attributes: dict[str, Any]
+    time_unix_nano: int  # the latest update
+    updates: int
+    value: int | float | None = None  # counter/updowncounter: the sum; gauge: the last value
+    count: int = 0  # histogram fields
+    sum: float = 0.0
+    min: float | None = None
+    max: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    bounds: list[float] = field(default_factory=list)
+    bucket_counts: list[int] = field(default_factory=list)
+    recent: list[float] = field(default_factory=list)  # oldest first, for a sparkline
+
+
+_SEVERITY_NAMES = ((21, "FATAL"), (17, "ERROR"), (13, "WARN"), (9, "INFO"), (5, "DEBUG"))
+
+
+def severity_name(number: int) -> str:
+    """OpenTelemetry severity number -> its short name ('' for 0)."""
+    for floor, name in _SEVERITY_NAMES:
+        if number >= floor:
+            return name
+    return "TRACE" if number >= 1 else ""
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile: the smallest value with at least p% of the values at or
+    below it. None for no values."""
+    n = len(sorted_values)
+    if n == 0:
+        return None
+    rank = max(1, math.ceil(p / 100.0 * n))
+    return sorted_values[min(rank, n) - 1]
+
+
+def _bucket_counts(values: Iterable[float], bounds: Sequence[float]) -> list[int]:
+    """OTLP explicit buckets: bucket i holds (bounds[i-1], bounds[i]], the last one
+    (bounds[-1], +inf)."""
+    counts = [0] * (len(bounds) + 1)
+    for v in values:
+        counts[bisect_left(bounds, v)] += 1
+    return counts
+
+
+# ---- the store --------------------------------------------------------------------------
+
+
+class Store:
+    """The SQLite store. One writer (the agent), any number of ``readonly`` readers.
+
+    ``retention_s`` and ``max_bytes`` are applied by ``enforce()``, which the owner calls
+    from time to time (not on every ingest).
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        readonly: bool = False,
+        retention_s: float = DEFAULT_RETENTION_S,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self.retention_s = retention_s
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._source_ids: dict[tuple[str | None, str | None, str | None], int] = {}
+        self._sources: dict[int, tuple[str | None, str | None, str | None]] = {}
+        self._conn = self._open()
+
+    # ---- opening ----------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
+        if self.readonly:
+            if not path.exists():
+                raise StoreError(f"no store at {path}")
+            self._check_header(path)
+            uri = path.resolve().as_uri() + "?mode=ro"
+            conn = self._connect(uri, uri=True)
+            self._check_schema(conn, allow_init=False)
+            return conn
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+        except FileExistsError:
+            self._check_header(path)
+            if os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)
+        conn = self._connect(str(path), uri=False)
+        try:
+            if self._check_schema(conn, allow_init=True):
+                self._init_schema(conn)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT_BYTES}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _check_header(path: Path) -> None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(_SQLITE_MAGIC))
+        except OSError as exc:
+            raise StoreError(f"cannot read the store at {path}: {exc.strerror}") from None
+        if head and head != _SQLITE_MAGIC:
+            raise StoreError(f"{path} is not an emp-fastbuf store (not an SQLite database)")
+
+    def _connect(self, target: str, *, uri: bool) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                target, uri=uri, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
+        return conn
+
+    def _check_schema(self, conn: sqlite3.Connection, *, allow_init: bool) -> bool:
+        """True when the file is empty and must be initialised; raises for anything foreign."""
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            n_objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"{self.path} is not an emp-fastbuf store ({exc})") from None
+        if app_id == 0 and version == 0 and n_objects == 0:
+            if allow_init:
+                return True
+            conn.close()
+            raise StoreError(f"{self.path} is not an emp-fastbuf store (empty database)")
+        if app_id != APPLICATION_ID:
+            conn.close()
+            raise StoreError(
+                f"{self.path} is not an emp-fastbuf store (SQLite application id {app_id:#x})"
+            )
+        if version != SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(
+                f"{self.path.name} at {self.path} has schema version {version}, "
+                f"this emp-fastbuf reads version {SCHEMA_VERSION}"
+            )
+        return False
+
+    @staticmethod
+    def _init_schema(conn: sqlite3.Connection) -> None:
+        # auto_vacuum must be chosen before the first table exists.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writing ----------------------------------------------------------------------
+
+    def _source_id(self, resource: Resource, sanitize: bool = False) -> int:
+        attrs = resource.attributes
+        key = (
+            _text(attrs.get("service.name")),
+            _text(attrs.get("emp.machine_id")),
+            _text(attrs.get("emp.worker_id")),
+        )
+        if sanitize:
+            key = (_bindable(key[0]), _bindable(key[1]), _bindable(key[2]))
+        sid = self._source_ids.get(key)
+        if sid is not None:
+            return sid
+        row = self._conn.execute(
+            "SELECT id FROM sources WHERE service IS ? AND machine_id IS ? AND worker_id IS ?",
+            key,
+        ).fetchone()
+        if row is None:
+            cur = self._conn.execute(
+                "INSERT INTO sources (service, machine_id, worker_id) VALUES (?, ?, ?)", key
+            )
+            sid = int(cur.lastrowid or 0)
+        else:
+            sid = int(row[0])
+        self._source_ids[key] = sid
+        return sid
+
+    def ingest(self, groups: Sequence[tuple[Resource, Sequence[Record]]]) -> int:
+        """Store decoded records, one transaction per call. Returns how many were stored
+        (LOG, EVENT, SPAN and METRIC records; other kinds are skipped)."""
+        if self.readonly:
+            raise StoreError(f"the store at {self.path} is open read-only")
+        with self._lock:
+            try:
+                return self._ingest_tx(groups, sanitize=False)
+            except UnicodeEncodeError:
+                # A str with lone surrogates cannot be bound: store the batch again with
+                # such characters replaced.
+                return self._ingest_tx(groups, sanitize=True)
+
+    def _ingest_tx(
+        self, groups: Sequence[tuple[Resource, Sequence[Record]]], *, sanitize: bool
+    ) -> int:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = self._ingest_locked(groups, sanitize)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            self._source_ids.clear()  # may hold ids of the rolled-back transaction
+            raise
+        return n
+
+    def _ingest_locked(
+        self, groups: Sequence[tuple[Resource, Sequence[Record]]], sanitize: bool
+    ) -> int:
+        logs: list[tuple[Any, ...]] = []
+        events: list[tuple[Any, ...]] = []
+        spans: list[tuple[Any, ...]] = []
+        metrics: list[tuple[Any, ...]] = []
+        encode = _to_json
+        add_log = logs.append
+        for resource, recs in groups:
+            sid = self._source_id(resource, sanitize)
+            for r in recs:
+                # Inlined _merged_attributes: this loop is the store's hot path.
+                ctx = r.context
+                job: str | None = None
+                if ctx:
+                    raw = ctx.get("job_id")
+                    job = raw if isinstance(raw, str) else _text(raw)
+                    if job is None or len(ctx) > 1:
+                        merged = {k: v for k, v in ctx.items() if k != "job_id"}
+                        merged.update(r.attributes)
+                        attrs = encode(merged) if merged else None
+                    else:
+                        attrs = encode(r.attributes) if r.attributes else None
+                else:
+                    attrs = encode(r.attributes) if r.attributes else None
+                kind = r.kind
+                if kind == LOG:
+                    add_log(
+                        (
+                            r.time_unix_nano, sid, job, r.body, r.severity_number,
+                            r.severity_text or None, r.trace_id, r.span_id, attrs,
+                        )
+                    )  # fmt: skip
+                elif kind == EVENT:
+                    events.append(
+                        (r.time_unix_nano, sid, job, r.name, r.trace_id, r.span_id, attrs)
+                    )
+                elif kind == SPAN:
+                    spans.append(self._span_row(r, sid, job, attrs))
+                elif kind == METRIC:
+                    metrics.append(self._metric_row(r, sid, job, attrs))
+        conn = self._conn
+        for sql, rows in (
+            (_INSERT_LOG, logs),
+            (_INSERT_EVENT, events),
+            (_INSERT_SPAN, spans),
+            (_INSERT_METRIC, metrics),
+        ):
+            if rows:
+                conn.executemany(
+                    sql, [tuple(map(_bindable, row)) for row in rows] if sanitize else rows
+                )
+        return len(logs) + len(events) + len(spans) + len(metrics)
+
+    @staticmethod
+    def _span_row(r: Record, sid: int, job: str | None, attrs: str | None) -> tuple[Any, ...]:
+        events = (
+            _to_json(
+                [
+                    {"name": e.name, "time_unix_nano": e.time_unix_nano, "attributes": e.attributes}
+                    for e in r.events
+                ]
+            )
+            if r.events
+            else None
+        )
+        links = (
+            _to_json(
+                [
+                    {
+                        "trace_id": link.trace_id.hex(),
+                        "span_id": link.span_id.hex(),
+                        "attributes": link.attributes,
+                    }
+                    for link in r.links
+                ]
+            )
+            if r.links
+            else None
+        )
+        return (
+            r.time_unix_nano, sid, job, r.name, r.trace_id, r.span_id, r.parent_span_id,
+            r.start_unix_nano, r.status_code, r.status_message or None, r.span_kind, attrs,
+            events, links,
+        )  # fmt: skip
+
+    @staticmethod
+    def _metric_row(r: Record, sid: int, job: str | None, attrs: str | None) -> tuple[Any, ...]:
+        if r.instrument == HISTOGRAM:
+            values = [v for v in r.values if v == v]  # NaN has no place in a distribution
+            count = len(values)
+            return (
+                r.time_unix_nano, sid, job, r.name, r.instrument, r.unit, None, count,
+                math.fsum(values) if count else 0.0,
+                min(values) if count else None, max(values) if count else None,
+                _f64_blob(values), _to_json(list(r.bounds)) if r.bounds else None, attrs,
+            )  # fmt: skip
+        return (
+            r.time_unix_nano, sid, job, r.name, r.instrument, r.unit, r.value,
+            None, None, None, None, None, None, attrs,
+        )  # fmt: skip
+
+    # ---- retention --------------------------------------------------------------------
+
+    def size_bytes(self) -> int:
+        """Bytes the database's pages use (free pages excluded; the WAL file not counted)."""
+        with self._lock:
+            return self._used_bytes()
+
+    def _used_bytes(self) -> int:
+        c = self._conn
+        page_size = int(c.execute("PRAGMA page_size").fetchone()[0])
+        pages = int(c.execute("PRAGMA page_count").fetchone()[0])
+        free = int(c.execute("PRAGMA freelist_count").fetchone()[0])
+        return (pages - free) * page_size
+
+    def enforce(self, now_ns: int) -> int:
+        """Apply retention: delete records older than ``retention_s``, then, while the
+        database is larger than ``max_bytes``, the oldest records in chunks (down to 90% of
+        ``max_bytes``). Returns how many records and metric updates were deleted."""
+        if self.readonly:
+            raise StoreError(f"the store at {self.path} is open read-only")
+        cutoff = now_ns - int(self.retention_s * 1_000_000_000)
+        deleted = 0
+        with self._lock:
+            for table in ("records", "metric_updates"):
+                deleted += self._delete_chunked(
+                    f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table}"
+                    " WHERE time_unix_nano < ? LIMIT 20000)",
+                    (cutoff,),
+                )
+            if self._used_bytes() > self.max_bytes:
+                deleted += self._shrink_locked()
+            if deleted:
+                # One step of this pragma frees one page; executescript steps it to the end
+                # (execute() would stop after the first).
+                self._conn.executescript("PRAGMA incremental_vacuum")
+                # PASSIVE: never wait for readers; the next checkpoint finishes the job.
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return deleted
+
+    def _delete_chunked(self, sql: str, params: tuple[Any, ...]) -> int:
+        total = 0
+        while True:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                n = self._conn.execute(sql, params).rowcount
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            total += max(n, 0)
+            if n <= 0:
+                return total
+
+    def _oldest_cut(self, table: str, chunk: int) -> int | None:
+        row = self._conn.execute(
+            f"SELECT time_unix_nano FROM {table} ORDER BY time_unix_nano LIMIT 1 OFFSET ?",
+            (chunk - 1,),
+        ).fetchone()
+        if row is None:
+            row = self._conn.execute(f"SELECT max(time_unix_nano) FROM {table}").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def _row_estimate(self, table: str) -> int:
+        # Ids only grow and retention deletes the oldest, so the id range is close to
+        # the row count, without count(*)'s full scan.
+        lo, hi = self._conn.execute(f"SELECT min(id), max(id) FROM {table}").fetchone()
+        return 0 if lo is None else int(hi) - int(lo) + 1
+
+    def _shrink_locked(self) -> int:
+        target = self.max_bytes * _SIZE_LOW_WATER
+        deleted = 0
+        while (used := self._used_bytes()) > target:
+            rows = self._row_estimate("records") + self._row_estimate("metric_updates")
+            if rows == 0:
+                break  # nothing left to delete
+            # Delete about as many of the oldest rows as the excess is worth, then measure
+            # again: freed index pages do not follow row counts exactly.
+            chunk = max(100, math.ceil((used - target) / (used / rows)))
+            cuts = [
+                t
+                for t in (
+                    self._oldest_cut("records", chunk),
+                    self._oldest_cut("metric_updates", chunk),
+                )
+                if t is not None
+            ]
+            cut = min(cuts)
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for table in ("records", "metric_updates"):
+                    deleted += self._conn.execute(
+                        f"DELETE FROM {table} WHERE time_unix_nano <= ?", (cut,)
+                    ).rowcount
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return deleted
+
+    # ---- reading ----------------------------------------------------------------------
+
+    def _source(self, sid: int) -> tuple[str | None, str | None, str | None]:
+        src = self._sources.get(sid)
+        if src is None:
+            for row in self._query("SELECT id, service, machine_id, worker_id FROM sources", ()):
+                self._sources[int(row[0])] = (row[1], row[2], row[3])
+            src = self._sources.get(sid, (None, None, None))
+        return src
+
+    def _record(self, row: Sequence[Any]) -> StoredRecord:
+        (
+            rid, t, kind, sid, job, name, body, sev_num, sev_text, trace, span, parent,
+            start, status, status_msg, span_kind, attrs, events, links,
+        ) = row  # fmt: skip
+        service, machine, worker = self._source(sid)
+        return StoredRecord(
+            id=rid,
+            kind=_KIND_BY_CODE.get(kind, "unknown"),
+            time_unix_nano=t,
+            name=name,
+            body=body,
+            severity_number=sev_num,
+            severity_text=sev_text,
+            trace_id=trace.hex() if trace is not None else None,
+            span_id=span.hex() if span is not None else None,
+            parent_span_id=parent.hex() if parent is not None else None,
+            job_id=job,
+            service=service,
+            machine_id=machine,
+            worker_id=worker,
+            attributes=json.loads(attrs) if attrs else {},
+            start_unix_nano=start,
+            status_code=status,
+            status_message=status_msg,
+            span_kind=span_kind,
+            events=json.loads(events) if events else [],
+            links=json.loads(links) if links else [],
+        )
+
+    def _metric_record(self, row: Sequence[Any]) -> StoredRecord:
+        rid, t, sid, job, name, instrument, unit, value, count, s, lo, hi, attrs = row
+        service, machine, worker = self._source(sid)
+        return StoredRecord(
+            id=rid,
+            kind="metric",
+            time_unix_nano=t,
+            name=name,
+            job_id=job,
+            service=service,
+            machine_id=machine,
+            worker_id=worker,
+            attributes=json.loads(attrs) if attrs else {},
+            instrument=records.INSTRUMENT_NAMES.get(instrument, "unknown"),
+            unit=unit,
+            value=value,
+            count=count,
+            sum=s,
+            min=lo,
+            max=hi,
+        )
+
+    def _query(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"cannot read the store at {self.path}: {exc}") from None
+
+    @staticmethod
+    def _log_filters(
+        job: str | None,
+        trace: str | None,
+        machine: str | None,
+        worker: str | None,
+        level: int | None,
+        since_ns: int | None,
+        grep: str | None,
+    ) -> tuple[list[str], list[Any]]:
+        where = ["r.kind IN (1, 2)"]
+        params: list[Any] = []
+        if job is not None:
+            where.append("r.job_id = ?")
+            params.append(job)
+        if trace is not None:
+            where.append("r.trace_id = ?")
+            params.append(_id_bytes(trace))
+        if machine is not None:
+            where.append("r.source_id IN (SELECT id FROM sources WHERE machine_id = ?)")
+            params.append(machine)
+        if worker is not None:
+            where.append("r.source_id IN (SELECT id FROM sources WHERE worker_id = ?)")
+            params.append(worker)
+        if level is not None:
+            where.append("r.kind = 1 AND r.severity_number >= ?")
+            params.append(level)
+        if since_ns is not None:
+            where.append("r.time_unix_nano >= ?")
+            params.append(since_ns)
+        if grep is not None:
+            where.append("(instr(r.body, ?) > 0 OR instr(r.name, ?) > 0)")
+            params += [grep, grep]
+        return where, params
+
+    def logs(
+        self,
+        *,
+        job: str | None = None,
+        trace: str | None = None,
+        machine: str | None = None,
+        worker: str | None = None,
+        level: int | None = None,
+        since_ns: int | None = None,
+        grep: str | None = None,
+        limit: int | None = None,
+        max_id: int | None = None,
+    ) -> list[StoredRecord]:
+        """Logs and events (not spans) matching every filter given, oldest first. ``level``
+        keeps logs at or above that severity number (and drops events); ``grep`` is a
+        case-sensitive substring of the body or the event name; ``limit`` keeps the newest;
+        ``max_id`` leaves out records stored after that id (see ``last_id``)."""
+        where, params = self._log_filters(job, trace, machine, worker, level, since_ns, grep)
+        if max_id is not None:
+            where.append("r.id <= ?")
+            params.append(max_id)
+        sql = (
+            f"SELECT {_RECORD_COLUMNS} FROM records r WHERE {' AND '.join(where)}"
+            " ORDER BY r.time_unix_nano DESC, r.id DESC"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        rows = self._query(sql, params)
+        rows.reverse()
+        return [self._record(row) for row in rows]
+
+    def last_id(self) -> int:
+        """The id of the newest stored record (0 when empty): a starting cursor for ``tail``."""
+        row = self._query("SELECT max(id) FROM records", ())[0]
+        return int(row[0] or 0)
+
+    def tail(
+        self,
+        after_id: int,
+        *,
+        job: str | None = None,
+        trace: str | None = None,
+        machine: str | None = None,
+        worker: str | None = None,
+        level: int | None = None,
+        since_ns: int | None = None,
+        grep: str | None = None,
+        limit: int = 10_000,
+    ) -> tuple[list[StoredRecord], int]:
+        """Logs and events stored after record id ``after_id`` (same filters as ``logs``), in
+        the order they were stored. Returns them and the cursor for the next call."""
+        where, params = self._log_filters(job, trace, machine, worker, level, since_ns, grep)
+        where.append("r.id > ?")
+        params.append(after_id)
+        # The cursor must move past records that do not match too.
+        top = self._query(
+            "SELECT max(id) FROM (SELECT id FROM records WHERE id > ? ORDER BY id LIMIT ?)",
+            (after_id, limit),
+        )[0][0]
+        if top is None:
+            return [], after_id
+        where.append("r.id <= ?")
+        params.append(top)
+        rows = self._query(
+            f"SELECT {_RECORD_COLUMNS} FROM records r WHERE {' AND '.join(where)} ORDER BY r.id",
+            params,
+        )
+        return [self._record(row) for row in rows], int(top)
+
+    def trace(self, trace_id: str) -> TraceView | None:
+        """The spans of a trace as a tree (root first, children by start time) with the logs
+        and events recorded inside each span; None when the store has nothing of it."""
+        rows = self._query(
+            f"SELECT {_RECORD_COLUMNS} FROM records r WHERE r.trace_id = ?"
+            " ORDER BY r.time_unix_nano, r.id",
+            (_id_bytes(trace_id),),
+        )
+        if not rows:
+            return None
+        recs = [self._record(row) for row in rows]
+        spans = sorted((r for r in recs if r.kind == "span"), key=lambda r: (r.sort_time, r.id))
+        by_id: dict[str, SpanNode] = {}
+        for s in spans:
+            if s.span_id is not None and s.span_id not in by_id:
+                by_id[s.span_id] = SpanNode(s, 0)
+        children: dict[str, list[StoredRecord]] = {}
+        roots: list[StoredRecord] = []
+        for s in spans:
+            parent = s.parent_span_id
+            if parent is not None and parent in by_id and parent != s.span_id:
+                children.setdefault(parent, []).append(s)
+            else:
+                roots.append(s)
+        ordered: list[SpanNode] = []
+        seen: set[int] = set()
+
+        def walk(start: StoredRecord) -> None:
+            stack = [(start, 0)]
+            while stack:
+                s, depth = stack.pop()
+                if s.id in seen:
+                    continue
+                seen.add(s.id)
+                node = by_id.get(s.span_id or "")
+                if node is None or node.span is not s:
+                    node = SpanNode(s, depth)
+                node.depth = depth
+                ordered.append(node)
+                kids = children.get(s.span_id or "", []) if node.span is s else []
+                stack.extend((k, depth + 1) for k in reversed(kids))
+
+        for root in roots:
+            walk(root)
+        for s in spans:  # parent cycles: never reached from a root
+            if s.id not in seen:
+                walk(s)
+        orphans: list[StoredRecord] = []
+        for r in recs:
+            if r.kind == "span":
+                node = by_id.get(r.span_id or "")
+                if node is not None and node.span is r:
+                    node.items.extend(_span_events(r))
+                continue
+            node = by_id.get(r.span_id or "")
+            (node.items if node is not None else orphans).append(r)
+        for node in ordered:
+            node.items.sort(key=lambda r: (r.time_unix_nano, r.id))
+        return TraceView(trace_id.lower(), ordered, orphans)
+
+    def metrics(
+        self,
+        *,
+        machine: str | None = None,
+        worker: str | None = None,
+        name: str | None = None,
+        since_ns: int | None = None,
+        recent: int = 32,
+    ) -> list[MetricSeries]:
+        """The current state of every series that matches. ``name`` is a glob (``gpu.*``).
+        Counters and up-down counters: the sum of the stored increments (since ``since_ns``
+        when given, else over the retained window); gauges: the last value; histograms:
+        count, sum, min, max, p50/p90/p99 and bucket counts from the stored values."""
+        where = ["1"]
+        params: list[Any] = []
+        if machine is not None:
+            where.append("m.source_id IN (SELECT id FROM sources WHERE machine_id = ?)")
+            params.append(machine)
+        if worker is not None:
+            where.append("m.source_id IN (SELECT id FROM sources WHERE worker_id = ?)")
+            params.append(worker)
+        if name is not None:
+            where.append("m.name GLOB ?")
+            params.append(name)
+        if since_ns is not None:
+            where.append("m.time_unix_nano >= ?")
+            params.append(since_ns)
+        cond = " AND ".join(where)
+        key = "m.name, m.instrument, m.unit, m.source_id, coalesce(m.attributes, '')"
+        out = self._scalar_series(cond, params, key, recent)
+        out += self._histogram_series(cond, params, recent)
+        out.sort(key=lambda s: (s.name, s.machine_id or "", s.worker_id or "", _attr_key(s)))
+        return out
+
+    def _scalar_series(
+        self, cond: str, params: list[Any], key: str, recent: int
+    ) -> list[MetricSeries]:
+        agg = (
+            f"SELECT {key}, {{sum}}(m.value), count(*), max(m.time_unix_nano)"
+            f" FROM metric_updates m WHERE {cond} AND m.instrument != 4 GROUP BY {key}"
+        )
+        try:
+            with self._lock:
+                totals = self._conn.execute(agg.format(sum="sum"), params).fetchall()
+        except sqlite3.OperationalError:  # integer overflow in sum(): float totals instead
+            totals = self._query(agg.format(sum="total"), params)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot read the store at {self.path}: {exc}") from None
+        last = self._query(
+            "SELECT name, instrument, unit, source_id, attrs, value FROM ("
+            " SELECT m.name AS name, m.instrument AS instrument, m.unit AS unit,"
+            " m.source_id AS source_id, coalesce(m.attributes, '') AS attrs, m.value AS value,"
+            f" row_number() OVER (PARTITION BY {key} ORDER BY m.time_unix_nano DESC, m.id DESC)"
+            f" AS rn FROM metric_updates m WHERE {cond} AND m.instrument != 4)"
+            " WHERE rn <= ? ORDER BY rn DESC",
+            [*params, recent],
+        )
+        recents: dict[tuple[Any, ...], list[Any]] = {}
+        for name, instrument, unit, sid, attrs, value in last:
+            recents.setdefault((name, instrument, unit, sid, attrs), []).append(value)
+        out: list[MetricSeries] = []
+        for name, instrument, unit, sid, attrs, total, n, t in totals:
+            values = recents.get((name, instrument, unit, sid, attrs), [])
+            service, machine, worker = self._source(sid)
+            if instrument == records.GAUGE:
+                value = values[-1] if values else None
+                spark = [v for v in values if v is not None]
+            else:
+                value = total
+                # Running totals after each of the recent increments.
+                spark = []
+                running = total or 0
+                for inc in reversed(values):
+                    spark.append(running)
+                    running -= inc or 0
+                spark.reverse()
+            out.append(
+                MetricSeries(
+                    name=name,
+                    instrument=records.INSTRUMENT_NAMES.get(instrument, "unknown"),
+                    unit=unit,
+                    service=service,
+                    machine_id=machine,
+                    worker_id=worker,
+                    attributes=json.loads(attrs) if attrs else {},
+                    time_unix_nano=t,
+                    updates=n,
+                    value=value,
+                    recent=[float(v) for v in spark],
+                )
+            )
+        return out
+
+    def _histogram_series(self, cond: str, params: list[Any], recent: int) -> list[MetricSeries]:
+        rows = self._query(
+            "SELECT m.name, m.unit, m.source_id, coalesce(m.attributes, ''), m.time_unix_nano,"
+            " m.hist_values, m.bounds FROM metric_updates m"
+            f" WHERE {cond} AND m.instrument = 4 ORDER BY m.time_unix_nano, m.id",
+            params,
+        )
+        series: dict[tuple[Any, ...], tuple[array.array[float], list[Any]]] = {}
+        for name, unit, sid, attrs, t, blob, bounds in rows:
+            key = (name, unit, sid, attrs)
+            state = series.get(key)
+            if state is None:
+                state = series[key] = (array.array("d"), [0, None, 0])
+            state[0].extend(_f64_values(blob))
+            meta = state[1]
+            meta[0], meta[1] = t, bounds  # the latest update's time and bounds
+            meta[2] += 1
+        out: list[MetricSeries] = []
+        for (name, unit, sid, attrs), (values, (t, bounds_json, n)) in series.items():
+            bounds = (
+                [float(b) for b in json.loads(bounds_json)]
+                if bounds_json
+                else list(records.DEFAULT_HISTOGRAM_BOUNDS)
+            )
+            ordered = sorted(values)
+            service, machine, worker = self._source(sid)
+            out.append(
+                MetricSeries(
+                    name=name,
+                    instrument="histogram",
+                    unit=unit,
+                    service=service,
+                    machine_id=machine,
+                    worker_id=worker,
+                    attributes=json.loads(attrs) if attrs else {},
+                    time_unix_nano=t,
+                    updates=n,
+                    count=len(values),
+                    sum=math.fsum(values),
+                    min=ordered[0] if ordered else None,
+                    max=ordered[-1] if ordered else None,
+                    p50=percentile(ordered, 50),
+                    p90=percentile(ordered, 90),
+                    p99=percentile(ordered, 99),
+                    bounds=bounds,
+                    bucket_counts=_bucket_counts(values, bounds),
+                    recent=list(values[-recent:]) if recent > 0 else [],
+                )
+            )
+        return out
+
+    def correlate(self, job: str) -> list[StoredRecord]:
+        """Everything about a job on one timeline: its spans (with their span events), logs
+        and events, and the metric updates, during the job's time window, of the processes
+        that ran it and of their machines (machine-level series: no worker id). Spans sit at
+        their start time. Empty when the store has no record of the job."""
+        recs = [
+            self._record(row)
+            for row in self._query(
+                f"SELECT {_RECORD_COLUMNS} FROM records r WHERE r.job_id = ?", (job,)
+            )
+        ]
+        tagged = self._query(
+            "SELECT min(time_unix_nano), max(time_unix_nano) FROM metric_updates WHERE job_id = ?",
+            (job,),
+        )[0]
+        times = [r.sort_time for r in recs] + [r.time_unix_nano for r in recs]
+        times += [t for t in tagged if t is not None]
+        if not times:
+            return []
+        lo, hi = min(times), max(times)
+        sources = {
+            int(row[0])
+            for row in self._query(
+                "SELECT DISTINCT source_id FROM records WHERE job_id = ?"
+                " UNION SELECT DISTINCT source_id FROM metric_updates WHERE job_id = ?",
+                (job, job),
+            )
+        }
+        machines = {self._source(sid)[1] for sid in sources} - {None}
+        machine_sources = {
+            int(row[0])
+            for m in machines
+            for row in self._query(
+                "SELECT id FROM sources WHERE machine_id = ? AND worker_id IS NULL", (m,)
+            )
+        }
+        wanted = sorted(sources | machine_sources)
+        marks = ", ".join("?" * len(wanted))
+        metric_rows = self._query(
+            f"SELECT {_METRIC_COLUMNS} FROM metric_updates m WHERE m.time_unix_nano BETWEEN ? AND ?"
+            f" AND (m.job_id = ? OR m.source_id IN ({marks}))",
+            [lo, hi, job, *wanted],
+        )
+        out = list(recs)
+        for r in recs:
+            if r.kind == "span":
+                out.extend(_span_events(r))
+        out.extend(self._metric_record(row) for row in metric_rows)
+        out.sort(key=lambda r: (r.sort_time, r.kind == "metric", r.id))
+        return out
+
+
+def _id_bytes(hex_id: str) -> bytes:
+    try:
+        return bytes.fromhex(hex_id)
+    except ValueError:
+        raise StoreError(f"{hex_id!r} is not a hex id") from None
+
+
+def _bindable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def _attr_key(series: MetricSeries) -> str:
+    return json.dumps(series.attributes, sort_keys=True, default=str)
+
+
+def _span_events(span: StoredRecord) -> list[StoredRecord]:
+    """A span's own events as 'event' records inside the span."""
+    out = []
+    for e in span.events:
+        out.append(
+            StoredRecord(
+                id=span.id,
+                kind="event",
+                time_unix_nano=int(e.get("time_unix_nano", span.time_unix_nano)),
+                name=str(e.get("name", "")),
+                trace_id=span.trace_id,
+                span_id=span.span_id,
+                job_id=span.job_id,
+                service=span.service,
+                machine_id=span.machine_id,
+                worker_id=span.worker_id,
+                attributes=dict(e.get("attributes") or {}),
+            )
+        )
+    return out

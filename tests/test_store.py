@@ -1,0 +1,801 @@
+"""The embedded store: ingest, queries, retention, schema checks, permissions, and reading
+while another process writes."""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from emp_fastbuf import records
+from emp_fastbuf.records import (
+    COUNTER,
+    EVENT,
+    GAUGE,
+    HISTOGRAM,
+    LOG,
+    METRIC,
+    RESOURCE,
+    SPAN,
+    STATUS_ERROR,
+    STATUS_OK,
+    UPDOWNCOUNTER,
+    Record,
+    Resource,
+    SpanEvent,
+)
+from emp_fastbuf.store import (
+    SCHEMA_VERSION,
+    Store,
+    StoreError,
+    default_store_path,
+    percentile,
+)
+
+T0 = 1_700_000_000_000_000_000
+S = 1_000_000_000
+MS = 1_000_000
+
+TRACE_A = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
+TRACE_B = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
+ROOT, LOAD, TRAIN, STEP = (bytes([i]) * 8 for i in (1, 2, 3, 4))
+
+W1 = Resource({"service.name": "trainer", "emp.machine_id": "m1", "emp.worker_id": "w1"})
+W2 = Resource({"service.name": "trainer", "emp.machine_id": "m1", "emp.worker_id": "w2"})
+W3 = Resource({"service.name": "trainer", "emp.machine_id": "m2", "emp.worker_id": "w3"})
+M1 = Resource({"service.name": "emp-fastbuf-agent", "emp.machine_id": "m1"})
+M2 = Resource({"service.name": "emp-fastbuf-agent", "emp.machine_id": "m2"})
+
+JOB_A = {"job_id": "job-a"}
+
+
+def span(
+    name: str,
+    span_id: bytes,
+    parent: bytes | None,
+    start_s: float,
+    end_s: float,
+    *,
+    trace: bytes = TRACE_A,
+    status: int = records.STATUS_UNSET,
+    events: list[SpanEvent] | None = None,
+    context: dict[str, object] | None = None,
+) -> Record:
+    return Record(
+        kind=SPAN,
+        time_unix_nano=T0 + int(end_s * S),
+        start_unix_nano=T0 + int(start_s * S),
+        trace_id=trace,
+        span_id=span_id,
+        parent_span_id=parent,
+        name=name,
+        status_code=status,
+        events=events or [],
+        context=dict(JOB_A if context is None else context),
+    )
+
+
+def log(
+    body: str,
+    at_s: float,
+    *,
+    severity: int = 9,
+    text: str = "INFO",
+    trace: bytes | None = None,
+    span_id: bytes | None = None,
+    context: dict[str, object] | None = None,
+    attributes: dict[str, object] | None = None,
+) -> Record:
+    return Record(
+        kind=LOG,
+        time_unix_nano=T0 + int(at_s * S),
+        severity_number=severity,
+        severity_text=text,
+        body=body,
+        trace_id=trace,
+        span_id=span_id,
+        context=dict(context or {}),
+        attributes=dict(attributes or {}),
+    )
+
+
+def metric(
+    name: str,
+    instrument: int,
+    at_s: float,
+    value: float = 0,
+    *,
+    values: list[float] | None = None,
+    bounds: list[float] | None = None,
+    context: dict[str, object] | None = None,
+    attributes: dict[str, object] | None = None,
+    unit: str = "",
+) -> Record:
+    return Record(
+        kind=METRIC,
+        time_unix_nano=T0 + int(at_s * S),
+        instrument=instrument,
+        name=name,
+        unit=unit,
+        value=value,
+        values=list(values or []),
+        bounds=list(bounds or []),
+        context=dict(context or {}),
+        attributes=dict(attributes or {}),
+    )
+
+
+def sample_groups() -> list[tuple[Resource, list[Record]]]:
+    """Job 'job-a' on worker w1 (machine m1) from T0+1s to T0+5s with trace A; job 'job-b'
+    on w3 (machine m2); unrelated records on w2; machine-level gauges on m1 and m2."""
+    w1 = [
+        span("job", ROOT, None, 1.0, 5.0, status=STATUS_OK),
+        span("load", LOAD, ROOT, 1.0, 2.0),
+        span(
+            "step",
+            STEP,
+            TRAIN,
+            3.0,
+            3.5,
+            events=[SpanEvent("checkpoint", T0 + int(3.2 * S), {"path": "/ckpt/1"})],
+        ),
+        span("train", TRAIN, ROOT, 2.0, 4.5, status=STATUS_ERROR),
+        log("loading data", 1.5, trace=TRACE_A, span_id=LOAD, context={**JOB_A, "tenant": "acme"}),
+        log("slow step", 3.3, severity=13, text="WARN", trace=TRACE_A, span_id=STEP, context=JOB_A),
+        log("train failed", 4.4, severity=17, text="", trace=TRACE_A, span_id=TRAIN, context=JOB_A),
+        Record(
+            kind=EVENT,
+            time_unix_nano=T0 + 4 * S,
+            name="epoch_end",
+            trace_id=TRACE_A,
+            span_id=TRAIN,
+            context=dict(JOB_A),
+            attributes={"epoch": 3},
+        ),
+        # In trace A but its span never reached the store.
+        log("lost span", 4.6, trace=TRACE_A, span_id=b"\x09" * 8, context=JOB_A),
+        metric("requests", COUNTER, 1.1, 1, context=JOB_A),
+        metric("requests", COUNTER, 2.1, 2, context=JOB_A),
+        metric("requests", COUNTER, 3.1, 3, context=JOB_A),
+        metric("queue.depth", UPDOWNCOUNTER, 1.2, 5),
+        metric("queue.depth", UPDOWNCOUNTER, 2.2, -2),
+        metric("queue.depth", UPDOWNCOUNTER, 3.2, 1),
+        metric("latency", HISTOGRAM, 3.0, values=[float(v) for v in range(1, 101)], unit="ms"),
+        metric("sizes", HISTOGRAM, 3.5, values=[5.0, 10.0, 15.0], bounds=[10.0, 20.0]),
+        metric("sizes", HISTOGRAM, 3.6, values=[20.0, 25.0, 10.000001], bounds=[10.0, 20.0]),
+        metric("gpu.temp", GAUGE, 2.0, 60.5, attributes={"gpu": 0}),
+        metric("gpu.temp", GAUGE, 2.5, 61.5, attributes={"gpu": 0}),
+        metric("gpu.temp", GAUGE, 2.5, 70.0, attributes={"gpu": 1}),
+    ]
+    w2 = [
+        log("idle", 0.5),
+        log("heartbeat", 6.0, severity=5, text="DEBUG"),
+        metric("requests", COUNTER, 1.0, 10),
+    ]
+    w3 = [
+        log("job b running", 2.5, context={"job_id": "job-b"}),
+        Record(
+            kind=EVENT,
+            time_unix_nano=T0 + int(2.6 * S),
+            name="job b event",
+            context={"job_id": "job-b"},
+        ),
+    ]
+    m1 = [
+        metric("system.cpu.utilization", GAUGE, 0.5, 0.1),
+        metric("system.cpu.utilization", GAUGE, 2.5, 0.5),
+        metric("system.cpu.utilization", GAUGE, 6.0, 0.7),
+    ]
+    m2 = [metric("system.cpu.utilization", GAUGE, 2.5, 0.9)]
+    return [(W1, w1), (W2, w2), (W3, w3), (M1, m1), (M2, m2)]
+
+
+SAMPLE_COUNT = sum(len(recs) for _, recs in sample_groups())
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "home" / "store.sqlite")
+    assert s.ingest(sample_groups()) == SAMPLE_COUNT
+    return s
+
+
+# ---- ingest -------------------------------------------------------------------------------
+
+
+def test_ingest_counts_and_skips_unknown_kinds(tmp_path: Path) -> None:
+    s = Store(tmp_path / "store.sqlite")
+    recs = [
+        log("a", 1),
+        Record(kind=RESOURCE, time_unix_nano=T0),
+        Record(kind=99, time_unix_nano=T0),
+    ]
+    assert s.ingest([(W1, recs)]) == 1
+    assert s.ingest([]) == 0
+    assert s.ingest([(W1, [])]) == 0
+    assert [r.body for r in s.logs()] == ["a"]
+
+
+def test_attributes_merge_context_and_encode_values(tmp_path: Path) -> None:
+    s = Store(tmp_path / "store.sqlite")
+    rec = log(
+        "x",
+        1,
+        context={"job_id": 42, "tenant": "acme", "step": 1},
+        attributes={
+            "step": 2,
+            "blob": b"\x00\xff",
+            "list": [1, b"\x01", None, True],
+            "nan": math.nan,
+            "inf": -math.inf,
+            "big": 2**70,
+        },
+    )
+    s.ingest([(W1, [rec])])
+    (got,) = s.logs()
+    assert got.job_id == "42"
+    assert got.attributes == {
+        "tenant": "acme",
+        "step": 2,  # the record's own attribute wins over the context
+        "blob": "00ff",
+        "list": [1, "01", None, True],
+        "nan": "NaN",
+        "inf": "-Infinity",
+        "big": 2**70,
+    }
+    assert (got.machine_id, got.worker_id, got.service) == ("m1", "w1", "trainer")
+
+
+def test_strings_that_cannot_be_encoded_are_stored_with_replacements(tmp_path: Path) -> None:
+    s = Store(tmp_path / "store.sqlite")
+    n = s.ingest([(W1, [log("ok", 1), log("bad \udc80 body", 2)])])
+    assert n == 2
+    assert [r.body for r in s.logs()] == ["ok", "bad ? body"]
+
+
+def test_resource_without_ids_and_record_without_context(tmp_path: Path) -> None:
+    s = Store(tmp_path / "store.sqlite")
+    s.ingest([(Resource({}), [log("bare", 1)])])
+    (got,) = s.logs()
+    assert (got.machine_id, got.worker_id, got.service, got.job_id) == (None, None, None, None)
+    assert got.attributes == {}
+
+
+# ---- logs ---------------------------------------------------------------------------------
+
+
+def bodies(recs: list) -> list[str]:
+    return [r.body if r.kind == "log" else r.name for r in recs]
+
+
+def test_logs_all_in_time_order_without_spans(store: Store) -> None:
+    got = store.logs()
+    assert bodies(got) == [
+        "idle",
+        "loading data",
+        "job b running",
+        "job b event",
+        "slow step",
+        "epoch_end",
+        "train failed",
+        "lost span",
+        "heartbeat",
+    ]
+    assert [r.time_unix_nano for r in got] == sorted(r.time_unix_nano for r in got)
+    assert {r.kind for r in got} == {"log", "event"}
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({"job": "job-b"}, ["job b running", "job b event"]),
+        (
+            {"trace": TRACE_A.hex()},
+            ["loading data", "slow step", "epoch_end", "train failed", "lost span"],
+        ),
+        ({"machine": "m2"}, ["job b running", "job b event"]),
+        ({"worker": "w2"}, ["idle", "heartbeat"]),
+        ({"level": 13}, ["slow step", "train failed"]),
+        ({"level": 17}, ["train failed"]),
+        ({"since_ns": T0 + 4 * S}, ["epoch_end", "train failed", "lost span", "heartbeat"]),
+        ({"grep": "job b"}, ["job b running", "job b event"]),
+        ({"grep": "JOB B"}, []),  # case-sensitive
+        ({"grep": "epoch"}, ["epoch_end"]),
+        ({"limit": 2}, ["lost span", "heartbeat"]),  # the newest, oldest first
+        ({"machine": "m1", "level": 9, "limit": 3}, ["slow step", "train failed", "lost span"]),
+        ({"job": "job-a", "worker": "w3"}, []),
+        ({"trace": TRACE_B.hex()}, []),
+    ],
+)
+def test_logs_filters(store: Store, filters: dict, expected: list[str]) -> None:
+    assert bodies(store.logs(**filters)) == expected
+
+
+def test_logs_fields(store: Store) -> None:
+    (failed,) = store.logs(grep="train failed")
+    assert failed.kind == "log"
+    assert failed.severity == "ERROR"  # from the number: the record had no text
+    assert failed.trace_id == TRACE_A.hex()
+    assert failed.span_id == TRAIN.hex()
+    assert failed.job_id == "job-a"
+    (loading,) = store.logs(grep="loading")
+    assert loading.attributes == {"tenant": "acme"}
+
+
+def test_logs_bad_trace_id_is_a_store_error(store: Store) -> None:
+    with pytest.raises(StoreError, match="not a hex id"):
+        store.logs(trace="zz")
+
+
+# ---- trace ----------------------------------------------------------------------------------
+
+
+def test_trace_tree_order_depth_and_items(store: Store) -> None:
+    view = store.trace(TRACE_A.hex())
+    assert view is not None
+    assert [(n.span.name, n.depth) for n in view.spans] == [
+        ("job", 0),
+        ("load", 1),
+        ("train", 1),
+        ("step", 2),
+    ]
+    by_name = {n.span.name: n for n in view.spans}
+    assert by_name["step"].span.parent_span_id == TRAIN.hex()
+    assert by_name["train"].span.parent_span_id == ROOT.hex()
+    assert by_name["job"].span.parent_span_id is None
+    assert bodies(by_name["load"].items) == ["loading data"]
+    assert bodies(by_name["step"].items) == ["checkpoint", "slow step"]
+    assert by_name["step"].items[0].kind == "event"
+    assert by_name["step"].items[0].attributes == {"path": "/ckpt/1"}
+    assert bodies(by_name["train"].items) == ["epoch_end", "train failed"]
+    assert by_name["job"].items == []
+    assert bodies(view.orphans) == ["lost span"]
+    assert by_name["train"].span.status == "error"
+    assert by_name["job"].span.status == "ok"
+    assert by_name["load"].span.status == "unset"
+    assert view.start_unix_nano == T0 + 1 * S
+    assert view.end_unix_nano == T0 + 5 * S
+
+
+def test_trace_unknown_is_none(store: Store) -> None:
+    assert store.trace(TRACE_B.hex()) is None
+
+
+def test_trace_missing_parent_and_parent_cycle(tmp_path: Path) -> None:
+    s = Store(tmp_path / "store.sqlite")
+    a, b, c = b"\x0a" * 8, b"\x0b" * 8, b"\x0c" * 8
+    s.ingest(
+        [
+            (
+                W1,
+                [
+                    # Parent from another process that never reached this store.
+                    span("remote child", c, b"\x0f" * 8, 0.0, 1.0, trace=TRACE_B),
+                    # A parent cycle (corrupt ids): both still appear, once each.
+                    span("a", a, b, 2.0, 3.0, trace=TRACE_B),
+                    span("b", b, a, 2.5, 3.0, trace=TRACE_B),
+                ],
+            )
+        ]
+    )
+    view = s.trace(TRACE_B.hex())
+    assert view is not None
+    assert [(n.span.name, n.depth) for n in view.spans] == [
+        ("remote child", 0),
+        ("a", 0),
+        ("b", 1),
+    ]
+
+
+# ---- metrics --------------------------------------------------------------------------------
+
+
+def series_by(store: Store, **filters: object) -> dict[tuple, object]:
+    out = {}
+    for s in store.metrics(**filters):  # type: ignore[arg-type]
+        key = (s.name, s.machine_id, s.worker_id, tuple(sorted(s.attributes.items())))
+        assert key not in out
+        out[key] = s
+    return out
+
+
+def test_metrics_latest_per_series(store: Store) -> None:
+    got = series_by(store)
+    req_w1 = got[("requests", "m1", "w1", ())]
+    assert (req_w1.instrument, req_w1.value, req_w1.updates) == ("counter", 6, 3)
+    assert req_w1.recent == [1.0, 3.0, 6.0]  # running totals
+    assert req_w1.time_unix_nano == T0 + int(3.1 * S)
+    assert got[("requests", "m1", "w2", ())].value == 10
+    depth = got[("queue.depth", "m1", "w1", ())]
+    assert (depth.instrument, depth.value) == ("updowncounter", 4)
+    assert depth.recent == [5.0, 3.0, 4.0]
+    gpu0 = got[("gpu.temp", "m1", "w1", (("gpu", 0),))]
+    gpu1 = got[("gpu.temp", "m1", "w1", (("gpu", 1),))]
+    assert (gpu0.instrument, gpu0.value, gpu0.recent) == ("gauge", 61.5, [60.5, 61.5])
+    assert gpu1.value == 70.0
+    cpu_m1 = got[("system.cpu.utilization", "m1", None, ())]
+    assert cpu_m1.value == 0.7
+    assert cpu_m1.service == "emp-fastbuf-agent"
+    assert got[("system.cpu.utilization", "m2", None, ())].value == 0.9
+    assert len(got) == 9
+
+
+def test_metrics_histogram_percentiles_and_default_buckets(store: Store) -> None:
+    (lat,) = store.metrics(name="latency")
+    assert lat.instrument == "histogram"
+    assert lat.unit == "ms"
+    assert (lat.count, lat.sum, lat.min, lat.max) == (100, 5050.0, 1.0, 100.0)
+    assert (lat.p50, lat.p90, lat.p99) == (50.0, 90.0, 99.0)
+    assert lat.bounds == list(records.DEFAULT_HISTOGRAM_BOUNDS)
+    # (-inf,0] (0,5] (5,10] (10,25] (25,50] (50,75] (75,100] then empty buckets.
+    assert lat.bucket_counts == [0, 5, 5, 15, 25, 25, 25] + [0] * 9
+    assert len(lat.bucket_counts) == len(lat.bounds) + 1
+    assert lat.recent == [float(v) for v in range(69, 101)]
+
+
+def test_metrics_histogram_explicit_bounds_upper_inclusive(store: Store) -> None:
+    (sizes,) = store.metrics(name="sizes")
+    assert sizes.count == 6
+    assert sizes.updates == 2
+    assert sizes.bounds == [10.0, 20.0]
+    # 5 and 10 in (-inf, 10]; 10.000001, 15 and 20 in (10, 20]; 25 above.
+    assert sizes.bucket_counts == [2, 3, 1]
+    assert sizes.p50 == 10.000001
+    assert sizes.max == 25.0
+
+
+@pytest.mark.parametrize(
+    ("filters", "names"),
+    [
+        ({"name": "gpu.*"}, {"gpu.temp"}),
+        ({"name": "requests"}, {"requests"}),
+        ({"machine": "m2"}, {"system.cpu.utilization"}),
+        ({"worker": "w2"}, {"requests"}),
+        ({"name": "nothing"}, set()),
+    ],
+)
+def test_metrics_filters(store: Store, filters: dict, names: set[str]) -> None:
+    assert {s.name for s in store.metrics(**filters)} == names
+
+
+def test_metrics_since_counts_only_newer_updates(store: Store) -> None:
+    got = series_by(store, since_ns=T0 + 2 * S)
+    assert got[("requests", "m1", "w1", ())].value == 5  # 2 + 3
+    assert ("requests", "m1", "w2", ()) not in got
+    assert got[("system.cpu.utilization", "m1", None, ())].value == 0.7
+
+
+def test_metrics_nan_values(tmp_path: Path) -> None:
+    s = Store(tmp_path / "store.sqlite")
+    s.ingest(
+        [
+            (
+                W1,
+                [
+                    metric("g", GAUGE, 1, math.nan),
+                    metric("h", HISTOGRAM, 1, values=[1.0, math.nan, 3.0]),
+                ],
+            )
+        ]
+    )
+    got = {m.name: m for m in s.metrics()}
+    assert got["g"].value is None
+    assert (got["h"].count, got["h"].sum, got["h"].max) == (2, 4.0, 3.0)
+
+
+def test_percentile_nearest_rank() -> None:
+    assert percentile([], 50) is None
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 51) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 100) == 4.0
+
+
+# ---- correlate ------------------------------------------------------------------------------
+
+
+def test_correlate_timeline(store: Store) -> None:
+    got = store.correlate("job-a")
+    assert [r.sort_time for r in got] == sorted(r.sort_time for r in got)
+    names = [
+        (r.kind, r.body if r.kind == "log" else r.name, r.machine_id, r.worker_id) for r in got
+    ]
+    # Spans sit at their start; the machine-level gauge of m1 inside the window is in, the
+    # ones before and after the window, m2's, and worker w2's counter are not.
+    assert names == [
+        ("span", "job", "m1", "w1"),
+        ("span", "load", "m1", "w1"),
+        ("metric", "requests", "m1", "w1"),
+        ("metric", "queue.depth", "m1", "w1"),
+        ("log", "loading data", "m1", "w1"),
+        ("span", "train", "m1", "w1"),
+        ("metric", "gpu.temp", "m1", "w1"),
+        ("metric", "requests", "m1", "w1"),
+        ("metric", "queue.depth", "m1", "w1"),
+        ("metric", "gpu.temp", "m1", "w1"),
+        ("metric", "gpu.temp", "m1", "w1"),
+        ("metric", "system.cpu.utilization", "m1", None),
+        ("span", "step", "m1", "w1"),
+        ("metric", "latency", "m1", "w1"),
+        ("metric", "requests", "m1", "w1"),
+        ("event", "checkpoint", "m1", "w1"),  # same time as the next: records first
+        ("metric", "queue.depth", "m1", "w1"),
+        ("log", "slow step", "m1", "w1"),
+        ("metric", "sizes", "m1", "w1"),
+        ("metric", "sizes", "m1", "w1"),
+        ("event", "epoch_end", "m1", "w1"),
+        ("log", "train failed", "m1", "w1"),
+        ("log", "lost span", "m1", "w1"),
+    ]
+    lat = next(r for r in got if r.name == "latency")
+    assert (lat.instrument, lat.count, lat.sum, lat.min, lat.max) == (
+        "histogram",
+        100,
+        5050.0,
+        1.0,
+        100.0,
+    )
+    cpu = next(r for r in got if r.name == "system.cpu.utilization")
+    assert (cpu.instrument, cpu.value, cpu.job_id) == ("gauge", 0.5, None)
+
+
+def test_correlate_other_job_and_unknown_job(store: Store) -> None:
+    got = store.correlate("job-b")
+    assert [(r.kind, r.machine_id) for r in got] == [
+        ("log", "m2"),
+        ("metric", "m2"),  # m2's machine-level gauge at 2.5 s
+        ("event", "m2"),
+    ]
+    assert store.correlate("job-zzz") == []
+
+
+# ---- tail cursor ----------------------------------------------------------------------------
+
+
+def test_tail_cursor(store: Store, tmp_path: Path) -> None:
+    start = store.last_id()
+    assert start > 0
+    assert store.tail(start) == ([], start)
+    store.ingest([(W1, [log("new one", 9), span("s", b"\x07" * 8, None, 9, 9.5)])])
+    store.ingest([(W2, [log("new two", 9.1, severity=17, text="ERROR")])])
+    recs, cursor = store.tail(start)
+    assert bodies(recs) == ["new one", "new two"]
+    assert cursor == store.last_id()
+    assert store.tail(cursor) == ([], cursor)
+    recs, cursor2 = store.tail(start, level=17)
+    assert bodies(recs) == ["new two"]
+    assert cursor2 == cursor  # moved past the records that did not match
+    recs, _ = store.tail(start, limit=1)
+    assert bodies(recs) == ["new one"]
+
+
+def test_tail_cursor_after_the_store_was_emptied(tmp_path: Path) -> None:
+    s = Store(tmp_path / "store.sqlite", retention_s=1)
+    s.ingest([(W1, [log("old", 0)])])
+    cursor = s.last_id()
+    assert s.enforce(T0 + 100 * S) == 1
+    assert s.last_id() == 0
+    s.ingest([(W1, [log("fresh", 101)])])
+    recs, _ = s.tail(cursor)
+    assert bodies(recs) == ["fresh"]
+
+
+# ---- retention ------------------------------------------------------------------------------
+
+
+def test_retention_by_age(tmp_path: Path) -> None:
+    s = Store(tmp_path / "store.sqlite", retention_s=10)
+    s.ingest(
+        [
+            (W1, [log("old", 0), log("new", 20), span("old span", ROOT, None, 1, 2)]),
+            (M1, [metric("cpu", GAUGE, 0, 1.0), metric("cpu", GAUGE, 20, 2.0)]),
+        ]
+    )
+    assert s.enforce(T0 + 25 * S) == 3
+    assert bodies(s.logs()) == ["new"]
+    assert s.trace(TRACE_A.hex()) is None
+    (cpu,) = s.metrics()
+    assert (cpu.value, cpu.updates) == (2.0, 1)
+    assert s.enforce(T0 + 25 * S) == 0
+
+
+def test_retention_by_size_deletes_the_oldest(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    max_bytes = 512 * 1024
+    s = Store(path, max_bytes=max_bytes)
+    n = 6000
+    batch = [log(f"record {i:05d} " + "x" * 200, i / 1000, attributes={"i": i}) for i in range(n)]
+    for k in range(0, n, 1000):
+        s.ingest(
+            [
+                (W1, batch[k : k + 1000]),
+                (M1, [metric("cpu", GAUGE, (k + 999) / 1000 + 0.0001, float(k))]),
+            ]
+        )
+    assert s.size_bytes() > max_bytes
+    deleted = s.enforce(T0 + 10 * S)
+    assert deleted > 0
+    assert s.size_bytes() <= max_bytes
+    kept = s.logs(limit=None)
+    assert 0 < len(kept) < n
+    # What is left is the newest stretch, without gaps.
+    assert kept[-1].body.startswith(f"record {n - 1:05d}")
+    assert [r.attributes["i"] for r in kept] == list(range(n - len(kept), n))
+    (cpu,) = s.metrics()
+    assert cpu.value == float(n - 1000)  # the newest update survives, older ones went first
+    oldest_kept = kept[0].time_unix_nano
+    assert cpu.updates == sum(1 for k in range(0, n, 1000) if k + 999 >= (oldest_kept - T0) // MS)
+    s.close()
+    assert path.stat().st_size <= max_bytes  # free pages were given back to the file system
+
+
+def test_enforce_on_readonly_store_is_refused(store: Store) -> None:
+    ro = Store(store.path, readonly=True)
+    with pytest.raises(StoreError, match="read-only"):
+        ro.enforce(T0)
+    with pytest.raises(StoreError, match="read-only"):
+        ro.ingest(sample_groups())
+
+
+# ---- opening: schema checks and permissions -------------------------------------------------
+
+
+def test_default_store_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("EMP_FASTBUF_HOME", str(tmp_path / "h"))
+    assert default_store_path() == tmp_path / "h" / "store.sqlite"
+    monkeypatch.delenv("EMP_FASTBUF_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert default_store_path() == tmp_path / "user/.local/share/emp-fastbuf/store.sqlite"
+
+
+def test_permissions_owner_only(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        home = tmp_path / "fresh" / "home"
+        s = Store(home / "store.sqlite")
+        s.ingest(sample_groups())
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700
+        for suffix in ("", "-wal", "-shm"):
+            p = home / f"store.sqlite{suffix}"
+            assert p.exists(), p
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+        s.close()
+        # A store file someone loosened is tightened again when the writer opens it.
+        os.chmod(home / "store.sqlite", 0o644)
+        Store(home / "store.sqlite").close()
+        assert stat.S_IMODE((home / "store.sqlite").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_not_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    path.write_bytes(b"this is not a database at all\x00" * 100)
+    for readonly in (True, False):
+        with pytest.raises(StoreError, match="is not an emp-fastbuf store"):
+            Store(path, readonly=readonly)
+    assert path.read_bytes().startswith(b"this is not")  # left alone
+
+
+def test_corrupt_sqlite_body(store: Store) -> None:
+    path = store.path
+    store.close()
+    data = bytearray(path.read_bytes())
+    data[100:] = os.urandom(len(data) - 100)
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError) as err:
+        Store(path, readonly=True).logs()
+    assert "\n" not in str(err.value)
+
+
+def test_foreign_sqlite_database(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (x)")
+    conn.commit()
+    conn.close()
+    for readonly in (True, False):
+        with pytest.raises(StoreError, match=r"is not an emp-fastbuf store \(SQLite application"):
+            Store(path, readonly=readonly)
+
+
+def test_future_schema_version(store: Store) -> None:
+    path = store.path
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 7")
+    conn.commit()
+    conn.close()
+    expected = (
+        f"store.sqlite at {path} has schema version 7, this emp-fastbuf reads version "
+        f"{SCHEMA_VERSION}"
+    )
+    for readonly in (True, False):
+        with pytest.raises(StoreError) as err:
+            Store(path, readonly=readonly)
+        assert str(err.value) == expected
+
+
+def test_missing_store_readonly(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no store at"):
+        Store(tmp_path / "nothing" / "store.sqlite", readonly=True)
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_empty_file_becomes_a_store_for_the_writer_only(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    path.touch()
+    with pytest.raises(StoreError, match="not an emp-fastbuf store"):
+        Store(path, readonly=True)
+    Store(path).close()
+    Store(path, readonly=True).close()
+
+
+def test_reopen_keeps_data(store: Store) -> None:
+    store.close()
+    again = Store(store.path)
+    assert len(again.logs()) == 9
+    again.ingest([(W1, [log("after reopen", 7)])])
+    assert bodies(Store(store.path, readonly=True).logs(limit=1)) == ["after reopen"]
+
+
+# ---- readers while a writer process writes --------------------------------------------------
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from emp_fastbuf.records import LOG, Record, Resource
+    from emp_fastbuf.store import Store
+
+    store = Store(sys.argv[1])
+    res = Resource({"service.name": "w", "emp.machine_id": "m", "emp.worker_id": "w9"})
+    t0 = time.time_ns()
+    print("ready", flush=True)
+    for b in range(int(sys.argv[2])):
+        recs = [
+            Record(kind=LOG, time_unix_nano=t0 + b * 1000 + i, body=f"b{b} r{i}",
+                   severity_number=9, attributes={"b": b, "i": i})
+            for i in range(200)
+        ]
+        store.ingest([(res, recs)])
+        store.enforce(time.time_ns())
+        time.sleep(0.005)
+    store.close()
+    """
+)
+
+
+@pytest.mark.stress
+def test_concurrent_read_while_another_process_writes(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    Store(path).close()
+    batches = 60
+    with subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), str(batches)],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        reader = Store(path, readonly=True)
+        seen: list[int] = []
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            recs = reader.logs(limit=None)
+            # Whole batches only: a reader never sees half a transaction.
+            assert len(recs) % 200 == 0
+            seen.append(len(recs))
+            reader.metrics()
+        assert proc.wait(timeout=60) == 0
+        assert seen == sorted(seen)
+        assert len(set(seen)) > 2, seen  # the reader saw the store grow
+        assert len(reader.logs(limit=None)) == batches * 200
+        reader.close()
