@@ -1,0 +1,621 @@
+"""The agent: drain the ring into the durable spool, then deliver the spool to the OTLP
+endpoint and/or the embedded store, losing nothing.
+
+Two threads:
+- the drain loop (main thread) reads every lane, cuts batches by time and size, writes
+  each batch to the spool (fsynced) and only then acknowledges it on the ring;
+- the delivery loop sends spool files oldest first, marks each destination done, and the
+  spool deletes a file once every destination has it.
+
+SIGTERM or SIGINT: drain what is left, spool it, try to deliver for a bounded time,
+exit 0. Whatever is not delivered stays in the spool for the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emp_fastbuf import codec_py
+from emp_fastbuf._ring import Consumer, Ring, default_ring_name, process_alive
+from emp_fastbuf._version import __version__
+from emp_fastbuf.agent.config import AgentConfig, ConfigError
+from emp_fastbuf.agent.machine import collect_machine_metrics, machine_resource
+from emp_fastbuf.agent.metrics_agg import MetricsAggregator
+from emp_fastbuf.agent.otlp import iter_logs_requests, iter_traces_requests
+from emp_fastbuf.agent.spool import CorruptSpoolFile, LaneChunk, Spool
+from emp_fastbuf.errors import RingBusy, RingError, RingNotFound
+from emp_fastbuf.records import GAUGE, METRIC, Record, Resource
+
+log = logging.getLogger("emp_fastbuf.agent")
+
+READ_CHUNK = 8192
+STATUS_INTERVAL_S = 1.0
+RETENTION_INTERVAL_S = 60.0
+
+
+@dataclass
+class Counters:
+    drained_records: int = 0
+    drained_bytes: int = 0
+    batches: int = 0
+    delivered_records: dict[str, int] = field(default_factory=dict)
+    corrupt_records: int = 0
+    corrupt_spool_files: int = 0
+    store_records: int = 0
+    started_ns: int = field(default_factory=time.time_ns)
+
+
+def decode_batch(
+    batch: Iterable[LaneChunk], counters: Counters | None = None
+) -> list[tuple[Resource, list[Record]]]:
+    """Raw lane chunks -> (resource, records) groups. Untrusted bytes: a record or a
+    resource blob that does not decode is counted and skipped, never fatal."""
+    groups: list[tuple[Resource, list[Record]]] = []
+    cache: dict[bytes, Resource] = {}
+    for chunk in batch:
+        res = cache.get(chunk.meta)
+        if res is None:
+            try:
+                res = codec_py.decode_resource(chunk.meta) if chunk.meta else Resource()
+            except ValueError:
+                res = Resource(attributes={"emp.resource_corrupt": True})
+            cache[chunk.meta] = res
+        recs: list[Record] = []
+        for raw in chunk.records:
+            try:
+                recs.append(codec_py.decode_record(raw))
+            except ValueError:
+                if counters is not None:
+                    counters.corrupt_records += 1
+        if recs:
+            groups.append((res, recs))
+    return groups
+
+
+class Agent:
+    """One agent per ring. ``run()`` blocks until stopped (or idle, when spawned)."""
+
+    def __init__(self, config: AgentConfig, ring_name: str, *, spawned: bool = False) -> None:
+        self.config = config
+        self.ring_name = ring_name
+        self.spawned = spawned
+        self.home = Path(config.home)
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.stop_event = threading.Event()
+        self.counters = Counters()
+        self.exporter: Any = None
+        self.store: Any = None
+        destinations: list[str] = []
+        if config.has_endpoint:
+            from emp_fastbuf.agent.exporter import OTLPHttpExporter
+
+            self.exporter = OTLPHttpExporter(config)
+            destinations.append("export")
+        if not config.has_endpoint or config.local_copy:
+            from emp_fastbuf.store import Store
+
+            self.store = Store(
+                self.home / "store.sqlite",
+                retention_s=config.store_retention_s,
+                max_bytes=config.store_max_bytes,
+            )
+            destinations.append("store")
+        self.spool = Spool(
+            self.home / "spool",
+            limit_bytes=config.spool_limit_bytes,
+            destinations=tuple(destinations),
+        )
+        self.aggregator = MetricsAggregator()
+        self.awaiting_metrics: list[str] = []  # spool files whose metrics await export
+        self.last_metrics_export = time.monotonic()
+        self.machine_id = os.environ.get("EMP_MACHINE_ID") or socket.gethostname()
+        self.agent_meta = codec_py.encode_resource(machine_resource(self.machine_id))
+        self.ring: Ring | None = None
+        self.consumer: Consumer | None = None
+        self.delivery_wake = threading.Event()
+        self.status_path = self.home / f"status-{ring_name}.json"
+
+    # ---- drain ---------------------------------------------------------------------
+
+    def _attach(self) -> bool:
+        try:
+            self.ring = Ring.open(self.ring_name)
+        except RingNotFound:
+            if self.spawned:
+                raise
+            self.ring = Ring.create(self.ring_name, exist_ok=True)
+        try:
+            self.consumer = self.ring.consumer()
+        except RingBusy:
+            if self.spawned:
+                log.info("another agent holds ring %r; this one exits", self.ring_name)
+                return False
+            raise
+        return True
+
+    def run(self) -> int:
+        if not self._attach():
+            return 0
+        assert self.consumer is not None
+        log.info(
+            "agent %s draining ring %r into %s",
+            __version__,
+            self.ring_name,
+            ", ".join(self.spool.destinations),
+        )
+        delivery = threading.Thread(target=self._delivery_loop, name="delivery", daemon=True)
+        delivery.start()
+        try:
+            self._drain_loop()
+        finally:
+            # Final drain: everything in the ring goes to the spool before we exit.
+            self._drain_once(final=True)
+            self.stop_event.set()
+            self.delivery_wake.set()
+            delivery.join(timeout=self.config.shutdown_timeout_s + 5)
+            self._write_status()
+            self.consumer.close()
+            if self.ring is not None:
+                self.ring.close()
+            if self.exporter is not None:
+                self.exporter.close()
+            if self.store is not None:
+                self.store.close()
+        return 0
+
+    def _drain_loop(self) -> None:
+        assert self.consumer is not None
+        pending: list[LaneChunk] = []
+        pending_bytes = 0
+        batch_started = time.monotonic()
+        last_status = 0.0
+        last_machine = 0.0
+        idle_since: float | None = None
+        while not self.stop_event.is_set():
+            got = self.consumer.read_lanes(READ_CHUNK)
+            for _lane, meta, recs in got:
+                pending.append(LaneChunk(meta, recs))
+                n = sum(len(r) for r in recs)
+                pending_bytes += n
+                self.counters.drained_records += len(recs)
+                self.counters.drained_bytes += n
+            now = time.monotonic()
+            if now - last_machine >= self.config.metrics_interval_s:
+                last_machine = now
+                pending.append(self._own_metrics())
+            if pending and (
+                pending_bytes >= self.config.batch_max_bytes
+                or now - batch_started >= self.config.batch_interval_s
+            ):
+                self._spool_and_ack(pending)
+                pending, pending_bytes = [], 0
+                batch_started = now
+            elif not pending:
+                batch_started = now
+            if now - last_status >= STATUS_INTERVAL_S:
+                last_status = now
+                self._write_status()
+                if self.config.idle_exit_s is not None:
+                    if not self._idle():
+                        idle_since = None
+                    elif idle_since is None:
+                        idle_since = now
+                    if self._idle_exit_due(now, idle_since):
+                        log.info("no producer and nothing left to deliver: exiting")
+                        break
+            if not got:
+                self.stop_event.wait(0.005)
+        if pending:
+            self._spool_and_ack(pending)
+
+    def _idle(self) -> bool:
+        """No live producer and the ring drained: what is left is in the spool, which the
+        exit path tries to deliver (bounded) and the next agent resends."""
+        assert self.consumer is not None
+        producers_alive = any(p["alive"] for p in self.consumer.producers())
+        return not producers_alive and self.consumer.backlog() == 0
+
+    def _idle_exit_due(self, now: float, idle_since: float | None) -> bool:
+        limit = self.config.idle_exit_s
+        return limit is not None and idle_since is not None and now - idle_since >= limit
+
+    def _drain_once(self, final: bool = False) -> None:
+        assert self.consumer is not None
+        chunks: list[LaneChunk] = []
+        while True:
+            got = self.consumer.read_lanes(READ_CHUNK)
+            if not got:
+                break
+            for _lane, meta, recs in got:
+                chunks.append(LaneChunk(meta, recs))
+                self.counters.drained_records += len(recs)
+                self.counters.drained_bytes += sum(len(r) for r in recs)
+        if final:
+            chunks.append(self._own_metrics())
+        if chunks:
+            self._spool_and_ack(chunks)
+
+    def _spool_and_ack(self, chunks: list[LaneChunk]) -> None:
+        assert self.consumer is not None
+        # Durable first, acknowledged second: a crash in between means the records are
+        # read again by the next agent (at-least-once), never lost.
+        self.spool.write(chunks)
+        self.consumer.ack()
+        self.counters.batches += 1
+        self.delivery_wake.set()
+
+    def _own_metrics(self) -> LaneChunk:
+        """Machine status and the agent's own counters, as records of the agent."""
+        now = time.time_ns()
+        recs: list[Record] = []
+        try:
+            recs.extend(collect_machine_metrics(now))
+        except Exception as exc:  # machine metrics are best effort
+            log.debug("machine metrics failed: %s", exc)
+        for name, value, kind in self._self_metrics():
+            recs.append(
+                Record(
+                    kind=METRIC,
+                    time_unix_nano=now,
+                    instrument=kind,
+                    name=name,
+                    value=value,
+                    unit="{record}" if "bytes" not in name else "By",
+                )
+            )
+        return LaneChunk(self.agent_meta, [codec_py.encode_record(r) for r in recs])
+
+    def _self_metrics(self) -> list[tuple[str, int | float, int]]:
+        out: list[tuple[str, int | float, int]] = []
+        if self.ring is not None:
+            st = self.ring.stats()
+            out += [
+                ("fastbuf.ring.written", st["written"], GAUGE),
+                ("fastbuf.ring.dropped", st["dropped"], GAUGE),
+                ("fastbuf.ring.acked", st["acked"], GAUGE),
+                ("fastbuf.ring.in_flight", st["in_flight"], GAUGE),
+            ]
+        sp = self.spool.stats()
+        out += [
+            ("fastbuf.spool.files", sp["files"], GAUGE),
+            ("fastbuf.spool.bytes", sp["bytes"], GAUGE),
+            ("fastbuf.agent.drained", self.counters.drained_records, GAUGE),
+            ("fastbuf.agent.corrupt_records", self.counters.corrupt_records, GAUGE),
+        ]
+        if self.exporter is not None:
+            ex = self.exporter.stats()
+            out += [
+                ("fastbuf.export.requests", ex.get("requests", 0), GAUGE),
+                ("fastbuf.export.bytes_on_wire", ex.get("bytes_on_wire", 0), GAUGE),
+                ("fastbuf.export.retries", ex.get("retries", 0), GAUGE),
+                ("fastbuf.export.dead_lettered", ex.get("dead_lettered", 0), GAUGE),
+            ]
+        return out
+
+    # ---- delivery --------------------------------------------------------------------
+
+    def _delivery_loop(self) -> None:
+        deadline: float | None = None
+        next_retention = time.monotonic() + RETENTION_INTERVAL_S
+        while True:
+            stopping = self.stop_event.is_set()
+            if stopping and deadline is None:
+                deadline = time.monotonic() + self.config.shutdown_timeout_s
+            progressed = False
+            for file_id in self.spool.pending():
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                if file_id in self.awaiting_metrics:
+                    continue
+                if not self._deliver(file_id):
+                    break  # the endpoint is failing: keep order, retry later
+                progressed = True
+            self._maybe_export_metrics(force=stopping)
+            if self.store is not None and time.monotonic() >= next_retention:
+                next_retention = time.monotonic() + RETENTION_INTERVAL_S
+                try:
+                    self.store.enforce(time.time_ns())
+                except Exception as exc:  # retention must never stop delivery
+                    log.warning("store retention failed: %s", exc)
+            if stopping and (
+                not self._undelivered() or (deadline is not None and time.monotonic() > deadline)
+            ):
+                return
+            if not progressed:
+                self.delivery_wake.wait(0.2 if not stopping else 0.05)
+                self.delivery_wake.clear()
+
+    def _undelivered(self) -> bool:
+        return any(f not in self.awaiting_metrics for f in self.spool.pending())
+
+    def _deliver(self, file_id: str) -> bool:
+        try:
+            batch = self.spool.read(file_id)
+        except CorruptSpoolFile as exc:
+            self.counters.corrupt_spool_files += 1
+            log.error("spool file quarantined: %s", exc)
+            return True
+        except FileNotFoundError:
+            return True  # evicted meanwhile (counted by the spool)
+        groups = decode_batch(batch, self.counters)
+        done = self.spool.done_for(file_id)
+        if self.store is not None and "store" not in done:
+            self.counters.store_records += self.store.ingest(groups)
+            self.spool.mark_done(file_id, "store")
+        if self.exporter is not None and "export" not in done:
+            for signal_name, chunks in (
+                ("logs", iter_logs_requests(groups, self.config.request_max_bytes)),
+                ("traces", iter_traces_requests(groups, self.config.request_max_bytes)),
+            ):
+                if self.config.endpoint(signal_name) is None:
+                    continue  # only some per-signal endpoints are configured
+                for payload in chunks:
+                    result = self.exporter.export(signal_name, payload)
+                    if result.status == "retry_later":
+                        return False
+            has_metrics = False
+            for res, recs in groups:
+                for rec in recs:
+                    if rec.kind == METRIC:
+                        try:
+                            self.aggregator.feed(res, rec)
+                        except (TypeError, ValueError) as exc:
+                            self.counters.corrupt_records += 1
+                            log.debug("metric record skipped: %s", exc)
+                        has_metrics = True
+            if has_metrics:
+                # Done for export once the metrics that include these updates are sent.
+                self.awaiting_metrics.append(file_id)
+            else:
+                self.spool.mark_done(file_id, "export")
+        return True
+
+    def _maybe_export_metrics(self, force: bool = False) -> None:
+        if self.exporter is None or self.config.endpoint("metrics") is None:
+            if self.awaiting_metrics:
+                for file_id in self.awaiting_metrics:
+                    self.spool.mark_done(file_id, "export")
+                self.awaiting_metrics.clear()
+            return
+        now = time.monotonic()
+        if not force and now - self.last_metrics_export < self.config.metrics_interval_s:
+            return
+        if not self.awaiting_metrics and not force:
+            self.last_metrics_export = now
+            return
+        request = self.aggregator.collect(time.time_ns())
+        if request is not None:
+            result = self.exporter.export("metrics", request.SerializeToString())
+            if result.status == "retry_later":
+                return
+        self.last_metrics_export = now
+        # Series idle for 6 h would carry timestamps backends reject: stop reporting them.
+        self.aggregator.forget_idle(time.time_ns() - 6 * 3600 * 10**9)
+        for file_id in self.awaiting_metrics:
+            self.spool.mark_done(file_id, "export")
+        self.awaiting_metrics.clear()
+
+    # ---- status ----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        ring_stats = self.ring.stats() if self.ring is not None and not self.ring.closed else {}
+        out: dict[str, Any] = {
+            "agent": {
+                "pid": os.getpid(),
+                "version": __version__,
+                "ring": self.ring_name,
+                "spawned": self.spawned,
+                "started_ns": self.counters.started_ns,
+                "updated_ns": time.time_ns(),
+                "destinations": list(self.spool.destinations),
+                "config": self.config.describe(),
+            },
+            "drained": {
+                "records": self.counters.drained_records,
+                "bytes": self.counters.drained_bytes,
+                "batches": self.counters.batches,
+                "corrupt_records": self.counters.corrupt_records,
+                "corrupt_spool_files": self.counters.corrupt_spool_files,
+            },
+            "spool": self.spool.stats(),
+            "store": {"records": self.counters.store_records} if self.store is not None else None,
+            "export": self.exporter.stats() if self.exporter is not None else None,
+            "ring": ring_stats,
+        }
+        return out
+
+    def _write_status(self) -> None:
+        tmp = self.status_path.with_suffix(".tmp")
+        try:
+            data = json.dumps(self.status(), default=str)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(data)
+            os.replace(tmp, self.status_path)
+        except OSError as exc:
+            log.warning("cannot write status file: %s", exc)
+
+
+def config_from_args(args: Any) -> AgentConfig:
+    overrides: dict[str, object] = {}
+    for key in ("endpoint", "headers", "compression", "dataset", "home", "ring"):
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides[key] = value
+    timeout_ms = getattr(args, "timeout", None)
+    if timeout_ms is not None:
+        overrides["timeout"] = timeout_ms / 1000.0  # the flag is in ms, like the env var
+    if getattr(args, "local_copy", False):
+        overrides["local_copy"] = True
+    idle = getattr(args, "idle_exit", None)
+    if idle is not None:
+        overrides["idle_exit"] = idle
+    elif getattr(args, "spawned", False):
+        overrides["idle_exit"] = 30.0
+    return AgentConfig.from_env(os.environ, overrides)
+
+
+def run_agent(args: Any) -> int:
+    """``fastbuf agent``: exit 0 after a clean stop, 2 on bad configuration."""
+    logging.basicConfig(
+        level=os.environ.get("EMP_FASTBUF_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"fastbuf agent: {exc}", file=sys.stderr)
+        return 2
+    ring_name = getattr(args, "ring", None) or config.ring or default_ring_name()
+    agent = Agent(config, ring_name, spawned=bool(getattr(args, "spawned", False)))
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: draining and stopping", signum)
+        agent.stop_event.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        return agent.run()
+    except RingBusy as exc:
+        print(f"fastbuf agent: {exc}", file=sys.stderr)
+        return 1
+    except RingError as exc:
+        print(f"fastbuf agent: {exc}", file=sys.stderr)
+        return 1
+
+
+def read_status(home: Path, ring_name: str) -> dict[str, Any] | None:
+    path = home / f"status-{ring_name}.json"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = data.get("agent", {}).get("pid")
+    data.setdefault("agent", {})["alive"] = bool(pid) and process_alive(int(pid))
+    return data
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def status(args: Any) -> int:
+    """``fastbuf status``: the agent, the ring's lanes, the spool and the export.
+    Exit 1 when neither a ring nor an agent status exists."""
+    home = Path(
+        getattr(args, "home", None)
+        or os.environ.get("EMP_FASTBUF_HOME")
+        or Path.home() / ".local" / "share" / "emp-fastbuf"
+    )
+    ring_name = getattr(args, "ring", None) or default_ring_name()
+    data = read_status(home, ring_name)
+    ring_stats: dict[str, Any] | None = None
+    try:
+        ring = Ring.open(ring_name)
+    except RingNotFound:
+        ring = None
+    except RingError as exc:
+        print(f"fastbuf status: {exc}", file=sys.stderr)
+        return 1
+    if ring is not None:
+        try:
+            ring_stats = ring.stats()
+        finally:
+            ring.close()
+    if data is None and ring_stats is None:
+        print(
+            f"fastbuf status: no ring {ring_name!r} and no agent status in {home}", file=sys.stderr
+        )
+        return 1
+    out = dict(data or {"agent": {"alive": False, "ring": ring_name}})
+    if ring_stats is not None:
+        out["ring"] = ring_stats
+    if getattr(args, "json", False):
+        print(json.dumps(out, default=str))
+        return 0
+    _print_status(out)
+    return 0
+
+
+def _print_status(st: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    agent = st.get("agent", {})
+    ring = st.get("ring") or {}
+    lease = ring.get("consumer", {})
+    pid = agent.get("pid")
+    con.print(
+        f"[bold]agent[/]: {'alive' if agent.get('alive') else 'not running'}"
+        f"{f' (pid {pid})' if pid else ''}; "
+        f"ring {ring.get('name', agent.get('ring'))!r}; lease holder: "
+        f"{lease.get('pid') or 'none'}{' (alive)' if lease.get('alive') else ''}"
+    )
+    if ring:
+        con.print(
+            f"[bold]ring[/]: written {ring['written']}, acked {ring['acked']}, dropped "
+            f"{ring['dropped']} (full {ring['dropped_full']}, no lane "
+            f"{ring['dropped_no_lane']}, too large {ring['dropped_too_large']}), in flight "
+            f"{ring['in_flight']}"
+        )
+        table = Table("lane", "pid", "alive", "written", "dropped", "occupancy")
+        for lane in ring.get("lanes", []):
+            dropped = lane["dropped_full"] + lane["dropped_too_large"]
+            occ = lane["occupancy"] / lane["capacity"] if lane["capacity"] else 0.0
+            table.add_row(
+                str(lane["lane"]),
+                str(lane["owner_pid"] or "-"),
+                "yes" if lane["alive"] else "no",
+                str(lane["written"]),
+                str(dropped),
+                f"{occ:.1%}",
+            )
+        if ring.get("lanes"):
+            con.print(table)
+    drained = st.get("drained")
+    if drained:
+        con.print(
+            f"[bold]drained[/]: {drained['records']} records, "
+            f"{_fmt_bytes(drained['bytes'])}, {drained['batches']} batches, "
+            f"{drained['corrupt_records']} corrupt"
+        )
+    spool = st.get("spool")
+    if spool:
+        con.print(
+            f"[bold]spooled[/]: {spool.get('files', 0)} files, "
+            f"{_fmt_bytes(spool.get('bytes', 0))}; evicted "
+            f"{spool.get('evicted_files', 0)} files, quarantined "
+            f"{spool.get('quarantined_files', 0)}"
+        )
+    ex = st.get("export")
+    if ex:
+        wire = ex.get("bytes_on_wire", 0)
+        raw = ex.get("bytes_uncompressed", 0)
+        ratio = f"{raw / wire:.1f}x" if wire else "-"
+        con.print(
+            f"[bold]exported[/]: {ex.get('requests', 0)} requests, {_fmt_bytes(wire)} on "
+            f"the wire (compression {ratio}); retries {ex.get('retries', 0)}, "
+            f"dead-lettered {ex.get('dead_lettered', 0)}, rejected by partial success "
+            f"{ex.get('partial_rejected', 0)}; export latency p50 "
+            f"{ex.get('latency_p50_ms', '-')} ms, p99 {ex.get('latency_p99_ms', '-')} ms"
+        )
+    store = st.get("store")
+    if store:
+        con.print(f"[bold]store[/]: {store.get('records', 0)} records ingested")

@@ -1,0 +1,80 @@
+"""Start a detached agent for a ring when no live agent holds it (the zero-config path).
+
+Several workers may start at once: each may spawn an agent, exactly one takes the ring's
+consumer role and the others exit at once (a spawned agent that finds the role taken
+exits 0 quietly). A spawned agent exits by itself once no producer is attached and
+everything is delivered or spooled (``--idle-exit``, default 30 s).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from emp_fastbuf._ring import Ring
+
+_last_spawn: dict[str, float] = {}
+_lock = threading.Lock()
+SPAWN_INTERVAL_S = 5.0
+
+
+def default_home() -> Path:
+    return Path(
+        os.environ.get("EMP_FASTBUF_HOME") or Path.home() / ".local" / "share" / "emp-fastbuf"
+    )
+
+
+def consumer_alive(ring: Ring) -> bool:
+    lease = ring.stats()["consumer"]
+    return bool(lease["pid"]) and bool(lease["alive"])
+
+
+def ensure_agent(ring_name: str) -> int | None:
+    """Spawn ``fastbuf agent --spawned`` for ``ring_name`` unless a live consumer holds the
+    ring. Returns the new agent's pid, or None when none was started. Never raises: a
+    worker must not fail because its drainer could not start (records wait in the ring)."""
+    try:
+        with _lock:
+            now = time.monotonic()
+            if now - _last_spawn.get(ring_name, -1e9) < SPAWN_INTERVAL_S:
+                return None
+            ring = Ring.open(ring_name)
+            try:
+                if consumer_alive(ring):
+                    return None
+            finally:
+                ring.close()
+            _last_spawn[ring_name] = now
+            home = default_home()
+            home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            log_path = home / "agent.log"
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "emp_fastbuf",
+                        "agent",
+                        "--ring",
+                        ring_name,
+                        "--spawned",
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=fd,
+                    stderr=fd,
+                    start_new_session=True,  # survives the worker's process group being killed
+                    close_fds=True,
+                    env={**os.environ, "EMP_FASTBUF_AGENT": "external"},
+                )
+            finally:
+                os.close(fd)
+            # Reap it in the background when it exits while we live (no zombie left).
+            threading.Thread(target=proc.wait, name="emp-fastbuf-agent-reaper", daemon=True).start()
+            return proc.pid
+    except Exception:
+        return None
