@@ -850,7 +850,7 @@ cdef object emit_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *
 
 emit = efb_make_fastcall(
     "emit", <void *>emit_fast, None,
-    "emit(name, **attributes)\n--\n\nRecord an event ``name``: the fastest path.")
+    "emit(name, /, **attributes)\n--\n\nRecord an event ``name``: the fastest path.")
 
 
 cdef int _log(int severity, object sev_text, object msg, PyObject *attrs, PyObject *kn,
@@ -1110,7 +1110,7 @@ cdef object span_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *
 
 span = efb_make_fastcall(
     "span", <void *>span_fast, None,
-    "span(name, **attributes)\n--\n\n``with fastbuf.span(\"denoise\", steps=30) as s: ...``")
+    "span(name, /, **attributes)\n--\n\n``with fastbuf.span(\"denoise\", steps=30) as s: ...``")
 
 
 cdef object _metric_call(object self, PyObject **args, Py_ssize_t nargs,

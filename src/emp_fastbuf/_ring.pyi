@@ -1,6 +1,8 @@
-from collections.abc import Buffer
+from typing_extensions import Buffer
 from types import TracebackType
 from typing import Any
+
+from typing_extensions import disjoint_base
 
 LAYOUT_VERSION: int
 DEFAULT_SIZE: int
@@ -12,7 +14,9 @@ MAX_LANES: int
 def default_ring_name() -> str: ...
 def process_alive(pid: int, start: int = 0) -> bool: ...
 
+@disjoint_base
 class Ring:
+    def __init__(self, *args: object, **kwargs: object) -> None: ...
     name: str
     max_record: int
     closed: bool
@@ -51,7 +55,9 @@ class Ring:
         tb: TracebackType | None,
     ) -> None: ...
 
+@disjoint_base
 class Consumer:
+    def __init__(self, *args: object, **kwargs: object) -> None: ...
     closed: bool
     def read(self, max_records: int = 4096) -> list[bytes]: ...
     def read_lanes(self, max_records: int = 4096) -> list[tuple[int, bytes, list[bytes]]]: ...

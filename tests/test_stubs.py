@@ -1,0 +1,35 @@
+"""The .pyi stubs of the native modules match what the built modules really export."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_stubs_match_the_native_modules() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy.stubtest",
+            "--allowlist",
+            str(ROOT / "stubtest-allowlist.txt"),
+            "emp_fastbuf._ring",
+            "emp_fastbuf._codec",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_package_is_typed() -> None:
+    pkg = ROOT / "src" / "emp_fastbuf"
+    assert (pkg / "py.typed").exists()
+    for pyx in pkg.glob("_*.pyx"):
+        assert pyx.with_suffix(".pyi").exists(), f"{pyx.name} has no stub"
