@@ -58,6 +58,17 @@ static int efb_alive(long pid, uint64_t start) {
     return 1;
 }
 
+/* Back every page of a new segment now (Linux: tmpfs allocates lazily and a later
+ * write to a page it cannot back is a SIGBUS). Returns 0 or an errno value. */
+static int efb_reserve(int fd, uint64_t size) {
+#ifdef __linux__
+    return posix_fallocate(fd, 0, (off_t)size);
+#else
+    (void)fd; (void)size;
+    return 0;
+#endif
+}
+
 static uint64_t efb_now_ns(int realtime) {
     struct timespec ts;
     clock_gettime(realtime ? CLOCK_REALTIME : CLOCK_MONOTONIC, &ts);

@@ -53,6 +53,7 @@ cdef extern from "_proc.h" nogil:
     int efb_proc_stat(long pid, uint64_t *start)
     int efb_alive(long pid, uint64_t start)
     uint64_t efb_now_ns(int realtime)
+    int efb_reserve(int fd, uint64_t size)
 
 
 # ---- layout (docs/ring-layout.md) -------------------------------------------------
@@ -112,7 +113,7 @@ DEFAULT_MAX_RECORD = 64 << 10
 DEFAULT_META_SIZE = 8192
 MAX_LANES = 1024
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 efb_register_atfork()
 
@@ -143,7 +144,7 @@ cdef bytes _shm_name(object name):
         name = default_ring_name()
     if not isinstance(name, str):
         raise TypeError(f"ring name must be a str, not {type(name).__name__}")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise ValueError(
             f"invalid ring name {name!r}: use 1-200 letters, digits, '.', '_' or '-'"
         )
@@ -231,6 +232,15 @@ cdef class Ring:
             if ftruncate(fd, <off_t>total) != 0:
                 raise OSError(errno, f"cannot size ring segment to {total} bytes: "
                                      f"{os.strerror(errno)}")
+            # Reserve the pages now: touching a page tmpfs cannot back is a SIGBUS.
+            err = efb_reserve(fd, total)
+            if err != 0:
+                raise OSError(
+                    err,
+                    f"cannot reserve {total} bytes of shared memory for ring "
+                    f"{shm[1:].decode()!r}: {os.strerror(err)} (is /dev/shm large enough? "
+                    f"in a container, raise --shm-size or pass a smaller size)",
+                )
             self = Ring.__new__(Ring)
             self._map(fd, total, shm)
         except BaseException:
@@ -471,8 +481,14 @@ cdef class Ring:
         cdef uint64_t off = self.head & self.lane_mask
         cdef uint64_t to_end = self.lane_size - off
         cdef uint64_t room
-        if self.head - tail > self.lane_size:
-            return -1  # the consumer wrote a bad tail; drop instead of overwriting
+        if EFB_UNLIKELY(tail > self.head):
+            # The consumer skipped a corrupted stretch past our head: continue after it.
+            self.head = (tail + 7) & ~(<uint64_t>7)
+            free_ = self.lane_size
+            off = self.head & self.lane_mask
+            to_end = self.lane_size - off
+        elif self.head - tail > self.lane_size:
+            return -1  # a corrupted tail; drop rather than overwrite unread records
         if not wrap:
             room = to_end if to_end < free_ else free_
             self.w_pos = self.head
@@ -776,6 +792,7 @@ cdef class Consumer:
     cdef uint64_t *nrec
     cdef uint64_t *nbytes
     cdef uint64_t *gen_seen
+    cdef uint64_t *bad_head
     cdef dict metas
     cdef long pid
     cdef uint64_t fork_gen
@@ -787,6 +804,7 @@ cdef class Consumer:
         self.nrec = NULL
         self.nbytes = NULL
         self.gen_seen = NULL
+        self.bad_head = NULL
         self.closed = True
 
     def __init__(self):
@@ -796,7 +814,7 @@ cdef class Consumer:
     cdef Consumer _take(Ring ring):
         cdef char *b = ring.base
         cdef uint64_t me = <uint64_t>getpid()
-        cdef uint64_t cur
+        cdef uint64_t cur, start
         while True:
             cur = efb_load_acquire(U64(b, H_LEASE_PID))
             if cur == 0:
@@ -806,10 +824,15 @@ cdef class Consumer:
             if cur == me:
                 raise RingBusy(f"this process (pid {me}) already holds the consumer role "
                                f"of ring {ring.name!r}")
-            if efb_alive(<long>cur, efb_load_acquire(U64(b, H_LEASE_START))):
+            start = efb_load_acquire(U64(b, H_LEASE_START))
+            if efb_alive(<long>cur, start):
                 raise RingBusy(
                     f"the consumer role of ring {ring.name!r} is held by live pid {cur}"
                 )
+            # Zero the start time before the pid changes hands, so nobody ever sees the
+            # new pid with the dead holder's start time (and takes a live lease).
+            if not efb_cas(U64(b, H_LEASE_START), start, 0):
+                continue
             if efb_cas(U64(b, H_LEASE_PID), cur, me):
                 break  # took over a dead consumer's lease
         efb_store_release(U64(b, H_LEASE_START), _my_start())
@@ -821,7 +844,9 @@ cdef class Consumer:
         c.nrec = <uint64_t *>calloc(n, sizeof(uint64_t))
         c.nbytes = <uint64_t *>calloc(n, sizeof(uint64_t))
         c.gen_seen = <uint64_t *>calloc(n, sizeof(uint64_t))
-        if c.pos == NULL or c.nrec == NULL or c.nbytes == NULL or c.gen_seen == NULL:
+        c.bad_head = <uint64_t *>calloc(n, sizeof(uint64_t))
+        if (c.pos == NULL or c.nrec == NULL or c.nbytes == NULL or c.gen_seen == NULL
+                or c.bad_head == NULL):
             efb_store_release(U64(b, H_LEASE_PID), 0)
             raise MemoryError()
         cdef uint32_t i
@@ -829,6 +854,7 @@ cdef class Consumer:
             # Start at the acked position: what the last consumer read but did not ack is
             # read again (at-least-once).
             c.pos[i] = efb_load_acquire(U64(ring._desc(i), L_TAIL))
+            c.bad_head[i] = 0xFFFFFFFFFFFFFFFF  # no damage seen yet
         c.ring = ring
         c.metas = {}
         c.pid = <long>me
@@ -845,6 +871,7 @@ cdef class Consumer:
         free(self.nrec)
         free(self.nbytes)
         free(self.gen_seen)
+        free(self.bad_head)
 
     cdef _check(self):
         if self.closed:
@@ -854,8 +881,10 @@ cdef class Consumer:
                             "the child")
 
     cdef _corrupt(self, uint32_t lane, uint64_t head):
-        # Untrusted bytes: skip the rest of the lane rather than read out of bounds.
-        self.pos[lane] = head
+        self.bad_head[lane] = head  # the damage is counted once, not on every read
+        # Untrusted bytes: skip the rest of the lane rather than read out of bounds. The
+        # position stays 8-aligned; a live producer resumes after it (see _window).
+        self.pos[lane] = align8(head)
         efb_fetch_add(U64(self.ring.base, H_CORRUPT), 1)
 
     cdef int _read_lane(self, uint32_t i, list out, Py_ssize_t limit) except -1:
@@ -871,8 +900,10 @@ cdef class Consumer:
         if pos < tail:
             pos = tail
         if head < pos or head - tail > r.lane_size:
-            if head != pos:
-                self._corrupt(i, pos if head < pos else head)
+            if head != self.bad_head[i]:  # count each corruption once, not every read
+                self._corrupt(i, head)
+                if head < pos:
+                    self.pos[i] = pos
             return 0
         while pos < head and count < limit:
             off = pos & r.lane_mask
@@ -885,6 +916,11 @@ cdef class Consumer:
                 self._corrupt(i, head)
                 return count
             if tag & PAD_BIT:
+                # A pad is committed together with the record after it: it can never
+                # reach the head.
+                if pos + (r.lane_size - off) >= head:
+                    self._corrupt(i, head)
+                    return count
                 pos += r.lane_size - off
                 continue
             size = align8(8 + <uint64_t>tag)
@@ -1024,6 +1060,11 @@ cdef class Consumer:
 
     cdef _release(self):
         cdef char *b = self.ring.base
+        if self.fork_gen != efb_fork_gen():
+            self.closed = True  # a forked child's copy: the role stays the parent's
+            return
+        if efb_load_acquire(U64(b, H_LEASE_PID)) == <uint64_t>self.pid:
+            efb_store_release(U64(b, H_LEASE_START), 0)
         efb_cas(U64(b, H_LEASE_PID), <uint64_t>self.pid, 0)
         self.closed = True
         self.ring.consumer_open = False
