@@ -40,7 +40,7 @@ stress: build
 lint: build
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
-	$(VENV)/bin/cython-lint src/emp_fastbuf
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/cython-lint src/emp_fastbuf
 	$(VENV)/bin/mypy
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(PY) -m mypy.stubtest --allowlist stubtest-allowlist.txt emp_fastbuf._ring emp_fastbuf._codec

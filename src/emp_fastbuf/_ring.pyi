@@ -1,8 +1,7 @@
-from typing_extensions import Buffer
 from types import TracebackType
 from typing import Any
 
-from typing_extensions import disjoint_base
+from typing_extensions import Buffer, disjoint_base
 
 LAYOUT_VERSION: int
 DEFAULT_SIZE: int

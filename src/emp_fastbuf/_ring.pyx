@@ -31,7 +31,9 @@ from emp_fastbuf.errors import (
 
 
 from posix.fcntl cimport O_CREAT, O_EXCL, O_RDWR
-from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap, shm_open, shm_unlink
+from posix.mman cimport (
+    MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap, shm_open, shm_unlink,
+)
 from posix.stat cimport fchmod, fstat, struct_stat
 from posix.types cimport off_t
 from posix.unistd cimport close, ftruncate, geteuid, getpid

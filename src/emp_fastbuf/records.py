@@ -7,10 +7,9 @@ into these objects (and back, for tests and tools).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
-AttrScalar = Union[None, str, int, float, bool, bytes]
-AttrValue = Union[AttrScalar, list[AttrScalar]]
+AttrScalar = None | str | int | float | bool | bytes
+AttrValue = AttrScalar | list[AttrScalar]
 Attributes = dict[str, AttrValue]
 
 # Kinds (record byte 1).

@@ -21,10 +21,10 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from emp_fastbuf import codec_py
 from emp_fastbuf._ring import Consumer, Ring, default_ring_name, process_alive
@@ -354,10 +354,11 @@ class Agent:
             self.counters.store_records += self.store.ingest(groups)
             self.spool.mark_done(file_id, "store")
         if self.exporter is not None and "export" not in done:
-            for signal_name, chunks in (
+            signals: list[tuple[Literal["logs", "traces"], Iterator[bytes]]] = [
                 ("logs", iter_logs_requests(groups, self.config.request_max_bytes)),
                 ("traces", iter_traces_requests(groups, self.config.request_max_bytes)),
-            ):
+            ]
+            for signal_name, chunks in signals:
                 if self.config.endpoint(signal_name) is None:
                     continue  # only some per-signal endpoints are configured
                 for payload in chunks:

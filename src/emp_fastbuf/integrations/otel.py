@@ -101,14 +101,15 @@ class FastbufRuntimeContext(_RuntimeContext):
         ctx = self._inner.get_current()
         sc = scope_var.get()
         sid = sc.span_id
-        if sid is None:
+        tid = sc.trace_id
+        if sid is None or tid is None:
             return ctx
         cached = self._cache
         if cached is not None and cached[0] is ctx and cached[1] is sc:
             return cached[2]
         sctx = trace.get_current_span(ctx).get_span_context()
         span_id = int.from_bytes(sid, "big")
-        trace_id = int.from_bytes(sc.trace_id, "big")
+        trace_id = int.from_bytes(tid, "big")
         out = ctx
         if sctx.span_id != span_id or sctx.trace_id != trace_id:
             parent = NonRecordingSpan(
