@@ -349,6 +349,8 @@ def test_metrics_bad_input(ring: fastbuf.Ring) -> None:
         fastbuf.metrics.counter(3)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         fastbuf.metrics.histogram("h", bounds=[3, 2])
+    with pytest.raises(ValueError):
+        fastbuf.metrics.histogram("h", bounds=[float("nan")])
     with pytest.raises(TypeError):
         fastbuf.metrics.histogram("h").record_many(["a"])
     assert records(ring) == []

@@ -1198,7 +1198,8 @@ cdef class Instrument:
             put_u16(&e, 0)
         else:
             bl = [float(b) for b in bounds]
-            if not bl or len(bl) > 256 or any(not (a < b) for a, b in zip(bl, bl[1:])):
+            if (not bl or len(bl) > 256 or any(b != b for b in bl)
+                    or any(not (a < b) for a, b in zip(bl, bl[1:]))):
                 raise ValueError("histogram bounds must be 1 to 256 strictly increasing "
                                  "numbers")
             put_u16(&e, <uint16_t>len(bl))
