@@ -55,6 +55,7 @@ def run_worker(ring: str, n: int, tag: str, pause: float = 0.0) -> str:
 class AgentProc:
     def __init__(self, ring: str, home: Path, *args: str, env: dict[str, str] | None = None):
         self.log_path = home / f"agent-test-{time.monotonic_ns()}.log"
+        self.status_path = home / f"status-{ring}.json"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         full_env = {**os.environ, "EMP_FASTBUF_HOME": str(home), "EMP_FASTBUF_AGENT": "external"}
         full_env.update(env or {})
@@ -65,7 +66,17 @@ class AgentProc:
             env=full_env,
         )
 
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Until the agent has attached (its status file exists): a signal sent before
+        Python installed the handlers would kill it instead of stopping it cleanly."""
+        deadline = time.monotonic() + timeout
+        while not self.status_path.exists() and self.proc.poll() is None:
+            assert time.monotonic() < deadline, "agent did not start"
+            time.sleep(0.02)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if sig == signal.SIGTERM:
+            self.wait_ready()
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
