@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from otlp_receiver import OTLPReceiver, attrs_dict
-from test_agent import AgentProc
-from test_integrations import _WORKER, emit_sample
 
 import emp_fastbuf as fastbuf
 from emp_fastbuf import api
+from otlp_receiver import OTLPReceiver, attrs_dict
+from test_agent import AgentProc
+from test_integrations import _WORKER, emit_sample
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_every_bridge_through_the_agent_to_the_receiver(attached: str, fastbuf_h
         assert res["service.name"] == "e2e-svc"
     # The SDK's resource attributes are merged into the producer's resource from the first
     # SDK record on (records written before keep the resource they were written with).
-    assert logs[sample.sdk_log_body][0]["deployment.environment"] == "sample"
+    assert spans["sample.request"][0]["deployment.environment"] == "sample"
     assert attrs_dict(logs[sample.stdlib_body][1].attributes)["logger.name"] == "sample.stdlib"
 
 
