@@ -36,6 +36,7 @@ from emp_fastbuf.agent.otlp import iter_logs_requests, iter_traces_requests
 from emp_fastbuf.agent.spool import CorruptSpoolFile, LaneChunk, Spool
 from emp_fastbuf.errors import RingBusy, RingError, RingNotFound
 from emp_fastbuf.records import GAUGE, METRIC, Record, Resource
+from emp_fastbuf.segments import sweep_stale
 
 log = logging.getLogger("emp_fastbuf.agent")
 
@@ -148,6 +149,10 @@ class Agent:
         if not self._attach():
             return 0
         assert self.consumer is not None
+        try:
+            sweep_stale(keep=self.ring_name)
+        except OSError as exc:  # reporting stale segments must not stop the agent
+            log.warning("could not look for stale ring segments: %s", exc)
         log.info(
             "agent %s draining ring %r into %s",
             __version__,

@@ -1,0 +1,81 @@
+"""Stale ring segments of dead owners: removed when empty, reported when they still
+hold records, never touched while someone alive uses them."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import sys
+
+import pytest
+
+import emp_fastbuf as fastbuf
+from emp_fastbuf.segments import list_segments, sweep_stale
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="lists /dev/shm")
+
+
+def _create_and_exit(name: str, records: int) -> None:
+    ring = fastbuf.Ring.create(name, 1 << 20, lanes=4, max_record=1024)
+    for i in range(records):
+        ring.write(b"r%d" % i)
+    # exits without unlinking, like a crashed owner
+
+
+def _in_child(name: str, records: int) -> None:
+    p = mp.get_context("spawn").Process(target=_create_and_exit, args=(name, records))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+
+
+def _names() -> set[str]:
+    return {s.name for s in list_segments()}
+
+
+def test_empty_segment_of_a_dead_owner_is_removed(ring_name: str) -> None:
+    _in_child(ring_name, 0)
+    assert ring_name in _names()
+    sweep_stale(dry_run=True)
+    assert ring_name in _names()  # a dry run removes nothing
+    sweep_stale()
+    assert ring_name not in _names()
+
+
+def test_segment_with_records_is_reported_not_removed(
+    ring_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _in_child(ring_name, 5)
+    with caplog.at_level(logging.WARNING, logger="emp_fastbuf"):
+        found = {s.name: s for s in sweep_stale()}
+    assert found[ring_name].in_flight == 5 and not found[ring_name].stale
+    assert ring_name in _names()
+    assert f"fastbuf agent --ring {ring_name}" in caplog.text
+    ring = fastbuf.Ring.open(ring_name)
+    c = ring.consumer()
+    assert len(c.read(100)) == 5  # still deliverable
+    c.ack()
+    c.close()
+    ring.close()
+
+
+def test_live_and_kept_segments_are_left_alone(ring_name: str) -> None:
+    ring = fastbuf.Ring.create(ring_name, 1 << 20, lanes=4, max_record=1024)
+    try:
+        info = {s.name: s for s in sweep_stale()}[ring_name]
+        assert info.live_processes == 1 and not info.stale  # its creator (us) is alive
+        assert ring_name in _names()
+    finally:
+        ring.close()
+
+
+def test_unreadable_segment_is_reported(ring_name: str, caplog: pytest.LogCaptureFixture) -> None:
+    import os
+
+    fd = os.open(f"/dev/shm/{ring_name}", os.O_CREAT | os.O_RDWR, 0o600)
+    os.ftruncate(fd, 8192)
+    os.close(fd)
+    with caplog.at_level(logging.WARNING, logger="emp_fastbuf"):
+        found = {s.name: s for s in sweep_stale()}
+    assert found[ring_name].error is not None and not found[ring_name].stale
+    assert ring_name in _names() and "cannot be used" in caplog.text
