@@ -3,18 +3,22 @@ by the tests that need them."""
 
 from __future__ import annotations
 
+import itertools
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 
+_ring_numbers = itertools.count()
+
+
 @pytest.fixture
 def ring_name() -> Iterator[str]:
-    """A unique ring name, unlinked after the test if the test left it behind."""
-    name = f"emp-fastbuf-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """A unique ring name, unlinked after the test if the test left it behind. Short:
+    macOS allows 31 characters in a shared-memory name."""
+    name = f"emp-fastbuf-test-{os.getpid()}-{next(_ring_numbers)}"
     yield name
     try:
         from emp_fastbuf import Ring
