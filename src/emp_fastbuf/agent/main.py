@@ -269,6 +269,9 @@ class Agent:
         except Exception as exc:  # machine metrics are best effort
             log.debug("machine metrics failed: %s", exc)
         for name, value, kind in self._self_metrics():
+            unit = "By" if "bytes" in name else ("{file}" if "files" in name else "{record}")
+            if name.startswith("fastbuf.export.requests"):
+                unit = "{request}"
             recs.append(
                 Record(
                     kind=METRIC,
@@ -276,7 +279,7 @@ class Agent:
                     instrument=kind,
                     name=name,
                     value=value,
-                    unit="{record}" if "bytes" not in name else "By",
+                    unit=unit,
                 )
             )
         return LaneChunk(self.agent_meta, [codec_py.encode_record(r) for r in recs])
