@@ -43,7 +43,7 @@ lint: build
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/cython-lint src/emp_fastbuf
 	$(VENV)/bin/mypy
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
-	$(PY) -m mypy.stubtest --allowlist stubtest-allowlist.txt emp_fastbuf._ring emp_fastbuf._codec
+	$(PY) -m mypy.stubtest --allowlist stubtest-allowlist.txt emp_fastbuf._ring emp_fastbuf._codec emp_fastbuf._transcode
 
 bench: build
 	$(PY) -m bench.run

@@ -21,18 +21,17 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from emp_fastbuf import codec_py
+from emp_fastbuf import _transcode, codec_py
 from emp_fastbuf._ring import Consumer, Ring, default_ring_name, process_alive
 from emp_fastbuf._version import __version__
 from emp_fastbuf.agent.config import AgentConfig, ConfigError
 from emp_fastbuf.agent.machine import collect_machine_metrics, machine_resource
 from emp_fastbuf.agent.metrics_agg import MetricsAggregator
-from emp_fastbuf.agent.otlp import iter_logs_requests, iter_traces_requests
 from emp_fastbuf.agent.spool import CorruptSpoolFile, LaneChunk, Spool
 from emp_fastbuf.errors import RingBusy, RingError, RingNotFound
 from emp_fastbuf.records import GAUGE, METRIC, Record, Resource
@@ -356,23 +355,37 @@ class Agent:
             return True
         except FileNotFoundError:
             return True  # evicted meanwhile (counted by the spool)
-        groups = decode_batch(batch, self.counters)
         done = self.spool.done_for(file_id)
+        groups: list[tuple[Resource, list[Record]]] | None = None
         if self.store is not None and "store" not in done:
+            groups = decode_batch(batch, self.counters)
             self.counters.store_records += self.store.ingest(groups)
             self.spool.mark_done(file_id, "store")
         if self.exporter is not None and "export" not in done:
-            signals: list[tuple[Literal["logs", "traces"], Iterator[bytes]]] = [
-                ("logs", iter_logs_requests(groups, self.config.request_max_bytes)),
-                ("traces", iter_traces_requests(groups, self.config.request_max_bytes)),
-            ]
-            for signal_name, chunks in signals:
+            # Logs, events and spans go from raw records straight to OTLP bytes (native);
+            # only metric records are decoded here, for the aggregator.
+            max_bytes = self.config.request_max_bytes
+            rejected = 0
+            for signal_name in ("logs", "traces"):
                 if self.config.endpoint(signal_name) is None:
                     continue  # only some per-signal endpoints are configured
-                for payload in chunks:
+                if signal_name == "logs":
+                    payloads, _n, bad = _transcode.logs_requests(batch, time.time_ns(), max_bytes)
+                else:
+                    payloads, _n, bad = _transcode.spans_requests(batch, max_bytes)
+                rejected += bad
+                for payload in payloads:
                     result = self.exporter.export(signal_name, payload)
                     if result.status == "retry_later":
                         return False
+            if groups is None:
+                # Counted once, after the export succeeded (a retried file is not recounted).
+                self.counters.corrupt_records += rejected
+                metric_chunks = [
+                    LaneChunk(c.meta, [r for r in c.records if len(r) > 1 and r[1] == METRIC])
+                    for c in batch
+                ]
+                groups = decode_batch(metric_chunks, self.counters)
             has_metrics = False
             for res, recs in groups:
                 for rec in recs:

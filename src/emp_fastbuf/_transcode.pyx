@@ -1,0 +1,1315 @@
+"""Bulk transcoding: raw records (docs/record-format.md) -> serialized OTLP protobuf
+``ExportLogsServiceRequest`` / ``ExportTraceServiceRequest``, without decoding to Python
+objects.
+
+The output means exactly what ``agent.otlp.build_logs_request`` /
+``build_traces_request`` build from ``codec_py``-decoded records (tests/test_transcode.py
+parses both and compares): same resource grouping (equal attribute sets share one
+resource, first-seen order), one scope per (scope_name, scope_version), context
+attributes first with ``job_id`` renamed ``emp.job_id`` and the record's own attributes
+winning on a conflict.
+
+Input is untrusted: every read is bounds-checked and the accept/reject rules are those of
+``codec_py.decode_record``. A malformed record is skipped and counted; a malformed
+resource blob becomes ``{"emp.resource_corrupt": True}``, like ``agent.main.decode_batch``.
+
+The protobuf wire format is written by hand into growable buffers. A nested message's
+length is not known before its content is written, so two bytes are reserved for it and
+the content is moved when the length needs one or three-plus bytes (``begin``/``finish``).
+"""
+
+from cpython.bytes cimport (
+    PyBytes_AS_STRING,
+    PyBytes_Check,
+    PyBytes_FromStringAndSize,
+    PyBytes_GET_SIZE,
+)
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, realloc
+from libc.string cimport memcmp, memcpy, memmove
+
+DEFAULT_MAX_BYTES = 64 << 20
+
+# ---- format constants (docs/record-format.md) ---------------------------------------
+cdef enum:
+    K_LOG = 1
+    K_EVENT = 2
+    K_SPAN = 3
+    K_METRIC = 4
+    K_RESOURCE = 5
+    F_HAS_TRACE = 1
+    F_HAS_LIMITS = 2
+    T_NONE = 0
+    T_STR = 1
+    T_INT = 2
+    T_DOUBLE = 3
+    T_BOOL = 4
+    T_BYTES = 5
+    T_ARRAY = 6
+    MAX_SEVERITY = 24
+    MAX_STATUS_CODE = 2
+    MAX_SPAN_KIND = 5
+    # Attribute lists longer than this get a hash index for key lookups (dedup, merge).
+    HASH_MIN = 16
+
+# Result codes of the C-level helpers.
+cdef enum:
+    R_OK = 1
+    R_BAD = 0
+    R_NOMEM = -1
+
+cdef const char *JOB_ID = b"job_id"
+cdef const char *EMP_JOB_ID = b"emp.job_id"
+# {"emp.resource_corrupt": True} as an attrlist: what a bad resource blob becomes.
+cdef bytes CORRUPT_ATTRS = b"\x01\x00\x14\x00emp.resource_corrupt\x04\x01"
+cdef bytes DEFAULT_SCOPE_NAME = b"emp_fastbuf"
+
+
+# ---- reading (little-endian, unaligned) ---------------------------------------------
+cdef inline uint16_t rd16(const uint8_t *p) noexcept:
+    return <uint16_t>(p[0] | (<uint16_t>p[1] << 8))
+
+
+cdef inline uint32_t rd32(const uint8_t *p) noexcept:
+    return (<uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16)
+            | (<uint32_t>p[3] << 24))
+
+
+cdef inline uint64_t rd64(const uint8_t *p) noexcept:
+    return <uint64_t>rd32(p) | (<uint64_t>rd32(p + 4) << 32)
+
+
+cdef inline bint all_zero(const uint8_t *p, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if p[i]:
+            return False
+    return True
+
+
+cdef bint utf8_ok(const uint8_t *s, Py_ssize_t n) noexcept:
+    """Strict UTF-8, as Python's decoder: no overlongs, surrogates or code points past
+    U+10FFFF, no truncated sequences."""
+    cdef Py_ssize_t i = 0
+    cdef uint64_t w
+    cdef uint8_t c, c1
+    while i < n:
+        while i + 8 <= n:
+            memcpy(&w, s + i, 8)
+            if w & 0x8080808080808080ULL:
+                break
+            i += 8
+        if i >= n:
+            break
+        c = s[i]
+        if c < 0x80:
+            i += 1
+        elif c < 0xC2:
+            return False
+        elif c < 0xE0:
+            if i + 1 >= n or (s[i + 1] & 0xC0) != 0x80:
+                return False
+            i += 2
+        elif c < 0xF0:
+            if i + 2 >= n:
+                return False
+            c1 = s[i + 1]
+            if c == 0xE0:
+                if c1 < 0xA0 or c1 > 0xBF:
+                    return False
+            elif c == 0xED:
+                if c1 < 0x80 or c1 > 0x9F:
+                    return False
+            elif (c1 & 0xC0) != 0x80:
+                return False
+            if (s[i + 2] & 0xC0) != 0x80:
+                return False
+            i += 3
+        elif c < 0xF5:
+            if i + 3 >= n:
+                return False
+            c1 = s[i + 1]
+            if c == 0xF0:
+                if c1 < 0x90 or c1 > 0xBF:
+                    return False
+            elif c == 0xF4:
+                if c1 < 0x80 or c1 > 0x8F:
+                    return False
+            elif (c1 & 0xC0) != 0x80:
+                return False
+            if (s[i + 2] & 0xC0) != 0x80 or (s[i + 3] & 0xC0) != 0x80:
+                return False
+            i += 4
+        else:
+            return False
+    return True
+
+
+# ---- output buffer ------------------------------------------------------------------
+# Writes never fail loudly: when memory runs out the buffer sets ``oom`` and drops the
+# write; callers check ``oom`` once per record. A ``fixed`` buffer (the final payload,
+# sized exactly beforehand) never reallocates.
+ctypedef struct Buf:
+    uint8_t *data
+    size_t len
+    size_t cap
+    bint oom
+    bint fixed
+
+
+cdef bint buf_grow(Buf *b, size_t extra) noexcept:
+    cdef size_t need = b.len + extra
+    cdef size_t cap
+    cdef uint8_t *p
+    if b.oom or b.fixed or need < b.len:
+        b.oom = True
+        return False
+    cap = b.cap * 2 if b.cap else 4096
+    while cap < need:
+        cap *= 2
+    p = <uint8_t *>realloc(b.data, cap)
+    if p == NULL:
+        b.oom = True
+        return False
+    b.data = p
+    b.cap = cap
+    return True
+
+
+cdef inline bint ensure(Buf *b, size_t extra) noexcept:
+    if b.cap - b.len >= extra:
+        return True
+    return buf_grow(b, extra)
+
+
+cdef inline void put1(Buf *b, uint8_t c) noexcept:
+    if ensure(b, 1):
+        b.data[b.len] = c
+        b.len += 1
+
+
+cdef inline void put_raw(Buf *b, const void *p, size_t n) noexcept:
+    if ensure(b, n):
+        memcpy(b.data + b.len, p, n)
+        b.len += n
+
+
+cdef inline int varint_len(uint64_t v) noexcept:
+    cdef int n = 1
+    while v >= 0x80:
+        v >>= 7
+        n += 1
+    return n
+
+
+cdef inline uint8_t *write_varint(uint8_t *o, uint64_t v) noexcept:
+    while v >= 0x80:
+        o[0] = <uint8_t>((v & 0x7F) | 0x80)
+        o += 1
+        v >>= 7
+    o[0] = <uint8_t>v
+    return o + 1
+
+
+cdef inline void put_varint(Buf *b, uint64_t v) noexcept:
+    if ensure(b, 10):
+        b.len = write_varint(b.data + b.len, v) - b.data
+
+
+cdef inline void put_fixed64(Buf *b, uint64_t v) noexcept:
+    cdef int i
+    if ensure(b, 8):
+        for i in range(8):
+            b.data[b.len + i] = <uint8_t>(v >> (8 * i))
+        b.len += 8
+
+
+cdef inline void put_bytes_field(Buf *b, uint8_t tag, const uint8_t *p, size_t n) noexcept:
+    """A length-delimited field: tag, varint length, bytes."""
+    put1(b, tag)
+    put_varint(b, n)
+    put_raw(b, p, n)
+
+
+cdef inline size_t begin(Buf *b) noexcept:
+    """Reserve two bytes for the length of the nested message written next."""
+    cdef size_t mark = b.len
+    if ensure(b, 2):
+        b.len += 2
+    return mark
+
+
+cdef void finish(Buf *b, size_t mark) noexcept:
+    """Write the length of the nested message started at ``mark``, moving its content
+    when the length does not take exactly the two reserved bytes."""
+    cdef size_t n
+    cdef int vl
+    if b.oom:
+        return
+    n = b.len - mark - 2
+    vl = varint_len(n)
+    if vl != 2:
+        if vl > 2 and not ensure(b, vl - 2):
+            return
+        memmove(b.data + mark + vl, b.data + mark + 2, n)
+        b.len = b.len + vl - 2
+    write_varint(b.data + mark, n)
+
+
+# ---- attribute lists ----------------------------------------------------------------
+# An attrlist is parsed into entries that point into the record's bytes. Entries are kept
+# with dict semantics: a repeated key keeps its first position and its last value.
+ctypedef struct Ent:
+    const uint8_t *key
+    Py_ssize_t klen
+    const uint8_t *val   # str/bytes: the data; int/double: the 8 bytes; array: element 0
+    Py_ssize_t vlen      # str/bytes: length; bool: 0 or 1; array: element count
+    int tag
+
+
+ctypedef struct EntList:
+    Ent *items
+    Py_ssize_t n
+    Py_ssize_t cap
+    int32_t *table       # open addressing, slot = index + 1, 0 = empty
+    Py_ssize_t tsize     # a power of two; the table is in use when hashed
+    bint hashed
+
+
+cdef inline uint64_t key_hash(const uint8_t *k, Py_ssize_t n) noexcept:
+    cdef uint64_t h = 1469598103934665603ULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ k[i]) * 1099511628211ULL
+    return h ^ (h >> 29)
+
+
+cdef inline bint key_eq(const Ent *e, const uint8_t *k, Py_ssize_t n) noexcept:
+    return e.klen == n and memcmp(e.key, k, n) == 0
+
+
+cdef Py_ssize_t ent_find(const EntList *l, const uint8_t *k, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    cdef size_t mask, h
+    if not l.hashed:
+        for i in range(l.n):
+            if key_eq(&l.items[i], k, n):
+                return i
+        return -1
+    mask = l.tsize - 1
+    h = key_hash(k, n) & mask
+    while l.table[h]:
+        i = l.table[h] - 1
+        if key_eq(&l.items[i], k, n):
+            return i
+        h = (h + 1) & mask
+    return -1
+
+
+cdef int ent_rehash(EntList *l) noexcept:
+    cdef Py_ssize_t size = 64
+    cdef Py_ssize_t i
+    cdef size_t h, mask
+    while size < 4 * l.n:
+        size *= 2
+    if size > l.tsize:
+        free(l.table)
+        l.table = <int32_t *>calloc(size, sizeof(int32_t))
+        if l.table == NULL:
+            l.tsize = 0
+            l.hashed = False
+            return R_NOMEM
+        l.tsize = size
+    else:
+        size = l.tsize
+        for i in range(size):
+            l.table[i] = 0
+    mask = size - 1
+    for i in range(l.n):
+        h = key_hash(l.items[i].key, l.items[i].klen) & mask
+        while l.table[h]:
+            h = (h + 1) & mask
+        l.table[h] = <int32_t>(i + 1)
+    l.hashed = True
+    return R_OK
+
+
+cdef inline void ent_reset(EntList *l) noexcept:
+    l.n = 0
+    l.hashed = False
+
+
+cdef int ent_put(EntList *l, const uint8_t *k, Py_ssize_t klen, int tag,
+                 const uint8_t *val, Py_ssize_t vlen) noexcept:
+    """Insert with dict semantics (an existing key keeps its place, takes the value)."""
+    cdef Py_ssize_t i = ent_find(l, k, klen)
+    cdef Ent *items
+    cdef Py_ssize_t cap
+    cdef size_t h, mask
+    if i < 0:
+        if l.n == l.cap:
+            cap = l.cap * 2 if l.cap else 32
+            items = <Ent *>realloc(l.items, cap * sizeof(Ent))
+            if items == NULL:
+                return R_NOMEM
+            l.items = items
+            l.cap = cap
+        i = l.n
+        l.n += 1
+        l.items[i].key = k
+        l.items[i].klen = klen
+        if l.hashed and 2 * l.n <= l.tsize:
+            mask = l.tsize - 1
+            h = key_hash(k, klen) & mask
+            while l.table[h]:
+                h = (h + 1) & mask
+            l.table[h] = <int32_t>(i + 1)
+        elif l.n > HASH_MIN:
+            if ent_rehash(l) != R_OK:
+                return R_NOMEM
+    l.items[i].tag = tag
+    l.items[i].val = val
+    l.items[i].vlen = vlen
+    return R_OK
+
+
+cdef void ent_free(EntList *l) noexcept:
+    free(l.items)
+    free(l.table)
+    l.items = NULL
+    l.table = NULL
+    l.n = l.cap = l.tsize = 0
+    l.hashed = False
+
+
+cdef Py_ssize_t scalar_end(const uint8_t *p, Py_ssize_t pos, Py_ssize_t end, int tag,
+                           Py_ssize_t *vlen) noexcept:
+    """Validate the value of scalar ``tag`` at ``pos``; its end, or -1 if malformed."""
+    cdef Py_ssize_t n
+    if tag == T_STR or tag == T_BYTES:
+        if pos + 4 > end:
+            return -1
+        n = rd32(p + pos)
+        pos += 4
+        if n > end - pos:
+            return -1
+        if tag == T_STR and not utf8_ok(p + pos, n):
+            return -1
+        vlen[0] = n
+        return pos + n
+    if tag == T_INT or tag == T_DOUBLE:
+        vlen[0] = 8
+        return pos + 8 if pos + 8 <= end else -1
+    if tag == T_BOOL:
+        if pos >= end or p[pos] > 1:
+            return -1
+        vlen[0] = p[pos]
+        return pos + 1
+    if tag == T_NONE:
+        vlen[0] = 0
+        return pos
+    return -1  # nested array or unknown tag
+
+
+cdef Py_ssize_t parse_attrs(const uint8_t *p, Py_ssize_t pos, Py_ssize_t end,
+                            EntList *out) noexcept:
+    """Parse the attrlist at ``pos`` into ``out``: the offset after it, -1 if malformed,
+    -2 when out of memory."""
+    cdef Py_ssize_t count, _i, _j, klen, n, vlen, stop
+    cdef const uint8_t *key
+    cdef const uint8_t *val
+    cdef int tag
+    ent_reset(out)
+    if pos + 2 > end:
+        return -1
+    count = rd16(p + pos)
+    pos += 2
+    for _i in range(count):
+        if pos + 2 > end:
+            return -1
+        klen = rd16(p + pos)
+        pos += 2
+        if pos + klen >= end:  # the key and its tag byte
+            return -1
+        key = p + pos
+        if not utf8_ok(key, klen):
+            return -1
+        pos += klen
+        tag = p[pos]
+        pos += 1
+        if tag == T_ARRAY:
+            if pos + 2 > end:
+                return -1
+            n = rd16(p + pos)
+            pos += 2
+            val = p + pos
+            for _j in range(n):
+                if pos >= end:
+                    return -1
+                pos = scalar_end(p, pos + 1, end, p[pos], &vlen)
+                if pos < 0:
+                    return -1
+            vlen = n
+        else:
+            stop = scalar_end(p, pos, end, tag, &vlen)
+            if stop < 0:
+                return -1
+            val = p + pos + (4 if tag == T_STR or tag == T_BYTES else 0)
+            pos = stop
+        if ent_put(out, key, klen, tag, val, vlen) != R_OK:
+            return -2
+    return pos
+
+
+# ---- AnyValue / KeyValue ------------------------------------------------------------
+# Field numbers (opentelemetry/proto/common/v1/common.proto): AnyValue string_value 1,
+# bool_value 2, int_value 3, double_value 4, array_value 5, bytes_value 7; ArrayValue
+# values 1; KeyValue key 1, value 2. A oneof member is always written, even when it holds
+# the default value, as the generated classes do.
+
+cdef inline const uint8_t *elem(const uint8_t *q, int *tag, const uint8_t **val,
+                                Py_ssize_t *vlen) noexcept:
+    """One validated array element at ``q``: its tag and value; returns the next one."""
+    tag[0] = q[0]
+    q += 1
+    if tag[0] == T_STR or tag[0] == T_BYTES:
+        vlen[0] = rd32(q)
+        val[0] = q + 4
+        return q + 4 + vlen[0]
+    val[0] = q
+    if tag[0] == T_INT or tag[0] == T_DOUBLE:
+        vlen[0] = 8
+        return q + 8
+    if tag[0] == T_BOOL:
+        vlen[0] = q[0]
+        return q + 1
+    vlen[0] = 0
+    return q
+
+
+cdef size_t value_size(int tag, const uint8_t *val, Py_ssize_t vlen) noexcept:
+    """Encoded size of the AnyValue (its content, without its own framing)."""
+    cdef size_t inner, es
+    cdef Py_ssize_t _j
+    cdef const uint8_t *q
+    cdef const uint8_t *ev
+    cdef Py_ssize_t elen
+    cdef int etag
+    if tag == T_STR or tag == T_BYTES:
+        return 1 + varint_len(vlen) + vlen
+    if tag == T_INT:
+        return 1 + varint_len(rd64(val))
+    if tag == T_DOUBLE:
+        return 9
+    if tag == T_BOOL:
+        return 2
+    if tag == T_ARRAY:
+        inner = 0
+        q = val
+        for _j in range(vlen):
+            q = elem(q, &etag, &ev, &elen)
+            es = value_size(etag, ev, elen)
+            inner += 1 + varint_len(es) + es
+        return 1 + varint_len(inner) + inner
+    return 0  # None: an empty AnyValue
+
+
+cdef void put_value(Buf *b, int tag, const uint8_t *val, Py_ssize_t vlen) noexcept:
+    """The AnyValue content."""
+    if tag == T_STR:
+        put_bytes_field(b, 0x0A, val, vlen)
+    elif tag == T_BYTES:
+        put_bytes_field(b, 0x3A, val, vlen)
+    elif tag == T_INT:
+        put1(b, 0x18)
+        put_varint(b, rd64(val))
+    elif tag == T_DOUBLE:
+        put1(b, 0x21)
+        put_raw(b, val, 8)  # the record's f64 is little-endian IEEE 754, as protobuf's
+    elif tag == T_BOOL:
+        put1(b, 0x10)
+        put1(b, <uint8_t>vlen)
+    elif tag == T_ARRAY:
+        put1(b, 0x2A)
+        put_array(b, val, vlen)
+
+
+cdef void put_array(Buf *b, const uint8_t *val, Py_ssize_t n) noexcept:
+    """An ArrayValue's length and content (elements already validated)."""
+    cdef size_t inner = 0
+    cdef size_t es
+    cdef Py_ssize_t _j
+    cdef const uint8_t *q = val
+    cdef const uint8_t *ev
+    cdef Py_ssize_t elen
+    cdef int etag
+    for _j in range(n):
+        q = elem(q, &etag, &ev, &elen)
+        es = value_size(etag, ev, elen)
+        inner += 1 + varint_len(es) + es
+    put_varint(b, inner)
+    q = val
+    for _j in range(n):
+        q = elem(q, &etag, &ev, &elen)
+        put1(b, 0x0A)
+        put_varint(b, value_size(etag, ev, elen))
+        put_value(b, etag, ev, elen)
+
+
+cdef void put_kv(Buf *b, uint8_t field_tag, const uint8_t *key, Py_ssize_t klen,
+                 const Ent *e) noexcept:
+    """One framed KeyValue of the repeated field ``field_tag``."""
+    cdef size_t av = value_size(e.tag, e.val, e.vlen)
+    cdef size_t kv = 1 + varint_len(klen) + klen + 1 + varint_len(av) + av
+    put1(b, field_tag)
+    put_varint(b, kv)
+    put_bytes_field(b, 0x0A, key, klen)
+    put1(b, 0x12)
+    put_varint(b, av)
+    put_value(b, e.tag, e.val, e.vlen)
+
+
+cdef inline void put_list(Buf *b, uint8_t field_tag, const EntList *l) noexcept:
+    cdef Py_ssize_t i
+    for i in range(l.n):
+        put_kv(b, field_tag, l.items[i].key, l.items[i].klen, &l.items[i])
+
+
+# ---- records ------------------------------------------------------------------------
+ctypedef struct State:
+    EntList ctx
+    EntList own
+    EntList merged
+    EntList tmp
+    uint64_t observed
+
+
+ctypedef struct Head:
+    uint64_t time
+    const uint8_t *trace  # trace_id then span_id; NULL without HAS_TRACE
+    uint32_t dropped
+    Py_ssize_t pos
+
+
+cdef bint parse_head(const uint8_t *p, Py_ssize_t n, Head *h) noexcept:
+    cdef Py_ssize_t pos = 12
+    if n < 12 or p[0] != 1 or p[1] < K_LOG or p[1] > K_METRIC:
+        return False
+    if (p[2] & ~(F_HAS_TRACE | F_HAS_LIMITS)) or p[3]:
+        return False
+    h.time = rd64(p + 4)
+    h.trace = NULL
+    h.dropped = 0
+    if p[2] & F_HAS_TRACE:
+        if pos + 24 > n or all_zero(p + pos, 16) or all_zero(p + pos + 16, 8):
+            return False
+        h.trace = p + pos
+        pos += 24
+    if p[2] & F_HAS_LIMITS:
+        if pos + 4 > n:
+            return False
+        h.dropped = rd16(p + pos)
+        pos += 4
+    h.pos = pos
+    return True
+
+
+cdef inline Py_ssize_t str16(const uint8_t *p, Py_ssize_t pos, Py_ssize_t end,
+                             const uint8_t **s, Py_ssize_t *slen) noexcept:
+    cdef Py_ssize_t n
+    if pos + 2 > end:
+        return -1
+    n = rd16(p + pos)
+    pos += 2
+    if n > end - pos or not utf8_ok(p + pos, n):
+        return -1
+    s[0] = p + pos
+    slen[0] = n
+    return pos + n
+
+
+cdef inline int attrs_result(Py_ssize_t pos) noexcept:
+    return R_BAD if pos == -1 else R_NOMEM
+
+
+cdef inline bint is_job_id(const uint8_t *k, Py_ssize_t n) noexcept:
+    return n == 6 and memcmp(k, JOB_ID, 6) == 0
+
+
+cdef int put_record_attrs(Buf *b, uint8_t field_tag, State *s) noexcept:
+    """Context attributes first (``job_id`` -> ``emp.job_id``), then the record's own,
+    which win on a conflict: what ``otlp._AttrEncoder.encode`` writes."""
+    cdef Py_ssize_t i, kl
+    cdef const Ent *e
+    cdef const uint8_t *k
+    if s.ctx.n == 0:
+        put_list(b, field_tag, &s.own)
+        return R_OK
+    if (ent_find(&s.ctx, <const uint8_t *>JOB_ID, 6) >= 0
+            and ent_find(&s.ctx, <const uint8_t *>EMP_JOB_ID, 10) >= 0):
+        # Both spellings in the context: the dict merge of ``record_attributes`` decides
+        # (the first spelling keeps its place, the later value stays, own keys replace
+        # values in place).
+        ent_reset(&s.merged)
+        for i in range(s.ctx.n):
+            e = &s.ctx.items[i]
+            k = e.key
+            kl = e.klen
+            if is_job_id(k, kl):
+                k = <const uint8_t *>EMP_JOB_ID
+                kl = 10
+            if ent_put(&s.merged, k, kl, e.tag, e.val, e.vlen) != R_OK:
+                return R_NOMEM
+        for i in range(s.own.n):
+            e = &s.own.items[i]
+            if ent_put(&s.merged, e.key, e.klen, e.tag, e.val, e.vlen) != R_OK:
+                return R_NOMEM
+        put_list(b, field_tag, &s.merged)
+        return R_OK
+    for i in range(s.ctx.n):
+        e = &s.ctx.items[i]
+        k = e.key
+        kl = e.klen
+        if is_job_id(k, kl):
+            k = <const uint8_t *>EMP_JOB_ID
+            kl = 10
+        if ent_find(&s.own, k, kl) >= 0:
+            continue
+        put_kv(b, field_tag, k, kl, e)
+    put_list(b, field_tag, &s.own)
+    return R_OK
+
+
+cdef int encode_log(Buf *b, State *s, const uint8_t *p, Py_ssize_t n) noexcept:
+    """One LOG or EVENT record -> a framed ``LogRecord`` (ScopeLogs.log_records, field 2).
+    Nothing is written unless the whole record is valid."""
+    cdef Head h
+    cdef Py_ssize_t pos, tl = 0, bl = 0, nl = 0
+    cdef const uint8_t *text = NULL
+    cdef const uint8_t *body = NULL
+    cdef const uint8_t *name = NULL
+    cdef uint8_t sev = 0
+    cdef int kind = p[1] if n >= 2 else 0
+    cdef size_t mark
+    if not parse_head(p, n, &h):
+        return R_BAD
+    pos = h.pos
+    if kind == K_LOG:
+        if pos + 2 > n:
+            return R_BAD
+        sev = p[pos]
+        if sev > MAX_SEVERITY:
+            return R_BAD
+        tl = p[pos + 1]
+        pos += 2
+        if tl > n - pos or not utf8_ok(p + pos, tl):
+            return R_BAD
+        text = p + pos
+        pos += tl
+        if pos + 4 > n:
+            return R_BAD
+        bl = rd32(p + pos)
+        pos += 4
+        if bl > n - pos or not utf8_ok(p + pos, bl):
+            return R_BAD
+        body = p + pos
+        pos += bl
+    elif kind == K_EVENT:
+        pos = str16(p, pos, n, &name, &nl)
+        if pos < 0:
+            return R_BAD
+    else:
+        return R_BAD
+    pos = parse_attrs(p, pos, n, &s.ctx)
+    if pos < 0:
+        return attrs_result(pos)
+    pos = parse_attrs(p, pos, n, &s.own)
+    if pos < 0:
+        return attrs_result(pos)
+    if pos != n:
+        return R_BAD
+    # LogRecord fields (opentelemetry/proto/logs/v1/logs.proto), in field-number order.
+    put1(b, 0x12)
+    mark = begin(b)
+    if h.time:
+        put1(b, 0x09)
+        put_fixed64(b, h.time)
+    if kind == K_LOG:
+        if sev:
+            put1(b, 0x10)
+            put1(b, sev)
+        if tl:
+            put_bytes_field(b, 0x1A, text, tl)
+        put1(b, 0x2A)  # body: an AnyValue holding the string, even an empty one
+        put_varint(b, 1 + varint_len(bl) + bl)
+        put_bytes_field(b, 0x0A, body, bl)
+    if s.ctx.n or s.own.n:
+        if put_record_attrs(b, 0x32, s) != R_OK:
+            return R_NOMEM
+    if h.dropped:
+        put1(b, 0x38)
+        put_varint(b, h.dropped)
+    if h.trace != NULL:
+        put_bytes_field(b, 0x4A, h.trace, 16)
+        put_bytes_field(b, 0x52, h.trace + 16, 8)
+    if s.observed:
+        put1(b, 0x59)
+        put_fixed64(b, s.observed)
+    if nl:
+        put_bytes_field(b, 0x62, name, nl)
+    finish(b, mark)
+    return R_NOMEM if b.oom else R_OK
+
+
+cdef int encode_span(Buf *b, State *s, const uint8_t *p, Py_ssize_t n) noexcept:
+    """One SPAN record -> a framed ``Span`` (ScopeSpans.spans, field 2). The record is
+    validated completely first; events and links are then read a second time to write
+    them after the attributes (field-number order)."""
+    cdef Head h
+    cdef Py_ssize_t pos, q, _i, nl = 0, ml = 0, el = 0, n_events, n_links, ev_pos, ln_pos
+    cdef const uint8_t *name = NULL
+    cdef const uint8_t *msg = NULL
+    cdef const uint8_t *ev_name = NULL
+    cdef const uint8_t *parent
+    cdef const uint8_t *ids
+    cdef uint64_t start, t
+    cdef uint8_t status, span_kind, trace_flags
+    cdef size_t mark, sub
+    if n < 2 or p[1] != K_SPAN or not parse_head(p, n, &h) or h.trace == NULL:
+        return R_BAD
+    pos = str16(p, h.pos, n, &name, &nl)
+    if pos < 0 or pos + 19 > n:
+        return R_BAD
+    parent = p + pos
+    start = rd64(p + pos + 8)
+    status = p[pos + 16]
+    span_kind = p[pos + 17]
+    trace_flags = p[pos + 18]
+    if status > MAX_STATUS_CODE or span_kind > MAX_SPAN_KIND:
+        return R_BAD
+    pos = str16(p, pos + 19, n, &msg, &ml)
+    if pos < 0 or pos + 2 > n:
+        return R_BAD
+    n_events = rd16(p + pos)
+    pos += 2
+    ev_pos = pos
+    for _i in range(n_events):
+        pos = str16(p, pos, n, &ev_name, &el)
+        if pos < 0 or pos + 8 > n:
+            return R_BAD
+        pos = parse_attrs(p, pos + 8, n, &s.tmp)
+        if pos < 0:
+            return attrs_result(pos)
+    if pos + 2 > n:
+        return R_BAD
+    n_links = rd16(p + pos)
+    pos += 2
+    ln_pos = pos
+    for _i in range(n_links):
+        if pos + 24 > n:
+            return R_BAD
+        pos = parse_attrs(p, pos + 24, n, &s.tmp)
+        if pos < 0:
+            return attrs_result(pos)
+    pos = parse_attrs(p, pos, n, &s.ctx)
+    if pos < 0:
+        return attrs_result(pos)
+    pos = parse_attrs(p, pos, n, &s.own)
+    if pos < 0:
+        return attrs_result(pos)
+    if pos != n:
+        return R_BAD
+    # Span fields (opentelemetry/proto/trace/v1/trace.proto), in field-number order.
+    put1(b, 0x12)
+    mark = begin(b)
+    put_bytes_field(b, 0x0A, h.trace, 16)
+    put_bytes_field(b, 0x12, h.trace + 16, 8)
+    if not all_zero(parent, 8):  # all zero: a root span, no parent_span_id
+        put_bytes_field(b, 0x22, parent, 8)
+    if nl:
+        put_bytes_field(b, 0x2A, name, nl)
+    if span_kind:
+        put1(b, 0x30)
+        put1(b, span_kind)
+    if start:
+        put1(b, 0x39)
+        put_fixed64(b, start)
+    if h.time:
+        put1(b, 0x41)
+        put_fixed64(b, h.time)
+    if s.ctx.n or s.own.n:
+        if put_record_attrs(b, 0x4A, s) != R_OK:
+            return R_NOMEM
+    if h.dropped:
+        put1(b, 0x50)
+        put_varint(b, h.dropped)
+    q = ev_pos
+    for _i in range(n_events):
+        q = str16(p, q, n, &ev_name, &el)
+        t = rd64(p + q)
+        q = parse_attrs(p, q + 8, n, &s.tmp)
+        if q < 0:
+            return R_NOMEM  # validated above: only memory can fail here
+        put1(b, 0x5A)
+        sub = begin(b)
+        if t:
+            put1(b, 0x09)
+            put_fixed64(b, t)
+        if el:
+            put_bytes_field(b, 0x12, ev_name, el)
+        put_list(b, 0x1A, &s.tmp)
+        finish(b, sub)
+    q = ln_pos
+    for _i in range(n_links):
+        ids = p + q
+        q = parse_attrs(p, q + 24, n, &s.tmp)
+        if q < 0:
+            return R_NOMEM
+        put1(b, 0x6A)
+        sub = begin(b)
+        put_bytes_field(b, 0x0A, ids, 16)  # all-zero link ids are kept, as bytes
+        put_bytes_field(b, 0x12, ids + 16, 8)
+        put_list(b, 0x22, &s.tmp)
+        finish(b, sub)
+    if status or ml:
+        put1(b, 0x7A)
+        sub = begin(b)
+        if ml:
+            put_bytes_field(b, 0x12, msg, ml)
+        if status:
+            put1(b, 0x18)
+            put1(b, status)
+        finish(b, sub)
+    if trace_flags:
+        put1(b, 0x85)  # field 16, fixed32: a two-byte tag
+        put1(b, 0x01)
+        put1(b, trace_flags)
+        put1(b, 0)
+        put1(b, 0)
+        put1(b, 0)
+    finish(b, mark)
+    return R_NOMEM if b.oom else R_OK
+
+
+# ---- resources ----------------------------------------------------------------------
+cdef Py_ssize_t parse_resource(const uint8_t *p, Py_ssize_t n, const uint8_t **name,
+                               Py_ssize_t *nl, const uint8_t **version, Py_ssize_t *vl,
+                               EntList *attrs) noexcept:
+    """A resource blob: -1 if malformed, -2 out of memory, else its length."""
+    cdef Py_ssize_t pos
+    if n < 2 or p[0] != 1 or p[1] != K_RESOURCE:
+        return -1
+    pos = str16(p, 2, n, name, nl)
+    if pos < 0:
+        return -1
+    pos = str16(p, pos, n, version, vl)
+    if pos < 0:
+        return -1
+    pos = parse_attrs(p, pos, n, attrs)
+    if pos < 0:
+        return pos
+    return pos if pos == n else -1
+
+
+cdef void put_canon(Buf *b, int tag, const uint8_t *val, Py_ssize_t vlen) noexcept:
+    """A value as ``otlp.freeze_attributes`` compares it: type-aware, NaN equal to NaN,
+    -0.0 equal to 0.0."""
+    cdef uint64_t bits
+    cdef double d
+    cdef Py_ssize_t _j
+    cdef const uint8_t *q
+    cdef const uint8_t *ev
+    cdef Py_ssize_t elen
+    cdef int etag
+    put1(b, <uint8_t>tag)
+    if tag == T_STR or tag == T_BYTES:
+        put_varint(b, vlen)
+        put_raw(b, val, vlen)
+    elif tag == T_INT:
+        put_raw(b, val, 8)
+    elif tag == T_DOUBLE:
+        bits = rd64(val)
+        memcpy(&d, &bits, 8)
+        if d != d:
+            bits = 0x7FF8000000000000ULL
+        elif d == 0.0:
+            bits = 0
+        put_fixed64(b, bits)
+    elif tag == T_BOOL:
+        put1(b, <uint8_t>vlen)
+    elif tag == T_ARRAY:
+        put_varint(b, vlen)
+        q = val
+        for _j in range(vlen):
+            q = elem(q, &etag, &ev, &elen)
+            put_canon(b, etag, ev, elen)
+
+
+cdef bytes take(Buf *b):
+    """The buffer's content as bytes; frees the buffer."""
+    cdef bytes out
+    if b.oom:
+        free(b.data)
+        b.data = NULL
+        raise MemoryError()
+    if b.data == NULL:
+        return b""
+    out = PyBytes_FromStringAndSize(<char *>b.data, b.len)
+    free(b.data)
+    b.data = NULL
+    b.len = b.cap = 0
+    return out
+
+
+cdef bytes pyvarint(size_t n):
+    cdef bytearray out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+cdef bytes scope_header(bytes name, bytes version):
+    """InstrumentationScope name (1) and version (2); empty strings are not written."""
+    cdef bytes out = b""
+    if name:
+        out += b"\x0a" + pyvarint(len(name)) + name
+    if version:
+        out += b"\x12" + pyvarint(len(version)) + version
+    return out
+
+
+# ---- grouping and the request -------------------------------------------------------
+cdef class _Scope:
+    """The encoded items (LogRecords or Spans) of one (resource, scope)."""
+    cdef Buf buf
+    cdef bytes header
+    cdef _Slot slot
+    cdef Py_ssize_t count
+
+    def __dealloc__(self):
+        free(self.buf.data)
+        self.buf.data = NULL
+
+
+cdef class _Slot:
+    """One ResourceLogs/ResourceSpans: the serialized Resource and its scopes in
+    first-record order."""
+    cdef bytes header
+    cdef list scopes
+    cdef Py_ssize_t count
+
+
+cdef inline size_t framed(size_t n) noexcept:
+    """Size of a field 1 or 2 holding ``n`` bytes: tag, varint length, content."""
+    return 1 + varint_len(n) + n
+
+
+cdef class _Builder:
+    cdef State st
+    cdef bint spans
+    cdef dict by_meta     # resource blob -> _Scope
+    cdef dict slots       # frozen resource attributes -> _Slot
+    cdef dict scopes      # (frozen attributes, scope name, scope version) -> _Scope
+    cdef list order       # _Slot in first-record order
+    cdef Py_ssize_t encoded
+    cdef Py_ssize_t rejected
+
+    def __cinit__(self, bint spans, uint64_t observed):
+        self.spans = spans
+        self.st.observed = observed
+        self.by_meta = {}
+        self.slots = {}
+        self.scopes = {}
+        self.order = []
+
+    def __dealloc__(self):
+        ent_free(&self.st.ctx)
+        ent_free(&self.st.own)
+        ent_free(&self.st.merged)
+        ent_free(&self.st.tmp)
+
+    cdef _Scope scope_for(self, bytes meta):
+        cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(meta)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(meta)
+        cdef const uint8_t *np = NULL
+        cdef const uint8_t *vp = NULL
+        cdef Py_ssize_t nl = 0, vl = 0, r, i
+        cdef Buf tmp
+        cdef EntList *attrs = &self.st.tmp
+        cdef bytes name = DEFAULT_SCOPE_NAME
+        cdef bytes version = b""
+        cdef _Slot slot
+        cdef _Scope sc
+        if n == 0:
+            ent_reset(attrs)  # no blob: an empty resource (decode_batch's Resource())
+        else:
+            r = parse_resource(p, n, &np, &nl, &vp, &vl, attrs)
+            if r == -2:
+                raise MemoryError()
+            if r >= 0:
+                name = PyBytes_FromStringAndSize(<const char *>np, nl)
+                version = PyBytes_FromStringAndSize(<const char *>vp, vl)
+            elif parse_attrs(<const uint8_t *>PyBytes_AS_STRING(CORRUPT_ATTRS), 0,
+                             PyBytes_GET_SIZE(CORRUPT_ATTRS), attrs) < 0:
+                raise MemoryError()
+        pairs = []
+        for i in range(attrs.n):
+            tmp = Buf(NULL, 0, 0, False, False)
+            put_canon(&tmp, attrs.items[i].tag, attrs.items[i].val, attrs.items[i].vlen)
+            pairs.append((PyBytes_FromStringAndSize(<const char *>attrs.items[i].key,
+                                                    attrs.items[i].klen), take(&tmp)))
+        frozen = tuple(sorted(pairs))
+        slot = self.slots.get(frozen)
+        if slot is None:
+            tmp = Buf(NULL, 0, 0, False, False)
+            put_list(&tmp, 0x0A, attrs)  # Resource.attributes, field 1
+            slot = _Slot()
+            slot.header = take(&tmp)
+            slot.scopes = []
+            self.slots[frozen] = slot
+        key = (frozen, name, version)
+        sc = self.scopes.get(key)
+        if sc is None:
+            sc = _Scope()
+            sc.header = scope_header(name, version)
+            sc.slot = slot
+            self.scopes[key] = sc
+        self.by_meta[meta] = sc
+        return sc
+
+    cdef feed(self, chunks):
+        cdef _Scope sc
+        cdef const uint8_t *p
+        cdef Py_ssize_t n
+        cdef int kind, r
+        for chunk in chunks:
+            if type(chunk) is tuple:
+                if len(<tuple>chunk) != 2:
+                    raise TypeError("a chunk is a (meta, records) pair")
+                meta, records = <tuple>chunk
+            else:
+                try:
+                    meta = chunk.meta
+                    records = chunk.records
+                except AttributeError:
+                    raise TypeError(
+                        f"a chunk is a (meta, records) pair or a LaneChunk, "
+                        f"not {type(chunk).__name__}") from None
+            if not PyBytes_Check(meta):
+                raise TypeError(f"chunk meta must be bytes, not {type(meta).__name__}")
+            sc = self.by_meta.get(meta)
+            if sc is None:
+                sc = self.scope_for(meta)
+            for raw in records:
+                if not PyBytes_Check(raw):
+                    raise TypeError(f"records must be bytes, not {type(raw).__name__}")
+                p = <const uint8_t *>PyBytes_AS_STRING(raw)
+                n = PyBytes_GET_SIZE(raw)
+                kind = p[1] if n >= 2 else 0
+                if self.spans:
+                    if kind != K_SPAN:
+                        continue
+                    r = encode_span(&sc.buf, &self.st, p, n)
+                elif kind == K_LOG or kind == K_EVENT:
+                    r = encode_log(&sc.buf, &self.st, p, n)
+                elif kind == K_SPAN or kind == K_METRIC:
+                    continue
+                else:
+                    self.rejected += 1  # no signal's record: counted here, once
+                    continue
+                if r == R_OK:
+                    self.encoded += 1
+                    sc.count += 1
+                    if sc.count == 1:
+                        if sc.slot.count == 0:
+                            self.order.append(sc.slot)
+                        sc.slot.count += 1
+                        sc.slot.scopes.append(sc)
+                elif r == R_BAD:
+                    self.rejected += 1
+                else:
+                    raise MemoryError()
+
+    cdef bytes serialize(self, list parts):
+        """One request from ``parts``: (slot, scope, start, stop) ranges of encoded items,
+        in order; consecutive parts of one slot share its ResourceLogs/ResourceSpans."""
+        cdef list groups = []
+        cdef list sizes = []
+        cdef size_t total = 0, inner, start, stop
+        cdef _Slot slot
+        cdef _Scope sc
+        cdef Buf b
+        cdef bytes out
+        cdef list members = None
+        cdef object last = None
+        for part in parts:
+            if part[0] is not last:
+                last = part[0]
+                members = []
+                groups.append((last, members))
+            members.append(part)
+        for slot, members in groups:
+            inner = framed(len(slot.header))
+            for _slot, sc, start, stop in members:
+                inner += framed(framed(len(sc.header)) + stop - start)
+            sizes.append(inner)
+            total += framed(inner)
+        out = PyBytes_FromStringAndSize(NULL, total)
+        b = Buf(<uint8_t *>PyBytes_AS_STRING(out), 0, total, False, True)
+        for i, (slot, members) in enumerate(groups):
+            put1(&b, 0x0A)  # resource_logs / resource_spans
+            put_varint(&b, <size_t>sizes[i])
+            put_bytes_field(&b, 0x0A, <const uint8_t *>PyBytes_AS_STRING(slot.header),
+                            len(slot.header))
+            for _slot, sc, start, stop in members:
+                put1(&b, 0x12)  # scope_logs / scope_spans
+                put_varint(&b, framed(len(sc.header)) + stop - start)
+                put_bytes_field(&b, 0x0A, <const uint8_t *>PyBytes_AS_STRING(sc.header),
+                                len(sc.header))
+                put_raw(&b, sc.buf.data + start, stop - start)
+        if b.oom or b.len != total:
+            raise SystemError("transcode: request size mismatch")
+        return out
+
+    cdef list payloads(self, Py_ssize_t max_bytes):
+        """The serialized requests; with ``max_bytes`` > 0, split like
+        ``otlp._split``: items in order, each request's estimated size (never an
+        undercount) at most ``max_bytes`` unless one item alone is larger."""
+        cdef list full = []
+        cdef list parts = []
+        cdef list out = []
+        cdef _Slot slot
+        cdef _Scope sc
+        cdef object cur_slot = None
+        cdef object cur_scope = None
+        cdef size_t total = 0, pos, item, res_cost, scope_cost, cost, chunk_size = 0
+        cdef size_t part_start
+        cdef bint part_open
+        cdef Py_ssize_t chunk_items = 0
+        cdef uint64_t ln
+        cdef int shift
+        cdef const uint8_t *d
+        for slot in self.order:
+            inner = framed(len(slot.header))
+            for sc in slot.scopes:
+                full.append((slot, sc, 0, sc.buf.len))
+                inner += framed(framed(len(sc.header)) + sc.buf.len)
+            total += framed(inner)
+        if not full:
+            return out
+        if max_bytes <= 0 or total <= <size_t>max_bytes:
+            out.append(self.serialize(full))
+            return out
+        for slot in self.order:
+            res_cost = 5 + framed(len(slot.header))  # the frame bound of otlp._FRAME (6)
+            for sc in slot.scopes:
+                scope_cost = 5 + framed(len(sc.header))
+                d = sc.buf.data
+                pos = 0
+                part_open = False
+                part_start = 0
+                while pos < sc.buf.len:
+                    # an item: tag byte, varint length, content
+                    ln = 0
+                    shift = 0
+                    item = 1
+                    while True:
+                        ln |= <uint64_t>(d[pos + item] & 0x7F) << shift
+                        shift += 7
+                        item += 1
+                        if not (d[pos + item - 1] & 0x80):
+                            break
+                    item += ln
+                    cost = item
+                    if cur_scope is not sc:
+                        cost += scope_cost
+                        if cur_slot is not slot:
+                            cost += res_cost
+                    if chunk_items and chunk_size + cost > <size_t>max_bytes:
+                        if part_open:
+                            parts.append((slot, sc, part_start, pos))
+                        out.append(self.serialize(parts))
+                        parts = []
+                        chunk_items = 0
+                        chunk_size = 0
+                        cur_slot = cur_scope = None
+                        part_open = False
+                        cost = item + scope_cost + res_cost
+                    if cur_slot is not slot:
+                        cur_slot = slot
+                        cur_scope = None
+                    if cur_scope is not sc:
+                        cur_scope = sc
+                    if not part_open:
+                        part_open = True
+                        part_start = pos
+                    chunk_items += 1
+                    chunk_size += cost
+                    pos += item
+                if part_open:
+                    parts.append((slot, sc, part_start, pos))
+        if chunk_items:
+            out.append(self.serialize(parts))
+        return out
+
+
+cdef uint64_t check_observed(object observed) except? 0:
+    if type(observed) is not int:
+        raise TypeError(
+            f"observed_time_unix_nano must be an int, not {type(observed).__name__}")
+    if not 0 <= observed < (1 << 64):
+        raise ValueError(f"observed_time_unix_nano {observed} is not a u64")
+    return observed
+
+
+cdef Py_ssize_t check_max_bytes(object max_bytes) except -1:
+    if type(max_bytes) is not int or max_bytes <= 0:
+        raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
+    return min(max_bytes, 1 << 62)
+
+
+cdef tuple run(object chunks, bint spans, uint64_t observed, Py_ssize_t max_bytes):
+    cdef _Builder builder = _Builder(spans, observed)
+    builder.feed(chunks)
+    return builder.payloads(max_bytes), builder.encoded, builder.rejected
+
+
+def logs_request(chunks, observed_time_unix_nano):
+    """Serialized ``ExportLogsServiceRequest`` for the LOG and EVENT records of
+    ``chunks`` (``(meta, records)`` pairs or ``LaneChunk``s), straight from the raw bytes.
+
+    Returns ``(payload, records_encoded, records_rejected)``; ``payload`` is ``b""`` when
+    no record was encoded (send nothing). ``records_rejected`` counts malformed LOG/EVENT
+    records and records of no known kind (shorter than 2 bytes, kind byte not 1..4);
+    SPAN and METRIC records are skipped without being checked. No size cap: see
+    ``logs_requests``.
+    """
+    payloads, encoded, rejected = run(chunks, False, check_observed(observed_time_unix_nano),
+                                      0)
+    return (payloads[0] if payloads else b""), encoded, rejected
+
+
+def logs_requests(chunks, observed_time_unix_nano, max_bytes=DEFAULT_MAX_BYTES):
+    """Like ``logs_request``, split as ``otlp.iter_logs_requests`` splits: a list of
+    request bodies, each at most ``max_bytes`` unless one record alone is larger."""
+    cdef Py_ssize_t cap = check_max_bytes(max_bytes)
+    return run(chunks, False, check_observed(observed_time_unix_nano), cap)
+
+
+def spans_request(chunks):
+    """Serialized ``ExportTraceServiceRequest`` for the SPAN records of ``chunks``.
+
+    Returns ``(payload, records_encoded, records_rejected)``; ``payload`` is ``b""`` when
+    no span was encoded. ``records_rejected`` counts malformed SPAN records only (see
+    ``logs_request`` for the others). No size cap: see ``spans_requests``.
+    """
+    payloads, encoded, rejected = run(chunks, True, 0, 0)
+    return (payloads[0] if payloads else b""), encoded, rejected
+
+
+def spans_requests(chunks, max_bytes=DEFAULT_MAX_BYTES):
+    """Like ``spans_request``, split as ``otlp.iter_traces_requests`` splits."""
+    cdef Py_ssize_t cap = check_max_bytes(max_bytes)
+    return run(chunks, True, 0, cap)

@@ -1,0 +1,466 @@
+"""emp_fastbuf._transcode: raw records -> OTLP request bytes, checked against the Python
+path (codec_py.decode_record + agent.otlp) by parsing both with the official
+opentelemetry-proto classes. Inputs are generated (valid, mutated, garbage); the Python
+decoder's verdict on each record is the reference for what is rejected."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from emp_fastbuf import _transcode, codec_py
+from emp_fastbuf.agent import otlp
+from emp_fastbuf.agent.main import decode_batch
+from emp_fastbuf.agent.spool import LaneChunk
+from emp_fastbuf.records import (
+    COUNTER,
+    EVENT,
+    HISTOGRAM,
+    LOG,
+    METRIC,
+    SPAN,
+    AttrValue,
+    Record,
+    Resource,
+    SpanEvent,
+    SpanLink,
+)
+
+OBSERVED = 1_700_000_000_123_456_789
+T0 = 1_700_000_000_000_000_000
+Chunks = list[tuple[bytes, list[bytes]]]
+
+# ---- reference ------------------------------------------------------------------------
+
+
+def _lane_chunks(chunks: Chunks) -> list[LaneChunk]:
+    return [LaneChunk(meta, recs) for meta, recs in chunks]
+
+
+def _decodes(raw: bytes) -> bool:
+    try:
+        codec_py.decode_record(raw)
+    except ValueError:
+        return False
+    return True
+
+
+def _expected_rejected(chunks: Chunks, kinds: tuple[int, ...], strays: bool) -> int:
+    """Records the Python decoder rejects, among those the native function is in charge
+    of: its own kinds by the kind byte, plus (for logs) records of no known kind."""
+    n = 0
+    for _meta, recs in chunks:
+        for raw in recs:
+            kind = raw[1] if len(raw) >= 2 else 0
+            mine = kind in kinds or (strays and kind not in (LOG, EVENT, SPAN, METRIC))
+            if mine and not _decodes(raw):
+                n += 1
+    return n
+
+
+def check_logs(chunks: Chunks) -> None:
+    groups = decode_batch(_lane_chunks(chunks))
+    expected = otlp.build_logs_request(groups, observed_time_unix_nano=OBSERVED)
+    payload, encoded, rejected = _transcode.logs_request(chunks, OBSERVED)
+    want = sum(1 for _res, recs in groups for r in recs if r.kind in (LOG, EVENT))
+    assert encoded == want
+    assert rejected == _expected_rejected(chunks, (LOG, EVENT), True)
+    if expected is None:
+        assert payload == b""
+    else:
+        assert ExportLogsServiceRequest.FromString(payload) == expected
+
+
+def check_spans(chunks: Chunks) -> None:
+    groups = decode_batch(_lane_chunks(chunks))
+    expected = otlp.build_traces_request(groups)
+    payload, encoded, rejected = _transcode.spans_request(chunks)
+    assert encoded == sum(1 for _res, recs in groups for r in recs if r.kind == SPAN)
+    assert rejected == _expected_rejected(chunks, (SPAN,), False)
+    if expected is None:
+        assert payload == b""
+    else:
+        assert ExportTraceServiceRequest.FromString(payload) == expected
+
+
+# ---- strategies -----------------------------------------------------------------------
+
+# A small key pool makes context/own conflicts, the job_id rename and repeated keys likely.
+keys = st.one_of(
+    st.sampled_from(["job_id", "emp.job_id", "a", "b", "", "ключ", "k" * 40]),
+    st.text(max_size=12),
+)
+scalars = st.one_of(
+    st.none(),
+    st.text(max_size=30),
+    st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.binary(max_size=20),
+)
+values: st.SearchStrategy[AttrValue] = st.one_of(scalars, st.lists(scalars, max_size=5))
+attr_dicts = st.dictionaries(keys, values, max_size=6)
+ids16 = st.binary(min_size=16, max_size=16).filter(any)
+ids8 = st.binary(min_size=8, max_size=8).filter(any)
+u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
+u16 = st.integers(min_value=0, max_value=0xFFFF)
+names = st.text(max_size=20)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> Record:
+    kind = draw(st.sampled_from([LOG, LOG, EVENT, SPAN, METRIC]))
+    traced = kind == SPAN or draw(st.booleans())
+    common = {
+        "time_unix_nano": draw(u64),
+        "trace_id": draw(ids16) if traced else None,
+        "span_id": draw(ids8) if traced else None,
+        "dropped_attributes": draw(st.sampled_from([0, 0, 1, 300, 0xFFFF])),
+        "truncated_values": draw(st.sampled_from([0, 0, 2])),
+        "context": draw(attr_dicts),
+        "attributes": draw(attr_dicts),
+    }
+    if kind == LOG:
+        return Record(
+            kind=LOG,
+            severity_number=draw(st.integers(0, 24)),
+            severity_text=draw(st.text(max_size=8)),
+            body=draw(st.text(max_size=60)),
+            **common,  # type: ignore[arg-type]
+        )
+    if kind == EVENT:
+        return Record(kind=EVENT, name=draw(names), **common)  # type: ignore[arg-type]
+    if kind == SPAN:
+        return Record(
+            kind=SPAN,
+            name=draw(names),
+            parent_span_id=draw(st.one_of(st.none(), ids8)),
+            start_unix_nano=draw(u64),
+            status_code=draw(st.integers(0, 2)),
+            span_kind=draw(st.integers(0, 5)),
+            trace_flags=draw(st.integers(0, 255)),
+            status_message=draw(st.text(max_size=10)),
+            events=draw(
+                st.lists(st.builds(SpanEvent, names, u64, attr_dicts), max_size=3),
+            ),
+            links=draw(
+                st.lists(
+                    st.builds(
+                        SpanLink,
+                        st.binary(min_size=16, max_size=16),
+                        st.binary(min_size=8, max_size=8),
+                        attr_dicts,
+                    ),
+                    max_size=2,
+                )
+            ),
+            **common,  # type: ignore[arg-type]
+        )
+    if draw(st.booleans()):
+        return Record(METRIC, 1, instrument=COUNTER, name="n", value=draw(st.integers(0, 9)))
+    return Record(METRIC, 1, instrument=HISTOGRAM, name="h", values=[1.0, 2.0])
+
+
+resource_attrs = st.dictionaries(
+    st.sampled_from(["service.name", "host.name", "process.pid", "x", "emp.resource_corrupt"]),
+    st.one_of(
+        st.sampled_from(["a", "b"]),
+        st.integers(0, 2),
+        st.sampled_from([0.0, -0.0, float("nan"), 1.0]),
+        st.booleans(),
+        st.lists(st.sampled_from([0.0, -0.0, float("nan"), 1, True]), max_size=2),
+    ),
+    max_size=3,
+)
+
+
+@st.composite
+def metas(draw: st.DrawFn) -> bytes:
+    choice = draw(st.integers(0, 9))
+    if choice == 0:
+        return b""
+    if choice == 1:
+        return draw(st.binary(max_size=12))  # almost always corrupt
+    attributes: dict[str, AttrValue] = {**draw(resource_attrs)}
+    res = Resource(
+        attributes=attributes,
+        scope_name=draw(st.sampled_from(["emp_fastbuf", "", "other"])),
+        scope_version=draw(st.sampled_from(["0.1.0", "", "0.2"])),
+    )
+    return codec_py.encode_resource(res)
+
+
+@st.composite
+def batches(draw: st.DrawFn, record_bytes: st.SearchStrategy[bytes]) -> Chunks:
+    pool = draw(st.lists(metas(), min_size=1, max_size=4))
+    return [
+        (draw(st.sampled_from(pool)), draw(st.lists(record_bytes, max_size=6)))
+        for _ in range(draw(st.integers(0, 5)))
+    ]
+
+
+valid_records = records().map(codec_py.encode_record)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    raw = bytearray(draw(valid_records))
+    how = draw(st.sampled_from(["truncate", "flip", "byte", "extend", "keep"]))
+    if how == "truncate":
+        del raw[draw(st.integers(0, len(raw) - 1)) :]
+    elif how == "flip":
+        i = draw(st.integers(0, len(raw) - 1))
+        raw[i] ^= 1 << draw(st.integers(0, 7))
+    elif how == "byte":
+        raw[draw(st.integers(0, len(raw) - 1))] = draw(st.integers(0, 255))
+    elif how == "extend":
+        raw += draw(st.binary(min_size=1, max_size=3))
+    return bytes(raw)
+
+
+# ---- equivalence ----------------------------------------------------------------------
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(batches(valid_records))
+def test_logs_match_the_python_path(chunks: Chunks) -> None:
+    check_logs(chunks)
+
+
+@FAST
+@given(batches(valid_records))
+def test_spans_match_the_python_path(chunks: Chunks) -> None:
+    check_spans(chunks)
+
+
+@FAST
+@given(batches(st.one_of(valid_records, mutated(), mutated())))
+def test_malformed_records_are_rejected_like_the_python_decoder(chunks: Chunks) -> None:
+    check_logs(chunks)
+    check_spans(chunks)
+
+
+@settings(max_examples=100, deadline=None)
+@given(batches(st.binary(max_size=60)))
+def test_garbage_never_crashes(chunks: Chunks) -> None:
+    check_logs(chunks)
+    check_spans(chunks)
+
+
+UTF8_EDGES = [
+    b"\xc0\x80", b"\xc1\xbf", b"\xc2\x80", b"\xe0\x80\x80", b"\xe0\xa0\x80",
+    b"\xed\x9f\xbf", b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xef\xbf\xbf", b"\xe2\x82",
+    b"\xf0\x8f\xbf\xbf", b"\xf0\x90\x80\x80", b"\xf4\x8f\xbf\xbf", b"\xf4\x90\x80\x80",
+    b"\xf5\x80\x80\x80", b"\xff", b"\x80", b"abcdefgh\xe2\x82\xac", b"abcdefg\xe2\x82",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.sampled_from(UTF8_EDGES), st.binary(max_size=12)))
+def test_utf8_is_checked_exactly_as_python_does(text: bytes) -> None:
+    """Arbitrary bytes in a log body, an event name, a span name and a key: rejected
+    exactly when they are not UTF-8."""
+    ids = {"trace_id": b"\x01" * 16, "span_id": b"\x02" * 8}
+    log = codec_py.encode_record(Record(kind=LOG, time_unix_nano=1))
+    event = codec_py.encode_record(Record(kind=EVENT, time_unix_nano=1, **ids))  # type: ignore[arg-type]
+    span = codec_py.encode_record(Record(kind=SPAN, time_unix_nano=1, **ids))  # type: ignore[arg-type]
+    n = len(text)
+    raws = [
+        log[:14] + struct.pack("<I", n) + text + log[18:],  # body
+        event[:36] + struct.pack("<H", n) + text + event[38:],  # name
+        span[:36] + struct.pack("<H", n) + text + span[38:],  # name
+        log[:-2] + struct.pack("<HH", 1, n) + text + b"\x00",  # a key, value None
+    ]
+    chunks = [(b"", raws)]
+    check_logs(chunks)
+    check_spans(chunks)
+
+
+def test_first_example_is_byte_identical() -> None:
+    """Not required by the contract, but the writer follows protobuf's field order."""
+    meta = codec_py.encode_resource(Resource({"service.name": "t"}, "emp_fastbuf", "0.1"))
+    rec = Record(
+        kind=LOG, time_unix_nano=T0, severity_number=9, severity_text="INFO", body="b",
+        context={"job_id": "j"}, attributes={"n": 1, "f": 0.5, "s": "x", "l": [1, None]},
+    )  # fmt: skip
+    groups = decode_batch([LaneChunk(meta, [codec_py.encode_record(rec)])])
+    py = otlp.build_logs_request(groups, observed_time_unix_nano=OBSERVED)
+    assert py is not None
+    payload, _, _ = _transcode.logs_request([(meta, [codec_py.encode_record(rec)])], OBSERVED)
+    assert payload == py.SerializeToString()
+
+
+# ---- attribute merging, hand-made attrlists ------------------------------------------
+
+
+def _attrlist(items: Sequence[tuple[str, AttrValue]]) -> bytes:
+    """An attrlist that may repeat keys (a dict cannot)."""
+    return struct.pack("<H", len(items)) + b"".join(
+        codec_py.encode_attrs({k: v})[2:] for k, v in items
+    )
+
+
+def _log_with(ctx: Sequence[tuple[str, AttrValue]], own: Sequence[tuple[str, AttrValue]]) -> bytes:
+    head = codec_py.encode_record(Record(kind=LOG, time_unix_nano=T0, body="x"))
+    assert head.endswith(b"\x00\x00\x00\x00")
+    return head[:-4] + _attrlist(ctx) + _attrlist(own)
+
+
+item_lists = st.lists(
+    st.tuples(st.sampled_from(["job_id", "emp.job_id", "a", "b", "c"]), scalars), max_size=8
+)
+
+
+@FAST
+@given(item_lists, item_lists)
+def test_repeated_and_conflicting_keys(
+    ctx: list[tuple[str, AttrValue]], own: list[tuple[str, AttrValue]]
+) -> None:
+    check_logs([(b"", [_log_with(ctx, own)])])
+
+
+@pytest.mark.parametrize("n", [15, 16, 17, 40, 500])
+def test_long_attribute_lists_with_repeats(n: int) -> None:
+    """Past 16 entries the key lookups use a hash index: same result."""
+    ctx = [(f"k{i % (n // 2 + 1)}", i) for i in range(n)] + [("job_id", "j")]
+    own = [(f"k{(i * 7) % n}", f"v{i}") for i in range(n)] + [("emp.job_id", 1)]
+    check_logs([(b"", [_log_with(ctx, own), _log_with(own, ctx)])])
+    both = [*ctx, ("emp.job_id", 2.5), ("job_id", "again")]
+    check_logs([(b"", [_log_with(both, own), _log_with(both, [])])])
+
+
+# ---- resources ------------------------------------------------------------------------
+
+
+def test_resources_group_by_equal_attributes_and_scopes_split_them() -> None:
+    a = codec_py.encode_resource(Resource({"service.name": "s", "n": 1}, "emp_fastbuf", "1"))
+    a_reordered = codec_py.encode_resource(
+        Resource({"n": 1, "service.name": "s"}, "emp_fastbuf", "1")
+    )
+    a_other_scope = codec_py.encode_resource(Resource({"service.name": "s", "n": 1}, "x", "2"))
+    b = codec_py.encode_resource(Resource({"service.name": "s", "n": True}, "emp_fastbuf", "1"))
+    log = codec_py.encode_record(Record(kind=LOG, time_unix_nano=T0, body="x"))
+    chunks = [(m, [log]) for m in (b"\x01\x05broken", a, b, a_reordered, a_other_scope, b"")]
+    check_logs(chunks)
+    payload, encoded, _ = _transcode.logs_request(chunks, OBSERVED)
+    req = ExportLogsServiceRequest.FromString(payload)
+    assert encoded == 6
+    assert [len(r.scope_logs) for r in req.resource_logs] == [1, 2, 1, 1]
+    corrupt = req.resource_logs[0].resource.attributes
+    assert [(kv.key, kv.value.bool_value) for kv in corrupt] == [("emp.resource_corrupt", True)]
+    assert req.resource_logs[0].scope_logs[0].scope.name == "emp_fastbuf"
+    assert len(req.resource_logs[1].scope_logs[0].log_records) == 2  # a and a_reordered
+
+
+def test_lane_chunks_and_tuples_are_both_accepted() -> None:
+    log = codec_py.encode_record(Record(kind=EVENT, time_unix_nano=T0, name="e"))
+    as_tuples = _transcode.logs_request([(b"", [log])], OBSERVED)
+    assert _transcode.logs_request([LaneChunk(b"", [log])], OBSERVED) == as_tuples
+    assert as_tuples[1:] == (1, 0)
+
+
+def test_nothing_to_send() -> None:
+    metric = codec_py.encode_record(Record(kind=METRIC, time_unix_nano=1, instrument=COUNTER))
+    assert _transcode.logs_request([], OBSERVED) == (b"", 0, 0)
+    assert _transcode.logs_request([(b"", [metric, b"\x01"])], OBSERVED) == (b"", 0, 1)
+    assert _transcode.spans_request([(b"", [metric, b"junk"])]) == (b"", 0, 0)
+    assert _transcode.logs_requests([], OBSERVED) == ([], 0, 0)
+
+
+# ---- size cap and big batches ---------------------------------------------------------
+
+
+def _big_batch(n: int, body: int) -> Chunks:
+    metas = [
+        codec_py.encode_resource(Resource({"service.name": f"s{i % 3}"}, "emp_fastbuf", "1"))
+        for i in range(5)
+    ]
+    chunks: Chunks = []
+    for c in range(10):
+        recs = []
+        for i in range(n // 10):
+            kind = (LOG, EVENT, SPAN)[i % 3]
+            recs.append(
+                codec_py.encode_record(
+                    Record(
+                        kind=kind, time_unix_nano=T0 + i, trace_id=b"\x07" * 16,
+                        span_id=struct.pack("<Q", i + 1), body="x" * body, name=f"n{i}",
+                        context={"job_id": f"job{c}"}, attributes={"i": i, "c": c},
+                    )
+                )
+            )  # fmt: skip
+        chunks.append((metas[c % 5], recs))
+    return chunks
+
+
+def test_big_batch_parses() -> None:
+    chunks = _big_batch(30_000, 600)
+    payload, encoded, rejected = _transcode.logs_request(chunks, OBSERVED)
+    assert len(payload) > 6 << 20 and encoded == 20_000 and rejected == 0
+    req = ExportLogsServiceRequest.FromString(payload)
+    assert sum(len(s.log_records) for r in req.resource_logs for s in r.scope_logs) == 20_000
+    assert len(req.resource_logs) == 3  # five blobs, three distinct attribute sets
+    spans, n_spans, _ = _transcode.spans_request(chunks)
+    assert n_spans == 10_000
+    assert len(ExportTraceServiceRequest.FromString(spans).resource_spans) == 3
+
+
+@pytest.mark.parametrize("max_bytes", [1, 700, 5000, 60_000, 10 << 20])
+def test_split_like_the_python_path(max_bytes: int) -> None:
+    chunks = _big_batch(600, 300)
+    groups = decode_batch(_lane_chunks(chunks))
+    want_logs = list(otlp.iter_logs_requests(groups, max_bytes, observed_time_unix_nano=OBSERVED))
+    got_logs, n, _ = _transcode.logs_requests(chunks, OBSERVED, max_bytes)
+    assert n == 400 and len(got_logs) == len(want_logs)
+    for got, want in zip(got_logs, want_logs, strict=True):
+        assert ExportLogsServiceRequest.FromString(got) == ExportLogsServiceRequest.FromString(want)
+    want_spans = list(otlp.iter_traces_requests(groups, max_bytes))
+    got_spans, n, _ = _transcode.spans_requests(chunks, max_bytes)
+    assert n == 200 and len(got_spans) == len(want_spans)
+    for got, want in zip(got_spans, want_spans, strict=True):
+        assert ExportTraceServiceRequest.FromString(got) == ExportTraceServiceRequest.FromString(
+            want
+        )
+
+
+# ---- bad calls ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [("not bytes", [b""])],
+        [(b"", ["not bytes"])],
+        [(b"", [bytearray(b"\x01\x01")])],
+        [(b"",)],
+        [42],
+        None,
+    ],
+)
+def test_wrong_types_raise_type_error(chunks: object) -> None:
+    with pytest.raises(TypeError):
+        _transcode.logs_request(chunks, OBSERVED)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        _transcode.spans_request(chunks)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("observed", [-1, 1 << 64, 1.5, "1", None])
+def test_bad_observed_time(observed: object) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        _transcode.logs_request([], observed)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("max_bytes", [0, -5, 1.0, "10", None, True])
+def test_bad_max_bytes(max_bytes: object) -> None:
+    with pytest.raises(ValueError):
+        _transcode.logs_requests([], OBSERVED, max_bytes)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        _transcode.spans_requests([], max_bytes)  # type: ignore[arg-type]
