@@ -53,17 +53,13 @@ def ensure_agent(ring_name: str) -> int | None:
             home.mkdir(parents=True, exist_ok=True, mode=0o700)
             log_path = home / "agent.log"
             fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            argv = [sys.executable, "-m", "emp_fastbuf", "agent", "--ring", ring_name, "--spawned"]
+            idle = os.environ.get("EMP_FASTBUF_AGENT_IDLE_EXIT")  # seconds; default 30
+            if idle:
+                argv += ["--idle-exit", idle]
             try:
                 proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "emp_fastbuf",
-                        "agent",
-                        "--ring",
-                        ring_name,
-                        "--spawned",
-                    ],
+                    argv,
                     stdin=subprocess.DEVNULL,
                     stdout=fd,
                     stderr=fd,
