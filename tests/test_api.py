@@ -336,6 +336,23 @@ def test_metrics_records(ring: fastbuf.Ring) -> None:
     assert (recs[4].instrument, recs[4].values, recs[4].bounds) == (HISTOGRAM, [41.7], [])
     assert recs[5].values == [1.0, 2.0, 3.0]
     assert recs[6].bounds == [1.0, 10.0, 100.0]
+
+
+def test_metric_values_keep_their_type_and_range(ring: fastbuf.Ring) -> None:
+    fastbuf.metrics.updowncounter("ud").inc()  # an up-down counter may use inc too
+    fastbuf.metrics.counter("c").inc(2**70)  # beyond 64 bits: a double
+    fastbuf.metrics.counter("c").inc(np.int64(3))
+    fastbuf.metrics.gauge("g").set(True)
+    fastbuf.metrics.gauge("g").set(np.float32(0.5))
+    fastbuf.metrics.counter("c").inc(float("nan"))  # not >= 0: ignored, counted
+    recs = records(ring)
+    assert [(r.value, type(r.value)) for r in recs] == [
+        (1, int),
+        (float(2**70), float),
+        (3, int),
+        (1, int),
+        (0.5, float),
+    ]
     assert len(DEFAULT_HISTOGRAM_BOUNDS) == 15
 
 
@@ -345,6 +362,19 @@ def test_metrics_bad_input(ring: fastbuf.Ring) -> None:
     assert fastbuf.stats()["coerced_values"] == 1
     with pytest.raises(TypeError):
         c.inc("x")
+    with pytest.raises(TypeError):
+        c.inc("3")  # a numeric string is still not a number
+    # Each instrument has its own update method; another one is a malformed call.
+    with pytest.raises(TypeError, match="use record"):
+        fastbuf.metrics.histogram("hh").inc(1)
+    with pytest.raises(TypeError, match="use inc"):
+        c.record(1.0)
+    with pytest.raises(TypeError, match="use set"):
+        fastbuf.metrics.gauge("gg").add(1)
+    with pytest.raises(TypeError):
+        c.record_many([1.0])
+    with pytest.raises(TypeError):
+        fastbuf.metrics.gauge("gg").set()
     with pytest.raises(TypeError):
         fastbuf.metrics.counter(3)  # type: ignore[arg-type]
     with pytest.raises(ValueError):

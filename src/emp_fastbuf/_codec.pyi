@@ -9,6 +9,8 @@ from emp_fastbuf._ring import Ring
 
 COUNTER_NAMES: dict[str, int]
 SEVERITY_TEXT: dict[int, str]
+INSTRUMENT_KINDS: dict[int, str]
+INSTRUMENT_METHODS: dict[int, str]
 
 def counter_values() -> dict[str, int]: ...
 def reset_counters() -> None: ...

@@ -13,8 +13,8 @@ from cpython.contextvars cimport PyContextVar_Reset, PyContextVar_Set
 from cpython.dict cimport PyDict_Next
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_CheckExact
-from cpython.float cimport PyFloat_AS_DOUBLE
-from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_XDECREF
 from cpython.unicode cimport PyUnicode_GET_LENGTH
@@ -601,7 +601,10 @@ cdef struct Call:
     PyObject *kn  # fastcall keyword names (a tuple) or NULL
     PyObject **kv  # fastcall keyword values
     PyObject *obj  # SPAN: the Span; METRIC: the Instrument
-    PyObject *value  # METRIC: int/float, or a list of floats for a histogram
+    PyObject *value  # METRIC HISTOGRAM: a list of floats
+    int vtag  # METRIC otherwise: T_INT (ival) or T_DOUBLE (dval)
+    int64_t ival
+    double dval
     uint64_t t  # the record's time; 0: now
 
 ctypedef Py_ssize_t (*body_fn)(Enc *e, char *start, Call *c, Scope sc, uint64_t t,
@@ -617,6 +620,9 @@ cdef inline void init_call(Call *c) noexcept:
     c.kv = NULL
     c.obj = NULL
     c.value = NULL
+    c.vtag = 0
+    c.ival = 0
+    c.dval = 0.0
     c.t = 0
 
 
@@ -773,13 +779,13 @@ cdef Py_ssize_t body_span(Enc *e, char *start, Call *c, Scope sc, uint64_t t,
 cdef Py_ssize_t body_metric(Enc *e, char *start, Call *c, Scope sc, uint64_t t,
                             int reduce) except -2:
     cdef Instrument ins = <Instrument>c.obj
-    cdef object value = <object>c.value
     cdef Py_ssize_t i, n
     cdef double d
+    cdef list values
     put_header(e, K_METRIC, sc, t)
     put_raw(e, PyBytes_AS_STRING(ins.head), PyBytes_GET_SIZE(ins.head))
     if ins.kind == 4:
-        values = <list>value
+        values = <list?>(<object>c.value)
         n = len(values)
         put_u32(e, <uint32_t>n)
         if room(e, 8 * n):
@@ -788,12 +794,12 @@ cdef Py_ssize_t body_metric(Enc *e, char *start, Call *c, Scope sc, uint64_t t,
                 memcpy(e.p, &d, 8)
                 e.p += 8
         put_raw(e, PyBytes_AS_STRING(ins.bounds), PyBytes_GET_SIZE(ins.bounds))
-    elif type(value) is int:
+    elif c.vtag == T_INT:
         put_u8(e, T_INT)
-        put_u64(e, <uint64_t><int64_t>value)
+        put_u64(e, <uint64_t>c.ival)
     else:
         put_u8(e, T_DOUBLE)
-        put_f64(e, <double>value)
+        put_f64(e, c.dval)
     put_ctx(e, sc)
     put_own_attrs(e, c, reduce)
     return finish(e, start)
@@ -881,6 +887,7 @@ cdef int _log(int severity, object sev_text, object msg, PyObject *attrs, PyObje
     return 0
 
 
+INSTRUMENT_KINDS = {1: "counter", 2: "updowncounter", 3: "gauge", 4: "histogram"}
 SEVERITY_TEXT = {5: "DEBUG", 9: "INFO", 13: "WARN", 17: "ERROR", 21: "FATAL"}
 
 
@@ -1113,44 +1120,77 @@ span = efb_make_fastcall(
     "span(name, /, **attributes)\n--\n\n``with fastbuf.span(\"denoise\", steps=30) as s: ...``")
 
 
+INSTRUMENT_METHODS = {1: "inc", 2: "add", 3: "set", 4: "record"}
+
+
 cdef object _metric_call(object self, PyObject **args, Py_ssize_t nargs,
                          PyObject *kwnames, int op):
-    # op: 0 inc, 1 add, 2 set, 3 record
+    # op: 1 inc (COUNTER), 2 add (UPDOWNCOUNTER), 3 set (GAUGE), 4 record (HISTOGRAM):
+    # the instrument kind it belongs to.
     cdef Instrument ins = <Instrument>self
+    cdef Call c
     cdef object value
+    cdef int overflow = 0
+    cdef long long iv
+    if op != ins.kind and not (op == 1 and ins.kind == 2):
+        raise TypeError(f"{ins.name!r} is a {INSTRUMENT_KINDS[ins.kind]}: use "
+                        f"{INSTRUMENT_METHODS[ins.kind]}(), not {INSTRUMENT_METHODS[op]}()")
     if nargs > 1:
         raise TypeError(f"takes at most 1 positional argument (the value), {nargs} given")
+    init_call(&c)
     if nargs == 0:
-        if op != 0:
+        if op != 1:
             raise TypeError("missing the value")
-        value = 1
+        c.vtag = T_INT
+        c.ival = 1
     else:
         value = <object>args[0]
-        if not (type(value) is int and 0 <= value < (1 << 62)) and type(value) is not float:
+        if not PyLong_CheckExact(value) and not PyFloat_CheckExact(value):
             value = ins._number(value)
-    if op == 0 and value < 0:
+        if PyFloat_CheckExact(value):
+            c.vtag = T_DOUBLE
+            c.dval = PyFloat_AS_DOUBLE(value)
+        else:
+            iv = PyLong_AsLongLongAndOverflow(value, &overflow)
+            if overflow:
+                c.vtag = T_DOUBLE
+                c.dval = float(value)
+            else:
+                c.vtag = T_INT
+                c.ival = iv
+    if op == 1 and ins.kind == 1 and (c.ival < 0 if c.vtag == T_INT else not c.dval >= 0):
         counters[C_COERCED] += 1  # a counter never goes down: ignored, counted
         return None
-    if op == 3:
-        value = [float(value)]
-    ins._update(value, None, kwnames, args + nargs if kwnames != NULL else NULL)
+    if ensure_ring():
+        return None
+    if op == 4:
+        value = [c.dval if c.vtag == T_DOUBLE else <double>c.ival]
+        c.value = <PyObject *>value
+    c.obj = <PyObject *>ins
+    if kwnames != NULL:
+        c.kn = kwnames
+        c.kv = args + nargs
+    try:
+        write_record(K_METRIC, body_metric, &c, current_scope())
+    except Exception:
+        counters[C_ERRORS] += 1
     return None
 
 
 cdef object inc_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
-    return _metric_call(self, args, nargs, kwnames, 0)
-
-
-cdef object add_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
     return _metric_call(self, args, nargs, kwnames, 1)
 
 
-cdef object set_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+cdef object add_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
     return _metric_call(self, args, nargs, kwnames, 2)
 
 
-cdef object record_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+cdef object set_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
     return _metric_call(self, args, nargs, kwnames, 3)
+
+
+cdef object record_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    return _metric_call(self, args, nargs, kwnames, 4)
 
 
 cdef void *INC_DEF = efb_new_def("inc", <void *>inc_fast,
@@ -1211,18 +1251,15 @@ cdef class Instrument:
         self.set = efb_bind(SET_DEF, self)
         self.record = efb_bind(RECORD_DEF, self)
 
-    cdef int _update(self, object value, dict attrs, PyObject *kn=NULL,
-                     PyObject **kv=NULL) except -1:
+    cdef int _update(self, list values, dict attrs) except -1:
+        """A HISTOGRAM record of ``values`` (record_many)."""
         cdef Call c
         if ensure_ring():
             return 0
         init_call(&c)
         c.obj = <PyObject *>self
-        c.value = <PyObject *>value
-        if kn != NULL:
-            c.kn = kn
-            c.kv = kv
-        elif attrs:
+        c.value = <PyObject *>values
+        if attrs:
             c.attrs = <PyObject *>attrs
         try:
             write_record(K_METRIC, body_metric, &c, current_scope())
@@ -1237,6 +1274,8 @@ cdef class Instrument:
             return value if -(1 << 63) <= value < (1 << 63) else float(value)
         if isinstance(value, bool):
             return int(value)
+        if isinstance(value, (str, bytes, bytearray)):
+            raise TypeError(f"metric value must be a number, not {type(value).__name__}")
         try:
             return value.__index__() if hasattr(value, "__index__") else float(value)
         except Exception:
@@ -1245,6 +1284,9 @@ cdef class Instrument:
     def record_many(self, values, **attrs):
         """HISTOGRAM: many observations in one call (a numpy array or a sequence),
         split over several records only when they exceed the record size."""
+        if self.kind != 4:
+            raise TypeError(f"{self.name!r} is a {INSTRUMENT_KINDS[self.kind]}: "
+                            f"record_many() is for histograms")
         try:
             if hasattr(values, "tolist"):
                 vals = values.tolist()
