@@ -435,11 +435,8 @@ add_budget("p99_ns(otel.span) / p99_ns(fastbuf.emit) >= 20")
 add_budget("p50_ns(logging.queue_handler) / p50_ns(fastbuf.log.info) >= 10")
 set_cost_scenario("fastbuf.emit")
 
-try:
-    import bench.ours_integrations as ours_integrations
-except ImportError as exc:
-    # Only a missing module is tolerated; an error inside it must surface.
-    if exc.name != "bench.ours_integrations":
-        raise
-else:
-    ours_integrations.register_all()
+import bench.ours_integrations as ours_integrations  # noqa: E402 - after our own rows
+import bench.ours_pipeline as ours_pipeline  # noqa: E402
+
+ours_integrations.register_all()
+ours_pipeline.register_all()

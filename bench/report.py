@@ -1,9 +1,10 @@
 """Writing and reading benchmark reports: ``latest.json``, ``latest.md``, ``latest_cdf.png``.
 
 ``latest.json`` holds ``machine``, ``results`` (one summary row per scenario), ``budgets``,
-``cost_per_million_usd`` and, when it was measured, ``survival`` (spans that reach their
-destination when the worker is SIGKILLed); the Markdown adds the tails, GC activity, the
-timer floor and the ratios of our scenarios against their peers.
+``cost_per_million_usd`` (the total of ``cost``), ``cost`` (its parts and the prices assumed)
+and, when it was measured, ``survival`` (spans that reach their destination when the worker
+is SIGKILLed); the Markdown adds the tails, GC activity, the timer floor and the ratios of
+our scenarios against their peers.
 """
 
 from __future__ import annotations
@@ -81,13 +82,17 @@ def build_document(
     budgets: Sequence[BudgetOutcome],
     cost_per_million_usd: float | None,
     survival: Mapping[str, Any] | None = None,
+    *,
+    cost: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``latest.json`` document (``survival`` only when it was measured)."""
+    """The ``latest.json`` document (``survival`` only when it was measured; ``cost`` is
+    None when no cost part ran)."""
     document: dict[str, Any] = {
         "machine": dict(machine),
         "results": [r.row() for r in results],
         "budgets": [b.to_json() for b in budgets],
         "cost_per_million_usd": cost_per_million_usd,
+        "cost": None if cost is None else dict(cost),
     }
     if survival is not None:
         document["survival"] = dict(survival)
@@ -251,8 +256,11 @@ def render_markdown(
             lines.append(f"| {b['name']} | {b['limit']:g} | {b['value']} | {verdict} |")
     else:
         lines.append("No budget was checked in this run.")
-    cost = document["cost_per_million_usd"]
-    if cost is not None:
+    cost_model = document.get("cost")
+    if cost_model:
+        lines += ["", *_cost_lines(cost_model)]
+    elif document["cost_per_million_usd"] is not None:
+        cost = document["cost_per_million_usd"]
         lines += ["", f"CPU cost per million items of the cost scenario: {cost:.4g} USD."]
     survival = document.get("survival")
     if survival:
@@ -265,6 +273,45 @@ def render_markdown(
         lines += ["", "## Notes", ""]
         lines += [f"- {n}" for n in all_notes]
     return "\n".join(lines) + "\n"
+
+
+def _cost_lines(cost: Mapping[str, Any]) -> list[str]:
+    """The cost per million events, part by part, with the prices next to the figure."""
+    per = cost["per_million_events"]
+    assume = cost["assumptions"]
+    lines = [
+        "## Cost per million events",
+        "",
+        f"Prices assumed: {assume['usd_per_core_hour']:g} USD per core-hour "
+        "(`--usd-per-core-hour`), "
+        f"{assume['usd_per_egress_gb']:g} USD per GB of egress, 1 GB = 10^9 bytes "
+        "(`--usd-per-egress-gb`).",
+        "",
+        "| part | measured from | per million events | USD |",
+        "|---|---|---:|---:|",
+    ]
+    if "worker_cpu_s" in per:
+        lines.append(
+            f"| worker CPU | {assume['worker_scenario']} (mean minus timer) | "
+            f"{per['worker_cpu_s']:.4g} CPU-s | {per['worker_cpu_usd']:.4g} |"
+        )
+    if "agent_cpu_s" in per:
+        lines.append(
+            f"| agent CPU | {assume['agent_scenario']} (process CPU time, "
+            f"{assume.get('agent_compression')}) | {per['agent_cpu_s']:.4g} CPU-s | "
+            f"{per['agent_cpu_usd']:.4g} |"
+        )
+        lines.append(
+            f"| egress | {assume['agent_scenario']} (compressed request bodies) | "
+            f"{per['wire_bytes'] / 1e6:.4g} MB | {per['egress_usd']:.4g} |"
+        )
+    lines.append(f"| **total** | | {per['cpu_s']:.4g} CPU-s | **{per['total_usd']:.4g}** |")
+    left_out = assume.get("left_out") or []
+    if left_out:
+        lines += ["", "Not included: " + "; ".join(str(x) for x in left_out) + "."]
+    for part in cost.get("missing") or []:
+        lines += ["", f"Not measured in this run: {part}."]
+    return lines
 
 
 def _survival_lines(survival: Mapping[str, Any]) -> list[str]:

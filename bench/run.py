@@ -26,14 +26,20 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bench import report, scenarios
 from bench.harness import Result, Skip, measure, measure_processes, timer_floor
 from bench.scenarios import BudgetOutcome, Scenario
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-# Roughly an on-demand x86 cloud vCPU hour; only used for cost_per_million_usd.
+# Roughly an on-demand x86 cloud vCPU hour, and internet egress from a cloud region per GB
+# (10^9 bytes); only used for cost_per_million_usd and the cost object.
 DEFAULT_USD_PER_CORE_HOUR = 0.05
+DEFAULT_USD_PER_EGRESS_GB = 0.09
+# The agent's CPU per record and the bytes on the wire come from this scenario of
+# bench.ours_pipeline (gzip: the agent's default compression).
+AGENT_COST_SCENARIO = "agent.export"
 SURVIVAL_SPANS = 10_000
 
 
@@ -98,12 +104,97 @@ def run_scenario(s: Scenario, calls: int) -> Result:
 
 def cost_per_million(results: Sequence[Result], usd_per_core_hour: float) -> float | None:
     """CPU cost of a million items of the cost scenario, timer excluded; None if it did not run."""
+    ns = _worker_ns_per_item(results)
+    if ns is None:
+        return None
+    return float(f"{1e6 * ns * 1e-9 / 3600.0 * usd_per_core_hour:.4g}")
+
+
+def _worker_ns_per_item(results: Sequence[Result]) -> float | None:
     name = scenarios.cost_scenario()
     r = next((r for r in results if r.name == name), None)
     if r is None:
         return None
-    ns_per_item = max(0.0, r.mean_ns - (r.floor_mean_ns or 0.0)) / r.items_per_call
-    return float(f"{1e6 * ns_per_item * 1e-9 / 3600.0 * usd_per_core_hour:.4g}")
+    return max(0.0, r.mean_ns - (r.floor_mean_ns or 0.0)) / r.items_per_call
+
+
+def _agent_measurement(results: Sequence[Result]) -> dict[str, Any] | None:
+    """What ``bench.ours_pipeline`` measured around the agent cost scenario's calls."""
+    if not any(r.name == AGENT_COST_SCENARIO for r in results):
+        return None
+    module = sys.modules.get("bench.ours_pipeline")
+    if module is None:
+        return None
+    measured: dict[str, Any] | None = module.pipeline_measurements().get(AGENT_COST_SCENARIO)
+    if not measured or not measured.get("records"):
+        return None
+    return measured
+
+
+def _sig(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+def cost_model(
+    results: Sequence[Result],
+    usd_per_core_hour: float,
+    usd_per_egress_gb: float,
+    agent: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The cost of a million events end to end, in parts, with the prices assumed.
+
+    - worker CPU: the cost scenario's mean latency minus the timer's (``fastbuf.emit``);
+    - agent CPU: process CPU time inside the ``agent.export`` calls (ring read, spool write
+      and read, OTLP transcoding, compression, HTTP), per record;
+    - egress: the bytes ``agent.export`` put on the wire (compressed bodies), per record.
+
+    ``agent`` is ``bench.ours_pipeline``'s measurement (looked up when None). Parts that did
+    not run are listed in ``missing``; ``total_usd`` sums the others. None when no part ran.
+    """
+    worker_ns = _worker_ns_per_item(results)
+    if agent is None:
+        agent = _agent_measurement(results)
+    per_million: dict[str, float] = {}
+    missing: list[str] = []
+    usd_per_core_s = usd_per_core_hour / 3600.0
+    if worker_ns is not None:
+        per_million["worker_cpu_s"] = _sig(worker_ns * 1e-3)  # ns per event -> s per 10^6
+        per_million["worker_cpu_usd"] = _sig(worker_ns * 1e-3 * usd_per_core_s)
+    else:
+        missing.append(f"worker CPU ({scenarios.cost_scenario()} did not run)")
+    if agent is not None:
+        records = float(agent["records"])
+        agent_s = float(agent["cpu_s"]) / records * 1e6
+        wire = float(agent["wire_bytes"]) / records * 1e6
+        per_million["agent_cpu_s"] = _sig(agent_s)
+        per_million["agent_cpu_usd"] = _sig(agent_s * usd_per_core_s)
+        per_million["wire_bytes"] = _sig(wire)
+        per_million["egress_usd"] = _sig(wire / 1e9 * usd_per_egress_gb)
+    else:
+        missing.append(f"agent CPU and egress ({AGENT_COST_SCENARIO} did not run)")
+    if not per_million:
+        return None
+    cpu_s = per_million.get("worker_cpu_s", 0.0) + per_million.get("agent_cpu_s", 0.0)
+    per_million["cpu_s"] = _sig(cpu_s)
+    per_million["total_usd"] = _sig(
+        sum(per_million.get(k, 0.0) for k in ("worker_cpu_usd", "agent_cpu_usd", "egress_usd"))
+    )
+    return {
+        "per_million_events": per_million,
+        "assumptions": {
+            "usd_per_core_hour": usd_per_core_hour,
+            "usd_per_egress_gb": usd_per_egress_gb,
+            "bytes_per_gb": 1_000_000_000,
+            "worker_scenario": scenarios.cost_scenario(),
+            "agent_scenario": AGENT_COST_SCENARIO,
+            "agent_compression": None if agent is None else agent.get("compression"),
+            "left_out": [
+                "the agent's idle polling, own metrics, status file and retries",
+                "the receiving backend's work",
+            ],
+        },
+        "missing": missing,
+    }
 
 
 def run_survival(spans: int = SURVIVAL_SPANS) -> dict[str, object] | None:
@@ -162,7 +253,21 @@ def _parser() -> argparse.ArgumentParser:
         default=float(
             os.environ.get("EMP_FASTBUF_BENCH_USD_PER_CORE_HOUR", DEFAULT_USD_PER_CORE_HOUR)
         ),
-        help="price of one core-hour for cost_per_million_usd",
+        help=(
+            "price of one core-hour for the cost per million events "
+            f"(default {DEFAULT_USD_PER_CORE_HOUR}, or EMP_FASTBUF_BENCH_USD_PER_CORE_HOUR)"
+        ),
+    )
+    p.add_argument(
+        "--usd-per-egress-gb",
+        type=float,
+        default=float(
+            os.environ.get("EMP_FASTBUF_BENCH_USD_PER_EGRESS_GB", DEFAULT_USD_PER_EGRESS_GB)
+        ),
+        help=(
+            "price of one GB (10^9 bytes) sent to the OTLP endpoint "
+            f"(default {DEFAULT_USD_PER_EGRESS_GB}, or EMP_FASTBUF_BENCH_USD_PER_EGRESS_GB)"
+        ),
     )
     return p
 
@@ -197,6 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 < args.threshold < 10:
         print("error: --threshold must be a fraction such as 0.10", file=sys.stderr)
         return 2
+    for flag, price in (
+        ("--usd-per-core-hour", args.usd_per_core_hour),
+        ("--usd-per-egress-gb", args.usd_per_egress_gb),
+    ):
+        if not 0 <= price < float("inf"):  # also refuses NaN
+            print(f"error: {flag} must be a price >= 0", file=sys.stderr)
+            return 2
     if args.current is not None:
         if args.compare is None:
             print("error: --current needs --compare", file=sys.stderr)
@@ -260,12 +372,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     outcomes, unchecked = evaluate_budgets(results)
     notes += [f"budget not checked (its scenario did not run): {n}" for n in unchecked]
     notes += [f"scenario failed: {n}" for n in failed]
+    cost = cost_model(results, args.usd_per_core_hour, args.usd_per_egress_gb)
     document = report.build_document(
         report.machine_info(),
         results,
         outcomes,
-        cost_per_million(results, args.usd_per_core_hour),
+        None if cost is None else cost["per_million_events"]["total_usd"],
         survival,
+        cost=cost,
     )
     regressions = report.compare(previous, document, args.threshold) if previous else []
     out: Path = args.out

@@ -4,10 +4,11 @@ A worker process ends ``n`` spans, says so on stdout, and is killed with SIGKILL
 later, as an OOM kill or a preempted GPU job would end it. Then we count what arrived:
 
 - ``fastbuf``: spans from ``fastbuf.span`` go into a shared-memory ring that outlives the
-  worker; after the kill a consumer counts the SPAN records in the ring. (The end-to-end
-  version, through the agent to an OTLP receiver, comes with the agent.)
+  worker; an agent (``python -m emp_fastbuf agent``, started before the worker) drains it
+  and exports over OTLP/HTTP to a receiver on 127.0.0.1, which counts the distinct spans
+  it gets.
 - ``otel``: OpenTelemetry SDK spans with the default ``BatchSpanProcessor`` and the OTLP/HTTP
-  exporter pointed at a receiver on 127.0.0.1, which counts the spans in the
+  exporter pointed at the same kind of receiver, which counts the spans in the
   ``ExportTraceServiceRequest`` bodies it gets.
 
 ``python -m bench.survival [N]`` prints both results as JSON.
@@ -18,9 +19,11 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,9 @@ _REPO = Path(__file__).resolve().parent.parent
 _WORKER_START_TIMEOUT_S = 120.0
 _SETTLE_S = 1.0  # the receiver count must stay still this long after the kill
 _SETTLE_MAX_S = 10.0
-SPAN_KIND = 3  # record byte 1 (docs/record-format.md)
+_AGENT_SETTLE_S = 3.0  # more than the agent's 1 s batch interval plus an export
+_AGENT_WAIT_S = 30.0
+_AGENT_STOP_TIMEOUT_S = 30.0
 
 
 # ---- worker side ----------------------------------------------------------------------------
@@ -130,44 +135,119 @@ def _ring_size_for(n: int) -> int:
     return size
 
 
+def _agent_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "EMP_FASTBUF_"))}
+    env["EMP_FASTBUF_HOME"] = str(home)
+    env["EMP_FASTBUF_LOG_LEVEL"] = "WARNING"
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
+def _start_agent(ring: Any, url: str, home: Path) -> subprocess.Popen[bytes]:
+    """``python -m emp_fastbuf agent`` on ``ring``, exporting to ``url``; returns once it
+    holds the ring's consumer role."""
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "emp_fastbuf", "agent",
+            "--ring", ring.name, "--endpoint", url, "--home", str(home),
+        ],
+        cwd=_REPO,
+        env=_agent_env(home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + _WORKER_START_TIMEOUT_S
+    while ring.stats()["consumer"]["pid"] != proc.pid:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop_agent(proc)
+            raise RuntimeError(f"the agent did not take the ring: {_agent_error(proc)}")
+        time.sleep(0.02)
+    return proc
+
+
+def _agent_error(proc: subprocess.Popen[bytes]) -> str:
+    assert proc.stderr is not None
+    if proc.poll() is None:
+        return "still running"
+    return proc.stderr.read().decode(errors="replace")[-2000:] or f"exit {proc.returncode}"
+
+
+def _stop_agent(proc: subprocess.Popen[bytes]) -> int | None:
+    """SIGTERM (the agent drains, spools and delivers what is left), then wait."""
+    assert proc.stderr is not None
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=_AGENT_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+    finally:
+        proc.stderr.close()
+    return proc.returncode
+
+
+def _unique_spans(rx: Any) -> tuple[int, int]:
+    """(distinct spans, spans received) at the receiver: the agent delivers at least once."""
+    spans = [(s.trace_id, s.span_id) for _, s in rx.spans()]
+    return len(set(spans)), len(spans)
+
+
+def _arrived(rx: Any, n: int) -> int:
+    """Distinct spans once all ``n`` arrived, or once the count has not moved for
+    ``_AGENT_SETTLE_S`` (the agent cuts batches every second), within ``_AGENT_WAIT_S``."""
+    deadline = time.monotonic() + _AGENT_WAIT_S
+    last = _unique_spans(rx)[0]
+    still_since = time.monotonic()
+    while last < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = _unique_spans(rx)[0]
+        if now != last:
+            last, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= _AGENT_SETTLE_S:
+            break
+    return last
+
+
 def _survival_fastbuf(n: int) -> dict[str, Any]:
     from emp_fastbuf import Ring
 
-    name = f"bench-survival-{os.getpid()}-{time.monotonic_ns()}"
+    name = f"bench-sv-{os.getpid()}-{time.monotonic_ns() % 10**9}"  # <= 31 chars (macOS)
+    home = Path(tempfile.mkdtemp(prefix="bench-survival-"))
+    os.chmod(home, 0o700)
     ring = Ring.create(name, _ring_size_for(n), lanes=1)
+    receiver_class = _load_receiver()
     try:
-        killed = _run_and_kill("fastbuf", name, n)
-        spans = other = 0
-        consumer = ring.consumer()
-        try:
-            while True:
-                batch = consumer.read(100_000)
-                if not batch:
-                    break
-                for rec in batch:
-                    if len(rec) > 1 and rec[1] == SPAN_KIND:
-                        spans += 1
-                    else:
-                        other += 1
-                consumer.ack()
-        finally:
-            consumer.close()
+        with receiver_class() as rx:
+            agent = _start_agent(ring, rx.url, home)
+            try:
+                killed = _run_and_kill("fastbuf", name, n)
+                received = _arrived(rx, n)
+            finally:
+                agent_exit = _stop_agent(agent)
+            after_stop, with_duplicates = _unique_spans(rx)
+            requests = rx.attempt_count()
         stats = ring.stats()
     finally:
         ring.close()
         Ring.unlink(name)
+        shutil.rmtree(home, ignore_errors=True)
     dropped = stats["dropped_full"] + stats["dropped_no_lane"] + stats["dropped_too_large"]
     return {
         **killed,
         "ended": n,
-        "received": spans,
-        "fraction": round(spans / n, 4) if n else None,
-        "other_records": other,
+        "received": received,
+        "fraction": round(received / n, 4) if n else None,
+        "received_after_agent_stop": after_stop,
+        "duplicates": with_duplicates - after_stop,
+        "export_requests": requests,
         "dropped_in_worker": dropped,
+        "agent_exit": agent_exit,
         "method": (
-            "spans left in the shared-memory ring after the SIGKILL, counted with a ring "
-            "consumer (not yet through the agent and an OTLP exporter: the agent-based "
-            "end-to-end count comes later)"
+            "fastbuf.span into a shared-memory ring drained by a running agent "
+            "(python -m emp_fastbuf agent, defaults: 1 s batches, gzip, OTLP/HTTP) exporting "
+            "to a loopback OTLP receiver that counts the distinct spans it received"
         ),
     }
 

@@ -799,3 +799,29 @@ def test_concurrent_read_while_another_process_writes(tmp_path: Path) -> None:
         assert len(set(seen)) > 2, seen  # the reader saw the store grow
         assert len(reader.logs(limit=None)) == batches * 200
         reader.close()
+
+
+def test_bulk_ingest_keeps_every_log_in_order(tmp_path: Path) -> None:
+    # 250 logs: two 100-row statements and a remainder of 50, mixed with other kinds.
+    res = Resource(attributes={"service.name": "bulk", "emp.machine_id": "m", "emp.worker_id": "w"})
+    recs: list[Record] = []
+    for i in range(250):
+        recs.append(
+            Record(
+                kind=LOG,
+                time_unix_nano=1_000 + i,
+                severity_number=9,
+                severity_text="INFO",
+                body=f"line {i}",
+                context={"job_id": "bulk-job"},
+                attributes={"i": i},
+            )
+        )
+        if i % 50 == 0:
+            recs.append(Record(kind=EVENT, time_unix_nano=1_000 + i, name=f"ev{i}"))
+    with Store(tmp_path / "store.sqlite") as store:
+        assert store.ingest([(res, recs)]) == 255
+        got = store.logs(job="bulk-job", limit=None)
+    logs = [r for r in got if r.kind == "log"]
+    assert [r.body for r in logs] == [f"line {i}" for i in range(250)]
+    assert [r.attributes["i"] for r in logs] == list(range(250))

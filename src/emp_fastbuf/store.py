@@ -9,6 +9,7 @@ described in ``docs/store-schema.md``.
 from __future__ import annotations
 
 import array
+import itertools
 import json
 import math
 import os
@@ -123,6 +124,8 @@ _INSERT_LOG = (
     "INSERT INTO records (time_unix_nano, kind, source_id, job_id, body, severity_number,"
     " severity_text, trace_id, span_id, attributes) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_LOG_ROWS_PER_INSERT = 100  # 900 bound values, under SQLite's lowest variable limit (999)
+_INSERT_LOG_MULTI = _INSERT_LOG + ", (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)" * (_LOG_ROWS_PER_INSERT - 1)
 _INSERT_EVENT = (
     "INSERT INTO records (time_unix_nano, kind, source_id, job_id, name, trace_id, span_id,"
     " attributes) VALUES (?, 2, ?, ?, ?, ?, ?, ?)"
@@ -619,16 +622,27 @@ class Store:
                 elif kind == METRIC:
                     metrics.append(self._metric_row(r, sid, job, attrs))
         conn = self._conn
+        if sanitize:
+            logs, events, spans, metrics = (
+                [tuple(map(_bindable, row)) for row in rows]
+                for rows in (logs, events, spans, metrics)
+            )
+        # Logs dominate: insert them 100 rows per statement (a third fewer SQLite calls
+        # than executemany of single rows); the remainder and other kinds row by row.
+        step = _LOG_ROWS_PER_INSERT
+        full = len(logs) - len(logs) % step
+        for i in range(0, full, step):
+            conn.execute(
+                _INSERT_LOG_MULTI, tuple(itertools.chain.from_iterable(logs[i : i + step]))
+            )
         for sql, rows in (
-            (_INSERT_LOG, logs),
+            (_INSERT_LOG, logs[full:]),
             (_INSERT_EVENT, events),
             (_INSERT_SPAN, spans),
             (_INSERT_METRIC, metrics),
         ):
             if rows:
-                conn.executemany(
-                    sql, [tuple(map(_bindable, row)) for row in rows] if sanitize else rows
-                )
+                conn.executemany(sql, rows)
         return len(logs) + len(events) + len(spans) + len(metrics)
 
     @staticmethod
