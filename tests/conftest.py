@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import emp_fastbuf as fastbuf
+from emp_fastbuf import _codec, api
 
 _ring_numbers = itertools.count()
 
@@ -26,6 +28,20 @@ def ring_name() -> Iterator[str]:
         Ring.unlink(name)
     except Exception:
         pass
+
+
+@pytest.fixture
+def ring(ring_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[fastbuf.Ring]:
+    """This process configured on a fresh ring, counters reset; limits restored after."""
+    monkeypatch.setenv("EMP_FASTBUF_AGENT", "external")
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    fastbuf.configure(service="test-svc", machine_id="m1", worker_id="w1", ring=ring_name)
+    _codec.reset_counters()
+    r = api.ring()
+    assert r is not None
+    yield r
+    api.shutdown()
+    _codec.set_limits(attributes=128, key_length=128, value_length=4096)
 
 
 @pytest.fixture

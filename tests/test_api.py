@@ -10,13 +10,13 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 import emp_fastbuf as fastbuf
-from emp_fastbuf import _codec, api, codec_py
+from api_fixtures import drain, records
+from emp_fastbuf import _codec, api
 from emp_fastbuf.records import (
     COUNTER,
     DEFAULT_HISTOGRAM_BOUNDS,
@@ -27,43 +27,7 @@ from emp_fastbuf.records import (
     SPAN,
     STATUS_ERROR,
     UPDOWNCOUNTER,
-    Record,
-    Resource,
 )
-
-
-@pytest.fixture
-def ring(ring_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[fastbuf.Ring]:
-    monkeypatch.setenv("EMP_FASTBUF_AGENT", "external")
-    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
-    fastbuf.configure(service="test-svc", machine_id="m1", worker_id="w1", ring=ring_name)
-    _codec.reset_counters()
-    r = api.ring()
-    assert r is not None
-    yield r
-    api.shutdown()
-    _codec.set_limits(attributes=128, key_length=128, value_length=4096)
-
-
-def drain(ring: fastbuf.Ring) -> list[tuple[Resource, Record]]:
-    out: list[tuple[Resource, Record]] = []
-    c = ring.consumer()
-    try:
-        while True:
-            got = c.read_lanes(10_000)
-            if not got:
-                break
-            for _lane, meta, recs in got:
-                res = codec_py.decode_resource(meta)
-                out.extend((res, codec_py.decode_record(r)) for r in recs)
-        c.ack()
-    finally:
-        c.close()
-    return out
-
-
-def records(ring: fastbuf.Ring) -> list[Record]:
-    return [r for _res, r in drain(ring)]
 
 
 def test_emit_round_trip_every_attribute_type(ring: fastbuf.Ring) -> None:

@@ -12,7 +12,6 @@ import sys
 import textwrap
 import threading
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from structlog.testing import LogCapture
 
 import emp_fastbuf as fastbuf
+from api_fixtures import drain, records
 from emp_fastbuf import _codec, api, codec_py
 from emp_fastbuf.integrations import clip_trace
 from emp_fastbuf.integrations.otel import (
@@ -37,42 +37,9 @@ from emp_fastbuf.integrations.otel import (
 )
 from emp_fastbuf.integrations.stdlib import FastbufHandler, instrument_logging, severity_number
 from emp_fastbuf.integrations.structlog import FastbufProcessor
-from emp_fastbuf.records import LOG, SPAN, STATUS_ERROR, Record, Resource
+from emp_fastbuf.records import LOG, SPAN, STATUS_ERROR, Record
 
 # ---- fixtures and helpers ----------------------------------------------------------------
-
-
-@pytest.fixture
-def ring(ring_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[fastbuf.Ring]:
-    monkeypatch.setenv("EMP_FASTBUF_AGENT", "external")
-    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
-    fastbuf.configure(service="test-svc", machine_id="m1", worker_id="w1", ring=ring_name)
-    _codec.reset_counters()
-    r = api.ring()
-    assert r is not None
-    yield r
-    api.shutdown()
-
-
-def drain(ring: fastbuf.Ring) -> list[tuple[Resource, Record]]:
-    out: list[tuple[Resource, Record]] = []
-    c = ring.consumer()
-    try:
-        while True:
-            got = c.read_lanes(10_000)
-            if not got:
-                break
-            for _lane, meta, recs in got:
-                res = codec_py.decode_resource(meta)
-                out.extend((res, codec_py.decode_record(r)) for r in recs)
-        c.ack()
-    finally:
-        c.close()
-    return out
-
-
-def records(ring: fastbuf.Ring) -> list[Record]:
-    return [r for _res, r in drain(ring)]
 
 
 def private_logger(name: str, handler: logging.Handler, level: int = logging.DEBUG) -> Any:
