@@ -14,6 +14,12 @@
 #include <string.h>
 #include <pthread.h>
 
+/* The ring layout and the record format are little-endian and the native code writes
+ * integers in the machine's order: refuse to build where those differ. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "emp-fastbuf's shared-memory and record formats are little-endian only"
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define EFB_LIKELY(x) __builtin_expect(!!(x), 1)
 #define EFB_UNLIKELY(x) __builtin_expect(!!(x), 0)

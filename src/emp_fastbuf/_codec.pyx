@@ -156,34 +156,28 @@ cdef inline void put_u8(Enc *e, uint8_t v) noexcept:
         e.p += 1
 
 
-cdef inline void put_u16(Enc *e, uint16_t v) noexcept:
-    if room(e, 2):
-        memcpy(e.p, &v, 2)
-        e.p += 2
-
-
-cdef inline void put_u32(Enc *e, uint32_t v) noexcept:
-    if room(e, 4):
-        memcpy(e.p, &v, 4)
-        e.p += 4
-
-
-cdef inline void put_u64(Enc *e, uint64_t v) noexcept:
-    if room(e, 8):
-        memcpy(e.p, &v, 8)
-        e.p += 8
-
-
-cdef inline void put_f64(Enc *e, double v) noexcept:
-    if room(e, 8):
-        memcpy(e.p, &v, 8)
-        e.p += 8
-
-
 cdef inline void put_raw(Enc *e, const char *src, Py_ssize_t n) noexcept:
     if room(e, n):
         memcpy(e.p, src, n)
         e.p += n
+
+
+# Fixed-width little-endian values (the formats' byte order is the machine's: x86-64 and
+# arm64 are little-endian; docs/record-format.md).
+cdef inline void put_u16(Enc *e, uint16_t v) noexcept:
+    put_raw(e, <const char *>&v, 2)
+
+
+cdef inline void put_u32(Enc *e, uint32_t v) noexcept:
+    put_raw(e, <const char *>&v, 4)
+
+
+cdef inline void put_u64(Enc *e, uint64_t v) noexcept:
+    put_raw(e, <const char *>&v, 8)
+
+
+cdef inline void put_f64(Enc *e, double v) noexcept:
+    put_raw(e, <const char *>&v, 8)
 
 
 cdef int put_text(Enc *e, object s, int width, Py_ssize_t max_chars) except -1:

@@ -152,6 +152,16 @@ _METRIC_COLUMNS = (
 )
 
 
+def _source_filters(
+    alias: str, machine: str | None, worker: str | None, where: list[str], params: list[Any]
+) -> None:
+    """Restrict rows of table ``alias`` to the sources of a machine and/or a worker."""
+    for column, value in (("machine_id", machine), ("worker_id", worker)):
+        if value is not None:
+            where.append(f"{alias}.source_id IN (SELECT id FROM sources WHERE {column} = ?)")
+            params.append(value)
+
+
 class StoreError(Exception):
     """The store file is missing, is not an emp-fastbuf store, or has another schema."""
 
@@ -882,12 +892,7 @@ class Store:
         if trace is not None:
             where.append("r.trace_id = ?")
             params.append(_id_bytes(trace))
-        if machine is not None:
-            where.append("r.source_id IN (SELECT id FROM sources WHERE machine_id = ?)")
-            params.append(machine)
-        if worker is not None:
-            where.append("r.source_id IN (SELECT id FROM sources WHERE worker_id = ?)")
-            params.append(worker)
+        _source_filters("r", machine, worker, where, params)
         if level is not None:
             where.append("r.kind = 1 AND r.severity_number >= ?")
             params.append(level)
@@ -1044,12 +1049,7 @@ class Store:
         count, sum, min, max, p50/p90/p99 and bucket counts from the stored values."""
         where = ["1"]
         params: list[Any] = []
-        if machine is not None:
-            where.append("m.source_id IN (SELECT id FROM sources WHERE machine_id = ?)")
-            params.append(machine)
-        if worker is not None:
-            where.append("m.source_id IN (SELECT id FROM sources WHERE worker_id = ?)")
-            params.append(worker)
+        _source_filters("m", machine, worker, where, params)
         if name is not None:
             where.append("m.name GLOB ?")
             params.append(name)
