@@ -536,3 +536,11 @@ def corruption_case(name: str, case: str) -> None:
 if __name__ == "__main__":  # python ring_workers.py corrupt NAME CASE
     if sys.argv[1] == "corrupt":
         corruption_case(sys.argv[2], sys.argv[3])
+
+
+def write_three_and_die(name: str) -> None:
+    """Write three records and exit without closing, like a killed worker."""
+    ring = Ring.open(name)
+    for i in range(3):
+        assert ring.write(b"r%d" % i)
+    os._exit(0)

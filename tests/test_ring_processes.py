@@ -444,3 +444,35 @@ def test_segment_of_a_crashed_creator_is_reported_then_reused(
     assert consumer.producers() == []
     consumer.close()
     ring.close()
+
+
+L_WRITTEN, L_ACCEPTED = 72, 80  # lane descriptor offsets (docs/ring-layout.md)
+
+
+@pytest.mark.stress
+@pytest.mark.skipif(not w.SHM_DIR.is_dir(), reason="needs /dev/shm (Linux)")
+def test_write_interrupted_by_death_is_reconciled_when_the_lane_is_reaped(ring_name: str) -> None:
+    ring = Ring.create(ring_name, 1 << 20, lanes=4, max_record=1024)
+    try:
+        p = mp.get_context("spawn").Process(target=w.write_three_and_die, args=(ring_name,))
+        p.start()
+        p.join(60)
+        c = ring.consumer()
+        assert len(c.read(100)) == 3
+        (lane,) = [x["lane"] for x in ring.stats()["lanes"] if x["written"]]
+        # The producer died after counting a fourth record it never published.
+        seg = w.Segment(ring_name)
+        try:
+            for field in (L_WRITTEN, L_ACCEPTED):
+                off = seg.desc(lane, field)
+                seg.u64(off, seg.u64(off) + 1)
+        finally:
+            seg.close()
+        assert ring.stats()["accepted"] == 4
+        c.ack()  # acknowledges the 3 real records and reaps the dead owner's lane
+        st = ring.stats()
+        assert (st["written"], st["accepted"], st["acked"], st["in_flight"]) == (3, 3, 3, 0)
+        w.check_invariant(st)
+        c.close()
+    finally:
+        ring.close()

@@ -128,6 +128,18 @@ cdef inline uint32_t *U32(char *p, size_t off) noexcept nogil:
     return <uint32_t *>(p + off)
 
 
+cdef void _reconcile_dead_lane(char *d) noexcept nogil:
+    """A producer killed inside a write may have bumped its counters for a record it never
+    published. Once its lane is drained (tail == head) every published record is acked, so
+    the owner's counters are set from the consumer's: an interrupted write counts nowhere,
+    and written == acked + dropped holds again."""
+    cdef uint64_t acked = efb_load_acquire(U64(d, L_ACKED))
+    efb_store_relaxed(U64(d, L_ACCEPTED), acked)
+    efb_store_relaxed(U64(d, L_BYTES), efb_load_acquire(U64(d, L_BYTES_ACKED)))
+    efb_store_relaxed(U64(d, L_WRITTEN), acked + efb_load_relaxed(U64(d, L_DROP_FULL))
+                      + efb_load_relaxed(U64(d, L_DROP_TOO_LARGE)))
+
+
 cdef inline uint64_t align8(uint64_t n) noexcept nogil:
     return (n + 7) & ~(<uint64_t>7)
 
@@ -432,6 +444,7 @@ cdef class Ring:
                         continue
                     if not efb_cas(U64(d, L_OWNER), owner, pid):
                         continue
+                    _reconcile_dead_lane(d)
                 else:
                     continue
                 self._take_lane(i, start)
@@ -1020,9 +1033,10 @@ cdef class Consumer:
                 continue
             if efb_load_acquire(U64(d, L_TAIL)) != efb_load_acquire(U64(d, L_HEAD)):
                 continue
-            if (efb_load_acquire(U64(d, L_STATE)) != STATE_RELEASED
-                    and efb_alive(<long>owner, efb_load_acquire(U64(d, L_OWNER_START)))):
-                continue
+            if efb_load_acquire(U64(d, L_STATE)) != STATE_RELEASED:
+                if efb_alive(<long>owner, efb_load_acquire(U64(d, L_OWNER_START))):
+                    continue
+                _reconcile_dead_lane(d)
             # Clear the meta before the owner word: the next claimer writes its own.
             efb_store_release(U64(d, L_META_LEN), 0)
             if efb_cas(U64(d, L_OWNER), owner, 0):
