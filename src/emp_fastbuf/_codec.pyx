@@ -324,17 +324,34 @@ cdef int put_key(Enc *e, object k) except -1:
     return put_text(e, k, 2, max_key_length)
 
 
-cdef int put_attrs(Enc *e, dict attrs) except -1:
-    """An attrlist: u16 count, then entries, within the per-record attribute budget."""
+cdef int put_attrlist(Enc *e, PyObject *attrs, PyObject *kn, PyObject **kv,
+                      int reduce) except -1:
+    """An attrlist (u16 count, then entries) from a dict ``attrs`` or from fastcall
+    keywords ``kn``/``kv`` (no dict built), within the per-record attribute budget. At
+    reduction step ``reduce`` only the first ``n >> reduce`` are kept, the rest counted
+    as dropped."""
     cdef char *count_at = e.p
-    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t pos = 0, i = 0, total, keep
     cdef PyObject *k
     cdef PyObject *v
     cdef uint16_t n = 0
     put_u16(e, 0)
-    if attrs is None:
+    if kn != NULL:
+        total = PyTuple_GET_SIZE(<object>kn)
+    elif attrs != NULL:
+        total = PyDict_GET_SIZE(<object>attrs)
+    else:
         return 0
-    while PyDict_Next(attrs, &pos, &k, &v):
+    keep = total >> reduce
+    if keep < total:
+        e.dropped += <uint32_t>(total - keep)
+    while i < keep:
+        if kn != NULL:
+            k = PyTuple_GET_ITEM(<object>kn, i)
+            v = kv[i]
+        elif not PyDict_Next(<object>attrs, &pos, &k, &v):
+            break
+        i += 1
         if e.nattrs >= <uint32_t>max_attributes:
             e.dropped += 1
             continue
@@ -347,6 +364,10 @@ cdef int put_attrs(Enc *e, dict attrs) except -1:
     if not e.overflow:
         memcpy(count_at, &n, 2)
     return 0
+
+
+cdef inline int put_attrs(Enc *e, dict attrs) except -1:
+    return put_attrlist(e, <PyObject *>attrs if attrs is not None else NULL, NULL, NULL, 0)
 
 
 # ---- correlation scope ---------------------------------------------------------------
@@ -664,45 +685,9 @@ cdef int write_record(uint8_t kind, body_fn fn, Call *c, Scope sc) except -1:
     return 0
 
 
-cdef int put_own_attrs(Enc *e, Call *c, int reduce) except -1:
-    """The record's own attributes, from a dict or straight from the call's keywords
-    (no dict is built on the fast path). At reduction step ``reduce`` only the first
-    ``n >> reduce`` are kept (the rest counted as dropped)."""
-    cdef char *count_at = e.p
-    cdef Py_ssize_t pos = 0, i, total, keep
-    cdef PyObject *k
-    cdef PyObject *v
-    cdef uint16_t n = 0
-    put_u16(e, 0)
-    if c.kn != NULL:
-        total = PyTuple_GET_SIZE(<object>c.kn)
-    elif c.attrs != NULL:
-        total = PyDict_GET_SIZE(<object>c.attrs)
-    else:
-        return 0
-    keep = total >> reduce
-    if keep < total:
-        e.dropped += <uint32_t>(total - keep)
-    i = 0
-    while i < keep:
-        if c.kn != NULL:
-            k = PyTuple_GET_ITEM(<object>c.kn, i)
-            v = c.kv[i]
-        elif not PyDict_Next(<object>c.attrs, &pos, &k, &v):
-            break
-        i += 1
-        if e.nattrs >= <uint32_t>max_attributes:
-            e.dropped += 1
-            continue
-        put_key(e, <object>k)
-        put_scalar(e, <object>v, False)
-        n += 1
-        e.nattrs += 1
-        if e.overflow:
-            return 0
-    if not e.overflow:
-        memcpy(count_at, &n, 2)
-    return 0
+cdef inline int put_own_attrs(Enc *e, Call *c, int reduce) except -1:
+    """The record's own attributes, from a dict or straight from the call's keywords."""
+    return put_attrlist(e, c.attrs, c.kn, c.kv, reduce)
 
 
 cdef Py_ssize_t body_event(Enc *e, char *start, Call *c, Scope sc, uint64_t t,
