@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from emp_fastbuf import cli
-from emp_fastbuf.store import Store
+from emp_fastbuf.store import SCHEMA_VERSION, Store
 from test_store import (
     T0,
     TRACE_A,
@@ -553,7 +553,7 @@ def test_bad_store_files_are_exit_1_with_one_line(
     conn.close()
     code, _, err = run(["trace", TRACE_A.hex()], capsys)
     assert code == 1
-    one_line_error(err, "schema version 7", "reads version 1")
+    one_line_error(err, "schema version 7", f"reads version {SCHEMA_VERSION}")
 
 
 # ---- tail -----------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ described in ``docs/store-schema.md``.
 from __future__ import annotations
 
 import array
-import itertools
 import json
 import math
 import os
@@ -19,6 +18,8 @@ import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ __all__ = [
 
 # PRAGMA application_id: "eFBs" read as a big-endian int. Marks the file as ours.
 APPLICATION_ID = 0x65464273
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 DEFAULT_MAX_BYTES = 2 << 30
 STORE_FILE = "store.sqlite"
@@ -73,7 +74,7 @@ CREATE INDEX sources_machine ON sources (machine_id);
 CREATE INDEX sources_worker ON sources (worker_id);
 
 CREATE TABLE records (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     time_unix_nano INTEGER NOT NULL,
     kind INTEGER NOT NULL,
     source_id INTEGER NOT NULL REFERENCES sources (id),
@@ -93,10 +94,6 @@ CREATE TABLE records (
     events TEXT,
     links TEXT
 );
-CREATE INDEX records_time ON records (time_unix_nano);
-CREATE INDEX records_trace ON records (trace_id) WHERE trace_id IS NOT NULL;
-CREATE INDEX records_job ON records (job_id, time_unix_nano) WHERE job_id IS NOT NULL;
-CREATE INDEX records_source ON records (source_id, time_unix_nano);
 
 CREATE TABLE metric_updates (
     id INTEGER PRIMARY KEY,
@@ -115,37 +112,76 @@ CREATE TABLE metric_updates (
     bounds TEXT,
     attributes TEXT
 );
-CREATE INDEX metric_updates_time ON metric_updates (time_unix_nano);
-CREATE INDEX metric_updates_source ON metric_updates (source_id, time_unix_nano);
-CREATE INDEX metric_updates_job ON metric_updates (job_id) WHERE job_id IS NOT NULL;
+
+CREATE TABLE chunks (
+    tbl INTEGER NOT NULL,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    min_time INTEGER NOT NULL,
+    max_time INTEGER NOT NULL,
+    source_id INTEGER NOT NULL,
+    job_id TEXT
+);
+CREATE INDEX chunks_time ON chunks (max_time);
+CREATE INDEX chunks_min_time ON chunks (min_time);
+CREATE INDEX chunks_job ON chunks (job_id, tbl, max_time) WHERE job_id IS NOT NULL;
+CREATE INDEX chunks_source ON chunks (source_id, tbl, max_time);
+
+CREATE TABLE trace_chunks (
+    trace_id BLOB NOT NULL,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL
+);
+CREATE INDEX trace_chunks_trace ON trace_chunks (trace_id);
+CREATE INDEX trace_chunks_last ON trace_chunks (last_id);
+
+CREATE TABLE sequences (
+    tbl INTEGER PRIMARY KEY,
+    next_id INTEGER NOT NULL
+);
+INSERT INTO sequences (tbl, next_id) VALUES (0, 1), (1, 1);
 """
 
+# chunks.tbl
+_RECORDS, _METRICS = 0, 1
+_TABLES = ("records", "metric_updates")
+
+# Rows go in with their ids (the store hands them out: ``sequences``), so that the chunk
+# index can be written before the rows and ids are never reused, even after retention
+# empties a table (the ``tail`` cursor relies on that).
+# Bound values: the id, the source id, then a row as ``store_row`` builds it.
 _INSERT_LOG = (
-    "INSERT INTO records (time_unix_nano, kind, source_id, job_id, body, severity_number,"
-    " severity_text, trace_id, span_id, attributes) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO records (id, source_id, time_unix_nano, job_id, body, severity_number,"
+    " severity_text, trace_id, span_id, attributes, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
 )
-_LOG_ROWS_PER_INSERT = 100  # 900 bound values, under SQLite's lowest variable limit (999)
-_INSERT_LOG_MULTI = _INSERT_LOG + ", (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)" * (_LOG_ROWS_PER_INSERT - 1)
+_LOG_ROWS_PER_INSERT = 90  # 900 bound values, under SQLite's lowest variable limit (999)
+_INSERT_LOG_MULTI = _INSERT_LOG + ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)" * (_LOG_ROWS_PER_INSERT - 1)
 _INSERT_EVENT = (
-    "INSERT INTO records (time_unix_nano, kind, source_id, job_id, name, trace_id, span_id,"
-    " attributes) VALUES (?, 2, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO records (id, source_id, time_unix_nano, job_id, name, trace_id, span_id,"
+    " attributes, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 2)"
 )
 _INSERT_SPAN = (
-    "INSERT INTO records (time_unix_nano, kind, source_id, job_id, name, trace_id, span_id,"
+    "INSERT INTO records (id, source_id, time_unix_nano, job_id, name, trace_id, span_id,"
     " parent_span_id, start_unix_nano, status_code, status_message, span_kind, attributes,"
-    " events, links) VALUES (?, 3, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " events, links, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 3)"
 )
 _INSERT_METRIC = (
-    "INSERT INTO metric_updates (time_unix_nano, source_id, job_id, name, instrument, unit,"
+    "INSERT INTO metric_updates (id, source_id, time_unix_nano, job_id, name, instrument, unit,"
     " value, count, sum, min, max, hist_values, bounds, attributes)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_ROWS = (_INSERT_LOG, _INSERT_EVENT, _INSERT_SPAN, _INSERT_METRIC)
+# Per row kind: the table, and where the trace id sits in the row (None: no trace).
+_ROW_TABLE = (_RECORDS, _RECORDS, _RECORDS, _METRICS)
+_ROW_TRACE = (5, 3, 3, None)
 
 _RECORD_COLUMNS = (
     "r.id, r.time_unix_nano, r.kind, r.source_id, r.job_id, r.name, r.body, r.severity_number,"
     " r.severity_text, r.trace_id, r.span_id, r.parent_span_id, r.start_unix_nano,"
     " r.status_code, r.status_message, r.span_kind, r.attributes, r.events, r.links"
 )
+_METRIC_JOIN = "FROM chunks c CROSS JOIN metric_updates m ON m.id BETWEEN c.first_id AND c.last_id"
+_RECORD_JOIN = "FROM chunks c CROSS JOIN records r ON r.id BETWEEN c.first_id AND c.last_id"
 _METRIC_COLUMNS = (
     "m.id, m.time_unix_nano, m.source_id, m.job_id, m.name, m.instrument, m.unit, m.value,"
     " m.count, m.sum, m.min, m.max, m.attributes"
@@ -255,6 +291,150 @@ def _f64_values(blob: bytes | None) -> array.array[float]:
         if not _NATIVE_LE:
             arr.byteswap()
     return arr
+
+
+# ---- rows ------------------------------------------------------------------------------
+# A row is what one record becomes in its table, without the id and source columns (the
+# store adds them). ``_transcode.store_rows`` builds the same tuples from raw records
+# natively; ``store_row`` is the reference it is tested against.
+
+ROW_LOG, ROW_EVENT, ROW_SPAN, ROW_METRIC = 0, 1, 2, 3
+
+
+def _job_and_attributes(r: Record) -> tuple[str | None, str | None]:
+    """The record's job id (taken out of its context) and its other context and own
+    attributes as one JSON object (None when there are none)."""
+    ctx = r.context
+    if not ctx:
+        return None, (_to_json(r.attributes) if r.attributes else None)
+    raw = ctx.get("job_id")
+    job = raw if isinstance(raw, str) else _text(raw)
+    if job is not None and len(ctx) == 1:
+        return job, (_to_json(r.attributes) if r.attributes else None)
+    merged = {k: v for k, v in ctx.items() if k != "job_id"}
+    merged.update(r.attributes)
+    return job, (_to_json(merged) if merged else None)
+
+
+def store_row(r: Record) -> tuple[int, tuple[Any, ...]] | None:
+    """``(ROW_*, row)`` for a decoded record; None for a kind the store does not keep.
+
+    log:    time, job, body, severity_number, severity_text, trace_id, span_id, attributes
+    event:  time, job, name, trace_id, span_id, attributes
+    span:   time (end), job, name, trace_id, span_id, parent_span_id, start, status_code,
+            status_message, span_kind, attributes, events, links
+    metric: time, job, name, instrument, unit, value, count, sum, min, max, hist_values,
+            bounds, attributes
+    Text that is absent is None, not "".
+    """
+    kind = r.kind
+    if kind not in _ROW_KINDS:
+        return None
+    job, attrs = _job_and_attributes(r)
+    if kind == LOG:
+        return ROW_LOG, (
+            r.time_unix_nano, job, r.body, r.severity_number, r.severity_text or None,
+            r.trace_id, r.span_id, attrs,
+        )  # fmt: skip
+    if kind == EVENT:
+        return ROW_EVENT, (r.time_unix_nano, job, r.name, r.trace_id, r.span_id, attrs)
+    if kind == SPAN:
+        return ROW_SPAN, _span_row(r, job, attrs)
+    return ROW_METRIC, _metric_row(r, job, attrs)
+
+
+def _span_row(r: Record, job: str | None, attrs: str | None) -> tuple[Any, ...]:
+    events = (
+        _to_json(
+            [
+                {"name": e.name, "time_unix_nano": e.time_unix_nano, "attributes": e.attributes}
+                for e in r.events
+            ]
+        )
+        if r.events
+        else None
+    )
+    links = (
+        _to_json(
+            [
+                {
+                    "trace_id": link.trace_id.hex(),
+                    "span_id": link.span_id.hex(),
+                    "attributes": link.attributes,
+                }
+                for link in r.links
+            ]
+        )
+        if r.links
+        else None
+    )
+    return (
+        r.time_unix_nano, job, r.name, r.trace_id, r.span_id, r.parent_span_id,
+        r.start_unix_nano, r.status_code, r.status_message or None, r.span_kind, attrs,
+        events, links,
+    )  # fmt: skip
+
+
+def _metric_row(r: Record, job: str | None, attrs: str | None) -> tuple[Any, ...]:
+    if r.instrument == HISTOGRAM:
+        values = [v for v in r.values if v == v]  # NaN has no place in a distribution
+        count = len(values)
+        return (
+            r.time_unix_nano, job, r.name, r.instrument, r.unit, None, count,
+            math.fsum(values) if count else 0.0,
+            min(values) if count else None, max(values) if count else None,
+            _f64_blob(values), _to_json(list(r.bounds)) if r.bounds else None, attrs,
+        )  # fmt: skip
+    return (
+        r.time_unix_nano, job, r.name, r.instrument, r.unit, r.value,
+        None, None, None, None, None, None, attrs,
+    )  # fmt: skip
+
+
+_ROW_KINDS = frozenset((LOG, EVENT, SPAN, METRIC))
+
+Row = tuple[Any, ...]
+
+
+def rows_by_kind(recs: Iterable[Record]) -> list[list[Row]]:
+    """Decoded records -> their rows, in four lists: logs, events, spans, metrics."""
+    out: list[list[Row]] = [[], [], [], []]
+    for r in recs:
+        built = store_row(r)
+        if built is not None:
+            out[built[0]].append(built[1])
+    return out
+
+
+_time_of = itemgetter(0)
+_job_of = itemgetter(1)
+
+
+def _chunk_runs(
+    rows: Sequence[Row],
+    first_id: int,
+    tbl: int,
+    sid: int,
+    trace_at: int | None,
+    chunks: list[tuple[Any, ...]],
+    traces: list[tuple[bytes, int, int]],
+) -> None:
+    """Index rows about to get ids ``first_id``...: one ``chunks`` entry per run of rows with
+    the same job, one ``trace_chunks`` entry per run with the same trace id."""
+    i = first_id
+    for job, run in groupby(rows, _job_of):
+        times = list(map(_time_of, run))
+        n = len(times)
+        chunks.append((tbl, i, i + n - 1, min(times), max(times), sid, job))
+        i += n
+    if trace_at is None:
+        return
+    i = first_id
+    for trace, run in groupby(rows, itemgetter(trace_at)):
+        n = sum(1 for _ in run)
+        if trace is not None:
+            traces.append((trace, i, i + n - 1))
+        i += n
 
 
 # ---- query results ----------------------------------------------------------------------
@@ -569,8 +749,17 @@ class Store:
     def ingest(self, groups: Sequence[tuple[Resource, Sequence[Record]]]) -> int:
         """Store decoded records, one transaction per call. Returns how many were stored
         (LOG, EVENT, SPAN and METRIC records; other kinds are skipped)."""
+        return self.ingest_rows([(resource, rows_by_kind(recs)) for resource, recs in groups])
+
+    def ingest_rows(self, groups: Sequence[tuple[Resource, Sequence[Sequence[Row]]]]) -> int:
+        """Store rows as ``store_row`` (or ``_transcode.store_rows``) builds them: per
+        resource, four lists (logs, events, spans, metrics). One transaction per call;
+        returns how many rows were stored."""
         if self.readonly:
             raise StoreError(f"the store at {self.path} is open read-only")
+        for group in groups:
+            if len(group) != 2 or len(group[1]) != 4:
+                raise TypeError("ingest_rows takes (resource, [logs, events, spans, metrics])")
         with self._lock:
             try:
                 return self._ingest_tx(groups, sanitize=False)
@@ -580,7 +769,7 @@ class Store:
                 return self._ingest_tx(groups, sanitize=True)
 
     def _ingest_tx(
-        self, groups: Sequence[tuple[Resource, Sequence[Record]]], *, sanitize: bool
+        self, groups: Sequence[tuple[Resource, Sequence[Sequence[Row]]]], *, sanitize: bool
     ) -> int:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
@@ -593,118 +782,60 @@ class Store:
         return n
 
     def _ingest_locked(
-        self, groups: Sequence[tuple[Resource, Sequence[Record]]], sanitize: bool
+        self, groups: Sequence[tuple[Resource, Sequence[Sequence[Row]]]], sanitize: bool
     ) -> int:
-        logs: list[tuple[Any, ...]] = []
-        events: list[tuple[Any, ...]] = []
-        spans: list[tuple[Any, ...]] = []
-        metrics: list[tuple[Any, ...]] = []
-        encode = _to_json
-        add_log = logs.append
-        for resource, recs in groups:
-            sid = self._source_id(resource, sanitize)
-            for r in recs:
-                # Inlined _merged_attributes: this loop is the store's hot path.
-                ctx = r.context
-                job: str | None = None
-                if ctx:
-                    raw = ctx.get("job_id")
-                    job = raw if isinstance(raw, str) else _text(raw)
-                    if job is None or len(ctx) > 1:
-                        merged = {k: v for k, v in ctx.items() if k != "job_id"}
-                        merged.update(r.attributes)
-                        attrs = encode(merged) if merged else None
-                    else:
-                        attrs = encode(r.attributes) if r.attributes else None
-                else:
-                    attrs = encode(r.attributes) if r.attributes else None
-                kind = r.kind
-                if kind == LOG:
-                    add_log(
-                        (
-                            r.time_unix_nano, sid, job, r.body, r.severity_number,
-                            r.severity_text or None, r.trace_id, r.span_id, attrs,
-                        )
-                    )  # fmt: skip
-                elif kind == EVENT:
-                    events.append(
-                        (r.time_unix_nano, sid, job, r.name, r.trace_id, r.span_id, attrs)
-                    )
-                elif kind == SPAN:
-                    spans.append(self._span_row(r, sid, job, attrs))
-                elif kind == METRIC:
-                    metrics.append(self._metric_row(r, sid, job, attrs))
         conn = self._conn
-        if sanitize:
-            logs, events, spans, metrics = (
-                [tuple(map(_bindable, row)) for row in rows]
-                for rows in (logs, events, spans, metrics)
-            )
-        # Logs dominate: insert them 100 rows per statement (a third fewer SQLite calls
-        # than executemany of single rows); the remainder and other kinds row by row.
-        step = _LOG_ROWS_PER_INSERT
-        full = len(logs) - len(logs) % step
-        for i in range(0, full, step):
-            conn.execute(
-                _INSERT_LOG_MULTI, tuple(itertools.chain.from_iterable(logs[i : i + step]))
-            )
-        for sql, rows in (
-            (_INSERT_LOG, logs[full:]),
-            (_INSERT_EVENT, events),
-            (_INSERT_SPAN, spans),
-            (_INSERT_METRIC, metrics),
-        ):
-            if rows:
-                conn.executemany(sql, rows)
-        return len(logs) + len(events) + len(spans) + len(metrics)
-
-    @staticmethod
-    def _span_row(r: Record, sid: int, job: str | None, attrs: str | None) -> tuple[Any, ...]:
-        events = (
-            _to_json(
-                [
-                    {"name": e.name, "time_unix_nano": e.time_unix_nano, "attributes": e.attributes}
-                    for e in r.events
+        next_id = dict(conn.execute("SELECT tbl, next_id FROM sequences").fetchall())
+        chunks: list[tuple[Any, ...]] = []
+        traces: list[tuple[bytes, int, int]] = []
+        sids = [self._source_id(resource, sanitize) for resource, _rows in groups]
+        stored = 0
+        for kind in (ROW_LOG, ROW_EVENT, ROW_SPAN, ROW_METRIC):
+            tbl = _ROW_TABLE[kind]
+            trace_at = _ROW_TRACE[kind]
+            params: list[tuple[Any, ...]] = []
+            for sid, (_resource, by_kind) in zip(sids, groups, strict=True):
+                rows = by_kind[kind]
+                if not rows:
+                    continue
+                first = next_id[tbl]
+                next_id[tbl] = first + len(rows)
+                params += [
+                    (i, sid, *row)
+                    for i, row in zip(range(first, first + len(rows)), rows, strict=True)
                 ]
+                _chunk_runs(rows, first, tbl, sid, trace_at, chunks, traces)
+            if not params:
+                continue
+            stored += len(params)
+            if sanitize:
+                params = [tuple(map(_bindable, row)) for row in params]
+            sql = _INSERT_ROWS[kind]
+            if kind == ROW_LOG:
+                # Logs dominate: 90 rows per statement (a third fewer SQLite calls than
+                # executemany of single rows); the remainder row by row.
+                step = _LOG_ROWS_PER_INSERT
+                full = len(params) - len(params) % step
+                for i in range(0, full, step):
+                    conn.execute(
+                        _INSERT_LOG_MULTI, tuple(chain.from_iterable(params[i : i + step]))
+                    )
+                params = params[full:]
+            conn.executemany(sql, params)
+        if stored:
+            conn.executemany(
+                "INSERT INTO chunks (tbl, first_id, last_id, min_time, max_time, source_id,"
+                " job_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [tuple(map(_bindable, c)) for c in chunks] if sanitize else chunks,
             )
-            if r.events
-            else None
-        )
-        links = (
-            _to_json(
-                [
-                    {
-                        "trace_id": link.trace_id.hex(),
-                        "span_id": link.span_id.hex(),
-                        "attributes": link.attributes,
-                    }
-                    for link in r.links
-                ]
+            conn.executemany(
+                "INSERT INTO trace_chunks (trace_id, first_id, last_id) VALUES (?, ?, ?)", traces
             )
-            if r.links
-            else None
-        )
-        return (
-            r.time_unix_nano, sid, job, r.name, r.trace_id, r.span_id, r.parent_span_id,
-            r.start_unix_nano, r.status_code, r.status_message or None, r.span_kind, attrs,
-            events, links,
-        )  # fmt: skip
-
-    @staticmethod
-    def _metric_row(r: Record, sid: int, job: str | None, attrs: str | None) -> tuple[Any, ...]:
-        if r.instrument == HISTOGRAM:
-            values = [v for v in r.values if v == v]  # NaN has no place in a distribution
-            count = len(values)
-            return (
-                r.time_unix_nano, sid, job, r.name, r.instrument, r.unit, None, count,
-                math.fsum(values) if count else 0.0,
-                min(values) if count else None, max(values) if count else None,
-                _f64_blob(values), _to_json(list(r.bounds)) if r.bounds else None, attrs,
-            )  # fmt: skip
-        return (
-            r.time_unix_nano, sid, job, r.name, r.instrument, r.unit, r.value,
-            None, None, None, None, None, None, attrs,
-        )  # fmt: skip
+            conn.executemany(
+                "UPDATE sequences SET next_id = ? WHERE tbl = ?",
+                [(v, k) for k, v in next_id.items()],
+            )
+        return stored
 
     # ---- retention --------------------------------------------------------------------
 
@@ -722,22 +853,22 @@ class Store:
 
     def enforce(self, now_ns: int) -> int:
         """Apply retention: delete records older than ``retention_s``, then, while the
-        database is larger than ``max_bytes``, the oldest records in chunks (down to 90% of
+        database is larger than ``max_bytes``, the oldest chunks of records (down to 90% of
         ``max_bytes``). Returns how many records and metric updates were deleted."""
         if self.readonly:
             raise StoreError(f"the store at {self.path} is open read-only")
         cutoff = now_ns - int(self.retention_s * 1_000_000_000)
         deleted = 0
         with self._lock:
-            for table in ("records", "metric_updates"):
-                deleted += self._delete_chunked(
-                    f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table}"
-                    " WHERE time_unix_nano < ? LIMIT 20000)",
-                    (cutoff,),
-                )
+            while True:  # a bounded number of chunks per transaction
+                n = self._transaction(self._expire_some, cutoff)
+                if n < 0:
+                    break
+                deleted += n
             if self._used_bytes() > self.max_bytes:
                 deleted += self._shrink_locked()
             if deleted:
+                self._transaction(self._drop_dangling_traces)
                 # One step of this pragma frees one page; executescript steps it to the end
                 # (execute() would stop after the first).
                 self._conn.executescript("PRAGMA incremental_vacuum")
@@ -745,64 +876,98 @@ class Store:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         return deleted
 
-    def _delete_chunked(self, sql: str, params: tuple[Any, ...]) -> int:
+    def _transaction(self, work: Callable[..., int], *args: Any) -> int:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = work(*args)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        return n
+
+    def _expire_some(self, cutoff: int) -> int:
+        """Delete rows older than ``cutoff`` from up to 1,000 chunks that hold any; -1 when
+        no chunk does. A chunk that also holds newer rows keeps them, with its ``min_time``
+        raised to ``cutoff``."""
+        chunks = self._conn.execute(
+            "SELECT rowid, tbl, first_id, last_id, max_time FROM chunks WHERE min_time < ?"
+            " ORDER BY min_time LIMIT 1000",
+            (cutoff,),
+        ).fetchall()
+        if not chunks:
+            return -1
+        deleted = 0
+        for rowid, tbl, first, last, max_time in chunks:
+            table = _TABLES[tbl]
+            if max_time < cutoff:
+                sql = f"DELETE FROM {table} WHERE id BETWEEN ? AND ?"
+                deleted += self._conn.execute(sql, (first, last)).rowcount
+                self._conn.execute("DELETE FROM chunks WHERE rowid = ?", (rowid,))
+            else:
+                sql = f"DELETE FROM {table} WHERE id BETWEEN ? AND ? AND time_unix_nano < ?"
+                deleted += self._conn.execute(sql, (first, last, cutoff)).rowcount
+                self._conn.execute(
+                    "UPDATE chunks SET min_time = ? WHERE rowid = ?", (cutoff, rowid)
+                )
+        return deleted
+
+    def _drop_dangling_traces(self) -> int:
+        # Ids only grow: trace chunks below the oldest record left point at nothing.
+        return int(
+            self._conn.execute(
+                "DELETE FROM trace_chunks WHERE last_id < coalesce((SELECT min(id) FROM"
+                " records), (SELECT next_id FROM sequences WHERE tbl = 0))"
+            ).rowcount
+        )
+
+    def _row_estimate(self) -> int:
+        # Ids only grow and retention deletes the oldest, so the id ranges are close to
+        # the row counts, without count(*)'s full scan.
         total = 0
-        while True:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                n = self._conn.execute(sql, params).rowcount
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            total += max(n, 0)
-            if n <= 0:
-                return total
-
-    def _oldest_cut(self, table: str, chunk: int) -> int | None:
-        row = self._conn.execute(
-            f"SELECT time_unix_nano FROM {table} ORDER BY time_unix_nano LIMIT 1 OFFSET ?",
-            (chunk - 1,),
-        ).fetchone()
-        if row is None:
-            row = self._conn.execute(f"SELECT max(time_unix_nano) FROM {table}").fetchone()
-        return None if row is None or row[0] is None else int(row[0])
-
-    def _row_estimate(self, table: str) -> int:
-        # Ids only grow and retention deletes the oldest, so the id range is close to
-        # the row count, without count(*)'s full scan.
-        lo, hi = self._conn.execute(f"SELECT min(id), max(id) FROM {table}").fetchone()
-        return 0 if lo is None else int(hi) - int(lo) + 1
+        for table in _TABLES:
+            lo, hi = self._conn.execute(f"SELECT min(id), max(id) FROM {table}").fetchone()
+            total += 0 if lo is None else int(hi) - int(lo) + 1
+        return total
 
     def _shrink_locked(self) -> int:
         target = self.max_bytes * _SIZE_LOW_WATER
         deleted = 0
         while (used := self._used_bytes()) > target:
-            rows = self._row_estimate("records") + self._row_estimate("metric_updates")
+            rows = self._row_estimate()
             if rows == 0:
                 break  # nothing left to delete
             # Delete about as many of the oldest rows as the excess is worth, then measure
             # again: freed index pages do not follow row counts exactly.
-            chunk = max(100, math.ceil((used - target) / (used / rows)))
-            cuts = [
-                t
-                for t in (
-                    self._oldest_cut("records", chunk),
-                    self._oldest_cut("metric_updates", chunk),
-                )
-                if t is not None
-            ]
-            cut = min(cuts)
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for table in ("records", "metric_updates"):
-                    deleted += self._conn.execute(
-                        f"DELETE FROM {table} WHERE time_unix_nano <= ?", (cut,)
-                    ).rowcount
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+            want = max(100, math.ceil((used - target) / (used / rows)))
+            n = self._transaction(self._delete_oldest, want)
+            if n <= 0:
+                break
+            deleted += n
+        return deleted
+
+    def _delete_oldest(self, want: int) -> int:
+        """Delete whole chunks, oldest (by newest row) first, until about ``want`` rows are
+        gone; -1 when there are no chunks left."""
+        cur = self._conn.execute(
+            "SELECT rowid, tbl, first_id, last_id FROM chunks ORDER BY max_time, rowid"
+        )
+        picked: list[tuple[int, int, int, int]] = []
+        planned = 0
+        for chunk in cur:
+            picked.append(chunk)
+            planned += chunk[3] - chunk[2] + 1
+            if planned >= want:
+                break
+        cur.close()
+        if not picked:
+            return -1
+        deleted = 0
+        for rowid, tbl, first, last in picked:
+            deleted += self._conn.execute(
+                f"DELETE FROM {_TABLES[tbl]} WHERE id BETWEEN ? AND ?", (first, last)
+            ).rowcount
+            self._conn.execute("DELETE FROM chunks WHERE rowid = ?", (rowid,))
         return deleted
 
     # ---- reading ----------------------------------------------------------------------
@@ -925,16 +1090,107 @@ class Store:
         if max_id is not None:
             where.append("r.id <= ?")
             params.append(max_id)
-        sql = (
-            f"SELECT {_RECORD_COLUMNS} FROM records r WHERE {' AND '.join(where)}"
-            " ORDER BY r.time_unix_nano DESC, r.id DESC"
-        )
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        rows = self._query(sql, params)
+        if trace is not None:
+            # A trace is small and has its own chunks: no paging.
+            sql = (
+                f"SELECT {_RECORD_COLUMNS} FROM trace_chunks t CROSS JOIN records r"
+                " ON r.id BETWEEN t.first_id AND t.last_id"
+                f" WHERE t.trace_id = ? AND {' AND '.join(where)}"
+                " ORDER BY r.time_unix_nano DESC, r.id DESC"
+            )
+            params.insert(0, _id_bytes(trace))
+            if limit is not None:
+                sql += " LIMIT ?"
+                params.append(limit)
+            rows = self._query(sql, params)
+        else:
+            chunk_where, chunk_params = self._chunk_filters(
+                _RECORDS, job, machine, worker, since_ns
+            )
+            rows = self._newest(
+                _RECORD_COLUMNS, "records r", chunk_where, chunk_params, where, params, limit
+            )
         rows.reverse()
         return [self._record(row) for row in rows]
+
+    @staticmethod
+    def _chunk_filters(
+        tbl: int,
+        job: str | None,
+        machine: str | None,
+        worker: str | None,
+        since_ns: int | None,
+    ) -> tuple[list[str], list[Any]]:
+        """Conditions on ``chunks c`` that keep the chunks which can hold matching rows."""
+        where = ["c.tbl = ?"]
+        params: list[Any] = [tbl]
+        if job is not None:
+            where.append("c.job_id = ?")
+            params.append(job)
+        _source_filters("c", machine, worker, where, params)
+        if since_ns is not None:
+            where.append("c.max_time >= ?")
+            params.append(since_ns)
+        return where, params
+
+    def _newest(
+        self,
+        columns: str,
+        table: str,
+        chunk_where: list[str],
+        chunk_params: list[Any],
+        row_where: list[str],
+        row_params: list[Any],
+        limit: int | None,
+    ) -> list[Any]:
+        """The newest ``limit`` matching rows (all when None), newest first.
+
+        A chunk's rows are no newer than its ``max_time``. So the chunks are read newest
+        first, a growing number at a time, until the ``limit``-th best row found is at
+        least as new as every chunk not read yet: a query for the newest 100 logs reads a
+        few chunks, not the whole store."""
+        alias = table.split()[-1]
+        join = f"FROM chunks c CROSS JOIN {table} ON {alias}.id BETWEEN c.first_id AND c.last_id"
+        order = f" ORDER BY {alias}.time_unix_nano DESC, {alias}.id DESC"
+
+        def select(extra: list[str], extra_params: list[Any]) -> tuple[str, list[Any]]:
+            cond = " AND ".join(chunk_where + extra + row_where)
+            return f"SELECT {columns} {join} WHERE {cond}{order}", [
+                *chunk_params,
+                *extra_params,
+                *row_params,
+            ]
+
+        if limit is None:
+            return self._query(*select([], []))
+        if limit <= 0:
+            return []
+        best: list[Any] = []
+        upper: int | None = None  # the chunks at or above it have been read
+        page = 64
+        while True:
+            extra, extra_params = [], []
+            if upper is not None:
+                extra.append("c.max_time < ?")
+                extra_params.append(upper)
+            found = self._query(
+                f"SELECT c.max_time FROM chunks c WHERE {' AND '.join(chunk_where + extra)}"
+                " ORDER BY c.max_time DESC LIMIT 1 OFFSET ?",
+                [*chunk_params, *extra_params, page - 1],
+            )
+            lower = int(found[0][0]) if found else None  # None: every chunk left
+            if lower is not None:
+                extra.append("c.max_time >= ?")
+                extra_params.append(lower)
+            sql, params = select(extra, extra_params)
+            rows = self._query(sql + " LIMIT ?", [*params, limit])
+            if rows:
+                # Row tuples start (id, time_unix_nano, ...): newest first, ties by id.
+                best = sorted(best + rows, key=lambda r: (r[1], r[0]), reverse=True)[:limit]
+            if lower is None or (len(best) >= limit and best[-1][1] >= lower):
+                return best
+            upper = lower
+            page *= 4
 
     def last_id(self) -> int:
         """The id of the newest stored record (0 when empty): a starting cursor for ``tail``."""
@@ -977,10 +1233,12 @@ class Store:
     def trace(self, trace_id: str) -> TraceView | None:
         """The spans of a trace as a tree (root first, children by start time) with the logs
         and events recorded inside each span; None when the store has nothing of it."""
+        tid = _id_bytes(trace_id)
         rows = self._query(
-            f"SELECT {_RECORD_COLUMNS} FROM records r WHERE r.trace_id = ?"
+            f"SELECT {_RECORD_COLUMNS} FROM trace_chunks t CROSS JOIN records r"
+            " ON r.id BETWEEN t.first_id AND t.last_id WHERE t.trace_id = ? AND r.trace_id = ?"
             " ORDER BY r.time_unix_nano, r.id",
-            (_id_bytes(trace_id),),
+            (tid, tid),
         )
         if not rows:
             return None
@@ -1047,9 +1305,8 @@ class Store:
         Counters and up-down counters: the sum of the stored increments (since ``since_ns``
         when given, else over the retained window); gauges: the last value; histograms:
         count, sum, min, max, p50/p90/p99 and bucket counts from the stored values."""
-        where = ["1"]
-        params: list[Any] = []
-        _source_filters("m", machine, worker, where, params)
+        # Only the chunks of the sources and the time asked for are read.
+        where, params = self._chunk_filters(_METRICS, None, machine, worker, since_ns)
         if name is not None:
             where.append("m.name GLOB ?")
             params.append(name)
@@ -1068,7 +1325,7 @@ class Store:
     ) -> list[MetricSeries]:
         agg = (
             f"SELECT {key}, {{sum}}(m.value), count(*), max(m.time_unix_nano)"
-            f" FROM metric_updates m WHERE {cond} AND m.instrument != 4 GROUP BY {key}"
+            f" {_METRIC_JOIN} WHERE {cond} AND m.instrument != 4 GROUP BY {key}"
         )
         try:
             with self._lock:
@@ -1082,7 +1339,7 @@ class Store:
             " SELECT m.name AS name, m.instrument AS instrument, m.unit AS unit,"
             " m.source_id AS source_id, coalesce(m.attributes, '') AS attrs, m.value AS value,"
             f" row_number() OVER (PARTITION BY {key} ORDER BY m.time_unix_nano DESC, m.id DESC)"
-            f" AS rn FROM metric_updates m WHERE {cond} AND m.instrument != 4)"
+            f" AS rn {_METRIC_JOIN} WHERE {cond} AND m.instrument != 4)"
             " WHERE rn <= ? ORDER BY rn DESC",
             [*params, recent],
         )
@@ -1125,7 +1382,7 @@ class Store:
     def _histogram_series(self, cond: str, params: list[Any], recent: int) -> list[MetricSeries]:
         rows = self._query(
             "SELECT m.name, m.unit, m.source_id, coalesce(m.attributes, ''), m.time_unix_nano,"
-            " m.hist_values, m.bounds FROM metric_updates m"
+            f" m.hist_values, m.bounds {_METRIC_JOIN}"
             f" WHERE {cond} AND m.instrument = 4 ORDER BY m.time_unix_nano, m.id",
             params,
         )
@@ -1181,12 +1438,15 @@ class Store:
         recs = [
             self._record(row)
             for row in self._query(
-                f"SELECT {_RECORD_COLUMNS} FROM records r WHERE r.job_id = ?", (job,)
+                f"SELECT {_RECORD_COLUMNS} {_RECORD_JOIN}"
+                " WHERE c.job_id = ? AND c.tbl = 0 AND r.job_id = ?",
+                (job, job),
             )
         ]
         tagged = self._query(
-            "SELECT min(time_unix_nano), max(time_unix_nano) FROM metric_updates WHERE job_id = ?",
-            (job,),
+            f"SELECT min(m.time_unix_nano), max(m.time_unix_nano) {_METRIC_JOIN}"
+            " WHERE c.job_id = ? AND c.tbl = 1 AND m.job_id = ?",
+            (job, job),
         )[0]
         times = [r.sort_time for r in recs] + [r.time_unix_nano for r in recs]
         times += [t for t in tagged if t is not None]
@@ -1195,11 +1455,7 @@ class Store:
         lo, hi = min(times), max(times)
         sources = {
             int(row[0])
-            for row in self._query(
-                "SELECT DISTINCT source_id FROM records WHERE job_id = ?"
-                " UNION SELECT DISTINCT source_id FROM metric_updates WHERE job_id = ?",
-                (job, job),
-            )
+            for row in self._query("SELECT DISTINCT source_id FROM chunks WHERE job_id = ?", (job,))
         }
         machines = {self._source(sid)[1] for sid in sources} - {None}
         machine_sources = {
@@ -1212,9 +1468,10 @@ class Store:
         wanted = sorted(sources | machine_sources)
         marks = ", ".join("?" * len(wanted))
         metric_rows = self._query(
-            f"SELECT {_METRIC_COLUMNS} FROM metric_updates m WHERE m.time_unix_nano BETWEEN ? AND ?"
-            f" AND (m.job_id = ? OR m.source_id IN ({marks}))",
-            [lo, hi, job, *wanted],
+            f"SELECT {_METRIC_COLUMNS} {_METRIC_JOIN} WHERE c.tbl = 1 AND c.max_time >= ?"
+            f" AND c.min_time <= ? AND (c.job_id = ? OR c.source_id IN ({marks}))"
+            f" AND m.time_unix_nano BETWEEN ? AND ? AND (m.job_id = ? OR m.source_id IN ({marks}))",
+            [lo, hi, job, *wanted, lo, hi, job, *wanted],
         )
         out = list(recs)
         for r in recs:
