@@ -503,3 +503,12 @@ def test_histograms_and_sums_match_the_sdk_aggregation(bounds: list[float] | Non
         s_sum.aggregation_temporality,
     )
     assert number(o_sum.data_points[0]) == number(s_sum.data_points[0]) == ("as_int", 24)
+
+
+def test_histogram_whose_exact_sum_overflows_does_not_raise() -> None:
+    """math.fsum raises OverflowError for [1e308, 1e308]: the aggregator must go on (the
+    record comes from untrusted bytes) with the float sum, an infinity."""
+    agg = MetricsAggregator()
+    agg.feed(RES, hist("big", 1, [1e308, 1e308]))
+    (dp,) = metrics_by_name(collect(agg))["big"].histogram.data_points
+    assert (dp.count, dp.sum, dp.max) == (2, math.inf, 1e308)

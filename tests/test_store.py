@@ -985,3 +985,10 @@ def test_retention_forgets_traces_of_deleted_records(tmp_path: Path) -> None:
 def test_ingest_rows_rejects_malformed_groups(store: Store, groups: list) -> None:
     with pytest.raises(TypeError, match="logs, events, spans, metrics"):
         store.ingest_rows(groups)
+
+
+def test_histogram_whose_exact_sum_overflows_is_stored_and_queried(store: Store) -> None:
+    """math.fsum raises for these values; ingest and the query fall back to float sums."""
+    store.ingest([(W1, [metric("big", HISTOGRAM, 1, values=[1e308, 1e308])])])
+    (big,) = store.metrics(name="big")
+    assert (big.count, big.sum, big.max) == (2, math.inf, 1e308)

@@ -6,6 +6,8 @@ into these objects (and back, for tests and tools).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 AttrScalar = None | str | int | float | bool | bytes
@@ -113,3 +115,14 @@ class Resource:
     attributes: Attributes = field(default_factory=dict)
     scope_name: str = "emp_fastbuf"
     scope_version: str = ""
+
+
+def value_sum(values: Iterable[float]) -> float:
+    """The exact sum of histogram values (``math.fsum``), or plain float addition where
+    fsum refuses: an overflowing sum gives an infinity, inf + -inf gives NaN. The values
+    come from untrusted bytes: summing them must never raise."""
+    values = list(values)
+    try:
+        return math.fsum(values)
+    except (OverflowError, ValueError):
+        return float(sum(values, 0.0))

@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from emp_fastbuf import records
-from emp_fastbuf.records import EVENT, HISTOGRAM, LOG, METRIC, SPAN, Record, Resource
+from emp_fastbuf.records import (
+    EVENT,
+    HISTOGRAM,
+    LOG,
+    METRIC,
+    SPAN,
+    Record,
+    Resource,
+    value_sum,
+)
 
 __all__ = [
     "APPLICATION_ID",
@@ -381,7 +390,7 @@ def _metric_row(r: Record, job: str | None, attrs: str | None) -> tuple[Any, ...
         count = len(values)
         return (
             r.time_unix_nano, job, r.name, r.instrument, r.unit, None, count,
-            math.fsum(values) if count else 0.0,
+            value_sum(values) if count else 0.0,
             min(values) if count else None, max(values) if count else None,
             _f64_blob(values), _to_json(list(r.bounds)) if r.bounds else None, attrs,
         )  # fmt: skip
@@ -1417,7 +1426,7 @@ class Store:
                     time_unix_nano=t,
                     updates=n,
                     count=len(values),
-                    sum=math.fsum(values),
+                    sum=value_sum(values),
                     min=ordered[0] if ordered else None,
                     max=ordered[-1] if ordered else None,
                     p50=percentile(ordered, 50),

@@ -52,6 +52,7 @@ from emp_fastbuf.records import (
     Attributes,
     Record,
     Resource,
+    value_sum,
 )
 
 __all__ = ["MetricsAggregator"]
@@ -221,7 +222,7 @@ class MetricsAggregator:
             if x > series.max:
                 series.max = x
         series.count += len(values)
-        series.total += math.fsum(values)
+        series.total += value_sum(values)
         if record.time_unix_nano > series.time_ns:
             series.time_ns = record.time_unix_nano
 
