@@ -1,8 +1,11 @@
 from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from emp_fastbuf.agent.spool import LaneChunk
 
 _Chunk = tuple[bytes, Iterable[bytes]] | LaneChunk
+_Raw = TypeVar("_Raw", bytes, bytearray, memoryview)
+_Row = tuple[Any, ...]
 
 DEFAULT_MAX_BYTES: int
 
@@ -16,3 +19,6 @@ def spans_request(chunks: Iterable[_Chunk]) -> tuple[bytes, int, int]: ...
 def spans_requests(
     chunks: Iterable[_Chunk], max_bytes: int = ...
 ) -> tuple[list[bytes], int, int]: ...
+def store_rows(
+    records: Iterable[_Raw],
+) -> tuple[list[_Row], list[_Row], list[_Row], list[_Row], list[_Raw]]: ...

@@ -16,6 +16,9 @@ resource blob becomes ``{"emp.resource_corrupt": True}``, like ``agent.main.deco
 The protobuf wire format is written by hand into growable buffers. A nested message's
 length is not known before its content is written, so two bytes are reserved for it and
 the content is moved when the length needs one or three-plus bytes (``begin``/``finish``).
+
+``store_rows`` reuses the same parsing to build the embedded store's row tuples (what
+``store.store_row`` builds from a ``codec_py``-decoded record), attribute JSON included.
 """
 
 from cpython.bytes cimport (
@@ -24,9 +27,130 @@ from cpython.bytes cimport (
     PyBytes_FromStringAndSize,
     PyBytes_GET_SIZE,
 )
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.conversion cimport Py_DTSF_ADD_DOT_0
+from cpython.exc cimport PyErr_Clear
+from cpython.mem cimport PyMem_Free
+from cpython.unicode cimport (
+    Py_UCS1,
+    PyUnicode_1BYTE_DATA,
+    PyUnicode_AsUTF8AndSize,
+    PyUnicode_DecodeUTF8,
+    PyUnicode_New,
+)
+from libc.math cimport isfinite, signbit
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
-from libc.string cimport memcmp, memcpy, memmove
+from libc.string cimport memcmp, memcpy, memmove, strlen
+
+from emp_fastbuf.records import value_sum as _value_sum
+
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* float.__repr__ of d when 1e-4 <= |d| < 2**53 (the fixed-point notation), found
+       exactly with 128-bit integers, without dtoa's big numbers. With |d| = M * 2**-s,
+       the numbers that read back as d lie within 2**-s / 2 of it (2**-s / 4 below it when
+       M is a power of two). repr's digits are the fewest fraction digits f for which a
+       decimal m / 10**f lies strictly inside that interval and, of the two candidates
+       around d, the closer one. Writes at most 48 bytes; returns their count, or 0 to
+       leave the value to PyOS_double_to_string: out of range, a candidate on the edge of
+       the interval, or two candidates equally close. */
+    static int emp_fixed_repr(double d, char *out) {
+    #if defined(__SIZEOF_INT128__)
+        typedef unsigned __int128 u128;
+        uint64_t bits, frac, M, m = 0;
+        double a = d < 0 ? -d : d;
+        int s, f, nd, i, n = 0, low_shift, in_low, in_up;
+        u128 X, p10 = 1, r, one, dl, du, q;
+        char digits[24];
+        if (!(a >= 1e-4 && a < 9007199254740992.0))
+            return 0;
+        memcpy(&bits, &a, 8);
+        frac = bits & ((1ULL << 52) - 1);
+        M = frac | (1ULL << 52);
+        s = 1075 - (int)(bits >> 52);  /* |d| = M * 2**-s, 0 <= s <= 66 */
+        low_shift = frac == 0 ? 2 : 1;  /* the gap below a power of two is half as wide */
+        one = (u128)1 << s;
+        X = M;
+        for (f = 0; f <= 21; f++) {
+            if (f) {
+                X *= 10;  /* M * 10**f < 2**53 * 10**21 < 2**123 */
+                p10 *= 10;
+            }
+            q = X >> s;
+            r = X & (one - 1);
+            if (q >= ((u128)1 << 62))
+                return 0;
+            if (r == 0) {  /* |d| * 10**f is an integer */
+                m = (uint64_t)q;
+                break;
+            }
+            /* candidates q (|d| * 10**f - r / 2**s) and q + 1 (+ (2**s - r) / 2**s):
+               inside when their distance times 10**-f is below the gap on their side */
+            dl = r << low_shift;
+            du = (one - r) << 1;
+            if (dl == p10 || du == p10)
+                return 0;
+            in_low = dl < p10;
+            in_up = du < p10;
+            if (in_low && in_up) {
+                if (r == one - r)
+                    return 0;
+                in_low = r < one - r;
+                in_up = !in_low;
+            }
+            if (in_low) {
+                m = (uint64_t)q;
+                break;
+            }
+            if (in_up) {
+                m = (uint64_t)q + 1;
+                break;
+            }
+        }
+        if (f > 21 || (f && m % 10 == 0))
+            return 0;
+        nd = 0;
+        do {
+            digits[nd++] = (char)('0' + m % 10);
+            m /= 10;
+        } while (m);
+        if (d < 0)
+            out[n++] = '-';
+        if (nd > f) {
+            for (i = nd - 1; i >= f; i--)
+                out[n++] = digits[i];
+            out[n++] = '.';
+            if (f == 0)
+                out[n++] = '0';
+        } else {
+            out[n++] = '0';
+            out[n++] = '.';
+            for (i = 0; i < f - nd; i++)
+                out[n++] = '0';
+        }
+        for (i = f - 1 < nd - 1 ? f - 1 : nd - 1; i >= 0; i--)
+            out[n++] = digits[i];
+        return n;
+    #else
+        (void)d;
+        (void)out;
+        return 0;
+    #endif
+    }
+    """
+    int emp_fixed_repr(double d, char *out) noexcept
+
+
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(object op)
+    # Declared here without ``except NULL``: the JSON writers below run as noexcept code
+    # and turn a failure into their buffer's ``oom`` flag.
+    char *double_to_string "PyOS_double_to_string" (
+        double val, char format_code, int precision, int flags, int *ptype)
 
 DEFAULT_MAX_BYTES = 64 << 20
 
@@ -1313,3 +1437,731 @@ def spans_requests(chunks, max_bytes=DEFAULT_MAX_BYTES):
     """Like ``spans_request``, split as ``otlp.iter_traces_requests`` splits."""
     cdef Py_ssize_t cap = check_max_bytes(max_bytes)
     return run(chunks, True, 0, cap)
+
+
+# ---- store rows ---------------------------------------------------------------------
+# ``store_rows`` builds the row tuples of ``store.store_row`` straight from raw records.
+# Attribute values become JSON as ``store._to_json`` writes them: the C ``json`` encoder
+# with ensure_ascii, compact separators, ``float.__repr__`` for floats, bytes as hex (its
+# ``default``) and, because ``_to_json`` retries through ``store._finite``, NaN and the
+# infinities as the strings "NaN", "Infinity" and "-Infinity".
+
+cdef enum:
+    ROW_LOG = 0
+    ROW_EVENT = 1
+    ROW_SPAN = 2
+    ROW_METRIC = 3
+    ROW_DECLINE = -1
+    K_COUNTER = 1
+    K_HISTOGRAM = 4
+    MAX_HISTOGRAM_VALUES = 1048576
+
+cdef const char *HEXDIGITS = b"0123456789abcdef"
+
+
+cdef inline double rdf64(const uint8_t *p) noexcept:
+    cdef uint64_t bits = rd64(p)
+    cdef double d
+    memcpy(&d, &bits, 8)
+    return d
+
+
+cdef void json_str(Buf *b, const uint8_t *s, Py_ssize_t n) noexcept:
+    """A JSON string as ``json.encoder.encode_basestring_ascii`` writes it, from ``n``
+    bytes of UTF-8 that ``utf8_ok`` has accepted."""
+    cdef uint8_t *o
+    cdef Py_ssize_t i = 0
+    cdef uint32_t c, hi, lo
+    # At most 6 output bytes per input byte: \\u00XX for a control byte, 12 for the four
+    # bytes of an astral character, 6 for a two- or three-byte sequence.
+    if not ensure(b, <size_t>n * 6 + 2):
+        return
+    o = b.data + b.len
+    o[0] = 34  # "
+    o += 1
+    while i < n:
+        c = s[i]
+        if 0x20 <= c <= 0x7E and c != 34 and c != 92:
+            o[0] = <uint8_t>c
+            o += 1
+            i += 1
+            continue
+        if c < 0x80:
+            o[0] = 92  # backslash
+            if c == 34 or c == 92:
+                o[1] = <uint8_t>c
+                o += 2
+            elif c == 10:
+                o[1] = 110  # n
+                o += 2
+            elif c == 13:
+                o[1] = 114  # r
+                o += 2
+            elif c == 9:
+                o[1] = 116  # t
+                o += 2
+            elif c == 8:
+                o[1] = 98  # b
+                o += 2
+            elif c == 12:
+                o[1] = 102  # f
+                o += 2
+            else:
+                o[1] = 117  # u
+                o[2] = 48
+                o[3] = 48
+                o[4] = HEXDIGITS[c >> 4]
+                o[5] = HEXDIGITS[c & 0xF]
+                o += 6
+            i += 1
+            continue
+        # A validated multi-byte sequence; the length checks only guard against misuse.
+        if c < 0xE0:
+            if i + 2 > n:
+                break
+            c = ((c & 0x1F) << 6) | (s[i + 1] & 0x3F)
+            i += 2
+        elif c < 0xF0:
+            if i + 3 > n:
+                break
+            c = ((c & 0x0F) << 12) | ((s[i + 1] & 0x3F) << 6) | (s[i + 2] & 0x3F)
+            i += 3
+        else:
+            if i + 4 > n:
+                break
+            c = (((c & 0x07) << 18) | ((s[i + 1] & 0x3F) << 12) | ((s[i + 2] & 0x3F) << 6)
+                 | (s[i + 3] & 0x3F))
+            i += 4
+        if c >= 0x10000:  # a UTF-16 surrogate pair
+            hi = 0xD800 | ((c - 0x10000) >> 10)
+            lo = 0xDC00 | ((c - 0x10000) & 0x3FF)
+            o[0] = 92
+            o[1] = 117
+            o[2] = HEXDIGITS[(hi >> 12) & 0xF]
+            o[3] = HEXDIGITS[(hi >> 8) & 0xF]
+            o[4] = HEXDIGITS[(hi >> 4) & 0xF]
+            o[5] = HEXDIGITS[hi & 0xF]
+            o += 6
+            c = lo
+        o[0] = 92
+        o[1] = 117
+        o[2] = HEXDIGITS[(c >> 12) & 0xF]
+        o[3] = HEXDIGITS[(c >> 8) & 0xF]
+        o[4] = HEXDIGITS[(c >> 4) & 0xF]
+        o[5] = HEXDIGITS[c & 0xF]
+        o += 6
+    o[0] = 34
+    o += 1
+    b.len = o - b.data
+
+
+cdef void json_hex(Buf *b, const uint8_t *p, Py_ssize_t n) noexcept:
+    """``bytes.hex()`` as a JSON string."""
+    cdef uint8_t *o
+    cdef Py_ssize_t i
+    if not ensure(b, <size_t>n * 2 + 2):
+        return
+    o = b.data + b.len
+    o[0] = 34
+    for i in range(n):
+        o[1 + 2 * i] = HEXDIGITS[p[i] >> 4]
+        o[2 + 2 * i] = HEXDIGITS[p[i] & 0xF]
+    o[1 + 2 * n] = 34
+    b.len += <size_t>n * 2 + 2
+
+
+cdef void json_u64(Buf *b, uint64_t v, bint negative) noexcept:
+    cdef uint8_t tmp[21]
+    cdef int i = 21
+    while True:
+        i -= 1
+        tmp[i] = <uint8_t>(48 + v % 10)
+        v //= 10
+        if v == 0:
+            break
+    if negative:
+        i -= 1
+        tmp[i] = 45  # -
+    put_raw(b, tmp + i, 21 - i)
+
+
+cdef inline void json_i64(Buf *b, int64_t v) noexcept:
+    if v < 0:
+        json_u64(b, <uint64_t>0 - <uint64_t>v, True)
+    else:
+        json_u64(b, <uint64_t>v, False)
+
+
+cdef void json_f64(Buf *b, double d) noexcept:
+    cdef char *r
+    cdef int k
+    if not isfinite(d):
+        if d != d:
+            put_raw(b, b'"NaN"', 5)
+        elif d > 0:
+            put_raw(b, b'"Infinity"', 10)
+        else:
+            put_raw(b, b'"-Infinity"', 11)
+        return
+    if d == 0.0:
+        if signbit(d):
+            put_raw(b, b"-0.0", 4)
+        else:
+            put_raw(b, b"0.0", 3)
+        return
+    if ensure(b, 48):
+        k = emp_fixed_repr(d, <char *>b.data + b.len)
+        if k:
+            b.len += k
+            return
+    r = double_to_string(d, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)  # float.__repr__
+    if r == NULL:
+        PyErr_Clear()
+        b.oom = True
+        return
+    put_raw(b, r, strlen(r))
+    PyMem_Free(r)
+
+
+cdef void json_value(Buf *b, int tag, const uint8_t *val, Py_ssize_t vlen) noexcept:
+    cdef Py_ssize_t j
+    cdef const uint8_t *q
+    cdef const uint8_t *ev
+    cdef Py_ssize_t elen
+    cdef int etag
+    if tag == T_STR:
+        json_str(b, val, vlen)
+    elif tag == T_INT:
+        json_i64(b, <int64_t>rd64(val))
+    elif tag == T_DOUBLE:
+        json_f64(b, rdf64(val))
+    elif tag == T_BOOL:
+        if vlen:
+            put_raw(b, b"true", 4)
+        else:
+            put_raw(b, b"false", 5)
+    elif tag == T_BYTES:
+        json_hex(b, val, vlen)
+    elif tag == T_ARRAY:
+        put1(b, 91)  # [
+        q = val
+        for j in range(vlen):
+            if j:
+                put1(b, 44)  # ,
+            q = elem(q, &etag, &ev, &elen)
+            json_value(b, etag, ev, elen)
+        put1(b, 93)  # ]
+    else:
+        put_raw(b, b"null", 4)
+
+
+cdef void json_object(Buf *b, const EntList *l) noexcept:
+    cdef Py_ssize_t i
+    cdef const Ent *e
+    put1(b, 123)  # {
+    for i in range(l.n):
+        e = &l.items[i]
+        if i:
+            put1(b, 44)
+        json_str(b, e.key, e.klen)
+        put1(b, 58)  # :
+        json_value(b, e.tag, e.val, e.vlen)
+    put1(b, 125)  # }
+
+
+cdef str take_ascii(Buf *b):
+    """The buffer's content (ASCII) as a str; empties the buffer for the next one."""
+    cdef str out
+    if b.oom:
+        raise MemoryError()
+    out = PyUnicode_New(b.len, 127)
+    memcpy(PyUnicode_1BYTE_DATA(out), b.data, b.len)
+    b.len = 0
+    return out
+
+
+cdef object py_scalar(int tag, const uint8_t *val, Py_ssize_t vlen):
+    """A validated value as ``codec_py`` decodes it."""
+    if tag == T_STR:
+        return PyUnicode_DecodeUTF8(<const char *>val, vlen, NULL)
+    if tag == T_INT:
+        return <int64_t>rd64(val)
+    if tag == T_DOUBLE:
+        return rdf64(val)
+    if tag == T_BOOL:
+        return vlen != 0
+    if tag == T_BYTES:
+        return PyBytes_FromStringAndSize(<const char *>val, vlen)
+    if tag == T_ARRAY:
+        return py_array(val, vlen)
+    return None
+
+
+cdef list py_array(const uint8_t *q, Py_ssize_t n):
+    cdef list out = []
+    cdef Py_ssize_t _j
+    cdef const uint8_t *ev
+    cdef Py_ssize_t elen
+    cdef int etag
+    for _j in range(n):
+        q = elem(q, &etag, &ev, &elen)
+        out.append(py_scalar(etag, ev, elen))
+    return out
+
+
+cdef str hex_str(const uint8_t *p, Py_ssize_t n):
+    """``bytes.hex()``."""
+    cdef str out = PyUnicode_New(2 * n, 127)
+    cdef Py_UCS1 *o = PyUnicode_1BYTE_DATA(out)
+    cdef Py_ssize_t i
+    for i in range(n):
+        o[2 * i] = HEXDIGITS[p[i] >> 4]
+        o[2 * i + 1] = HEXDIGITS[p[i] & 0xF]
+    return out
+
+
+cdef inline object opt_bytes(const uint8_t *p, Py_ssize_t n):
+    return None if p == NULL else PyBytes_FromStringAndSize(<const char *>p, n)
+
+
+cdef class _Rows:
+    """The parsing state and small caches of one ``store_rows`` call."""
+    cdef State st
+    cdef Buf js  # JSON is written here
+    # The last str made for a field: consecutive records mostly repeat these.
+    cdef str c_job
+    cdef str c_text
+    cdef str c_name
+    cdef str c_unit
+
+    def __dealloc__(self):
+        ent_free(&self.st.ctx)
+        ent_free(&self.st.own)
+        ent_free(&self.st.merged)
+        ent_free(&self.st.tmp)
+        free(self.js.data)
+        self.js.data = NULL
+
+    cdef inline str cached(self, int which, const uint8_t *p, Py_ssize_t n):
+        cdef str prev
+        cdef const char *u
+        cdef Py_ssize_t ul
+        if which == 0:
+            prev = self.c_job
+        elif which == 1:
+            prev = self.c_text
+        elif which == 2:
+            prev = self.c_name
+        else:
+            prev = self.c_unit
+        if prev is not None:
+            u = PyUnicode_AsUTF8AndSize(prev, &ul)
+            if ul == n and memcmp(u, p, n) == 0:
+                return prev
+        prev = PyUnicode_DecodeUTF8(<const char *>p, n, NULL)
+        if which == 0:
+            self.c_job = prev
+        elif which == 1:
+            self.c_text = prev
+        elif which == 2:
+            self.c_name = prev
+        else:
+            self.c_unit = prev
+        return prev
+
+    cdef object job(self):
+        """``store._job_and_attributes``'s job: the context's ``job_id`` as text."""
+        cdef Py_ssize_t i = ent_find(&self.st.ctx, <const uint8_t *>JOB_ID, 6)
+        cdef const Ent *e
+        if i < 0:
+            return None
+        e = &self.st.ctx.items[i]
+        if e.tag == T_STR:
+            return self.cached(0, e.val, e.vlen)
+        if e.tag == T_NONE:
+            return None
+        if e.tag == T_BYTES:
+            return hex_str(e.val, e.vlen)
+        return str(py_scalar(e.tag, e.val, e.vlen))  # int, float, bool, list: str(value)
+
+    cdef object attributes(self):
+        """The JSON object of the context (less ``job_id``) updated with the record's own
+        attributes, as the dict ``store._job_and_attributes`` builds; None when empty."""
+        cdef State *s = &self.st
+        cdef const EntList *attrs = &s.own
+        cdef const Ent *e
+        cdef Py_ssize_t i
+        if s.ctx.n > 1 or (s.ctx.n == 1 and not is_job_id(s.ctx.items[0].key,
+                                                          s.ctx.items[0].klen)):
+            ent_reset(&s.merged)
+            for i in range(s.ctx.n):
+                e = &s.ctx.items[i]
+                if is_job_id(e.key, e.klen):
+                    continue
+                if ent_put(&s.merged, e.key, e.klen, e.tag, e.val, e.vlen) != R_OK:
+                    raise MemoryError()
+            for i in range(s.own.n):
+                e = &s.own.items[i]
+                if ent_put(&s.merged, e.key, e.klen, e.tag, e.val, e.vlen) != R_OK:
+                    raise MemoryError()
+            attrs = &s.merged
+        if attrs.n == 0:
+            return None
+        self.js.len = 0
+        json_object(&self.js, attrs)
+        return take_ascii(&self.js)
+
+    cdef int tail(self, const uint8_t *p, Py_ssize_t pos, Py_ssize_t n) except -2:
+        """Context and attributes at ``pos``, which must end the record: R_OK or R_BAD."""
+        pos = parse_attrs(p, pos, n, &self.st.ctx)
+        if pos == -2:
+            raise MemoryError()
+        if pos >= 0:
+            pos = parse_attrs(p, pos, n, &self.st.own)
+            if pos == -2:
+                raise MemoryError()
+        return R_OK if pos == n else R_BAD
+
+    cdef tuple log(self, const uint8_t *p, Py_ssize_t n, const Head *h):
+        cdef Py_ssize_t pos = h.pos, tl, bl
+        cdef const uint8_t *text
+        cdef const uint8_t *body
+        cdef uint8_t sev
+        if pos + 2 > n:
+            return None
+        sev = p[pos]
+        tl = p[pos + 1]
+        pos += 2
+        if sev > MAX_SEVERITY or tl > n - pos or not utf8_ok(p + pos, tl):
+            return None
+        text = p + pos
+        pos += tl
+        if pos + 4 > n:
+            return None
+        bl = rd32(p + pos)
+        pos += 4
+        if bl > n - pos or not utf8_ok(p + pos, bl):
+            return None
+        body = p + pos
+        if self.tail(p, pos + bl, n) != R_OK:
+            return None
+        job = self.job()
+        return (
+            h.time, job, PyUnicode_DecodeUTF8(<const char *>body, bl, NULL), sev,
+            self.cached(1, text, tl) if tl else None,
+            opt_bytes(h.trace, 16), opt_bytes(h.trace + 16 if h.trace else NULL, 8),
+            self.attributes(),
+        )
+
+    cdef tuple event(self, const uint8_t *p, Py_ssize_t n, const Head *h):
+        cdef Py_ssize_t pos, nl = 0
+        cdef const uint8_t *name = NULL
+        pos = str16(p, h.pos, n, &name, &nl)
+        if pos < 0 or self.tail(p, pos, n) != R_OK:
+            return None
+        job = self.job()
+        return (
+            h.time, job, self.cached(2, name, nl),
+            opt_bytes(h.trace, 16), opt_bytes(h.trace + 16 if h.trace else NULL, 8),
+            self.attributes(),
+        )
+
+    cdef tuple span(self, const uint8_t *p, Py_ssize_t n, const Head *h):
+        """Validated completely first (as ``encode_span``); the events and links are then
+        read a second time to write their JSON."""
+        cdef State *s = &self.st
+        cdef Buf *b = &self.js
+        cdef Py_ssize_t pos, q, i, _i, nl = 0, ml = 0, el = 0, n_events, n_links, ev_pos, ln_pos
+        cdef const uint8_t *name = NULL
+        cdef const uint8_t *msg = NULL
+        cdef const uint8_t *ev_name = NULL
+        cdef const uint8_t *parent
+        cdef uint64_t start
+        cdef uint8_t status, span_kind
+        if h.trace == NULL:
+            return None
+        pos = str16(p, h.pos, n, &name, &nl)
+        if pos < 0 or pos + 19 > n:
+            return None
+        parent = p + pos
+        start = rd64(p + pos + 8)
+        status = p[pos + 16]
+        span_kind = p[pos + 17]
+        if status > MAX_STATUS_CODE or span_kind > MAX_SPAN_KIND:
+            return None
+        pos = str16(p, pos + 19, n, &msg, &ml)
+        if pos < 0 or pos + 2 > n:
+            return None
+        n_events = rd16(p + pos)
+        pos += 2
+        ev_pos = pos
+        for _i in range(n_events):
+            pos = str16(p, pos, n, &ev_name, &el)
+            if pos < 0 or pos + 8 > n:
+                return None
+            pos = parse_attrs(p, pos + 8, n, &s.tmp)
+            if pos < 0:
+                if pos == -2:
+                    raise MemoryError()
+                return None
+        if pos + 2 > n:
+            return None
+        n_links = rd16(p + pos)
+        pos += 2
+        ln_pos = pos
+        for _i in range(n_links):
+            if pos + 24 > n:
+                return None
+            pos = parse_attrs(p, pos + 24, n, &s.tmp)
+            if pos < 0:
+                if pos == -2:
+                    raise MemoryError()
+                return None
+        if self.tail(p, pos, n) != R_OK:
+            return None
+        job = self.job()
+        attrs = self.attributes()
+        events = links = None
+        if n_events:
+            b.len = 0
+            put1(b, 91)
+            q = ev_pos
+            for i in range(n_events):
+                if i:
+                    put1(b, 44)
+                q = str16(p, q, n, &ev_name, &el)
+                put_raw(b, b'{"name":', 8)
+                json_str(b, ev_name, el)
+                put_raw(b, b',"time_unix_nano":', 18)
+                json_u64(b, rd64(p + q), False)
+                put_raw(b, b',"attributes":', 14)
+                q = parse_attrs(p, q + 8, n, &s.tmp)
+                if q < 0:
+                    raise MemoryError()  # validated above: only memory can fail here
+                json_object(b, &s.tmp)
+                put1(b, 125)
+            put1(b, 93)
+            events = take_ascii(b)
+        if n_links:
+            b.len = 0
+            put1(b, 91)
+            q = ln_pos
+            for i in range(n_links):
+                if i:
+                    put1(b, 44)
+                put_raw(b, b'{"trace_id":', 12)
+                json_hex(b, p + q, 16)
+                put_raw(b, b',"span_id":', 11)
+                json_hex(b, p + q + 16, 8)
+                put_raw(b, b',"attributes":', 14)
+                q = parse_attrs(p, q + 24, n, &s.tmp)
+                if q < 0:
+                    raise MemoryError()
+                json_object(b, &s.tmp)
+                put1(b, 125)
+            put1(b, 93)
+            links = take_ascii(b)
+        return (
+            h.time, job, self.cached(2, name, nl),
+            PyBytes_FromStringAndSize(<const char *>h.trace, 16),
+            PyBytes_FromStringAndSize(<const char *>h.trace + 16, 8),
+            None if all_zero(parent, 8) else PyBytes_FromStringAndSize(<const char *>parent, 8),
+            start, status,
+            PyUnicode_DecodeUTF8(<const char *>msg, ml, NULL) if ml else None,
+            span_kind, attrs, events, links,
+        )
+
+    cdef tuple metric(self, const uint8_t *p, Py_ssize_t n, const Head *h):
+        cdef Py_ssize_t pos = h.pos, nl = 0, ul, dl = 0, count = 0, nb = 0, i, kept
+        cdef const uint8_t *name = NULL
+        cdef const uint8_t *unit
+        cdef const uint8_t *desc = NULL
+        cdef const uint8_t *vals = NULL
+        cdef const uint8_t *bounds = NULL
+        cdef uint8_t instrument, tag = 0
+        cdef double d, prev = 0.0, lo = 0.0, hi = 0.0
+        cdef Buf *b = &self.js
+        if pos >= n:
+            return None
+        instrument = p[pos]
+        if instrument < K_COUNTER or instrument > K_HISTOGRAM:
+            return None
+        pos = str16(p, pos + 1, n, &name, &nl)
+        if pos < 0 or pos >= n:
+            return None
+        ul = p[pos]
+        pos += 1
+        if ul > n - pos or not utf8_ok(p + pos, ul):
+            return None
+        unit = p + pos
+        pos = str16(p, pos + ul, n, &desc, &dl)
+        if pos < 0:
+            return None
+        if instrument != K_HISTOGRAM:
+            if pos + 9 > n:
+                return None
+            tag = p[pos]
+            if tag != T_INT and tag != T_DOUBLE:
+                return None
+            vals = p + pos + 1
+            pos += 9
+        else:
+            if pos + 4 > n:
+                return None
+            count = rd32(p + pos)
+            pos += 4
+            if count < 1 or count > MAX_HISTOGRAM_VALUES or count * 8 > n - pos:
+                return None
+            vals = p + pos
+            pos += count * 8
+            if pos + 2 > n:
+                return None
+            nb = rd16(p + pos)
+            pos += 2
+            if nb * 8 > n - pos:
+                return None
+            bounds = p + pos
+            for i in range(nb):
+                d = rdf64(bounds + 8 * i)
+                if d != d or (i and not prev < d):
+                    return None
+                prev = d
+            pos += nb * 8
+        if self.tail(p, pos, n) != R_OK:
+            return None
+        job = self.job()
+        if instrument != K_HISTOGRAM:
+            return (
+                h.time, job, self.cached(2, name, nl), instrument, self.cached(3, unit, ul),
+                <int64_t>rd64(vals) if tag == T_INT else rdf64(vals),
+                None, None, None, None, None, None, self.attributes(),
+            )
+        # store._metric_row: NaN values are dropped; min/max as Python's (the first of
+        # equal values wins, so 0.0 and -0.0 keep their order); the sum is records.value_sum's.
+        values = []
+        b.len = 0
+        kept = 0
+        for i in range(count):
+            d = rdf64(vals + 8 * i)
+            if d != d:
+                continue
+            if kept == 0:
+                lo = hi = d
+            elif d < lo:
+                lo = d
+            elif d > hi:
+                hi = d
+            values.append(d)
+            put_raw(b, vals + 8 * i, 8)  # the record's f64 is little-endian, as the blob
+            kept += 1
+        if b.oom:
+            raise MemoryError()
+        blob = PyBytes_FromStringAndSize(<const char *>b.data, b.len)
+        total = _value_sum(values) if kept else 0.0
+        bounds_json = None
+        if nb:
+            b.len = 0
+            put1(b, 91)
+            for i in range(nb):
+                if i:
+                    put1(b, 44)
+                json_f64(b, rdf64(bounds + 8 * i))
+            put1(b, 93)
+            bounds_json = take_ascii(b)
+        return (
+            h.time, job, self.cached(2, name, nl), instrument, self.cached(3, unit, ul), None,
+            kept, total, lo if kept else None, hi if kept else None, blob, bounds_json,
+            self.attributes(),
+        )
+
+    cdef tuple row(self, const uint8_t *p, Py_ssize_t n, int *which):
+        """The row of one record and its table (``which``); None to decline it."""
+        cdef Head h
+        which[0] = ROW_DECLINE
+        if not parse_head(p, n, &h):
+            return None
+        if p[1] == K_LOG:
+            out = self.log(p, n, &h)
+            which[0] = ROW_LOG
+        elif p[1] == K_EVENT:
+            out = self.event(p, n, &h)
+            which[0] = ROW_EVENT
+        elif p[1] == K_SPAN:
+            out = self.span(p, n, &h)
+            which[0] = ROW_SPAN
+        else:
+            out = self.metric(p, n, &h)
+            which[0] = ROW_METRIC
+        if out is None:
+            which[0] = ROW_DECLINE
+        else:
+            # Ints, floats, str, bytes and None only: the row can never be part of a
+            # reference cycle, so the collector need not scan it (as it would conclude on
+            # its first pass, after visiting every row of the batch).
+            PyObject_GC_UnTrack(out)
+        return out
+
+
+def store_rows(records):
+    """The embedded store's rows for the raw records of one chunk, built natively.
+
+    Returns ``(logs, events, spans, metrics, declined)``: four lists of row tuples, each
+    equal to ``store.store_row(codec_py.decode_record(raw))[1]`` (types included) and in
+    input order, and the records not handled here (the same objects, in input order),
+    which the caller decodes in Python. Declined: every record ``codec_py.decode_record``
+    rejects (malformed, invalid UTF-8, unknown version, kind, tag or flag bits) and a
+    bytearray or memoryview element whose buffer cannot be read in place (not contiguous,
+    or released).
+
+    ``records`` is a list, a tuple or another iterable of ``bytes`` (``bytearray`` and
+    ``memoryview`` are read too); anything else raises ``TypeError``.
+    """
+    cdef list logs = []
+    cdef list events = []
+    cdef list spans = []
+    cdef list metrics = []
+    cdef list declined = []
+    cdef _Rows rows = _Rows()
+    cdef Py_buffer view
+    cdef int which = ROW_DECLINE
+    cdef tuple out
+    if type(records) is list or type(records) is tuple:
+        seq = records
+    elif isinstance(records, (bytes, bytearray, memoryview, str)):
+        raise TypeError(
+            f"store_rows expects a list of records, not a single {type(records).__name__}")
+    else:
+        try:
+            seq = list(records)
+        except TypeError:
+            raise TypeError(
+                f"store_rows expects a list of records (bytes), not {type(records).__name__}"
+            ) from None
+    for raw in seq:
+        if PyBytes_Check(raw):
+            out = rows.row(<const uint8_t *>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw),
+                           &which)
+        elif isinstance(raw, (bytearray, memoryview)):
+            try:
+                PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE)
+            except (BufferError, ValueError):  # not contiguous, or released
+                declined.append(raw)
+                continue
+            try:
+                out = rows.row(<const uint8_t *>view.buf, view.len, &which)
+            finally:
+                PyBuffer_Release(&view)
+        else:
+            raise TypeError(
+                f"records must be bytes, bytearray or memoryview, not {type(raw).__name__}")
+        if which == ROW_LOG:
+            logs.append(out)
+        elif which == ROW_EVENT:
+            events.append(out)
+        elif which == ROW_SPAN:
+            spans.append(out)
+        elif which == ROW_METRIC:
+            metrics.append(out)
+        else:
+            declined.append(raw)
+    return logs, events, spans, metrics, declined
