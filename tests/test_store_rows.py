@@ -429,3 +429,40 @@ def test_wrong_argument_types_raise_type_error(arg: Any) -> None:
 def test_wrong_element_types_raise_type_error(element: Any) -> None:
     with pytest.raises(TypeError, match="records must be bytes, bytearray or memoryview"):
         _transcode.store_rows([log(), element])
+
+
+# ---- the agent's store path ------------------------------------------------------------
+
+
+def test_agent_store_groups_build_what_the_python_path_builds(tmp_path: Path) -> None:
+    """``agent.main.store_groups`` (native rows, Python for what is declined) against
+    ``decode_batch`` + ``Store.ingest``'s rows: the same rows per resource, the corrupt
+    record counted once, a corrupt resource blob flagged as the Python path flags it."""
+    from emp_fastbuf.agent.main import Counters, decode_batch, store_groups
+    from emp_fastbuf.records import Resource
+    from emp_fastbuf.store import Store, rows_by_kind
+
+    res = Resource({"service.name": "w", "emp.machine_id": "m", "emp.worker_id": "1"})
+    good = [
+        log(body="hi", context={"job_id": "j"}, attributes={"k": 1}),
+        enc(Record(kind=EVENT, time_unix_nano=T0, name="job.completed")),
+        enc(Record(METRIC, T0, instrument=HISTOGRAM, name="h", values=[1.0, 2.0])),
+        enc(Record(METRIC, T0, instrument=COUNTER, name="c", value=3)),
+    ]
+    corrupt = good[0][:-3]
+    batch = [
+        LaneChunk(codec_py.encode_resource(res), [good[0], corrupt, *good[1:]]),
+        LaneChunk(b"\xff\x00garbage", [good[0]]),
+        LaneChunk(b"", [corrupt]),  # nothing left: no group
+    ]
+    native_counters, python_counters = Counters(), Counters()
+    got = store_groups(batch, native_counters)
+    want = [(r, rows_by_kind(recs)) for r, recs in decode_batch(batch, python_counters)]
+    assert native_counters.corrupt_records == python_counters.corrupt_records == 2
+    assert [r for r, _ in got] == [r for r, _ in want]
+    assert got[1][0].attributes == {"emp.resource_corrupt": True}
+    for (_, g), (_, w) in zip(got, want, strict=True):
+        assert all(same(tuple(a), tuple(b)) for a, b in zip(g, w, strict=True))
+    with Store(tmp_path / "store.sqlite") as store:
+        assert store.ingest_rows(got) == 5
+        assert [r.body for r in store.logs()][:1] == ["hi"]

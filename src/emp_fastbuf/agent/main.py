@@ -56,6 +56,17 @@ class Counters:
     started_ns: int = field(default_factory=time.time_ns)
 
 
+def _resource(meta: bytes, cache: dict[bytes, Resource]) -> Resource:
+    res = cache.get(meta)
+    if res is None:
+        try:
+            res = codec_py.decode_resource(meta) if meta else Resource()
+        except ValueError:
+            res = Resource(attributes={"emp.resource_corrupt": True})
+        cache[meta] = res
+    return res
+
+
 def decode_batch(
     batch: Iterable[LaneChunk], counters: Counters | None = None
 ) -> list[tuple[Resource, list[Record]]]:
@@ -64,13 +75,7 @@ def decode_batch(
     groups: list[tuple[Resource, list[Record]]] = []
     cache: dict[bytes, Resource] = {}
     for chunk in batch:
-        res = cache.get(chunk.meta)
-        if res is None:
-            try:
-                res = codec_py.decode_resource(chunk.meta) if chunk.meta else Resource()
-            except ValueError:
-                res = Resource(attributes={"emp.resource_corrupt": True})
-            cache[chunk.meta] = res
+        res = _resource(chunk.meta, cache)
         recs: list[Record] = []
         for raw in chunk.records:
             try:
@@ -80,6 +85,33 @@ def decode_batch(
                     counters.corrupt_records += 1
         if recs:
             groups.append((res, recs))
+    return groups
+
+
+def store_groups(
+    batch: Iterable[LaneChunk], counters: Counters | None = None
+) -> list[tuple[Resource, list[list[tuple[Any, ...]]]]]:
+    """Raw lane chunks -> the store's rows (``Store.ingest_rows``), built natively. The
+    records the native path leaves (a corrupt record, text that is not UTF-8 and must be
+    repaired...) go through the Python decoder, which counts the corrupt ones."""
+    from emp_fastbuf.store import store_row
+
+    groups: list[tuple[Resource, list[list[tuple[Any, ...]]]]] = []
+    cache: dict[bytes, Resource] = {}
+    for chunk in batch:
+        logs, events, spans, metrics, declined = _transcode.store_rows(chunk.records)
+        by_kind = [logs, events, spans, metrics]
+        for raw in declined:
+            try:
+                built = store_row(codec_py.decode_record(raw))
+            except ValueError:
+                if counters is not None:
+                    counters.corrupt_records += 1
+                continue
+            if built is not None:
+                by_kind[built[0]].append(built[1])
+        if logs or events or spans or metrics:
+            groups.append((_resource(chunk.meta, cache), by_kind))
     return groups
 
 
@@ -356,10 +388,12 @@ class Agent:
         except FileNotFoundError:
             return True  # evicted meanwhile (counted by the spool)
         done = self.spool.done_for(file_id)
-        groups: list[tuple[Resource, list[Record]]] | None = None
+        counted = False  # corrupt records of this batch counted already
         if self.store is not None and "store" not in done:
-            groups = decode_batch(batch, self.counters)
-            self.counters.store_records += self.store.ingest(groups)
+            counted = True
+            self.counters.store_records += self.store.ingest_rows(
+                store_groups(batch, self.counters)
+            )
             self.spool.mark_done(file_id, "store")
         if self.exporter is not None and "export" not in done:
             # Logs, events and spans go from raw records straight to OTLP bytes (native);
@@ -378,14 +412,14 @@ class Agent:
                     result = self.exporter.export(signal_name, payload)
                     if result.status == "retry_later":
                         return False
-            if groups is None:
+            if not counted:
                 # Counted once, after the export succeeded (a retried file is not recounted).
                 self.counters.corrupt_records += rejected
-                metric_chunks = [
-                    LaneChunk(c.meta, [r for r in c.records if len(r) > 1 and r[1] == METRIC])
-                    for c in batch
-                ]
-                groups = decode_batch(metric_chunks, self.counters)
+            metric_chunks = [
+                LaneChunk(c.meta, [r for r in c.records if len(r) > 1 and r[1] == METRIC])
+                for c in batch
+            ]
+            groups = decode_batch(metric_chunks, None if counted else self.counters)
             has_metrics = False
             for res, recs in groups:
                 for rec in recs:
