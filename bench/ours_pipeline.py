@@ -636,7 +636,7 @@ def _ingest_scenario(next_batch: Callable[[], Any], method: str) -> Scenario:
 # ---- the 10M-record store for the query ---------------------------------------------------------
 
 # Bump when the rows the builder writes change: a cached store of another version is rebuilt.
-_GENERATOR_VERSION = 2
+_GENERATOR_VERSION = 3
 _SOURCES = 64  # 8 machines x 8 GPUs
 _CONCURRENT_JOBS = 16  # jobs running at any time; each on 4 of the 64 workers
 _JOBS = 1024
@@ -748,9 +748,9 @@ def _build_query_store(path: Path, records: int) -> None:
         # each from another worker, batches of one second): one chunk per record, the
         # least favourable case for the query.
         conn.execute(
-            "INSERT INTO chunks (tbl, first_id, last_id, min_time, max_time, source_id, job_id)"
-            " SELECT 0, id, id, time_unix_nano, time_unix_nano, source_id, job_id"
-            " FROM records WHERE id > ?",
+            "INSERT INTO chunks (tbl, first_id, last_id, min_time, max_time, source_id, job_id,"
+            " max_severity) SELECT 0, id, id, time_unix_nano, time_unix_nano, source_id, job_id,"
+            " severity_number FROM records WHERE id > ?",
             (_SOURCES,),
         )
         conn.execute("UPDATE sequences SET next_id = ? WHERE tbl = 0", (records + 1,))

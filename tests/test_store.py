@@ -882,6 +882,9 @@ def _brute_logs(
             continue
         if f.get("trace") is not None and (r.trace_id or b"").hex() != f["trace"]:
             continue
+        level = f.get("level")
+        if level is not None and (r.kind != LOG or r.severity_number < level):  # type: ignore[operator]
+            continue
         out.append((r.time_unix_nano, rid, r.body or r.name))
     out.sort()
     if limit is not None:
@@ -913,7 +916,11 @@ def test_logs_match_a_full_scan_across_many_chunks(tmp_path: Path) -> None:
                 ctx = {"job_id": job} if job else {}
                 if rnd.random() < 0.8:
                     rec = log(
-                        f"L{len(stored) + len(recs)}", t, context=ctx, trace=rnd.choice(traces)
+                        f"L{len(stored) + len(recs)}",
+                        t,
+                        severity=rnd.choice([9, 9, 9, 13, 17]),
+                        context=ctx,
+                        trace=rnd.choice(traces),
                     )
                 else:
                     rec = Record(
@@ -943,6 +950,9 @@ def test_logs_match_a_full_scan_across_many_chunks(tmp_path: Path) -> None:
         {"since_ns": T0 + 1500 * S},
         {"trace": TRACE_B.hex()},
         {"trace": TRACE_A.hex(), "job": "j3"},
+        {"level": 13},
+        {"level": 17, "machine": "m2"},
+        {"level": 21},  # none
     ]
     for f in cases:
         for limit in (None, 0, 1, 7, *range(50, 400, 7), 1000, 10_000):

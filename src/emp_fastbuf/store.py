@@ -9,6 +9,7 @@ described in ``docs/store-schema.md``.
 from __future__ import annotations
 
 import array
+import heapq
 import json
 import math
 import os
@@ -129,9 +130,10 @@ CREATE TABLE chunks (
     min_time INTEGER NOT NULL,
     max_time INTEGER NOT NULL,
     source_id INTEGER NOT NULL,
-    job_id TEXT
+    job_id TEXT,
+    max_severity INTEGER
 );
-CREATE INDEX chunks_time ON chunks (max_time);
+CREATE INDEX chunks_time ON chunks (tbl, max_time);
 CREATE INDEX chunks_min_time ON chunks (min_time);
 CREATE INDEX chunks_job ON chunks (job_id, tbl, max_time) WHERE job_id IS NOT NULL;
 CREATE INDEX chunks_source ON chunks (source_id, tbl, max_time);
@@ -417,30 +419,35 @@ def rows_by_kind(recs: Iterable[Record]) -> list[list[Row]]:
 
 _time_of = itemgetter(0)
 _job_of = itemgetter(1)
+_severity_of = itemgetter(3)  # of a log row
 
 
 def _chunk_runs(
     rows: Sequence[Row],
     first_id: int,
-    tbl: int,
+    kind: int,
     sid: int,
-    trace_at: int | None,
     chunks: list[tuple[Any, ...]],
     traces: list[tuple[bytes, int, int]],
 ) -> None:
     """Index rows about to get ids ``first_id``...: one ``chunks`` entry per run of rows with
     the same job, one ``trace_chunks`` entry per run with the same trace id."""
+    tbl = _ROW_TABLE[kind]
     i = first_id
-    for job, run in groupby(rows, _job_of):
+    for job, group in groupby(rows, _job_of):
+        run = list(group)
         times = list(map(_time_of, run))
         n = len(times)
-        chunks.append((tbl, i, i + n - 1, min(times), max(times), sid, job))
+        # Logs only: lets `logs --level` skip the chunks that cannot match.
+        severity = max(map(_severity_of, run)) if kind == ROW_LOG else None
+        chunks.append((tbl, i, i + n - 1, min(times), max(times), sid, job, severity))
         i += n
+    trace_at = _ROW_TRACE[kind]
     if trace_at is None:
         return
     i = first_id
-    for trace, run in groupby(rows, itemgetter(trace_at)):
-        n = sum(1 for _ in run)
+    for trace, same_trace in groupby(rows, itemgetter(trace_at)):
+        n = sum(1 for _ in same_trace)
         if trace is not None:
             traces.append((trace, i, i + n - 1))
         i += n
@@ -801,7 +808,6 @@ class Store:
         stored = 0
         for kind in (ROW_LOG, ROW_EVENT, ROW_SPAN, ROW_METRIC):
             tbl = _ROW_TABLE[kind]
-            trace_at = _ROW_TRACE[kind]
             params: list[tuple[Any, ...]] = []
             for sid, (_resource, by_kind) in zip(sids, groups, strict=True):
                 rows = by_kind[kind]
@@ -813,7 +819,7 @@ class Store:
                     (i, sid, *row)
                     for i, row in zip(range(first, first + len(rows)), rows, strict=True)
                 ]
-                _chunk_runs(rows, first, tbl, sid, trace_at, chunks, traces)
+                _chunk_runs(rows, first, kind, sid, chunks, traces)
             if not params:
                 continue
             stored += len(params)
@@ -834,7 +840,7 @@ class Store:
         if stored:
             conn.executemany(
                 "INSERT INTO chunks (tbl, first_id, last_id, min_time, max_time, source_id,"
-                " job_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " job_id, max_severity) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [tuple(map(_bindable, c)) for c in chunks] if sanitize else chunks,
             )
             conn.executemany(
@@ -958,17 +964,23 @@ class Store:
     def _delete_oldest(self, want: int) -> int:
         """Delete whole chunks, oldest (by newest row) first, until about ``want`` rows are
         gone; -1 when there are no chunks left."""
-        cur = self._conn.execute(
-            "SELECT rowid, tbl, first_id, last_id FROM chunks ORDER BY max_time, rowid"
-        )
+        cursors = [
+            self._conn.execute(
+                "SELECT max_time, rowid, tbl, first_id, last_id FROM chunks WHERE tbl = ?"
+                " ORDER BY max_time, rowid",
+                (tbl,),
+            )
+            for tbl in (_RECORDS, _METRICS)
+        ]
         picked: list[tuple[int, int, int, int]] = []
         planned = 0
-        for chunk in cur:
-            picked.append(chunk)
-            planned += chunk[3] - chunk[2] + 1
+        for _t, rowid, tbl, first, last in heapq.merge(*cursors):
+            picked.append((rowid, tbl, first, last))
+            planned += last - first + 1
             if planned >= want:
                 break
-        cur.close()
+        for cur in cursors:
+            cur.close()
         if not picked:
             return -1
         deleted = 0
@@ -1114,7 +1126,7 @@ class Store:
             rows = self._query(sql, params)
         else:
             chunk_where, chunk_params = self._chunk_filters(
-                _RECORDS, job, machine, worker, since_ns
+                _RECORDS, job, machine, worker, since_ns, level
             )
             rows = self._newest(
                 _RECORD_COLUMNS, "records r", chunk_where, chunk_params, where, params, limit
@@ -1129,6 +1141,7 @@ class Store:
         machine: str | None,
         worker: str | None,
         since_ns: int | None,
+        level: int | None = None,
     ) -> tuple[list[str], list[Any]]:
         """Conditions on ``chunks c`` that keep the chunks which can hold matching rows."""
         where = ["c.tbl = ?"]
@@ -1140,6 +1153,9 @@ class Store:
         if since_ns is not None:
             where.append("c.max_time >= ?")
             params.append(since_ns)
+        if level is not None:
+            where.append("c.max_severity >= ?")
+            params.append(level)
         return where, params
 
     def _newest(
