@@ -807,7 +807,7 @@ def test_concurrent_read_while_another_process_writes(tmp_path: Path) -> None:
 
 
 def test_bulk_ingest_keeps_every_log_in_order(tmp_path: Path) -> None:
-    # 250 logs: two 100-row statements and a remainder of 50, mixed with other kinds.
+    # 250 logs: two 99-row statements and a remainder of 52, mixed with other kinds.
     res = Resource(attributes={"service.name": "bulk", "emp.machine_id": "m", "emp.worker_id": "w"})
     recs: list[Record] = []
     for i in range(250):
@@ -1002,3 +1002,27 @@ def test_histogram_whose_exact_sum_overflows_is_stored_and_queried(store: Store)
     store.ingest([(W1, [metric("big", HISTOGRAM, 1, values=[1e308, 1e308])])])
     (big,) = store.metrics(name="big")
     assert (big.count, big.sum, big.max) == (2, math.inf, 1e308)
+
+
+def test_bulk_ingest_of_every_kind_across_statement_boundaries(tmp_path: Path) -> None:
+    """More rows of each kind than one multi-row INSERT takes (99 logs, 124 events, 66 spans,
+    66 metric updates), plus a remainder: every row stored once, with its own values."""
+    n = 300
+    recs: list[Record] = []
+    for i in range(n):
+        ctx = {"job_id": "bulk"}
+        recs.append(log(f"line {i}", i, context=ctx, attributes={"i": i}))
+        recs.append(Record(kind=EVENT, time_unix_nano=T0 + i * S, name=f"ev{i}", context=ctx))
+        recs.append(span(f"s{i}", i.to_bytes(8, "big"), None, i, i + 0.5))
+        recs.append(metric("steps", COUNTER, i, i, context=ctx))
+    with Store(tmp_path / "store.sqlite") as store:
+        assert store.ingest([(W1, recs)]) == 4 * n
+        got = store.logs(limit=None)
+        assert [r.body for r in got if r.kind == "log"] == [f"line {i}" for i in range(n)]
+        assert [r.attributes["i"] for r in got if r.kind == "log"] == list(range(n))
+        assert [r.name for r in got if r.kind == "event"] == [f"ev{i}" for i in range(n)]
+        view = store.trace(TRACE_A.hex())
+        assert view is not None
+        assert [node.span.name for node in view.spans] == [f"s{i}" for i in range(n)]
+        (steps,) = store.metrics(name="steps")
+        assert (steps.value, steps.updates) == (sum(range(n)), n)

@@ -165,8 +165,6 @@ _INSERT_LOG = (
     "INSERT INTO records (id, source_id, time_unix_nano, job_id, body, severity_number,"
     " severity_text, trace_id, span_id, attributes, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
 )
-_LOG_ROWS_PER_INSERT = 90  # 900 bound values, under SQLite's lowest variable limit (999)
-_INSERT_LOG_MULTI = _INSERT_LOG + ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)" * (_LOG_ROWS_PER_INSERT - 1)
 _INSERT_EVENT = (
     "INSERT INTO records (id, source_id, time_unix_nano, job_id, name, trace_id, span_id,"
     " attributes, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 2)"
@@ -182,6 +180,18 @@ _INSERT_METRIC = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_ROWS = (_INSERT_LOG, _INSERT_EVENT, _INSERT_SPAN, _INSERT_METRIC)
+# Many rows per INSERT statement: a quarter faster than executemany of single rows. 999
+# bound values at most, SQLite's lowest variable limit.
+_MAX_VARIABLES = 999
+
+
+def _multi_insert(sql: str) -> tuple[int, str]:
+    values = sql[sql.index("VALUES ") + len("VALUES ") :]
+    rows = _MAX_VARIABLES // values.count("?")
+    return rows, sql + f", {values}" * (rows - 1)
+
+
+_INSERT_MULTI = tuple(_multi_insert(sql) for sql in _INSERT_ROWS)
 # Per row kind: the table, and where the trace id sits in the row (None: no trace).
 _ROW_TABLE = (_RECORDS, _RECORDS, _RECORDS, _METRICS)
 _ROW_TRACE = (5, 3, 3, None)
@@ -825,18 +835,11 @@ class Store:
             stored += len(params)
             if sanitize:
                 params = [tuple(map(_bindable, row)) for row in params]
-            sql = _INSERT_ROWS[kind]
-            if kind == ROW_LOG:
-                # Logs dominate: 90 rows per statement (a third fewer SQLite calls than
-                # executemany of single rows); the remainder row by row.
-                step = _LOG_ROWS_PER_INSERT
-                full = len(params) - len(params) % step
-                for i in range(0, full, step):
-                    conn.execute(
-                        _INSERT_LOG_MULTI, tuple(chain.from_iterable(params[i : i + step]))
-                    )
-                params = params[full:]
-            conn.executemany(sql, params)
+            step, multi = _INSERT_MULTI[kind]
+            full = len(params) - len(params) % step
+            for i in range(0, full, step):
+                conn.execute(multi, tuple(chain.from_iterable(params[i : i + step])))
+            conn.executemany(_INSERT_ROWS[kind], params[full:])  # the remainder
         if stored:
             conn.executemany(
                 "INSERT INTO chunks (tbl, first_id, last_id, min_time, max_time, source_id,"
