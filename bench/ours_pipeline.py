@@ -18,6 +18,7 @@
   same kind of receiver: what the SDK's batch processor pays per batch.
 - ``store.ingest``: the agent's store path, 5,000 raw LOG records per call (rows built
   natively, then ``Store.ingest_rows``) into a fresh store.
+- ``store.ingest.mixed``: the same with spans, logs, histogram and counter updates.
 - ``store.ingest.py``: ``Store.ingest`` of 5,000 records decoded in Python (decoding not timed).
 - ``store.query.logs_job``: ``Store.logs(job=..., limit=1000)`` (what ``fastbuf logs --job``
   runs) on a store of ``STORE_RECORDS`` records, built once and cached under
@@ -175,6 +176,28 @@ class _StagedRing:
         dropped = self.ring.stats()["dropped"] - before
         if dropped:
             raise RuntimeError(f"ring {self.name} dropped {dropped} of {records} staged records")
+
+    def fill_mixed(self, records: int) -> None:
+        """Write at least ``records`` more records as a GPU worker's steps do: per step a
+        span, a log inside it, a histogram update and a counter increment; a job span (a
+        trace) around every 1,000 steps."""
+        fb = self.fastbuf
+        step_ms = fb.metrics.histogram("step.duration", unit="ms")
+        steps = fb.metrics.counter("steps")
+        info = fb.log.info
+        before = self.ring.stats()["dropped"]
+        target = self.written + records
+        while self.written < target:
+            with fb.span("job", job=self.written):
+                for i in range(1000):
+                    with fb.span("denoise", step=i):
+                        info("step done", step=i, loss=0.5 / (i + 1))
+                        step_ms.record(12.5 + i % 7)
+                        steps.inc()
+            self.written += 4 * 1000 + 1
+        dropped = self.ring.stats()["dropped"] - before
+        if dropped:
+            raise RuntimeError(f"ring {self.name} dropped {dropped} staged records")
 
     def available(self) -> int:
         """Staged records not read yet."""
@@ -576,6 +599,27 @@ def store_ingest() -> Scenario:
     finally:
         staged.close()
     batches.reverse()  # popped from the end: oldest first
+
+    def rows() -> Any:
+        if not batches:
+            raise RuntimeError(f"all {INGEST_STAGED} staged batches were used")
+        return store_groups(batches.pop())
+
+    return _ingest_scenario(rows, "ingest_rows")
+
+
+def store_ingest_mixed() -> Scenario:
+    """``store.ingest.mixed``: as ``store.ingest``, with a worker's mix of records: per step
+    a span, a log in it, a histogram update and a counter increment (a quarter each)."""
+    from emp_fastbuf.agent.main import store_groups
+
+    staged = _StagedRing("ingmix")
+    try:
+        staged.fill_mixed(INGEST_STAGED * INGEST_BATCH)
+        batches = [staged.read_batch(INGEST_BATCH) for _ in range(INGEST_STAGED)]
+    finally:
+        staged.close()
+    batches.reverse()
 
     def rows() -> Any:
         if not batches:
@@ -1118,6 +1162,16 @@ def register_all() -> None:
         items_per_call=INGEST_BATCH,
         budget="ops_per_s >= 200000",
         description=f"the agent's store path: {INGEST_BATCH} raw log records per call, fresh store",
+    )
+    register(
+        "store.ingest.mixed",
+        store_ingest_mixed,
+        calls=INGEST_CALLS,
+        quick_calls=5,
+        warmup=INGEST_WARMUP,
+        items_per_call=INGEST_BATCH,
+        budget="ops_per_s >= 200000",
+        description=f"the agent's store path: {INGEST_BATCH} raw records per call, a worker's mix",
     )
     register(
         "store.ingest.py",
