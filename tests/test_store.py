@@ -712,16 +712,20 @@ def test_foreign_sqlite_database(tmp_path: Path) -> None:
             Store(path, readonly=readonly)
 
 
-def test_future_schema_version(store: Store) -> None:
+@pytest.mark.parametrize(
+    ("version", "hint"),
+    [(7, ""), (1, ": move it away and the agent starts a new one")],
+)
+def test_other_schema_version(store: Store, version: int, hint: str) -> None:
     path = store.path
     store.close()
     conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 7")
+    conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     conn.close()
     expected = (
-        f"store.sqlite at {path} has schema version 7, this emp-fastbuf reads version "
-        f"{SCHEMA_VERSION}"
+        f"store.sqlite at {path} has schema version {version}, this emp-fastbuf reads version "
+        f"{SCHEMA_VERSION}{hint}"
     )
     for readonly in (True, False):
         with pytest.raises(StoreError) as err:

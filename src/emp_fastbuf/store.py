@@ -711,9 +711,12 @@ class Store:
             )
         if version != SCHEMA_VERSION:
             conn.close()
+            hint = (
+                ": move it away and the agent starts a new one" if version < SCHEMA_VERSION else ""
+            )
             raise StoreError(
                 f"{self.path.name} at {self.path} has schema version {version}, "
-                f"this emp-fastbuf reads version {SCHEMA_VERSION}"
+                f"this emp-fastbuf reads version {SCHEMA_VERSION}{hint}"
             )
         return False
 
