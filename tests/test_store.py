@@ -1030,3 +1030,20 @@ def test_bulk_ingest_of_every_kind_across_statement_boundaries(tmp_path: Path) -
         assert [node.span.name for node in view.spans] == [f"s{i}" for i in range(n)]
         (steps,) = store.metrics(name="steps")
         assert (steps.value, steps.updates) == (sum(range(n)), n)
+
+
+def test_multi_step_queries_read_one_snapshot(tmp_path: Path) -> None:
+    """logs (chunk pages), metrics and correlate read in several queries: a commit made
+    between them must not show up in half of them."""
+    path = tmp_path / "store.sqlite"
+    writer = Store(path)
+    writer.ingest([(W1, [log("first", 1, context=JOB_A)])])
+    reader = Store(path, readonly=True)
+    with reader._snapshot():
+        assert bodies(reader.logs()) == ["first"]
+        writer.ingest([(W1, [log("second", 2, context=JOB_A)])])
+        assert bodies(reader.logs()) == ["first"]
+        assert [r.body for r in reader.correlate("job-a")] == ["first"]
+    assert bodies(reader.logs()) == ["first", "second"]
+    reader.close()
+    writer.close()

@@ -17,7 +17,8 @@ import sqlite3
 import sys
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain, groupby
 from operator import itemgetter
@@ -631,7 +632,7 @@ class Store:
         self.readonly = readonly
         self.retention_s = retention_s
         self.max_bytes = max_bytes
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by queries inside _snapshot()
         self._source_ids: dict[tuple[str | None, str | None, str | None], int] = {}
         self._sources: dict[int, tuple[str | None, str | None, str | None]] = {}
         self._conn = self._open()
@@ -1059,6 +1060,23 @@ class Store:
             max=hi,
         )
 
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Queries inside see one state of the store: a read transaction (WAL readers keep
+        the snapshot of their first read) around queries that read in several steps."""
+        with self._lock:
+            if self._conn.in_transaction:
+                yield
+                return
+            try:
+                self._conn.execute("BEGIN")
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"cannot read the store at {self.path}: {exc}") from None
+            try:
+                yield
+            finally:
+                self._conn.execute("COMMIT")  # nothing was written: ends the snapshot
+
     def _query(self, sql: str, params: Sequence[Any]) -> list[Any]:
         with self._lock:
             try:
@@ -1134,9 +1152,10 @@ class Store:
             chunk_where, chunk_params = self._chunk_filters(
                 _RECORDS, job, machine, worker, since_ns, level
             )
-            rows = self._newest(
-                _RECORD_COLUMNS, "records r", chunk_where, chunk_params, where, params, limit
-            )
+            with self._snapshot():  # the chunks read page by page, of one state
+                rows = self._newest(
+                    _RECORD_COLUMNS, "records r", chunk_where, chunk_params, where, params, limit
+                )
         rows.reverse()
         return [self._record(row) for row in rows]
 
@@ -1346,8 +1365,9 @@ class Store:
             params.append(since_ns)
         cond = " AND ".join(where)
         key = "m.name, m.instrument, m.unit, m.source_id, coalesce(m.attributes, '')"
-        out = self._scalar_series(cond, params, key, recent)
-        out += self._histogram_series(cond, params, recent)
+        with self._snapshot():
+            out = self._scalar_series(cond, params, key, recent)
+            out += self._histogram_series(cond, params, recent)
         out.sort(key=lambda s: (s.name, s.machine_id or "", s.worker_id or "", _attr_key(s)))
         return out
 
@@ -1466,6 +1486,10 @@ class Store:
         and events, and the metric updates, during the job's time window, of the processes
         that ran it and of their machines (machine-level series: no worker id). Spans sit at
         their start time. Empty when the store has no record of the job."""
+        with self._snapshot():
+            return self._correlate(job)
+
+    def _correlate(self, job: str) -> list[StoredRecord]:
         recs = [
             self._record(row)
             for row in self._query(
