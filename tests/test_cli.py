@@ -398,7 +398,7 @@ def test_metrics_none_is_exit_1(home: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_correlate_json(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["correlate", "job-a", "--json"], capsys)
+    code, out, _ = run(["correlate", "--job", "job-a", "--json"], capsys)
     assert code == 0
     lines = json_lines(out)
     assert len(lines) == 23
@@ -429,6 +429,30 @@ def test_correlate_unknown_job_is_exit_1(home: Path, capsys: pytest.CaptureFixtu
     code, out, err = run(["correlate", "job-zzz"], capsys)
     assert (code, out) == (1, "")
     one_line_error(err, "job-zzz")
+
+
+def test_correlate_job_as_option_or_argument(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    by_option = run(["correlate", "--job", "job-a", "--json"], capsys)
+    by_argument = run(["correlate", "job-a", "--json"], capsys)
+    assert by_option == by_argument and by_option[0] == 0
+    assert run(["correlate", "job-a", "--job", "job-a", "--json"], capsys) == by_option
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["correlate"], ("which job", "--job")),
+        (["correlate", "job-a", "--job", "job-b"], ("two different jobs",)),
+    ],
+)
+def test_correlate_without_one_job_is_a_usage_error(
+    home: Path, capsys: pytest.CaptureFixture[str], argv: list[str], words: tuple[str, ...]
+) -> None:
+    code, out, err = run(argv, capsys)
+    assert (code, out) == (2, "")
+    one_line_error(err, *words)
 
 
 # ---- usage errors, missing and bad stores ---------------------------------------------------

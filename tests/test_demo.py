@@ -94,7 +94,7 @@ def test_demo_delivers_everything_and_prints_a_summary(run: DemoRun) -> None:
     assert "delivered to the store" in text and "p99.9" in text
     assert f"fastbuf logs --job {failed}" in text
     assert f"fastbuf trace {run.jobs[failed]['trace_id']}" in text
-    assert f"fastbuf correlate {failed}" in text
+    assert f"fastbuf correlate --job {failed}" in text
     assert f"fastbuf metrics --machine {side['machine_id']}" in text
     assert "--home" not in text  # the home came from EMP_FASTBUF_HOME
     assert (run.home / "store.sqlite").stat().st_mode & 0o777 == 0o600
@@ -204,7 +204,7 @@ def test_metrics_by_machine(run: DemoRun) -> None:
 def test_correlate_puts_the_job_on_one_timeline(run: DemoRun) -> None:
     for job_id in (run.side["completed_jobs"][0], run.side["failed_jobs"][0]):
         job = run.jobs[job_id]
-        recs = json_lines(run.q("correlate", job_id, "--json"))
+        recs = json_lines(run.q("correlate", "--job", job_id, "--json"))
         keys = [r["start_unix_nano"] if r["kind"] == "span" else r["time_unix_nano"] for r in recs]
         assert keys == sorted(keys)
         assert {"span", "log", "event", "metric"} <= {r["kind"] for r in recs}

@@ -521,7 +521,14 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_correlate(args: argparse.Namespace) -> int:
-    """``fastbuf correlate JOB``: the job's spans, logs, events and metrics in time order."""
+    """``fastbuf correlate --job ID`` (or ``correlate ID``): the job's spans, logs, events
+    and metrics in time order."""
+    given = {j for j in (args.job_option, args.job) if j is not None}
+    if len(given) != 1:
+        raise UsageError(
+            "which job? give it as --job ID" if not given else "two different jobs given"
+        )
+    args.job = given.pop()
     with _open_store(args) as store:
         recs = store.correlate(args.job)
     if not recs:
@@ -652,7 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_metrics)
 
     p = sub.add_parser("correlate", help="everything about a job, in time order")
-    p.add_argument("job", help="the job id")
+    p.add_argument("--job", dest="job_option", metavar="ID", help="the job id")
+    p.add_argument("job", nargs="?", metavar="JOB", help="the job id (the same as --job)")
     _store_options(p)
     p.set_defaults(handler=cmd_correlate)
 

@@ -712,7 +712,7 @@ def _print_summary(
         for cmd in (
             f"fastbuf logs --job {job}",
             f"fastbuf trace {trace_id}",
-            f"fastbuf correlate {job}",
+            f"fastbuf correlate --job {job}",
             f"fastbuf metrics --machine {run.machine_id}",
         ):
             con.print(f"  {cmd}{home_flag}", markup=False)
