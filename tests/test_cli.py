@@ -250,7 +250,10 @@ def test_logs_nothing_matches_is_exit_1(home: Path, capsys: pytest.CaptureFixtur
     one_line_error(err, "no matching")
 
 
-def test_logs_human_table(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_logs_human_table(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
     with Store(home / "store.sqlite") as store:
         store.ingest([(W2, [log("[bold]not markup[/bold]", 7, attributes={"k": "v"})])])
     code, out, _ = run(["logs"], capsys)
@@ -260,6 +263,26 @@ def test_logs_human_table(home: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "m1/w1" in out and "job-a" in out
     assert "[bold]not markup[/bold]" in out  # bodies are text, never rich markup
     assert "tenant=acme" in out
+
+
+def test_logs_human_table_on_a_narrow_terminal_cuts_nothing(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    body = "CUDA out of memory: tried to allocate 2.50 GiB on gpu 2 while loading the unet"
+    with Store(home / "store.sqlite") as store:
+        store.ingest([(W2, [log(body, 9, attributes={"exception.type": "OOM"})])])
+    code, out, _ = run(["logs", "--worker", "w2", "--limit", "1"], capsys)
+    assert code == 0
+    assert max(len(line) for line in out.splitlines()) <= 80
+    # The record wraps between words: every word of it is there, none cut off.
+    flat = " " + " ".join(out.split()) + " "
+    for word in body.split():
+        assert f" {word} " in flat, word
+    # A long attribute folds across lines in its column; its characters are all there.
+    lines = out.splitlines()
+    at = lines[0].index("attributes")
+    assert "".join(line[at:].strip() for line in lines[1:]) == "exception.type=OOM"
 
 
 # ---- trace ----------------------------------------------------------------------------------

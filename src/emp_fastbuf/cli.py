@@ -305,11 +305,14 @@ def _print_records(recs: Sequence[StoredRecord], console: Any, *, offsets_from: 
     from rich.text import Text
 
     table = Table(box=None, pad_edge=False, show_edge=False)
+    # On a narrow terminal every column but the time wraps, the record least.
+    wide = console.width >= 140
+    table.expand = not wide
     table.add_column("time" if offsets_from is None else "offset", no_wrap=True, style="dim")
-    table.add_column("source", no_wrap=True)
-    table.add_column("job", no_wrap=True)
-    table.add_column("record")
-    table.add_column("attributes", style="dim")
+    table.add_column("source", no_wrap=wide, overflow="fold", ratio=None if wide else 2)
+    table.add_column("job", no_wrap=wide, overflow="fold", ratio=None if wide else 2)
+    table.add_column("record", ratio=None if wide else 5)
+    table.add_column("attributes", style="dim", overflow="fold", ratio=None if wide else 4)
     for r in recs:
         when = (
             _short_time(r.time_unix_nano if r.kind != "span" else r.sort_time)
@@ -397,13 +400,17 @@ def _print_metrics(series: Sequence[MetricSeries], console: Any) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    table.add_column("name", overflow="fold")
+    # As for records: on a narrow terminal the columns wrap (the value never gets cut)
+    # and the sparkline is shorter.
+    wide = console.width >= 140
+    table = Table(box=None, pad_edge=False, show_edge=False, expand=not wide)
+    table.add_column("name", overflow="fold", ratio=None if wide else 3)
     table.add_column("kind", no_wrap=True)
-    table.add_column("source", no_wrap=True)
-    table.add_column("attributes", min_width=8)
-    table.add_column("value", min_width=12)
+    table.add_column("source", overflow="fold", no_wrap=wide, ratio=None if wide else 2)
+    table.add_column("attributes", overflow="fold", ratio=None if wide else 2)
+    table.add_column("value", overflow="fold", ratio=None if wide else 3)
     table.add_column("recent", no_wrap=True)
+    spark = 16 if wide else 8
     for s in series:
         if s.instrument == "histogram":
             value = (
@@ -420,7 +427,7 @@ def _print_metrics(series: Sequence[MetricSeries], console: Any) -> None:
             Text(_source_text(s)),
             Text(_attrs_text(s.attributes, 60), "dim"),
             Text(value),
-            Text(sparkline(s.recent[-16:]), "green"),
+            Text(sparkline(s.recent[-spark:]), "green"),
         )
     console.print(table)
 
