@@ -16,6 +16,8 @@
   gzip level 1 on the same logical records (same resource, body, attributes), same batch.
 - ``otel.export.http``: the SDK's ``OTLPLogExporter.export`` (its gzip, then HTTP) to the
   same kind of receiver: what the SDK's batch processor pays per batch.
+- ``agent.store``: the whole agent path into the store for a batch: drain, spool (fsynced),
+  spool read, native rows, ``Store.ingest_rows``, spool file done.
 - ``store.ingest``: the agent's store path, 5,000 raw LOG records per call (rows built
   natively, then ``Store.ingest_rows``) into a fresh store.
 - ``store.ingest.mixed``: the same with spans, logs, histogram and counter updates.
@@ -582,6 +584,53 @@ def otel_export_http() -> Scenario:
 
 
 # ---- store.ingest -------------------------------------------------------------------------------
+
+
+def agent_store() -> Scenario:
+    """``agent.store``: everything an agent without an endpoint does with one batch of
+    ``BATCH`` LOG records: the drain (read the lanes, spool the batch fsynced, acknowledge)
+    and the delivery (read the spool file back, rows built natively, ``Store.ingest_rows``,
+    the file marked done and deleted), as ``Agent`` runs them, minus its threads."""
+    from emp_fastbuf.agent.main import store_groups
+    from emp_fastbuf.agent.spool import Spool
+    from emp_fastbuf.store import Store
+
+    home = Path(tempfile.mkdtemp(prefix="bench-agent-store-"))
+    staged = _StagedRing("astore")
+    try:
+        staged.fill(PREFILL_BATCHES * BATCH)
+        spool = Spool(home / "spool", destinations=("store",))
+        store = Store(home / "store.sqlite")
+    except BaseException:
+        staged.close()
+        shutil.rmtree(home, ignore_errors=True)
+        raise
+    refills = [0]
+
+    def call() -> None:
+        if staged.available() < BATCH:
+            staged.fill(PREFILL_BATCHES * BATCH)  # only when a run asks for more calls
+            refills[0] += 1
+        file_id = spool.write(staged.read_batch(BATCH))
+        staged.consumer.ack()
+        n = store.ingest_rows(store_groups(spool.read(file_id)))
+        spool.mark_done(file_id, "store")
+        if n != BATCH:
+            raise RuntimeError(f"the store took {n} records, expected {BATCH}")
+
+    def teardown() -> str:
+        try:
+            left = len(spool.pending())
+            store.close()
+        finally:
+            staged.close()
+            shutil.rmtree(home, ignore_errors=True)
+        if left:
+            raise RuntimeError(f"{left} spool files were left")
+        note = f"; the ring was refilled {refills[0]} times inside calls" if refills[0] else ""
+        return f"every spool file delivered and deleted{note}"
+
+    return call, teardown
 
 
 def store_ingest() -> Scenario:
@@ -1152,6 +1201,16 @@ def register_all() -> None:
         items_per_call=BATCH,
         versus=("otel.export", "otel.export.http"),
         description=f"the agent's path with the Python encoder, gzip 1, {BATCH} records",
+    )
+    register(
+        "agent.store",
+        agent_store,
+        calls=EXPORT_CALLS,
+        quick_calls=5,
+        warmup=2,
+        items_per_call=BATCH,
+        budget="ops_per_s >= 200000",
+        description=f"the agent's path into the store: drain, spool, store, {BATCH} records",
     )
     register(
         "store.ingest",
