@@ -1209,7 +1209,6 @@ def register_all() -> None:
         quick_calls=5,
         warmup=2,
         items_per_call=BATCH,
-        budget="ops_per_s >= 200000",
         description=f"the agent's path into the store: drain, spool, store, {BATCH} records",
     )
     register(
