@@ -637,38 +637,30 @@ def store_ingest() -> Scenario:
     """``store.ingest``: the agent's store path for ``INGEST_BATCH`` LOG records per call:
     raw lane chunks as the ring hands them over -> rows, built natively
     (``agent.main.store_groups``) -> ``Store.ingest_rows``, one transaction, fresh store.
-    Every call takes records it has not seen (all staged before the run), so the time
-    indexes grow as they do in a live agent."""
-    from emp_fastbuf.agent.main import store_groups
-
-    staged = _StagedRing("ingest")
-    try:
-        staged.fill(INGEST_STAGED * INGEST_BATCH)
-        batches = [staged.read_batch(INGEST_BATCH) for _ in range(INGEST_STAGED)]
-    finally:
-        staged.close()
-    batches.reverse()  # popped from the end: oldest first
-
-    def rows() -> Any:
-        if not batches:
-            raise RuntimeError(f"all {INGEST_STAGED} staged batches were used")
-        return store_groups(batches.pop())
-
-    return _ingest_scenario(rows, "ingest_rows")
+    Every call takes records it has not seen (all staged before the run), so the store and
+    its chunk index grow as they do under a live agent."""
+    return _agent_rows_scenario("ingest", mixed=False)
 
 
 def store_ingest_mixed() -> Scenario:
     """``store.ingest.mixed``: as ``store.ingest``, with a worker's mix of records: per step
     a span, a log in it, a histogram update and a counter increment (a quarter each)."""
+    return _agent_rows_scenario("ingmix", mixed=True)
+
+
+def _agent_rows_scenario(tag: str, *, mixed: bool) -> Scenario:
     from emp_fastbuf.agent.main import store_groups
 
-    staged = _StagedRing("ingmix")
+    staged = _StagedRing(tag)
     try:
-        staged.fill_mixed(INGEST_STAGED * INGEST_BATCH)
+        if mixed:
+            staged.fill_mixed(INGEST_STAGED * INGEST_BATCH)
+        else:
+            staged.fill(INGEST_STAGED * INGEST_BATCH)
         batches = [staged.read_batch(INGEST_BATCH) for _ in range(INGEST_STAGED)]
     finally:
         staged.close()
-    batches.reverse()
+    batches.reverse()  # popped from the end: oldest first
 
     def rows() -> Any:
         if not batches:
