@@ -804,69 +804,162 @@ cdef int put_record_attrs(Buf *b, uint8_t field_tag, State *s) noexcept:
     return R_OK
 
 
-cdef int encode_log(Buf *b, State *s, const uint8_t *p, Py_ssize_t n) noexcept:
-    """One LOG or EVENT record -> a framed ``LogRecord`` (ScopeLogs.log_records, field 2).
-    Nothing is written unless the whole record is valid."""
-    cdef Head h
-    cdef Py_ssize_t pos, tl = 0, bl = 0, nl = 0
-    cdef const uint8_t *text = NULL
-    cdef const uint8_t *body = NULL
-    cdef const uint8_t *name = NULL
-    cdef uint8_t sev = 0
-    cdef int kind = p[1] if n >= 2 else 0
-    cdef size_t mark
-    if not parse_head(p, n, &h):
-        return R_BAD
-    pos = h.pos
-    if kind == K_LOG:
-        if pos + 2 > n:
-            return R_BAD
-        sev = p[pos]
-        if sev > MAX_SEVERITY:
-            return R_BAD
-        tl = p[pos + 1]
-        pos += 2
-        if tl > n - pos or not utf8_ok(p + pos, tl):
-            return R_BAD
-        text = p + pos
-        pos += tl
-        if pos + 4 > n:
-            return R_BAD
-        bl = rd32(p + pos)
-        pos += 4
-        if bl > n - pos or not utf8_ok(p + pos, bl):
-            return R_BAD
-        body = p + pos
-        pos += bl
-    elif kind == K_EVENT:
-        pos = str16(p, pos, n, &name, &nl)
-        if pos < 0:
-            return R_BAD
-    else:
-        return R_BAD
+# ---- parsing LOG, EVENT and SPAN records -------------------------------------------
+# One parser per record shape, shared by the OTLP writers below and by ``_Rows`` (the
+# store's rows), so that both accept and reject exactly what ``codec_py.decode_record``
+# does. They return R_OK, R_BAD or R_NOMEM, and leave the context and the record's own
+# attributes in ``s.ctx`` and ``s.own``; the fields point into the record's bytes.
+# ``parse_log`` and ``parse_span`` are inline: called once per record, out of line they
+# cost the exporter a few percent.
+
+cdef int parse_tail(const uint8_t *p, Py_ssize_t pos, Py_ssize_t n, State *s) noexcept:
+    """The context and attributes at ``pos``, which must end the record."""
     pos = parse_attrs(p, pos, n, &s.ctx)
     if pos < 0:
         return attrs_result(pos)
     pos = parse_attrs(p, pos, n, &s.own)
     if pos < 0:
         return attrs_result(pos)
-    if pos != n:
+    return R_OK if pos == n else R_BAD
+
+
+ctypedef struct LogFields:
+    uint8_t sev           # LOG: severity, its text and the body
+    const uint8_t *text
+    Py_ssize_t tl
+    const uint8_t *body
+    Py_ssize_t bl
+    const uint8_t *name   # EVENT: the event name
+    Py_ssize_t nl
+
+
+cdef inline int parse_log(const uint8_t *p, Py_ssize_t n, const Head *h, State *s,
+                          LogFields *f) noexcept:
+    """A LOG or EVENT record past its header ``h``; the other kind's fields stay empty."""
+    cdef Py_ssize_t pos = h.pos
+    f.sev = 0
+    f.text = f.body = f.name = NULL
+    f.tl = f.bl = f.nl = 0
+    if p[1] == K_LOG:
+        if pos + 2 > n:
+            return R_BAD
+        f.sev = p[pos]
+        if f.sev > MAX_SEVERITY:
+            return R_BAD
+        f.tl = p[pos + 1]
+        pos += 2
+        if f.tl > n - pos or not utf8_ok(p + pos, f.tl):
+            return R_BAD
+        f.text = p + pos
+        pos += f.tl
+        if pos + 4 > n:
+            return R_BAD
+        f.bl = rd32(p + pos)
+        pos += 4
+        if f.bl > n - pos or not utf8_ok(p + pos, f.bl):
+            return R_BAD
+        f.body = p + pos
+        pos += f.bl
+    elif p[1] == K_EVENT:
+        pos = str16(p, pos, n, &f.name, &f.nl)
+        if pos < 0:
+            return R_BAD
+    else:
         return R_BAD
+    return parse_tail(p, pos, n, s)
+
+
+# Events and links are validated here, then walked a second time by the writers (from
+# ``ev_pos``/``ln_pos``), which can then skip every bounds check but memory.
+ctypedef struct SpanFields:
+    const uint8_t *name
+    Py_ssize_t nl
+    const uint8_t *parent  # 8 bytes, all zero for a root span
+    uint64_t start
+    uint8_t status
+    uint8_t kind
+    uint8_t flags
+    const uint8_t *msg     # status message
+    Py_ssize_t ml
+    Py_ssize_t n_events
+    Py_ssize_t ev_pos      # the first event
+    Py_ssize_t n_links
+    Py_ssize_t ln_pos      # the first link
+
+
+cdef inline int parse_span(const uint8_t *p, Py_ssize_t n, const Head *h, State *s,
+                           SpanFields *f) noexcept:
+    """A SPAN record past its header ``h``. Uses ``s.tmp`` for the events' and links'
+    attributes."""
+    cdef Py_ssize_t pos, _i, el
+    cdef const uint8_t *ev_name
+    if h.trace == NULL:
+        return R_BAD
+    pos = str16(p, h.pos, n, &f.name, &f.nl)
+    if pos < 0 or pos + 19 > n:
+        return R_BAD
+    f.parent = p + pos
+    f.start = rd64(p + pos + 8)
+    f.status = p[pos + 16]
+    f.kind = p[pos + 17]
+    f.flags = p[pos + 18]
+    if f.status > MAX_STATUS_CODE or f.kind > MAX_SPAN_KIND:
+        return R_BAD
+    pos = str16(p, pos + 19, n, &f.msg, &f.ml)
+    if pos < 0 or pos + 2 > n:
+        return R_BAD
+    f.n_events = rd16(p + pos)
+    pos += 2
+    f.ev_pos = pos
+    for _i in range(f.n_events):
+        pos = str16(p, pos, n, &ev_name, &el)
+        if pos < 0 or pos + 8 > n:
+            return R_BAD
+        pos = parse_attrs(p, pos + 8, n, &s.tmp)
+        if pos < 0:
+            return attrs_result(pos)
+    if pos + 2 > n:
+        return R_BAD
+    f.n_links = rd16(p + pos)
+    pos += 2
+    f.ln_pos = pos
+    for _i in range(f.n_links):
+        if pos + 24 > n:
+            return R_BAD
+        pos = parse_attrs(p, pos + 24, n, &s.tmp)
+        if pos < 0:
+            return attrs_result(pos)
+    return parse_tail(p, pos, n, s)
+
+
+# ---- writing LogRecord and Span -----------------------------------------------------
+cdef int encode_log(Buf *b, State *s, const uint8_t *p, Py_ssize_t n) noexcept:
+    """One LOG or EVENT record -> a framed ``LogRecord`` (ScopeLogs.log_records, field 2).
+    Nothing is written unless the whole record is valid."""
+    cdef Head h
+    cdef LogFields f
+    cdef size_t mark
+    cdef int r
+    if not parse_head(p, n, &h):
+        return R_BAD
+    r = parse_log(p, n, &h, s, &f)
+    if r != R_OK:
+        return r
     # LogRecord fields (opentelemetry/proto/logs/v1/logs.proto), in field-number order.
     put1(b, 0x12)
     mark = begin(b)
     if h.time:
         put1(b, 0x09)
         put_fixed64(b, h.time)
-    if kind == K_LOG:
-        if sev:
+    if p[1] == K_LOG:
+        if f.sev:
             put1(b, 0x10)
-            put1(b, sev)
-        if tl:
-            put_bytes_field(b, 0x1A, text, tl)
+            put1(b, f.sev)
+        if f.tl:
+            put_bytes_field(b, 0x1A, f.text, f.tl)
         put1(b, 0x2A)  # body: an AnyValue holding the string, even an empty one
-        put_varint(b, 1 + varint_len(bl) + bl)
-        put_bytes_field(b, 0x0A, body, bl)
+        put_varint(b, 1 + varint_len(f.bl) + f.bl)
+        put_bytes_field(b, 0x0A, f.body, f.bl)
     if s.ctx.n or s.own.n:
         if put_record_attrs(b, 0x32, s) != R_OK:
             return R_NOMEM
@@ -879,8 +972,8 @@ cdef int encode_log(Buf *b, State *s, const uint8_t *p, Py_ssize_t n) noexcept:
     if s.observed:
         put1(b, 0x59)
         put_fixed64(b, s.observed)
-    if nl:
-        put_bytes_field(b, 0x62, name, nl)
+    if f.nl:
+        put_bytes_field(b, 0x62, f.name, f.nl)
     finish(b, mark)
     return R_NOMEM if b.oom else R_OK
 
@@ -890,74 +983,33 @@ cdef int encode_span(Buf *b, State *s, const uint8_t *p, Py_ssize_t n) noexcept:
     validated completely first; events and links are then read a second time to write
     them after the attributes (field-number order)."""
     cdef Head h
-    cdef Py_ssize_t pos, q, _i, nl = 0, ml = 0, el = 0, n_events, n_links, ev_pos, ln_pos
-    cdef const uint8_t *name = NULL
-    cdef const uint8_t *msg = NULL
+    cdef SpanFields f
+    cdef Py_ssize_t q, _i, el = 0
     cdef const uint8_t *ev_name = NULL
-    cdef const uint8_t *parent
     cdef const uint8_t *ids
-    cdef uint64_t start, t
-    cdef uint8_t status, span_kind, trace_flags
+    cdef uint64_t t
     cdef size_t mark, sub
-    if n < 2 or p[1] != K_SPAN or not parse_head(p, n, &h) or h.trace == NULL:
+    cdef int r
+    if n < 2 or p[1] != K_SPAN or not parse_head(p, n, &h):
         return R_BAD
-    pos = str16(p, h.pos, n, &name, &nl)
-    if pos < 0 or pos + 19 > n:
-        return R_BAD
-    parent = p + pos
-    start = rd64(p + pos + 8)
-    status = p[pos + 16]
-    span_kind = p[pos + 17]
-    trace_flags = p[pos + 18]
-    if status > MAX_STATUS_CODE or span_kind > MAX_SPAN_KIND:
-        return R_BAD
-    pos = str16(p, pos + 19, n, &msg, &ml)
-    if pos < 0 or pos + 2 > n:
-        return R_BAD
-    n_events = rd16(p + pos)
-    pos += 2
-    ev_pos = pos
-    for _i in range(n_events):
-        pos = str16(p, pos, n, &ev_name, &el)
-        if pos < 0 or pos + 8 > n:
-            return R_BAD
-        pos = parse_attrs(p, pos + 8, n, &s.tmp)
-        if pos < 0:
-            return attrs_result(pos)
-    if pos + 2 > n:
-        return R_BAD
-    n_links = rd16(p + pos)
-    pos += 2
-    ln_pos = pos
-    for _i in range(n_links):
-        if pos + 24 > n:
-            return R_BAD
-        pos = parse_attrs(p, pos + 24, n, &s.tmp)
-        if pos < 0:
-            return attrs_result(pos)
-    pos = parse_attrs(p, pos, n, &s.ctx)
-    if pos < 0:
-        return attrs_result(pos)
-    pos = parse_attrs(p, pos, n, &s.own)
-    if pos < 0:
-        return attrs_result(pos)
-    if pos != n:
-        return R_BAD
+    r = parse_span(p, n, &h, s, &f)
+    if r != R_OK:
+        return r
     # Span fields (opentelemetry/proto/trace/v1/trace.proto), in field-number order.
     put1(b, 0x12)
     mark = begin(b)
     put_bytes_field(b, 0x0A, h.trace, 16)
     put_bytes_field(b, 0x12, h.trace + 16, 8)
-    if not all_zero(parent, 8):  # all zero: a root span, no parent_span_id
-        put_bytes_field(b, 0x22, parent, 8)
-    if nl:
-        put_bytes_field(b, 0x2A, name, nl)
-    if span_kind:
+    if not all_zero(f.parent, 8):  # all zero: a root span, no parent_span_id
+        put_bytes_field(b, 0x22, f.parent, 8)
+    if f.nl:
+        put_bytes_field(b, 0x2A, f.name, f.nl)
+    if f.kind:
         put1(b, 0x30)
-        put1(b, span_kind)
-    if start:
+        put1(b, f.kind)
+    if f.start:
         put1(b, 0x39)
-        put_fixed64(b, start)
+        put_fixed64(b, f.start)
     if h.time:
         put1(b, 0x41)
         put_fixed64(b, h.time)
@@ -967,13 +1019,13 @@ cdef int encode_span(Buf *b, State *s, const uint8_t *p, Py_ssize_t n) noexcept:
     if h.dropped:
         put1(b, 0x50)
         put_varint(b, h.dropped)
-    q = ev_pos
-    for _i in range(n_events):
+    q = f.ev_pos
+    for _i in range(f.n_events):
         q = str16(p, q, n, &ev_name, &el)
         t = rd64(p + q)
         q = parse_attrs(p, q + 8, n, &s.tmp)
         if q < 0:
-            return R_NOMEM  # validated above: only memory can fail here
+            return R_NOMEM  # validated by parse_span: only memory can fail here
         put1(b, 0x5A)
         sub = begin(b)
         if t:
@@ -983,8 +1035,8 @@ cdef int encode_span(Buf *b, State *s, const uint8_t *p, Py_ssize_t n) noexcept:
             put_bytes_field(b, 0x12, ev_name, el)
         put_list(b, 0x1A, &s.tmp)
         finish(b, sub)
-    q = ln_pos
-    for _i in range(n_links):
+    q = f.ln_pos
+    for _i in range(f.n_links):
         ids = p + q
         q = parse_attrs(p, q + 24, n, &s.tmp)
         if q < 0:
@@ -995,19 +1047,19 @@ cdef int encode_span(Buf *b, State *s, const uint8_t *p, Py_ssize_t n) noexcept:
         put_bytes_field(b, 0x12, ids + 16, 8)
         put_list(b, 0x22, &s.tmp)
         finish(b, sub)
-    if status or ml:
+    if f.status or f.ml:
         put1(b, 0x7A)
         sub = begin(b)
-        if ml:
-            put_bytes_field(b, 0x12, msg, ml)
-        if status:
+        if f.ml:
+            put_bytes_field(b, 0x12, f.msg, f.ml)
+        if f.status:
             put1(b, 0x18)
-            put1(b, status)
+            put1(b, f.status)
         finish(b, sub)
-    if trace_flags:
+    if f.flags:
         put1(b, 0x85)  # field 16, fixed32: a two-byte tag
         put1(b, 0x01)
-        put1(b, trace_flags)
+        put1(b, f.flags)
         put1(b, 0)
         put1(b, 0)
         put1(b, 0)
@@ -1811,122 +1863,54 @@ cdef class _Rows:
         json_object(&self.js, attrs)
         return take_ascii(&self.js)
 
-    cdef int tail(self, const uint8_t *p, Py_ssize_t pos, Py_ssize_t n) except -2:
-        """Context and attributes at ``pos``, which must end the record: R_OK or R_BAD."""
-        pos = parse_attrs(p, pos, n, &self.st.ctx)
-        if pos == -2:
+    cdef inline bint accepted(self, int r) except -1:
+        """A parser's result: True for R_OK, False for R_BAD (the record is declined);
+        R_NOMEM raises."""
+        if r == R_NOMEM:
             raise MemoryError()
-        if pos >= 0:
-            pos = parse_attrs(p, pos, n, &self.st.own)
-            if pos == -2:
-                raise MemoryError()
-        return R_OK if pos == n else R_BAD
+        return r == R_OK
 
     cdef tuple log(self, const uint8_t *p, Py_ssize_t n, const Head *h):
-        cdef Py_ssize_t pos = h.pos, tl, bl
-        cdef const uint8_t *text
-        cdef const uint8_t *body
-        cdef uint8_t sev
-        if pos + 2 > n:
-            return None
-        sev = p[pos]
-        tl = p[pos + 1]
-        pos += 2
-        if sev > MAX_SEVERITY or tl > n - pos or not utf8_ok(p + pos, tl):
-            return None
-        text = p + pos
-        pos += tl
-        if pos + 4 > n:
-            return None
-        bl = rd32(p + pos)
-        pos += 4
-        if bl > n - pos or not utf8_ok(p + pos, bl):
-            return None
-        body = p + pos
-        if self.tail(p, pos + bl, n) != R_OK:
+        cdef LogFields f
+        if not self.accepted(parse_log(p, n, h, &self.st, &f)):
             return None
         job = self.job()
         return (
-            h.time, job, PyUnicode_DecodeUTF8(<const char *>body, bl, NULL), sev,
-            self.cached(1, text, tl) if tl else None,
+            h.time, job, PyUnicode_DecodeUTF8(<const char *>f.body, f.bl, NULL), f.sev,
+            self.cached(1, f.text, f.tl) if f.tl else None,
             opt_bytes(h.trace, 16), opt_bytes(h.trace + 16 if h.trace else NULL, 8),
             self.attributes(),
         )
 
     cdef tuple event(self, const uint8_t *p, Py_ssize_t n, const Head *h):
-        cdef Py_ssize_t pos, nl = 0
-        cdef const uint8_t *name = NULL
-        pos = str16(p, h.pos, n, &name, &nl)
-        if pos < 0 or self.tail(p, pos, n) != R_OK:
+        cdef LogFields f
+        if not self.accepted(parse_log(p, n, h, &self.st, &f)):
             return None
         job = self.job()
         return (
-            h.time, job, self.cached(2, name, nl),
+            h.time, job, self.cached(2, f.name, f.nl),
             opt_bytes(h.trace, 16), opt_bytes(h.trace + 16 if h.trace else NULL, 8),
             self.attributes(),
         )
 
     cdef tuple span(self, const uint8_t *p, Py_ssize_t n, const Head *h):
-        """Validated completely first (as ``encode_span``); the events and links are then
+        """Validated completely first (``parse_span``); the events and links are then
         read a second time to write their JSON."""
         cdef State *s = &self.st
         cdef Buf *b = &self.js
-        cdef Py_ssize_t pos, q, i, _i, nl = 0, ml = 0, el = 0, n_events, n_links, ev_pos, ln_pos
-        cdef const uint8_t *name = NULL
-        cdef const uint8_t *msg = NULL
+        cdef SpanFields f
+        cdef Py_ssize_t q, i, el = 0
         cdef const uint8_t *ev_name = NULL
-        cdef const uint8_t *parent
-        cdef uint64_t start
-        cdef uint8_t status, span_kind
-        if h.trace == NULL:
-            return None
-        pos = str16(p, h.pos, n, &name, &nl)
-        if pos < 0 or pos + 19 > n:
-            return None
-        parent = p + pos
-        start = rd64(p + pos + 8)
-        status = p[pos + 16]
-        span_kind = p[pos + 17]
-        if status > MAX_STATUS_CODE or span_kind > MAX_SPAN_KIND:
-            return None
-        pos = str16(p, pos + 19, n, &msg, &ml)
-        if pos < 0 or pos + 2 > n:
-            return None
-        n_events = rd16(p + pos)
-        pos += 2
-        ev_pos = pos
-        for _i in range(n_events):
-            pos = str16(p, pos, n, &ev_name, &el)
-            if pos < 0 or pos + 8 > n:
-                return None
-            pos = parse_attrs(p, pos + 8, n, &s.tmp)
-            if pos < 0:
-                if pos == -2:
-                    raise MemoryError()
-                return None
-        if pos + 2 > n:
-            return None
-        n_links = rd16(p + pos)
-        pos += 2
-        ln_pos = pos
-        for _i in range(n_links):
-            if pos + 24 > n:
-                return None
-            pos = parse_attrs(p, pos + 24, n, &s.tmp)
-            if pos < 0:
-                if pos == -2:
-                    raise MemoryError()
-                return None
-        if self.tail(p, pos, n) != R_OK:
+        if not self.accepted(parse_span(p, n, h, s, &f)):
             return None
         job = self.job()
         attrs = self.attributes()
         events = links = None
-        if n_events:
+        if f.n_events:
             b.len = 0
             put1(b, 91)
-            q = ev_pos
-            for i in range(n_events):
+            q = f.ev_pos
+            for i in range(f.n_events):
                 if i:
                     put1(b, 44)
                 q = str16(p, q, n, &ev_name, &el)
@@ -1937,16 +1921,16 @@ cdef class _Rows:
                 put_raw(b, b',"attributes":', 14)
                 q = parse_attrs(p, q + 8, n, &s.tmp)
                 if q < 0:
-                    raise MemoryError()  # validated above: only memory can fail here
+                    raise MemoryError()  # validated by parse_span: only memory can fail here
                 json_object(b, &s.tmp)
                 put1(b, 125)
             put1(b, 93)
             events = take_ascii(b)
-        if n_links:
+        if f.n_links:
             b.len = 0
             put1(b, 91)
-            q = ln_pos
-            for i in range(n_links):
+            q = f.ln_pos
+            for i in range(f.n_links):
                 if i:
                     put1(b, 44)
                 put_raw(b, b'{"trace_id":', 12)
@@ -1962,13 +1946,14 @@ cdef class _Rows:
             put1(b, 93)
             links = take_ascii(b)
         return (
-            h.time, job, self.cached(2, name, nl),
+            h.time, job, self.cached(2, f.name, f.nl),
             PyBytes_FromStringAndSize(<const char *>h.trace, 16),
             PyBytes_FromStringAndSize(<const char *>h.trace + 16, 8),
-            None if all_zero(parent, 8) else PyBytes_FromStringAndSize(<const char *>parent, 8),
-            start, status,
-            PyUnicode_DecodeUTF8(<const char *>msg, ml, NULL) if ml else None,
-            span_kind, attrs, events, links,
+            None if all_zero(f.parent, 8)
+            else PyBytes_FromStringAndSize(<const char *>f.parent, 8),
+            f.start, f.status,
+            PyUnicode_DecodeUTF8(<const char *>f.msg, f.ml, NULL) if f.ml else None,
+            f.kind, attrs, events, links,
         )
 
     cdef tuple metric(self, const uint8_t *p, Py_ssize_t n, const Head *h):
@@ -2027,7 +2012,7 @@ cdef class _Rows:
                     return None
                 prev = d
             pos += nb * 8
-        if self.tail(p, pos, n) != R_OK:
+        if not self.accepted(parse_tail(p, pos, n, &self.st)):
             return None
         job = self.job()
         if instrument != K_HISTOGRAM:
