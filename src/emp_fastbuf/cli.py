@@ -215,6 +215,11 @@ def _write_json(obj: dict[str, Any], out: TextIO) -> None:
 # ---- human output ---------------------------------------------------------------------
 
 
+# From this many columns the records and metrics tables keep each cell on one line; below
+# it their columns share the width and wrap.
+_WIDE_TERMINAL = 140
+
+
 def _console() -> Any:
     from rich.console import Console
 
@@ -306,7 +311,7 @@ def _print_records(recs: Sequence[StoredRecord], console: Any, *, offsets_from: 
 
     table = Table(box=None, pad_edge=False, show_edge=False)
     # On a narrow terminal every column but the time wraps, the record least.
-    wide = console.width >= 140
+    wide = console.width >= _WIDE_TERMINAL
     table.expand = not wide
     table.add_column("time" if offsets_from is None else "offset", no_wrap=True, style="dim")
     table.add_column("source", no_wrap=wide, overflow="fold", ratio=None if wide else 2)
@@ -402,7 +407,7 @@ def _print_metrics(series: Sequence[MetricSeries], console: Any) -> None:
 
     # As for records: on a narrow terminal the columns wrap (the value never gets cut)
     # and the sparkline is shorter.
-    wide = console.width >= 140
+    wide = console.width >= _WIDE_TERMINAL
     table = Table(box=None, pad_edge=False, show_edge=False, expand=not wide)
     table.add_column("name", overflow="fold", ratio=None if wide else 3)
     table.add_column("kind", no_wrap=True)

@@ -921,13 +921,10 @@ class Store:
             return -1
         deleted = 0
         for rowid, tbl, first, last, max_time in chunks:
-            table = _TABLES[tbl]
             if max_time < cutoff:
-                sql = f"DELETE FROM {table} WHERE id BETWEEN ? AND ?"
-                deleted += self._conn.execute(sql, (first, last)).rowcount
-                self._conn.execute("DELETE FROM chunks WHERE rowid = ?", (rowid,))
+                deleted += self._delete_chunk(rowid, tbl, first, last)
             else:
-                sql = f"DELETE FROM {table} WHERE id BETWEEN ? AND ? AND time_unix_nano < ?"
+                sql = f"DELETE FROM {_TABLES[tbl]} WHERE id BETWEEN ? AND ? AND time_unix_nano < ?"
                 deleted += self._conn.execute(sql, (first, last, cutoff)).rowcount
                 self._conn.execute(
                     "UPDATE chunks SET min_time = ? WHERE rowid = ?", (cutoff, rowid)
@@ -992,11 +989,16 @@ class Store:
             return -1
         deleted = 0
         for rowid, tbl, first, last in picked:
-            deleted += self._conn.execute(
-                f"DELETE FROM {_TABLES[tbl]} WHERE id BETWEEN ? AND ?", (first, last)
-            ).rowcount
-            self._conn.execute("DELETE FROM chunks WHERE rowid = ?", (rowid,))
+            deleted += self._delete_chunk(rowid, tbl, first, last)
         return deleted
+
+    def _delete_chunk(self, rowid: int, tbl: int, first: int, last: int) -> int:
+        """Delete a whole chunk: its rows and its entry. Returns how many rows went."""
+        n = self._conn.execute(
+            f"DELETE FROM {_TABLES[tbl]} WHERE id BETWEEN ? AND ?", (first, last)
+        ).rowcount
+        self._conn.execute("DELETE FROM chunks WHERE rowid = ?", (rowid,))
+        return int(n)
 
     # ---- reading ----------------------------------------------------------------------
 
