@@ -268,7 +268,7 @@ def emit_full_ring() -> Scenario:
     try:
         fb.configure(service="bench", ring=name, agent="external")
         ring = _current_ring()
-        ring.spin_ns = 0  # drop at once, never wait for room
+        ring.block_ns = 0  # drop at once, never wait for room
         call = _emit_4(fb)
         for _ in range(FULL_RING_SIZE):  # far more records than fit
             call()

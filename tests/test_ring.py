@@ -157,8 +157,8 @@ def test_full_lane_returns_false_and_counts_every_drop(small: Ring) -> None:
     c.close()
 
 
-def test_spin_budget_still_drops_when_nobody_frees_room(small: Ring) -> None:
-    small.spin_ns = 2_000_000
+def test_block_budget_still_drops_when_nobody_frees_room(small: Ring) -> None:
+    small.block_ns = 2_000_000
     while small.write(b"z" * 500):
         pass
     assert not small.write(b"z" * 500)
@@ -369,7 +369,7 @@ def test_stats_shape(small: Ring) -> None:
     stats = small.stats()
     assert stats["name"] == small.name
     assert stats["lane_count"] == 1 and stats["lane_size"] == 4096
-    assert stats["max_record"] == 1024 and stats["layout_version"] == 1
+    assert stats["max_record"] == 1024 and stats["layout_version"] == 2
     assert stats["creator_pid"] == os.getpid()
     (lane,) = stats["lanes"]
     assert lane["owner_pid"] == os.getpid() and lane["alive"] and not lane["released"]
@@ -539,7 +539,7 @@ def _damage(name: str, off: int, fmt: str, value: int) -> None:
     [
         (0, "Q", 0x1122334455667788, RingCorrupt, "wrong magic number"),
         (0, "Q", 0, RingCorrupt, "wrong magic number"),
-        (w.H_VERSION, "I", 2, RingVersionError, "layout version 2"),
+        (w.H_VERSION, "I", 3, RingVersionError, "layout version 3"),
         (w.H_VERSION, "I", 0, RingVersionError, "layout version 0"),
         (w.H_HEADER_SIZE, "I", 8192, RingCorrupt, "inconsistent header"),
         (w.H_SEGMENT_SIZE, "Q", 12345, RingCorrupt, "inconsistent header"),

@@ -87,6 +87,9 @@ class RingMachine(RuleBasedStateMachine):
         self.lane_of: list[int | None] = []  # producer -> lane it writes into
         self.meta_of: list[bytes] = []  # producer -> meta its next lane gets
         self.claim_failed: list[bool] = []  # producer -> a claim failed (50 ms back-off)
+        # producer -> (lane, head) of the lanes it handed back: pending() counts them
+        # until they are acknowledged
+        self.released_of: list[list[tuple[int, int]]] = []
         self.lanes = [Lane() for _ in range(LANES)]
         self.no_lane = 0
         self.counter = 0
@@ -100,6 +103,7 @@ class RingMachine(RuleBasedStateMachine):
             self.lane_of.append(None)
             self.meta_of.append(b"")
             self.claim_failed.append(False)
+            self.released_of.append([])
         self.consumer = self.ring.consumer()
 
     def teardown(self) -> None:
@@ -184,6 +188,7 @@ class RingMachine(RuleBasedStateMachine):
         i = self.lane_of[p]
         if i is not None:
             self.lanes[i].released = True
+            self.released_of[p].append((i, self.lanes[i].head))
         self.lane_of[p] = None
 
     @rule(p=st.integers(0, PRODUCERS - 1))
@@ -191,6 +196,7 @@ class RingMachine(RuleBasedStateMachine):
         self.producers[p].close()
         self._release(p)
         self.producers[p] = Ring.open(self.name)
+        self.released_of[p] = []  # the new Ring object has written nothing yet
         self.producers[p].set_meta(self.meta_of[p])
         self.claim_failed[p] = False
 
@@ -295,7 +301,9 @@ class RingMachine(RuleBasedStateMachine):
         for p, ring in enumerate(self.producers):
             i = self.lane_of[p]
             assert ring.lane_index == i
-            assert ring.pending() == (0 if i is None else self.lanes[i].head - self.lanes[i].tail)
+            current = 0 if i is None else self.lanes[i].head - self.lanes[i].tail
+            handed_back = sum(max(0, head - self.lanes[j].tail) for j, head in self.released_of[p])
+            assert ring.pending() == current + handed_back
 
     @invariant()
     def backlog_matches(self) -> None:

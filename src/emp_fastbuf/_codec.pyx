@@ -644,35 +644,38 @@ cdef inline void init_call(Call *c) noexcept:
 cdef int write_record(uint8_t kind, body_fn fn, Call *c, Scope sc) except -1:
     cdef Ring r = _ring
     cdef char *buf
-    cdef Py_ssize_t cap, n
+    cdef Py_ssize_t cap, n = -1
     cdef Enc e
     cdef uint64_t t = c.t if c.t else efb_now_ns(1)
-    cdef int reduce = 0, attempt
-    if EFB_UNLIKELY(r._ensure_lane()):
-        r._drop(DROP_FULL)
-        counters[C_DROP_NO_LANE] += 1
-        return 0
-    for attempt in range(8):
-        cap = r._window(&buf, False)
-        if cap >= 0:
-            begin(&e, buf, cap)
-            n = fn(&e, buf, c, sc, t, reduce)
-            if n >= 0:
-                break
-        if cap < r.max_record:
-            # Limited by free space or the lane's end: try at the lane's start.
-            cap = r._window(&buf, True)
+    cdef uint64_t deadline = 0
+    cdef int reduce = 0, _attempt, mode
+    for _attempt in range(8):
+        if EFB_UNLIKELY(r.lane < 0 or r.fork_gen != fork_generation()):
+            # First write, a fork, or another thread handed the lane back while the
+            # block policy waited.
+            if r.closed or r._ensure_lane():
+                r._drop(DROP_FULL)
+                counters[C_DROP_NO_LANE] += 1
+                return 0
+        # At the head; then at the lane's start; then in a new lane (chaining).
+        for mode in range(3):
+            cap = r._window(&buf, mode)
             if cap >= 0:
                 begin(&e, buf, cap)
                 n = fn(&e, buf, c, sc, t, reduce)
-                if n >= 0:
+                if n >= 0 or cap >= r.max_record:
                     break
-            if cap < r.max_record:
-                if attempt == 0 and r._wait_room(<uint64_t>r.max_record // 4):
-                    continue
-                r._drop(DROP_FULL)
-                counters[C_DROP_FULL] += 1
+        if n >= 0:
+            break
+        if cap < r.max_record:
+            # No room anywhere: wait (block policy) or drop.
+            if r._wait_room(<uint64_t>r.max_record // 4, &deadline):
+                continue
+            if r.closed:
                 return 0
+            r._drop(DROP_FULL)
+            counters[C_DROP_FULL] += 1
+            return 0
         # Larger than the ring's maximum record: cut it down, step by step.
         reduce += 1
     else:

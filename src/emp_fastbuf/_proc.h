@@ -43,6 +43,13 @@ static int efb_proc_stat(long pid, uint64_t *start) {
 #else
     (void)pid;
     return -1;
+/* Sleeps `ns` nanoseconds (the block policy's wait; called without the GIL). */
+static void efb_sleep_ns(long ns) {
+    struct timespec ts = {ns / 1000000000L, ns % 1000000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
 #endif
 }
 
@@ -66,6 +73,13 @@ static int efb_reserve(int fd, uint64_t size) {
 #else
     (void)fd; (void)size;
     return 0;
+/* Sleeps `ns` nanoseconds (the block policy's wait; called without the GIL). */
+static void efb_sleep_ns(long ns) {
+    struct timespec ts = {ns / 1000000000L, ns % 1000000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
 #endif
 }
 
@@ -73,6 +87,13 @@ static uint64_t efb_now_ns(int realtime) {
     struct timespec ts;
     clock_gettime(realtime ? CLOCK_REALTIME : CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Sleeps `ns` nanoseconds (the block policy's wait; called without the GIL). */
+static void efb_sleep_ns(long ns) {
+    struct timespec ts = {ns / 1000000000L, ns % 1000000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
 }
 
 #endif

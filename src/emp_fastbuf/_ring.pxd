@@ -21,6 +21,14 @@ cdef extern from "_atomics.h":
 cdef enum:
     DROP_FULL = 0
     DROP_TOO_LARGE = 1
+    DROP_NO_LANE = 2
+
+# Where ``_window`` looks for room: at the head, at the lane's start (the rest of the lane
+# becomes padding), or in a new lane (chaining).
+cdef enum:
+    AT_HEAD = 0
+    AT_START = 1
+    NEW_LANE = 2
 
 
 cdef class Ring:
@@ -46,7 +54,19 @@ cdef class Ring:
     cdef uint64_t fork_gen
     cdef uint64_t next_claim_ns
     cdef bytes meta
-    cdef public long long spin_ns
+    # Opt-in block policy: wait up to this long for room (GIL released), then drop.
+    cdef public long long block_ns
+    # Lane chaining (docs/ring-layout.md): a producer whose lane is full moves to a free
+    # lane while more than ``reserve`` lanes are free; its old lanes wait in ``released``
+    # (lane, head at hand-back) until the consumer acknowledged them.
+    cdef bint chain
+    cdef uint32_t reserve
+    cdef uint64_t chain_seq
+    cdef uint64_t next_chain_ns
+    cdef list released
+    # This process's drops, published into its lane for ``fastbuf status``.
+    cdef uint64_t own_drops[3]
+    cdef int waiting
     # Pending write (between _window and _commit).
     cdef uint64_t w_pos
     cdef bint consumer_open
@@ -57,12 +77,16 @@ cdef class Ring:
     cdef char *_desc(self, uint32_t i) noexcept
     cdef void _take_lane(self, uint32_t i, uint64_t start) noexcept
     cdef _release_lane(self)
+    cdef list _unacked(self)
     cdef object _write(self, const char *src, Py_ssize_t n)
     cdef int _ensure_lane(self) except -1
-    cdef Py_ssize_t _window(self, char **out, bint wrap) noexcept
+    cdef Py_ssize_t _window(self, char **out, int mode) except -2
+    cdef int _chain(self) except -1
     cdef void _commit(self, Py_ssize_t n) noexcept
     cdef void _drop(self, int reason) noexcept
-    cdef bint _wait_room(self, uint64_t need) noexcept
+    cdef void _publish_drops(self) noexcept
+    cdef void _warn_drop(self) noexcept
+    cdef bint _wait_room(self, uint64_t need, uint64_t *deadline) noexcept
 
 
 # The fork generation of the _ring module: the one counter its pthread_atfork handler

@@ -56,14 +56,15 @@ cdef extern from "_proc.h" nogil:
     int efb_alive(long pid, uint64_t start)
     uint64_t efb_now_ns(int realtime)
     int efb_reserve(int fd, uint64_t size)
+    void efb_sleep_ns(long ns)
 
 
 # ---- layout (docs/ring-layout.md) -------------------------------------------------
 cdef uint64_t MAGIC = 0x474E5242465F4D45  # "EM_FBRNG" little-endian
-cdef uint32_t VERSION = 1
+cdef uint32_t VERSION = 2
 cdef uint64_t HEADER_SIZE = 4096
 cdef uint64_t DESC_SIZE = 256
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 # header offsets
 cdef enum:
@@ -75,6 +76,7 @@ cdef enum:
     H_META_SIZE = 28
     H_LANE_SIZE = 32
     H_MAX_RECORD = 40
+    H_FLAGS = 44
     H_CREATED_NS = 48
     H_CREATOR_UID = 56
     H_CREATOR_PID = 60
@@ -85,6 +87,8 @@ cdef enum:
     H_LEASE_EPOCH = 152
     H_NO_LANE = 192
     H_CORRUPT = 200
+    H_FREE_LANES = 208
+    H_REREAD = 216
 
 # lane descriptor offsets
 cdef enum:
@@ -102,22 +106,34 @@ cdef enum:
     L_TAIL = 128
     L_ACKED = 136
     L_BYTES_ACKED = 144
+    L_READ = 152  # the consumer's read position, for counting what a successor reads again
+    L_CHAIN_SEQ = 192
+    L_OWN_DROPS = 200  # three u64: full, too large, no lane (the owner process's totals)
 
 cdef enum:
     STATE_RELEASED = 1
 
+cdef enum:
+    FLAG_CHAIN = 1
+
 # frame header: u32 tag (bit 31: padding to the lane's end), u32 check = ~tag
 cdef uint32_t PAD_BIT = 0x80000000u
 
-DEFAULT_SIZE = 64 << 20
-DEFAULT_LANES = 64
+DEFAULT_SIZE = 128 << 20
 DEFAULT_MAX_RECORD = 64 << 10
 DEFAULT_META_SIZE = 8192
 MAX_LANES = 1024
+MIN_SIZE = 1 << 20
+MAX_SIZE = 1 << 40  # 1 TiB of lane data; also keeps the sizing arithmetic far from 2**64
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 efb_register_atfork()
+
+# The drop warning's rate limit is per process (docs/ring-layout.md, "Over capacity").
+cdef uint64_t _warn_next_ns = 0
+cdef uint64_t _warn_pending = 0
+cdef uint64_t _warn_gen = 0
 
 
 cdef inline uint64_t *U64(char *p, size_t off) noexcept nogil:
@@ -176,6 +192,60 @@ def process_alive(long pid, uint64_t start=0):
     return bool(efb_alive(pid, start))
 
 
+def _check_int(value, label):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{label} must be an int, not {type(value).__name__}")
+
+
+def layout_for(size=DEFAULT_SIZE, lanes=None, max_record=DEFAULT_MAX_RECORD):
+    """The layout ``Ring.create`` makes for these arguments: a dict with ``lanes``,
+    ``lane_size`` and ``segment_size`` (the bytes of shared memory it takes).
+
+    The sizing rule (docs/ring-layout.md): the smallest lane holds two maximum records
+    (256 KiB for the default 64 KiB), rounded up to a power of two; without ``lanes``, the
+    ring has as many of those as ``size`` allows, up to 1024, and the lanes then grow (by
+    powers of two) into the size. With ``lanes``, each lane is the largest power of two
+    that ``size / lanes`` holds. Raises ``ValueError`` when the size cannot hold one lane.
+    """
+    _check_int(size, "size")
+    if lanes is not None:
+        _check_int(lanes, "lanes")
+    _check_int(max_record, "max_record")
+    if lanes is not None and not 1 <= lanes <= MAX_LANES:
+        raise ValueError(f"lanes must be between 1 and {MAX_LANES}, got {lanes}")
+    if not 1 <= max_record <= (16 << 20):
+        raise ValueError(f"max_record must be between 1 and 16 MiB, got {max_record}")
+    if size > MAX_SIZE:
+        raise ValueError(f"size {size} is too large: a ring holds at most 1 TiB of lanes")
+    if size < 1:
+        raise ValueError(f"size {size} is too small")
+    need = max(4096, 2 * align8(max_record + 8))
+    min_lane = 4096
+    while min_lane < need:
+        min_lane *= 2
+    if lanes is None:
+        lanes = min(MAX_LANES, size // min_lane)
+        if lanes < 1:
+            raise ValueError(
+                f"size {size} is too small: a lane needs at least {min_lane} bytes "
+                f"(2 x max_record {max_record} + framing, a power of two)"
+            )
+    lane_size = 1
+    while lane_size * 2 <= size // lanes:
+        lane_size *= 2
+    if size // lanes < 1 or lane_size < need:
+        raise ValueError(
+            f"size {size} is too small for {lanes} lanes: each lane needs at least "
+            f"{need} bytes (2 x max_record {max_record} + framing)"
+        )
+    if lane_size > (1 << 34):
+        raise ValueError(f"lanes of {lane_size} bytes are too large (16 GiB max)")
+    meta_off = align_page(HEADER_SIZE + lanes * DESC_SIZE)
+    data_off = align_page(meta_off + lanes * DEFAULT_META_SIZE)
+    return dict(lanes=lanes, lane_size=lane_size,
+                segment_size=data_off + lanes * lane_size)
+
+
 cdef class Ring:
     """A named shared-memory ring. See ``docs/ring-layout.md``.
 
@@ -188,7 +258,9 @@ cdef class Ring:
         self.lane = -1
         self.closed = True
         self.meta = b""
-        self.spin_ns = 0
+        self.block_ns = 0
+        self.released = []
+        self.waiting = 0
 
     def __init__(self):
         raise TypeError("use Ring.create(name) or Ring.open(name)")
@@ -202,33 +274,24 @@ cdef class Ring:
     # ---- creation and attachment ----------------------------------------------
 
     @staticmethod
-    def create(name=None, size=DEFAULT_SIZE, *, lanes=DEFAULT_LANES,
-               max_record=DEFAULT_MAX_RECORD, exist_ok=False):
+    def create(name=None, size=DEFAULT_SIZE, *, lanes=None,
+               max_record=DEFAULT_MAX_RECORD, chain=None, exist_ok=False):
         """Create the segment ``name`` owner-only (0600), with ``size`` bytes of lane data.
 
-        ``size`` is split into ``lanes`` lanes of a power-of-two size, each at least twice
-        ``max_record``. If the segment exists: with ``exist_ok`` it is opened (and
-        validated), else ``RingExists`` says who created it and whether they are alive.
+        The size is enough to ask for: without ``lanes`` the lane count and lane size
+        follow from it (``layout_for``, docs/ring-layout.md). With ``chain`` (the default
+        when the lanes follow from the size) a producer whose lane is full moves on to a
+        free lane instead of dropping; with explicit ``lanes`` each producer keeps to one
+        lane unless ``chain=True``. If the
+        segment exists: with ``exist_ok`` it is opened (and validated), else ``RingExists``
+        says who created it and whether they are alive.
         """
         cdef bytes shm = _shm_name(name)
-        for arg, label in ((size, "size"), (lanes, "lanes"), (max_record, "max_record")):
-            if not isinstance(arg, int) or isinstance(arg, bool):
-                raise TypeError(f"{label} must be an int, not {type(arg).__name__}")
-        if not 1 <= lanes <= MAX_LANES:
-            raise ValueError(f"lanes must be between 1 and {MAX_LANES}, got {lanes}")
-        if not 1 <= max_record <= (16 << 20):
-            raise ValueError(f"max_record must be between 1 and 16 MiB, got {max_record}")
-        cdef uint64_t lane_size = 1
-        while lane_size * 2 <= size // lanes:
-            lane_size *= 2
-        if size // lanes < 1 or lane_size < 2 * (align8(max_record + 8)) or lane_size < 4096:
-            raise ValueError(
-                f"size {size} is too small for {lanes} lanes: each lane needs at least "
-                f"{max(4096, 2 * align8(max_record + 8))} bytes (2 x max_record {max_record} "
-                f"+ framing)"
-            )
-        if lane_size > (1 << 34):
-            raise ValueError(f"lanes of {lane_size} bytes are too large (16 GiB max)")
+        lay = layout_for(size, lanes, max_record)
+        if chain is None:
+            chain = lanes is None
+        lanes = lay["lanes"]
+        cdef uint64_t lane_size = lay["lane_size"]
         cdef uint64_t desc_end = HEADER_SIZE + <uint64_t>lanes * DESC_SIZE
         cdef uint64_t meta_off = align_page(desc_end)
         cdef uint64_t data_off = align_page(meta_off + <uint64_t>lanes * DEFAULT_META_SIZE)
@@ -272,6 +335,8 @@ cdef class Ring:
         U32(b, H_META_SIZE)[0] = DEFAULT_META_SIZE
         U64(b, H_LANE_SIZE)[0] = lane_size
         U32(b, H_MAX_RECORD)[0] = max_record
+        U32(b, H_FLAGS)[0] = FLAG_CHAIN if chain else 0
+        U64(b, H_FREE_LANES)[0] = lanes
         U64(b, H_CREATED_NS)[0] = efb_now_ns(1)
         U32(b, H_CREATOR_UID)[0] = geteuid()
         U32(b, H_CREATOR_PID)[0] = getpid()
@@ -396,6 +461,9 @@ cdef class Ring:
         self.closed = False
         self.lane = -1
         self.fork_gen = efb_fork_gen()
+        self.chain = (U32(b, H_FLAGS)[0] & FLAG_CHAIN) != 0 and self.lane_count > 1
+        # Lanes kept free for processes that have none yet: chaining stops at this many.
+        self.reserve = self.lane_count // 4 if self.lane_count >= 4 else 1
 
     # ---- producer side ---------------------------------------------------------
 
@@ -416,6 +484,9 @@ cdef class Ring:
             self.lane = -1
             self.fork_gen = gen
             self.next_claim_ns = 0
+            self.next_chain_ns = 0
+            self.released = []
+            self.own_drops[0] = self.own_drops[1] = self.own_drops[2] = 0
         if self.lane >= 0:
             return 0
         cdef uint64_t now = efb_now_ns(0)
@@ -435,6 +506,7 @@ cdef class Ring:
                 if owner == 0:
                     if not efb_cas(U64(d, L_OWNER), 0, pid):
                         continue
+                    efb_fetch_add(U64(self.base, H_FREE_LANES), <uint64_t>-1)
                 elif attempt == 1:
                     # Second pass: take over a drained lane whose owner is dead.
                     head = efb_load_acquire(U64(d, L_HEAD))
@@ -470,32 +542,47 @@ cdef class Ring:
             memcpy(self.meta_base + <uint64_t>i * self.meta_size,
                    PyBytes_AS_STRING(self.meta), m)
         efb_store_release(U64(d, L_META_LEN), <uint64_t>m)
+        # The consumer reads a producer's lanes in this order (docs/ring-layout.md).
+        self.chain_seq += 1
+        efb_store_release(U64(d, L_CHAIN_SEQ), self.chain_seq)
         self.lane = i
         self.lane_data = self.data_base + <uint64_t>i * self.lane_size
         self.lane_head = U64(d, L_HEAD)
         self.lane_tail = U64(d, L_TAIL)
         self.lane_ctr = U64(d, L_WRITTEN)
         self.head = head
+        self._publish_drops()
 
     cdef _release_lane(self):
         """Hand the lane back: the consumer drains what is left, then frees it."""
         if self.lane < 0 or self.fork_gen != efb_fork_gen() or self.base == NULL:
             self.lane = -1
             return
+        self.released.append((self.lane, self.head))  # flush() still waits for them
         efb_store_release(U64(self._desc(self.lane), L_STATE), STATE_RELEASED)
         self.lane = -1
 
-    cdef Py_ssize_t _window(self, char **out, bint wrap) noexcept:
-        """Room for one record at the lane head: capacity in bytes, or -1 without room.
+    cdef Py_ssize_t _window(self, char **out, int mode) except -2:
+        """Room for one record: capacity in bytes, or -1 without room.
 
-        With ``wrap``, the record goes to the start of the lane and the rest of the lane
-        is padding, committed together with the record.
+        ``AT_HEAD``: at the lane head. ``AT_START``: at the start of the lane, the rest of
+        the lane becoming padding committed together with the record. ``NEW_LANE``: this
+        lane is handed back and the record goes to a newly claimed (drained) lane, where
+        the capacity is at least ``max_record``; -1 when chaining is off or too few lanes
+        are free.
         """
-        cdef uint64_t tail = efb_load_acquire(self.lane_tail)
-        cdef uint64_t free_ = self.lane_size - (self.head - tail)
-        cdef uint64_t off = self.head & self.lane_mask
-        cdef uint64_t to_end = self.lane_size - off
-        cdef uint64_t room
+        cdef uint64_t tail, free_, off, to_end, room
+        if mode == NEW_LANE:
+            if not self._chain():
+                return -1
+            room = <uint64_t>self._window(out, AT_HEAD)
+            if <Py_ssize_t>room < <Py_ssize_t>self.max_record:
+                return self._window(out, AT_START)
+            return <Py_ssize_t>room
+        tail = efb_load_acquire(self.lane_tail)
+        free_ = self.lane_size - (self.head - tail)
+        off = self.head & self.lane_mask
+        to_end = self.lane_size - off
         if EFB_UNLIKELY(tail > self.head):
             # The consumer skipped a corrupted stretch past our head: continue after it.
             self.head = (tail + 7) & ~(<uint64_t>7)
@@ -504,7 +591,7 @@ cdef class Ring:
             to_end = self.lane_size - off
         elif self.head - tail > self.lane_size:
             return -1  # a corrupted tail; drop rather than overwrite unread records
-        if not wrap:
+        if mode == AT_HEAD:
             room = to_end if to_end < free_ else free_
             self.w_pos = self.head
         else:
@@ -520,6 +607,37 @@ cdef class Ring:
             room = self.max_record
         out[0] = self.lane_data + off + 8
         return <Py_ssize_t>room
+
+    cdef int _chain(self) except -1:
+        """Hand this lane back and claim a free one. 1: moved; 0: chaining is off, too few
+        lanes are free, or none was found (then no new scan for 1 ms)."""
+        if not self.chain or self.lane < 0:
+            return 0
+        cdef uint64_t free_ = efb_load_relaxed(U64(self.base, H_FREE_LANES))
+        if free_ <= self.reserve:
+            return 0
+        cdef uint64_t now = efb_now_ns(0)
+        if now < self.next_chain_ns:
+            return 0
+        cdef uint64_t pid = <uint64_t>getpid()
+        cdef uint32_t n = self.lane_count, k, i
+        cdef char *d
+        cdef uint32_t old = <uint32_t>self.lane
+        for k in range(1, n):
+            i = (old + k) % n
+            d = self._desc(i)
+            if efb_load_relaxed(U64(d, L_OWNER)) != 0:
+                continue
+            if not efb_cas(U64(d, L_OWNER), 0, pid):
+                continue
+            efb_fetch_add(U64(self.base, H_FREE_LANES), <uint64_t>-1)
+            # Remembered until acknowledged, for pending() and flush().
+            self.released.append((old, self.head))
+            efb_store_release(U64(self._desc(old), L_STATE), STATE_RELEASED)
+            self._take_lane(i, _my_start())
+            return 1
+        self.next_chain_ns = now + 1000000
+        return 0
 
     cdef void _commit(self, Py_ssize_t n) noexcept:
         cdef char *p
@@ -541,25 +659,79 @@ cdef class Ring:
     cdef void _drop(self, int reason) noexcept:
         if self.lane < 0:
             efb_fetch_add(U64(self.base, H_NO_LANE), 1)
-            return
-        efb_bump(self.lane_ctr, 1)  # written
-        efb_bump(self.lane_ctr + 3 + reason, 1)
+            self.own_drops[DROP_NO_LANE] += 1
+        else:
+            efb_bump(self.lane_ctr, 1)  # written
+            efb_bump(self.lane_ctr + 3 + reason, 1)
+            self.own_drops[reason] += 1
+            self._publish_drops()
+        global _warn_pending, _warn_gen, _warn_next_ns
+        if _warn_gen != efb_fork_gen():  # a forked child is a new process: warn again
+            _warn_gen = efb_fork_gen()
+            _warn_next_ns = 0
+            _warn_pending = 0
+        _warn_pending += 1
+        if efb_now_ns(0) >= _warn_next_ns:
+            self._warn_drop()
 
-    cdef bint _wait_room(self, uint64_t need) noexcept:
-        """The opt-in spin policy: wait up to ``spin_ns`` for the consumer to free room."""
-        if self.spin_ns <= 0:
+    cdef void _publish_drops(self) noexcept:
+        """This process's drop totals, into its lane (``fastbuf status`` shows them)."""
+        if self.lane < 0:
+            return
+        cdef char *d = self._desc(<uint32_t>self.lane)
+        cdef int k
+        for k in range(3):
+            efb_store_relaxed(U64(d, L_OWN_DROPS + 8 * k), self.own_drops[k])
+
+    cdef void _warn_drop(self) noexcept:
+        """One line on stderr for the process's first drop, then at most one a minute."""
+        global _warn_next_ns, _warn_pending
+        cdef uint64_t n = _warn_pending
+        _warn_pending = 0
+        _warn_next_ns = efb_now_ns(0) + 60000000000
+        try:
+            _print_drop_warning(self.name, int(n), int(self.own_drops[DROP_FULL]),
+                                int(self.own_drops[DROP_NO_LANE]),
+                                int(self.own_drops[DROP_TOO_LARGE]))
+        except BaseException:
+            pass  # telemetry never raises into the host for a warning
+
+    cdef bint _wait_room(self, uint64_t need, uint64_t *deadline) noexcept:
+        """The opt-in block policy: wait up to ``block_ns`` for room, sleeping with the GIL
+        released so the process's other threads run. True when room may have appeared
+        (the caller looks again); False at the deadline, or when the ring was closed."""
+        if self.block_ns <= 0 or self.lane < 0 or self.closed:
             return False
-        cdef uint64_t deadline = efb_now_ns(0) + <uint64_t>self.spin_ns
-        cdef uint64_t off, tail
+        if deadline[0] == 0:
+            deadline[0] = efb_now_ns(0) + <uint64_t>self.block_ns
+        cdef uint64_t until = deadline[0]
+        cdef uint64_t *tailp = self.lane_tail
+        cdef uint64_t *freep = U64(self.base, H_FREE_LANES)
+        cdef uint64_t head = self.head, lane_size = self.lane_size
+        cdef uint64_t off = head & self.lane_mask
+        cdef uint64_t reserve = self.reserve
+        cdef bint chain = self.chain
+        cdef bint ok = False
+        cdef long delay_ns = 20000
         need = align8(need + 8)
-        while efb_now_ns(0) < deadline:
-            tail = efb_load_acquire(self.lane_tail)
-            off = self.head & self.lane_mask
-            if self.lane_size - (self.head - tail) >= need + (
-                    0 if self.lane_size - off >= need else self.lane_size - off):
-                return True
-            sched_yield()
-        return False
+        if lane_size - off < need:
+            need += lane_size - off  # the record goes to the lane's start, after a pad
+        self.waiting += 1  # close() keeps the mapping while a thread waits here
+        with nogil:
+            while True:
+                if lane_size - (head - efb_load_acquire(tailp)) >= need:
+                    ok = True
+                    break
+                if chain and efb_load_relaxed(freep) > reserve:
+                    ok = True
+                    break
+                if efb_now_ns(0) >= until:
+                    break
+                efb_sleep_ns(delay_ns)
+                if delay_ns < 1000000:
+                    delay_ns *= 2
+        self.waiting -= 1
+        return ok and not self.closed
 
     def write(self, data):
         """Copy one record into this process's lane. False when dropped (no room or no
@@ -591,38 +763,39 @@ cdef class Ring:
     cdef object _write(self, const char *src, Py_ssize_t n):
         cdef char *dst
         cdef Py_ssize_t cap
-        if EFB_UNLIKELY(self.lane < 0 or self.fork_gen != efb_fork_gen()):
-            if self.closed:
-                raise RingError("ring is closed")
-            if self._ensure_lane():
-                if n > self.max_record:
-                    efb_fetch_add(U64(self.base, H_NO_LANE), 1)
-                    raise RecordTooLarge(
-                        f"record of {n} bytes exceeds the ring's maximum of {self.max_record}"
-                    )
-                self._drop(DROP_FULL)
-                return False
-        if EFB_UNLIKELY(n > self.max_record):
-            self._drop(DROP_TOO_LARGE)
-            raise RecordTooLarge(
-                f"record of {n} bytes exceeds the ring's maximum of {self.max_record}"
-            )
-        cap = self._window(&dst, False)
-        if EFB_UNLIKELY(cap < n):
-            cap = self._window(&dst, True)
-            if cap < n:
-                if not self._wait_room(n):
+        cdef uint64_t deadline = 0
+        while True:
+            if EFB_UNLIKELY(self.lane < 0 or self.fork_gen != efb_fork_gen()):
+                if self.closed:
+                    raise RingError("ring is closed")
+                if self._ensure_lane():
+                    if n > self.max_record:
+                        self._drop(DROP_TOO_LARGE)  # counted as no lane: there is none
+                        raise RecordTooLarge(
+                            f"record of {n} bytes exceeds the ring's maximum of "
+                            f"{self.max_record}"
+                        )
                     self._drop(DROP_FULL)
                     return False
-                cap = self._window(&dst, False)
+            if EFB_UNLIKELY(n > self.max_record):
+                self._drop(DROP_TOO_LARGE)
+                raise RecordTooLarge(
+                    f"record of {n} bytes exceeds the ring's maximum of {self.max_record}"
+                )
+            cap = self._window(&dst, AT_HEAD)
+            if EFB_UNLIKELY(cap < n):
+                cap = self._window(&dst, AT_START)
                 if cap < n:
-                    cap = self._window(&dst, True)
-                    if cap < n:
-                        self._drop(DROP_FULL)
-                        return False
-        memcpy(dst, src, n)
-        self._commit(n)
-        return True
+                    cap = self._window(&dst, NEW_LANE)
+            if EFB_LIKELY(cap >= n):
+                memcpy(dst, src, n)
+                self._commit(n)
+                return True
+            if not self._wait_room(<uint64_t>n, &deadline):
+                if self.closed:
+                    return False  # closed by another thread while this one waited
+                self._drop(DROP_FULL)
+                return False
 
     def set_meta(self, data):
         """Publish this producer's metadata (its resource blob) for the consumer.
@@ -640,26 +813,55 @@ cdef class Ring:
         self.meta = data
         self._release_lane()
 
+    cdef list _unacked(self):
+        """(tail pointer, target head) of every lane this Ring object wrote into whose
+        records are not all acknowledged yet: the current lane and the chained-from ones."""
+        if self.closed or self.fork_gen != efb_fork_gen():
+            return []
+        out = []
+        keep = []
+        cdef uint64_t *tail
+        for lane, target in self.released:
+            tail = U64(self._desc(<uint32_t>lane), L_TAIL)
+            if efb_load_acquire(tail) < <uint64_t>target:
+                keep.append((lane, target))
+                out.append((lane, target))
+        self.released = keep
+        if self.lane >= 0:
+            out.append((self.lane, self.head))
+        return out
+
+    def hand_back(self):
+        """Hand this process's lane back: the consumer frees it once its records are
+        acknowledged. A later write claims a lane again (at exit, so that a short-lived
+        process does not hold its lane until the consumer sees it gone)."""
+        if not self.closed:
+            self._release_lane()
+
     def pending(self):
-        """Bytes this Ring object wrote into its lane that the consumer has not acked."""
-        if self.closed or self.lane < 0 or self.fork_gen != efb_fork_gen():
-            return 0
-        return int(self.head - efb_load_acquire(self.lane_tail))
+        """Bytes this Ring object wrote that the consumer has not acked (in its current
+        lane and in the lanes it chained from)."""
+        total = 0
+        for lane, target in self._unacked():
+            tail = efb_load_acquire(U64(self._desc(<uint32_t>lane), L_TAIL))
+            if target > tail:
+                total += target - tail
+        return int(total)
 
     def flush(self, timeout=5.0):
         """Wait until every record this Ring object wrote so far is acknowledged by the
         consumer. True when they are, False at the timeout."""
-        if self.closed or self.lane < 0 or self.fork_gen != efb_fork_gen():
+        targets = self._unacked()
+        if not targets:
             return True
-        cdef uint64_t target = self.head
-        cdef uint64_t *tail = self.lane_tail
         deadline = time.monotonic() + timeout
         delay = 0.0005
-        while efb_load_acquire(tail) < target:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(delay)
-            delay = min(delay * 2, 0.02)
+        for lane, target in targets:
+            while efb_load_acquire(U64(self._desc(<uint32_t>lane), L_TAIL)) < <uint64_t>target:
+                if self.closed or time.monotonic() >= deadline:
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, 0.02)
         return True
 
     @property
@@ -720,6 +922,10 @@ cdef class Ring:
                 bytes_acked=int(efb_load_relaxed(U64(d, L_BYTES_ACKED))),
                 occupancy=int(head - tail) if head >= tail else 0,
                 capacity=int(self.lane_size),
+                chain_seq=int(efb_load_relaxed(U64(d, L_CHAIN_SEQ))),
+                owner_dropped_full=int(efb_load_relaxed(U64(d, L_OWN_DROPS))),
+                owner_dropped_too_large=int(efb_load_relaxed(U64(d, L_OWN_DROPS + 8))),
+                owner_dropped_no_lane=int(efb_load_relaxed(U64(d, L_OWN_DROPS + 16))),
             )
             for k in tot:
                 tot[k] += lane[k]
@@ -738,10 +944,16 @@ cdef class Ring:
             size=self.size,
             lane_count=int(self.lane_count),
             lane_size=int(self.lane_size),
+            segment_size=int(self.map_size),
+            chain=bool(self.chain),
+            free_lanes=sum(1 for ln in lanes if not ln["owner_pid"])
+            + int(self.lane_count) - len(lanes),
+            reserve=int(self.reserve),
             max_record=int(self.max_record),
             created_ns=int(U64(b, H_CREATED_NS)[0]),
             creator_pid=int(U32(b, H_CREATOR_PID)[0]),
             corrupt_skipped=int(efb_load_relaxed(U64(b, H_CORRUPT))),
+            reread=int(efb_load_relaxed(U64(b, H_REREAD))),
             consumer=dict(
                 pid=int(lease_pid) or None,
                 alive=bool(lease_pid) and bool(efb_alive(<long>lease_pid, lease_start)),
@@ -762,8 +974,9 @@ cdef class Ring:
             self.closed = True
             return
         self._release_lane()
-        if self.consumer_open:
-            # A live Consumer still uses the mapping; it is unmapped when both are gone.
+        if self.consumer_open or self.waiting:
+            # A live Consumer, or a thread waiting for room (block policy), still uses the
+            # mapping; it is unmapped when the object goes.
             self.closed = True
             return
         munmap(self.base, self.map_size)
@@ -779,6 +992,18 @@ cdef class Ring:
     def __repr__(self):
         state = "closed" if self.closed else f"{self.lane_count} lanes x {self.lane_size} B"
         return f"<Ring {self.name!r} {state}>"
+
+
+def _print_drop_warning(name, new, full, no_lane, too_large):
+    import sys
+    sys.stderr.write(
+        f"emp_fastbuf: pid {os.getpid()} dropped {new} record(s) on ring {name!r} "
+        f"(so far: ring full {full}, no free lane {no_lane}, too large {too_large}); the "
+        f"agent is not keeping up or not running: see `fastbuf status`, give the ring "
+        f"more room (EMP_FASTBUF_RING_SIZE) or wait for room "
+        f"(EMP_FASTBUF_ON_FULL=block:<ms>). Further drops are reported at most once a "
+        f"minute.\n"
+    )
 
 
 def _describe_existing(name, bytes shm):
@@ -808,6 +1033,7 @@ cdef class Consumer:
     cdef uint64_t *nbytes
     cdef uint64_t *gen_seen
     cdef uint64_t *bad_head
+    cdef uint64_t *reread_until
     cdef dict metas
     cdef long pid
     cdef uint64_t fork_gen
@@ -820,6 +1046,7 @@ cdef class Consumer:
         self.nbytes = NULL
         self.gen_seen = NULL
         self.bad_head = NULL
+        self.reread_until = NULL
         self.closed = True
 
     def __init__(self):
@@ -860,8 +1087,9 @@ cdef class Consumer:
         c.nbytes = <uint64_t *>calloc(n, sizeof(uint64_t))
         c.gen_seen = <uint64_t *>calloc(n, sizeof(uint64_t))
         c.bad_head = <uint64_t *>calloc(n, sizeof(uint64_t))
+        c.reread_until = <uint64_t *>calloc(n, sizeof(uint64_t))
         if (c.pos == NULL or c.nrec == NULL or c.nbytes == NULL or c.gen_seen == NULL
-                or c.bad_head == NULL):
+                or c.bad_head == NULL or c.reread_until == NULL):
             efb_store_release(U64(b, H_LEASE_PID), 0)
             raise MemoryError()
         cdef uint32_t i
@@ -870,6 +1098,8 @@ cdef class Consumer:
             # read again (at-least-once).
             c.pos[i] = efb_load_acquire(U64(ring._desc(i), L_TAIL))
             c.bad_head[i] = 0xFFFFFFFFFFFFFFFF  # no damage seen yet
+            # What the previous consumer read past the tail is read again: counted.
+            c.reread_until[i] = efb_load_relaxed(U64(ring._desc(i), L_READ))
         c.ring = ring
         c.metas = {}
         c.pid = <long>me
@@ -887,6 +1117,7 @@ cdef class Consumer:
         free(self.nbytes)
         free(self.gen_seen)
         free(self.bad_head)
+        free(self.reread_until)
 
     cdef _check(self):
         if self.closed:
@@ -945,9 +1176,12 @@ cdef class Consumer:
             out.append(PyBytes_FromStringAndSize(data + off + 8, tag))
             self.nrec[i] += 1
             self.nbytes[i] += tag
+            if EFB_UNLIKELY(pos < self.reread_until[i]):
+                efb_fetch_add(U64(r.base, H_REREAD), 1)
             pos += size
             count += 1
         self.pos[i] = pos
+        efb_store_relaxed(U64(d, L_READ), pos)
         return count
 
     def read(self, max_records=4096):
@@ -965,21 +1199,64 @@ cdef class Consumer:
         if max_records < 1:
             raise ValueError(f"max_records must be at least 1, got {max_records}")
         cdef Ring r = self.ring
-        cdef uint32_t i
+        cdef uint32_t i, free_ = 0
         cdef Py_ssize_t left = max_records
         cdef list records
+        cdef char *d
+        cdef uint64_t owner
+        ready = []
         out = []
         efb_store_relaxed(U64(r.base, H_LEASE_HEARTBEAT), efb_now_ns(1))
         for i in range(r.lane_count):
+            d = r._desc(i)
+            owner = efb_load_acquire(U64(d, L_OWNER))
+            if owner == 0:
+                free_ += 1
+            if efb_load_acquire(U64(d, L_HEAD)) != self.pos[i]:
+                ready.append((owner, efb_load_relaxed(U64(d, L_CHAIN_SEQ)), i))
+        # The exact count corrects the producers' decrements (and any a kill cut short).
+        efb_store_relaxed(U64(r.base, H_FREE_LANES), free_)
+        # A producer's lanes in the order it filled them: one that chained on is read
+        # after the lane it left.
+        if r.chain and len(ready) > 1:
+            ready.sort()
+        for _owner, _seq, i in ready:
             if left <= 0:
                 break
-            if efb_load_acquire(U64(r._desc(i), L_HEAD)) == self.pos[i]:
-                continue
             records = []
             left -= self._read_lane(i, records, left)
             if records:
                 out.append((int(i), self._meta(i), records))
         return out
+
+    def pressure(self):
+        """How close producers are to dropping, from 0 to 1: the share of the lanes
+        producers may chain into that are taken, or, where a producer cannot chain, how
+        full its lane is. The agent cuts a batch at once when it is high."""
+        self._check()
+        cdef Ring r = self.ring
+        cdef uint32_t i, owned = 0
+        cdef char *d
+        cdef uint64_t head, tail
+        cdef double lane_max = 0.0, occ
+        for i in range(r.lane_count):
+            d = r._desc(i)
+            if efb_load_relaxed(U64(d, L_OWNER)) == 0:
+                continue
+            owned += 1
+            if efb_load_relaxed(U64(d, L_STATE)) == STATE_RELEASED:
+                continue
+            head = efb_load_acquire(U64(d, L_HEAD))
+            tail = efb_load_acquire(U64(d, L_TAIL))
+            if head > tail:
+                occ = <double>(head - tail) / <double>r.lane_size
+                if occ > lane_max:
+                    lane_max = occ
+        cdef double chainable = <double>(r.lane_count - r.reserve) if r.chain else 0.0
+        cdef double pool = min(1.0, owned / chainable) if chainable > 0 else 0.0
+        if pool >= 1.0 or not r.chain:
+            return float(max(pool, min(1.0, lane_max)))
+        return float(pool)
 
     cdef bytes _meta(self, uint32_t i):
         cdef Ring r = self.ring
@@ -1013,14 +1290,21 @@ cdef class Consumer:
             self.nrec[i] = 0
             self.nbytes[i] = 0
         efb_store_relaxed(U64(r.base, H_LEASE_HEARTBEAT), efb_now_ns(1))
+        # Lanes handed back (chained from, or closed) are freed at every ack, so that they
+        # serve again at once; the liveness check of every owner runs every 0.5 s.
         now = time.monotonic()
         if now >= self.next_reap:
             self.next_reap = now + 0.5
             self.reap()
+        else:
+            self._reap(False)
 
     def reap(self):
         """Free drained lanes whose owner is dead or handed them back. Returns how many."""
         self._check()
+        return self._reap(True)
+
+    cdef int _reap(self, bint check_alive) except -1:
         cdef Ring r = self.ring
         cdef uint32_t i
         cdef char *d
@@ -1034,12 +1318,14 @@ cdef class Consumer:
             if efb_load_acquire(U64(d, L_TAIL)) != efb_load_acquire(U64(d, L_HEAD)):
                 continue
             if efb_load_acquire(U64(d, L_STATE)) != STATE_RELEASED:
-                if efb_alive(<long>owner, efb_load_acquire(U64(d, L_OWNER_START))):
+                if not check_alive or efb_alive(<long>owner,
+                                                efb_load_acquire(U64(d, L_OWNER_START))):
                     continue
                 _reconcile_dead_lane(d)
             # Clear the meta before the owner word: the next claimer writes its own.
             efb_store_release(U64(d, L_META_LEN), 0)
             if efb_cas(U64(d, L_OWNER), owner, 0):
+                efb_fetch_add(U64(r.base, H_FREE_LANES), 1)
                 freed += 1
         return freed
 
