@@ -6,6 +6,7 @@ native ``_codec`` module; this module sets them up and holds everything that is 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import logging
@@ -20,15 +21,17 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 from urllib.parse import unquote
 
-from emp_fastbuf import _codec
+from emp_fastbuf import _codec, shm
 from emp_fastbuf._codec import Instrument, Log, scope_var
-from emp_fastbuf._ring import Ring, default_ring_name
+from emp_fastbuf._ring import DEFAULT_SIZE, Ring, default_ring_name, layout_for
 from emp_fastbuf._version import __version__
 from emp_fastbuf.errors import RingCorrupt, RingError, RingNotFound
 
 _logger = logging.getLogger("emp_fastbuf")
 
-DEFAULT_RING_SIZE = 64 << 20
+DEFAULT_RING_SIZE = DEFAULT_SIZE
+ON_FULL_ENV = "EMP_FASTBUF_ON_FULL"
+MAX_BLOCK_MS = 60_000.0
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,6 +46,9 @@ class _State:
     resource_attributes: dict[str, Any] = field(default_factory=dict)
     instance_id: str = ""
     disabled: bool = False
+    disabled_by_error: bool = False  # off because attaching failed, not by OTEL_SDK_DISABLED
+    block_ns: int = 0  # the on-full policy: 0 drops at once
+    dropped_at_flush: int = 0  # drops counted when flush() last returned
     pid: int = 0
 
 
@@ -102,6 +108,38 @@ def _after_fork() -> None:
         _publish_resource()
 
 
+def parse_on_full(value: object) -> int:
+    """``"drop"`` (0) or ``"block:<ms>"``: the nanoseconds a write may wait for room."""
+    if not isinstance(value, str):
+        raise TypeError(f"on_full must be a str, not {type(value).__name__}")
+    text = value.strip().lower()
+    if text == "drop":
+        return 0
+    kind, sep, ms = text.partition(":")
+    if kind == "block" and sep:
+        try:
+            wait = float(ms)
+        except ValueError:
+            wait = -1.0
+        if 0 < wait <= MAX_BLOCK_MS:
+            return int(wait * 1_000_000)
+    raise ValueError(
+        f"on_full must be 'drop' or 'block:<ms>' with 0 < ms <= {MAX_BLOCK_MS:.0f}, "
+        f"got {value[:40]!r}"
+    )
+
+
+def _create_size(size: int) -> int:
+    """The size to create the ring with: ``size``, or less where /dev/shm is short (one
+    warning naming --shm-size). Raises RingError when not even the smallest ring fits."""
+    fitted, warning = shm.fit_ring_size(size, shm.shm_free_bytes())
+    if warning is not None:
+        _logger.warning("emp_fastbuf: %s", warning)
+    if fitted is None:
+        raise RingError(warning or "no room for a ring in /dev/shm")
+    return fitted
+
+
 def _open_ring(name: str, create: bool, size: int) -> Ring:
     last: Exception | None = None
     for _ in range(50):
@@ -112,7 +150,7 @@ def _open_ring(name: str, create: bool, size: int) -> Ring:
             if not create:
                 raise
             try:
-                return Ring.create(name, size, exist_ok=True)
+                return Ring.create(name, _create_size(size), exist_ok=True)
             except RingCorrupt as exc2:  # another process is creating it right now
                 last = exc2
         except RingCorrupt as exc:
@@ -131,6 +169,7 @@ def configure(
     resource_attributes: Mapping[str, Any] | None = None,
     create: bool = True,
     ring_size: int | None = None,
+    on_full: str | None = None,
     max_attributes: int | None = None,
     max_key_length: int | None = None,
     max_value_length: int | None = None,
@@ -140,7 +179,12 @@ def configure(
 
     Unset values come from the environment (``OTEL_SERVICE_NAME``,
     ``OTEL_RESOURCE_ATTRIBUTES``, ``EMP_MACHINE_ID``, ``EMP_WORKER_ID``,
-    ``EMP_FASTBUF_RING``). The ring is created when missing (``create=True``).
+    ``EMP_FASTBUF_RING``). The ring is created when missing (``create=True``), with
+    ``ring_size`` bytes of lanes (``EMP_FASTBUF_RING_SIZE``, default 128 MiB; less where
+    /dev/shm is short, with one warning).
+    ``on_full`` (``EMP_FASTBUF_ON_FULL``): ``"drop"`` (default: a write that finds no room
+    is dropped and counted at once) or ``"block:<ms>"`` (it waits up to that long for
+    room, the GIL released, then drops).
     ``agent``: ``"spawn"`` (default, from ``EMP_FASTBUF_AGENT``) starts a drainer when none
     holds the ring; ``"external"`` leaves that to the operator.
     """
@@ -153,6 +197,16 @@ def configure(
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{label} must be a str, not {type(value).__name__}")
     env = os.environ
+    if ring_size is not None:
+        layout_for(ring_size)  # TypeError / ValueError for a size that cannot be used
+    block_ns = _state.block_ns
+    if on_full is not None:
+        block_ns = parse_on_full(on_full)
+    elif env.get(ON_FULL_ENV):
+        try:
+            block_ns = parse_on_full(env[ON_FULL_ENV])
+        except ValueError as exc:
+            _logger.warning("emp_fastbuf: %s=%r ignored: %s", ON_FULL_ENV, env[ON_FULL_ENV], exc)
     _codec.set_limits(
         attributes=max_attributes, key_length=max_key_length, value_length=max_value_length
     )
@@ -179,14 +233,21 @@ def configure(
         if _state.ring is not None and _state.ring_name == name:
             new_ring = _state.ring
         else:
-            size = ring_size or int(env.get("EMP_FASTBUF_RING_SIZE", DEFAULT_RING_SIZE))
+            size = ring_size
+            if size is None:
+                size, warning = shm.ring_size_from_env(env)
+                if warning is not None:
+                    _logger.warning("emp_fastbuf: %s", warning)
             new_ring = _open_ring(name, create, size)
             if _state.ring is not None:
                 _state.ring.flush(0)
                 _state.ring.close()
+        new_ring.block_ns = block_ns
+        _state.block_ns = block_ns
         _state.ring = new_ring
         _state.ring_name = name
         _state.disabled = False
+        _state.disabled_by_error = False
         _publish_resource()
         _codec.bind(new_ring, _auto_attach, _after_fork, False)
     mode = agent or env.get("EMP_FASTBUF_AGENT", "spawn")
@@ -208,11 +269,22 @@ def _auto_attach() -> None:
             configure()
         except Exception as exc:
             _state.disabled = True
+            _state.disabled_by_error = True
             _codec.bind(None, None, None, True)
             _logger.warning("emp_fastbuf: telemetry is off: cannot attach to the ring: %s", exc)
 
 
 _codec.bind(None, _auto_attach, _after_fork, False)
+
+
+@atexit.register
+def _release_at_exit() -> None:
+    # Hand the lane back: the agent frees it as soon as its records are acknowledged, so
+    # short-lived processes do not hold lanes until the liveness check finds them gone.
+    # A record written after this (a later exit handler) claims a lane again.
+    r = _state.ring
+    if r is not None and not r.closed:
+        r.hand_back()
 
 
 def shutdown() -> None:
@@ -395,16 +467,33 @@ metrics = Metrics()
 # ---- flush and stats ------------------------------------------------------------------
 
 
+def _dropped_total() -> int:
+    c = _codec.counter_values()
+    return int(c["dropped_full"] + c["dropped_no_lane"] + c["dropped_too_large"])
+
+
 def flush(timeout: float = 5.0) -> bool:
-    """True once every record this process emitted so far has been taken (acknowledged)
-    by the drainer; False at the timeout. Never raises for a missing drainer."""
+    """Wait until every record this process wrote so far is acknowledged by the agent
+    (durable in its spool).
+
+    True when they are and no record was dropped since the previous ``flush()``. False
+    at the timeout; when records were dropped since the previous ``flush()`` (ring full,
+    no free lane, too large: ``stats()["dropped_by_reason"]`` says which), which then
+    counts as reported; and when telemetry is off because it could not attach. Never
+    raises for a missing agent.
+    """
     if not isinstance(timeout, int | float) or isinstance(timeout, bool):
         raise TypeError(f"timeout must be a number, not {type(timeout).__name__}")
+    dropped = _dropped_total()
+    lost = dropped != _state.dropped_at_flush
+    _state.dropped_at_flush = dropped
+    if _state.disabled_by_error:
+        return False
     r = _state.ring
     if r is None:
-        return True
+        return not lost
     try:
-        return bool(r.flush(float(timeout)))
+        return bool(r.flush(float(timeout))) and not lost
     except RingError:
         return False
 
