@@ -2,8 +2,9 @@
 endpoint and/or the embedded store, losing nothing.
 
 Two threads:
-- the drain loop (main thread) reads every lane, cuts batches by time and size, writes
-  each batch to the spool (fsynced) and only then acknowledges it on the ring;
+- the drain loop (main thread) reads every lane, cuts batches by time, size and lane
+  pressure (producers close to dropping cut one at once), writes each batch to the spool
+  as one group commit (one fsynced file) and acknowledges it on the ring right after;
 - the delivery loop sends spool files oldest first, marks each destination done, and the
   spool deletes a file once every destination has it.
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emp_fastbuf import _transcode, codec_py
+from emp_fastbuf import _transcode, codec_py, shm
 from emp_fastbuf._ring import Consumer, Ring, default_ring_name, process_alive
 from emp_fastbuf._version import __version__
 from emp_fastbuf.agent.config import AgentConfig, ConfigError
@@ -42,6 +43,12 @@ log = logging.getLogger("emp_fastbuf.agent")
 READ_CHUNK = 8192
 STATUS_INTERVAL_S = 1.0
 RETENTION_INTERVAL_S = 60.0
+# Consumer.pressure() at which a batch is cut at once: half the lanes producers may chain
+# into are taken, or (where a producer cannot chain) its lane is half full.
+PRESSURE_CUT = 0.5
+PRESSURE_CHECK_S = 0.002
+DROP_REASONS = ("full", "no_lane", "too_large")
+MAX_PRODUCERS_SHOWN = 256
 
 
 @dataclass
@@ -53,6 +60,10 @@ class Counters:
     corrupt_records: int = 0
     corrupt_spool_files: int = 0
     store_records: int = 0
+    # Why batches were cut: by time, by size, by lane pressure, at the end.
+    cuts: dict[str, int] = field(
+        default_factory=lambda: {"time": 0, "size": 0, "pressure": 0, "final": 0}
+    )
     started_ns: int = field(default_factory=time.time_ns)
 
 
@@ -157,6 +168,10 @@ class Agent:
         self.consumer: Consumer | None = None
         self.delivery_wake = threading.Event()
         self.status_path = self.home / f"status-{ring_name}.json"
+        self.lane_meta: dict[int, bytes] = {}  # lane -> the resource blob last read there
+        # pid -> who it is and what it dropped; kept after the process is gone
+        self.producers: dict[int, dict[str, Any]] = {}
+        self.resources: dict[bytes, Resource] = {}
 
     # ---- drain ---------------------------------------------------------------------
 
@@ -166,7 +181,7 @@ class Agent:
         except RingNotFound:
             if self.spawned:
                 raise
-            self.ring = Ring.create(self.ring_name, exist_ok=True)
+            self.ring = Ring.create(self.ring_name, self._create_size(), exist_ok=True)
         try:
             self.consumer = self.ring.consumer()
         except RingBusy:
@@ -175,6 +190,19 @@ class Agent:
                 return False
             raise
         return True
+
+    @staticmethod
+    def _create_size() -> int:
+        """EMP_FASTBUF_RING_SIZE (or the default), made to fit /dev/shm as the API does."""
+        size, warning = shm.ring_size_from_env(os.environ)
+        if warning is not None:
+            log.warning("%s", warning)
+        fitted, warning = shm.fit_ring_size(size, shm.shm_free_bytes())
+        if warning is not None:
+            log.warning("%s", warning)
+        if fitted is None:
+            raise RingError(warning or "no room for a ring in /dev/shm")
+        return fitted
 
     def run(self) -> int:
         if not self._attach():
@@ -217,10 +245,12 @@ class Agent:
         batch_started = time.monotonic()
         last_status = 0.0
         last_machine = 0.0
+        last_pressure = 0.0
         idle_since: float | None = None
         while not self.stop_event.is_set():
             got = self.consumer.read_lanes(READ_CHUNK)
-            for _lane, meta, recs in got:
+            for lane, meta, recs in got:
+                self.lane_meta[lane] = meta
                 pending.append(LaneChunk(meta, recs))
                 n = sum(len(r) for r in recs)
                 pending_bytes += n
@@ -230,10 +260,18 @@ class Agent:
             if now - last_machine >= self.config.metrics_interval_s:
                 last_machine = now
                 pending.append(self._own_metrics())
-            if pending and (
-                pending_bytes >= self.config.batch_max_bytes
-                or now - batch_started >= self.config.batch_interval_s
-            ):
+            cut = None
+            if pending:
+                if pending_bytes >= self.config.batch_max_bytes:
+                    cut = "size"
+                elif now - batch_started >= self.config.batch_interval_s:
+                    cut = "time"
+                elif now - last_pressure >= PRESSURE_CHECK_S:
+                    last_pressure = now
+                    if self.consumer.pressure() >= PRESSURE_CUT:
+                        cut = "pressure"
+            if cut is not None:
+                self.counters.cuts[cut] += 1
                 self._spool_and_ack(pending)
                 pending, pending_bytes = [], 0
                 batch_started = now
@@ -253,6 +291,7 @@ class Agent:
             if not got:
                 self.stop_event.wait(0.005)
         if pending:
+            self.counters.cuts["final"] += 1
             self._spool_and_ack(pending)
 
     def _idle(self) -> bool:
@@ -273,13 +312,15 @@ class Agent:
             got = self.consumer.read_lanes(READ_CHUNK)
             if not got:
                 break
-            for _lane, meta, recs in got:
+            for lane, meta, recs in got:
+                self.lane_meta[lane] = meta
                 chunks.append(LaneChunk(meta, recs))
                 self.counters.drained_records += len(recs)
                 self.counters.drained_bytes += sum(len(r) for r in recs)
         if final:
             chunks.append(self._own_metrics())
         if chunks:
+            self.counters.cuts["final"] += 1
             self._spool_and_ack(chunks)
 
     def _spool_and_ack(self, chunks: list[LaneChunk]) -> None:
@@ -299,7 +340,7 @@ class Agent:
             recs.extend(collect_machine_metrics(now))
         except Exception as exc:  # machine metrics are best effort
             log.debug("machine metrics failed: %s", exc)
-        for name, value, kind in self._self_metrics():
+        for name, value, kind, attrs in self._self_metrics():
             unit = "By" if "bytes" in name else ("{file}" if "files" in name else "{record}")
             if name.startswith("fastbuf.export.requests"):
                 unit = "{request}"
@@ -311,34 +352,38 @@ class Agent:
                     name=name,
                     value=value,
                     unit=unit,
+                    attributes=dict(attrs),
                 )
             )
         return LaneChunk(self.agent_meta, [codec_py.encode_record(r) for r in recs])
 
-    def _self_metrics(self) -> list[tuple[str, int | float, int]]:
-        out: list[tuple[str, int | float, int]] = []
+    def _self_metrics(self) -> list[tuple[str, int | float, int, tuple[tuple[str, str], ...]]]:
+        out: list[tuple[str, int | float, int, tuple[tuple[str, str], ...]]] = []
         if self.ring is not None:
             st = self.ring.stats()
             out += [
-                ("fastbuf.ring.written", st["written"], GAUGE),
-                ("fastbuf.ring.dropped", st["dropped"], GAUGE),
-                ("fastbuf.ring.acked", st["acked"], GAUGE),
-                ("fastbuf.ring.in_flight", st["in_flight"], GAUGE),
+                ("fastbuf.ring.written", st["written"], GAUGE, ()),
+                ("fastbuf.ring.acked", st["acked"], GAUGE, ()),
+                ("fastbuf.ring.in_flight", st["in_flight"], GAUGE, ()),
+            ]
+            out += [
+                ("fastbuf.ring.dropped", st[f"dropped_{reason}"], GAUGE, (("reason", reason),))
+                for reason in DROP_REASONS
             ]
         sp = self.spool.stats()
         out += [
-            ("fastbuf.spool.files", sp["files"], GAUGE),
-            ("fastbuf.spool.bytes", sp["bytes"], GAUGE),
-            ("fastbuf.agent.drained", self.counters.drained_records, GAUGE),
-            ("fastbuf.agent.corrupt_records", self.counters.corrupt_records, GAUGE),
+            ("fastbuf.spool.files", sp["files"], GAUGE, ()),
+            ("fastbuf.spool.bytes", sp["bytes"], GAUGE, ()),
+            ("fastbuf.agent.drained", self.counters.drained_records, GAUGE, ()),
+            ("fastbuf.agent.corrupt_records", self.counters.corrupt_records, GAUGE, ()),
         ]
         if self.exporter is not None:
             ex = self.exporter.stats()
             out += [
-                ("fastbuf.export.requests", ex.get("requests", 0), GAUGE),
-                ("fastbuf.export.bytes_on_wire", ex.get("bytes_on_wire", 0), GAUGE),
-                ("fastbuf.export.retries", ex.get("retries", 0), GAUGE),
-                ("fastbuf.export.dead_lettered", ex.get("dead_lettered", 0), GAUGE),
+                ("fastbuf.export.requests", ex.get("requests", 0), GAUGE, ()),
+                ("fastbuf.export.bytes_on_wire", ex.get("bytes_on_wire", 0), GAUGE, ()),
+                ("fastbuf.export.retries", ex.get("retries", 0), GAUGE, ()),
+                ("fastbuf.export.dead_lettered", ex.get("dead_lettered", 0), GAUGE, ()),
             ]
         return out
 
@@ -464,6 +509,44 @@ class Agent:
 
     # ---- status ----------------------------------------------------------------------
 
+    def _update_producers(self, ring_stats: dict[str, Any]) -> list[dict[str, Any]]:
+        """Who writes into the ring and what each process dropped (its own totals, which
+        it publishes into its lane), kept after the process is gone. Processes with drops
+        come first."""
+        for lane in ring_stats.get("lanes", []):
+            pid = lane.get("owner_pid")
+            if not pid:
+                continue
+            entry = self.producers.get(pid)
+            if entry is None:
+                entry = {"pid": pid, "service": None, "worker_id": None, "lanes": 0}
+                entry.update({f"dropped_{r}": 0 for r in DROP_REASONS})
+                self.producers[pid] = entry
+            meta = self.lane_meta.get(lane["lane"])
+            if meta is not None and entry["service"] is None:
+                attrs = _resource(meta, self.resources).attributes
+                entry["service"] = attrs.get("service.name")
+                entry["worker_id"] = attrs.get("emp.worker_id")
+            for reason in DROP_REASONS:
+                key = f"dropped_{reason}"
+                entry[key] = max(entry[key], int(lane.get(f"owner_{key}", 0)))
+        live = {lane.get("owner_pid") for lane in ring_stats.get("lanes", [])}
+        for pid, entry in self.producers.items():
+            entry["alive"] = pid in live and any(
+                ln.get("alive") for ln in ring_stats.get("lanes", []) if ln.get("owner_pid") == pid
+            )
+            entry["lanes"] = sum(
+                1 for ln in ring_stats.get("lanes", []) if ln.get("owner_pid") == pid
+            )
+            entry["dropped"] = sum(entry[f"dropped_{r}"] for r in DROP_REASONS)
+        if len(self.producers) > MAX_PRODUCERS_SHOWN:
+            # Forget gone processes that dropped nothing first, then the oldest.
+            keep = sorted(
+                self.producers.values(), key=lambda e: e["alive"] or e["dropped"] > 0, reverse=True
+            )[:MAX_PRODUCERS_SHOWN]
+            self.producers = {e["pid"]: e for e in keep}
+        return sorted(self.producers.values(), key=lambda e: (-e["dropped"], e["pid"]))
+
     def status(self) -> dict[str, Any]:
         ring_stats = self.ring.stats() if self.ring is not None and not self.ring.closed else {}
         out: dict[str, Any] = {
@@ -481,6 +564,7 @@ class Agent:
                 "records": self.counters.drained_records,
                 "bytes": self.counters.drained_bytes,
                 "batches": self.counters.batches,
+                "cuts": dict(self.counters.cuts),
                 "corrupt_records": self.counters.corrupt_records,
                 "corrupt_spool_files": self.counters.corrupt_spool_files,
             },
@@ -488,6 +572,7 @@ class Agent:
             "store": {"records": self.counters.store_records} if self.store is not None else None,
             "export": self.exporter.stats() if self.exporter is not None else None,
             "ring": ring_stats,
+            "producers": self._update_producers(ring_stats),
         }
         return out
 
@@ -624,6 +709,24 @@ def _print_status(st: dict[str, Any]) -> None:
         f"ring {ring.get('name', agent.get('ring'))!r}; lease holder: "
         f"{lease.get('pid') or 'none'}{' (alive)' if lease.get('alive') else ''}"
     )
+    dropping = [p for p in st.get("producers") or [] if p.get("dropped")]
+    if dropping:
+        con.print(
+            f"[bold red]dropped records[/]: {len(dropping)} producer process(es) lost records "
+            f"(the agent did not keep up, or the ring is too small):"
+        )
+        drops = Table("pid", "service", "worker", "alive", "ring full", "no lane", "too large")
+        for p in dropping[:20]:
+            drops.add_row(
+                str(p["pid"]),
+                str(p.get("service") or "-"),
+                str(p.get("worker_id") or "-"),
+                "yes" if p.get("alive") else "no",
+                str(p.get("dropped_full", 0)),
+                str(p.get("dropped_no_lane", 0)),
+                str(p.get("dropped_too_large", 0)),
+            )
+        con.print(drops)
     if ring:
         con.print(
             f"[bold]ring[/]: written {ring['written']}, acked {ring['acked']}, dropped "
