@@ -1049,10 +1049,10 @@ def markdown_lines(document: Mapping[str, Any]) -> list[str]:
         shown = f"{_fmt_rate(rate)}/s" if rate else "none (records lost at the lowest rate)"
         lines.append(f"- Highest zero-loss rate, one producer, {_SYSTEM_LABELS[system]}: {shown}")
     ratio = document.get("zero_loss_x_otel")
-    if ratio is not None:
-        lines.append(f"- fastbuf (OTLP) over the OpenTelemetry SDK: {ratio:.3g}x")
-    elif document.get("otel_lost_at_every_rate"):
-        lines.append("- The OpenTelemetry SDK lost records at every rate.")
+    if ratio:
+        lines.append(f"- Highest zero-loss rate, fastbuf (OTLP) over the SDK: {ratio:.3g}x")
+    elif zero.get("fastbuf.otlp") and document.get("otel_lost_at_every_rate"):
+        lines.append("- fastbuf (OTLP) over the SDK: unbounded (the SDK lost at every rate)")
     for err in document.get("errors", []):
         lines.append(f"- Failed: {err}")
     return lines

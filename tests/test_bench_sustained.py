@@ -7,6 +7,7 @@ consistently, and that every process, ring and home is gone afterwards."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import sys
 import tempfile
@@ -164,3 +165,59 @@ def test_pace_emits_what_is_due_and_runs_its_duration() -> None:
     # Bursts are contiguous: every record once, in order.
     assert [first for first, _ in got] == [sum(n for _, n in got[:i]) for i in range(len(got))]
     assert sum(n for _, n in got) == sent
+
+
+def test_bench_run_only_sustained_reports_it_with_its_budgets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = [_row(s, r, 0) for s in sustained.SYSTEMS for r in sustained.SINGLE_RATES]
+    for r in runs:
+        if r["system"] != "otel":
+            r["agent"] = {"cpu_s": 1.0, "cpu_s_per_million": 2.5, "peak_rss_bytes": 1 << 27}
+            r["dropped_by_reason"] = {"full": 0, "no_lane": 0, "too_large": 0}
+            r["ring_shm_bytes"] = 64 << 20
+        r["duplicates"] = 0
+    zero = {s: sustained.zero_loss_rate(runs, s) for s in sustained.SYSTEMS}
+    doc = {
+        "duration_s": 3.0,
+        "quick": True,
+        "runs": runs,
+        "zero_loss_rate": zero,
+        "zero_loss_x_otel": 1.0,
+        "otel_lost_at_every_rate": False,
+        "errors": [],
+    }
+    asked: list[bool] = []
+
+    def fake_run_all(quick: bool = False, **_: Any) -> dict[str, Any]:
+        asked.append(quick)
+        return doc
+
+    monkeypatch.setattr(sustained, "run_all", fake_run_all)
+    status = bench_run.main(["--only", "sustained", "--quick", "--out", str(tmp_path)])
+    assert asked == [True]
+    latest = json.loads((tmp_path / "latest.json").read_text())
+    assert latest["sustained"]["zero_loss_rate"]["fastbuf.otlp"] == 400_000
+    checked = {b["name"]: b for b in latest["budgets"] if b["name"].startswith("sustained:")}
+    assert len(checked) == 5
+    ratio = next(b for n, b in checked.items() if "OpenTelemetry" in n)
+    assert ratio["ok"] is False and ratio["value"] == 1.0  # 1x the SDK: the budget is missed
+    assert status == 1
+    md = (tmp_path / "latest.md").read_text()
+    assert "## Sustained load" in md and "fastbuf -> agent -> store" in md
+    assert (tmp_path / "sustained.png").stat().st_size > 0
+    assert "## Sustained load" in capsys.readouterr().out
+
+
+def test_cost_model_puts_the_sustained_agent_cpu_beside_the_batch_figure() -> None:
+    runs = [_row("fastbuf.otlp", 10_000, 0), _row("fastbuf.otlp", 50_000, 7)]
+    runs[0]["agent"] = {"cpu_s_per_million": 9.0}
+    runs[1]["agent"] = {"cpu_s_per_million": 3.0}
+    measured = {"records": 1e6, "cpu_s": 1.5, "wire_bytes": 8.6e6, "compression": "gzip"}
+    cost = bench_run.cost_model([], 0.05, 0.09, agent=measured, sustained={"runs": runs})
+    assert cost is not None
+    per = cost["per_million_events"]
+    assert per["agent_cpu_s"] == 1.5
+    assert per["agent_cpu_s_sustained"] == 9.0  # the highest rate that lost nothing
+    assert per["total_usd"] == pytest.approx(per["agent_cpu_usd"] + per["egress_usd"], rel=1e-3)
+    assert cost["assumptions"]["agent_sustained_run"] == "sustained.fastbuf.otlp[1x10k]"
