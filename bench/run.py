@@ -491,8 +491,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     missed = [o for o in outcomes if not o.ok]
     if sustained is not None and sustained.get("runs"):
         print("\n" + "\n".join(report.sustained_lines(sustained)))
+    sweep = " and the sustained sweep" if sustained is not None else ""
     print(
-        f"\n{len(results) - 1} scenario(s) ran in {time.monotonic() - started:.0f} s; "
+        f"\n{len(results) - 1} scenario(s){sweep} ran in {time.monotonic() - started:.0f} s; "
         f"reports in {out}/latest.{{json,md}}, {charts}"
     )
     for note in notes:

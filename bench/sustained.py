@@ -1096,7 +1096,7 @@ def write_chart(path: Path, document: Mapping[str, Any]) -> None:
     ax.set_ylabel("delivered fraction (distinct records)")
     ax.set_title(f"Sustained load, {document['duration_s']:g} s per rate")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
