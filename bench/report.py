@@ -1,9 +1,11 @@
-"""Writing and reading benchmark reports: ``latest.json``, ``latest.md``, ``latest_cdf.png``.
+"""Writing and reading benchmark reports: ``latest.json``, ``latest.md``, ``latest_cdf.png``
+and ``sustained.png``.
 
 ``latest.json`` holds ``machine``, ``results`` (one summary row per scenario), ``budgets``,
 ``cost_per_million_usd`` (the total of ``cost``), ``cost`` (its parts and the prices assumed)
-and, when it was measured, ``survival`` (spans that reach their destination when the worker
-is SIGKILLed); the Markdown adds the tails, GC activity, the timer floor and the ratios of
+and, when they were measured, ``survival`` (spans that reach their destination when the
+worker is SIGKILLed) and ``sustained`` (``bench.sustained``: records offered for seconds,
+what arrived); the Markdown adds the tails, GC activity, the timer floor and the ratios of
 our scenarios against their peers.
 """
 
@@ -84,9 +86,10 @@ def build_document(
     survival: Mapping[str, Any] | None = None,
     *,
     cost: Mapping[str, Any] | None = None,
+    sustained: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``latest.json`` document (``survival`` only when it was measured; ``cost`` is
-    None when no cost part ran)."""
+    """The ``latest.json`` document (``survival`` and ``sustained`` only when they were
+    measured; ``cost`` is None when no cost part ran)."""
     document: dict[str, Any] = {
         "machine": dict(machine),
         "results": [r.row() for r in results],
@@ -96,7 +99,22 @@ def build_document(
     }
     if survival is not None:
         document["survival"] = dict(survival)
+    if sustained is not None:
+        document["sustained"] = _without_tracebacks(sustained)
     return document
+
+
+def _without_tracebacks(sustained: Mapping[str, Any]) -> dict[str, Any]:
+    """The sustained document with each failed run's traceback cut to its last lines."""
+    out = dict(sustained)
+    runs = []
+    for run in sustained.get("runs", []):
+        run = dict(run)
+        if "traceback" in run:
+            run["traceback"] = str(run["traceback"]).strip().splitlines()[-3:]
+        runs.append(run)
+    out["runs"] = runs
+    return out
 
 
 def write_json(path: Path, document: Mapping[str, Any]) -> None:
@@ -265,6 +283,9 @@ def render_markdown(
     survival = document.get("survival")
     if survival:
         lines += ["", *_survival_lines(survival)]
+    sustained = document.get("sustained")
+    if sustained:
+        lines += ["", *sustained_lines(sustained)]
     if regressions:
         lines += ["", "## Regressions (> threshold vs the previous run)", ""]
         lines += [f"- {reg}" for reg in regressions]
@@ -306,6 +327,12 @@ def _cost_lines(cost: Mapping[str, Any]) -> list[str]:
             f"{per['wire_bytes'] / 1e6:.4g} MB | {per['egress_usd']:.4g} |"
         )
     lines.append(f"| **total** | | {per['cpu_s']:.4g} CPU-s | **{per['total_usd']:.4g}** |")
+    if "agent_cpu_s_sustained" in per:
+        lines.append(
+            f"| agent CPU, whole process (not in the total) | {assume['agent_sustained_run']} "
+            f"(utime + stime per delivered record) | {per['agent_cpu_s_sustained']:.4g} CPU-s | "
+            f"{per['agent_cpu_usd_sustained']:.4g} |"
+        )
     left_out = assume.get("left_out") or []
     if left_out:
         lines += ["", "Not included: " + "; ".join(str(x) for x in left_out) + "."]
@@ -339,6 +366,23 @@ def _survival_lines(survival: Mapping[str, Any]) -> list[str]:
             f"| {kind} | {row['ended']:,} | {row['received']:,} | {shown} | {row['method']} |"
         )
     return lines
+
+
+def sustained_lines(sustained: Mapping[str, Any]) -> list[str]:
+    """The sustained-load section (``bench.sustained.markdown_lines``)."""
+    if "error" in sustained and not sustained.get("runs"):
+        detail = str(sustained["error"]).strip()[-300:]
+        return ["## Sustained load", "", f"The sustained sweep failed: `{detail}`"]
+    from bench.sustained import markdown_lines
+
+    return markdown_lines(sustained)
+
+
+def write_sustained_png(path: Path, sustained: Mapping[str, Any]) -> None:
+    """Delivered fraction against offered rate, fastbuf and the SDK on one chart."""
+    from bench.sustained import write_chart
+
+    write_chart(path, sustained)
 
 
 def write_cdf_png(path: Path, results: Sequence[Result]) -> None:

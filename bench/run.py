@@ -5,11 +5,13 @@
 
 Scenarios come from ``bench.peers`` and, when present, ``bench.ours``; both register into
 ``bench.scenarios``. A run of every scenario (no ``--only``) also counts the spans that
-survive a SIGKILL of the worker (``bench.survival``, when present). Exit status: 0 when
-every scenario ran (or was skipped with a reason) and every budget held; 1 when a scenario
-or the survival run failed or a budget was missed, or, with ``--fail-on-regression``, when
-a P50/P99 regressed by more than the threshold; 2 for bad arguments or unreadable results
-files.
+survive a SIGKILL of the worker (``bench.survival``, when present). The sustained-load
+sweep (``bench.sustained``, when present) runs with every scenario and with an ``--only``
+pattern that matches ``sustained``; ``--quick`` shortens each of its loads. Exit status: 0
+when every scenario ran (or was skipped with a reason) and every budget held; 1 when a
+scenario, the survival run or a sustained run failed or a budget was missed, or, with
+``--fail-on-regression``, when a P50/P99 regressed by more than the threshold; 2 for bad
+arguments or unreadable results files.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +43,35 @@ DEFAULT_USD_PER_EGRESS_GB = 0.09
 # bench.ours_pipeline (gzip: the agent's default compression).
 AGENT_COST_SCENARIO = "agent.export"
 SURVIVAL_SPANS = 10_000
+SUSTAINED = "sustained"  # the name --only matches to select the sustained-load sweep
 
 
 def load_scenarios() -> None:
-    """Import the modules that register scenarios (``bench.ours`` only if it exists)."""
+    """Import the modules that register scenarios (``bench.ours`` only if it exists) and
+    the sustained-load budgets (``bench.sustained``, if it exists)."""
     importlib.import_module("bench.peers")
     if importlib.util.find_spec("bench.ours") is not None:
         importlib.import_module("bench.ours")
+    if _have_sustained():
+        importlib.import_module("bench.sustained").register_budgets()
+
+
+def _have_sustained() -> bool:
+    return importlib.util.find_spec("bench.sustained") is not None
+
+
+def matches(name: str, pattern: str | None) -> bool:
+    """Whether ``name`` matches ``pattern``: a glob if it has ``*?[``, else a substring."""
+    if not pattern:
+        return True
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return pattern in name
 
 
 def select(all_scenarios: Sequence[Scenario], pattern: str | None) -> list[Scenario]:
-    """Scenarios whose name matches ``pattern``: a glob if it has ``*?[``, else a substring."""
-    if not pattern:
-        return list(all_scenarios)
-    if any(c in pattern for c in "*?["):
-        return [s for s in all_scenarios if fnmatch.fnmatchcase(s.name, pattern)]
-    return [s for s in all_scenarios if pattern in s.name]
+    """Scenarios whose name matches ``pattern`` (see ``matches``)."""
+    return [s for s in all_scenarios if matches(s.name, pattern)]
 
 
 def _log(message: str) -> None:
@@ -140,6 +155,7 @@ def cost_model(
     usd_per_core_hour: float,
     usd_per_egress_gb: float,
     agent: dict[str, Any] | None = None,
+    sustained: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """The cost of a million events end to end, in parts, with the prices assumed.
 
@@ -150,6 +166,10 @@ def cost_model(
 
     ``agent`` is ``bench.ours_pipeline``'s measurement (looked up when None). Parts that did
     not run are listed in ``missing``; ``total_usd`` sums the others. None when no part ran.
+
+    ``sustained`` (the sweep of ``bench.sustained``) adds ``agent_cpu_s_sustained``: the
+    whole agent process's CPU per million records delivered in a sustained run (idle
+    polling, threads, own metrics included), beside ``agent_cpu_s`` and not in the total.
     """
     worker_ns = _worker_ns_per_item(results)
     if agent is None:
@@ -179,6 +199,10 @@ def cost_model(
     per_million["total_usd"] = _sig(
         sum(per_million.get(k, 0.0) for k in ("worker_cpu_usd", "agent_cpu_usd", "egress_usd"))
     )
+    whole = _sustained_agent_cpu(sustained)
+    if whole is not None:
+        per_million["agent_cpu_s_sustained"] = _sig(whole["cpu_s_per_million"])
+        per_million["agent_cpu_usd_sustained"] = _sig(whole["cpu_s_per_million"] * usd_per_core_s)
     return {
         "per_million_events": per_million,
         "assumptions": {
@@ -188,6 +212,7 @@ def cost_model(
             "worker_scenario": scenarios.cost_scenario(),
             "agent_scenario": AGENT_COST_SCENARIO,
             "agent_compression": None if agent is None else agent.get("compression"),
+            "agent_sustained_run": None if whole is None else whole["run"],
             "left_out": [
                 "the agent's idle polling, own metrics, status file and retries",
                 "the receiving backend's work",
@@ -195,6 +220,51 @@ def cost_model(
         },
         "missing": missing,
     }
+
+
+def _sustained_agent_cpu(sustained: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The agent's CPU per million records of the sustained OTLP run at the highest
+    zero-loss rate (the lowest rate when every rate lost records)."""
+    if not sustained:
+        return None
+    runs = sorted(
+        (
+            r
+            for r in sustained.get("runs", [])
+            if r["system"] == "fastbuf.otlp"
+            and r["producers"] == 1
+            and "error" not in r
+            and (r.get("agent") or {}).get("cpu_s_per_million") is not None
+        ),
+        key=lambda r: r["target_per_s"],
+    )
+    if not runs:
+        return None
+    best = runs[0]
+    for r in runs:
+        if r["lost"] != 0:
+            break
+        best = r
+    return {
+        "cpu_s_per_million": float(best["agent"]["cpu_s_per_million"]),
+        "run": f"sustained.fastbuf.otlp[{best['load']}]",
+    }
+
+
+def run_sustained(quick: bool) -> dict[str, Any]:
+    """The sweep of ``bench.sustained``; a failure is kept as ``{"error": ...}``."""
+    module = importlib.import_module("bench.sustained")
+    duration = module.QUICK_DURATION_S if quick else module.DURATION_S
+    _log(
+        f"sustained: {len(module.loads())} loads x {len(module.SYSTEMS)} systems, "
+        f"{duration:g} s each ..."
+    )
+    try:
+        outcome: dict[str, Any] = module.run_all(quick=quick, log=_log)
+    except Exception:
+        _log(f"    FAILED:\n{traceback.format_exc()}")
+        return {"error": traceback.format_exc(limit=3), "runs": [], "errors": ["sweep"]}
+    return outcome
 
 
 def run_survival(spans: int = SURVIVAL_SPANS) -> dict[str, object] | None:
@@ -218,9 +288,16 @@ def run_survival(spans: int = SURVIVAL_SPANS) -> dict[str, object] | None:
     return outcome
 
 
-def evaluate_budgets(results: Sequence[Result]) -> tuple[list[BudgetOutcome], list[str]]:
-    """Check every registered budget; also return the names of those that could not be checked."""
-    rows = {r.name: {**r.row(), "max_ns": r.max_ns, "mean_ns": r.mean_ns} for r in results}
+def evaluate_budgets(
+    results: Sequence[Result], extra_rows: Mapping[str, Mapping[str, Any]] | None = None
+) -> tuple[list[BudgetOutcome], list[str]]:
+    """Check every registered budget; also return the names of those that could not be checked.
+
+    ``extra_rows``: rows that are not timed scenarios (``bench.sustained.budget_rows``)."""
+    rows: dict[str, Mapping[str, Any]] = {
+        r.name: {**r.row(), "max_ns": r.max_ns, "mean_ns": r.mean_ns} for r in results
+    }
+    rows.update(extra_rows or {})
     outcomes, unchecked = [], []
     for budget in scenarios.budgets():
         outcome = budget.evaluate(rows)
@@ -324,11 +401,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_scenarios()
     chosen = select(scenarios.scenarios(), args.only)
+    want_sustained = _have_sustained() and matches(SUSTAINED, args.only)
     if args.list:
         for s in scenarios.scenarios():
             print(f"{s.name:28} {s.peer or 'ours':28} {s.description}")
+        if _have_sustained():
+            print(
+                f"{SUSTAINED:28} {'ours + opentelemetry-sdk':28} "
+                "records/s offered for seconds through the agent and the SDK; what arrives"
+            )
         return 0
-    if not chosen:
+    if not chosen and not want_sustained:
         print(f"error: no scenario matches {args.only!r}", file=sys.stderr)
         return 2
 
@@ -361,6 +444,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({time.monotonic() - t0:.1f} s)"
         )
 
+    sustained = None
+    if want_sustained:
+        sustained = run_sustained(args.quick)
+        if sustained.get("errors"):
+            failed.append(SUSTAINED)
+
     survival = None
     if args.only is None and not args.list:
         survival = run_survival()
@@ -369,10 +458,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif "error" in survival:
             failed.append("survival")
 
-    outcomes, unchecked = evaluate_budgets(results)
+    extra_rows = None
+    if sustained is not None:
+        extra_rows = importlib.import_module("bench.sustained").budget_rows(sustained)
+    outcomes, unchecked = evaluate_budgets(results, extra_rows)
     notes += [f"budget not checked (its scenario did not run): {n}" for n in unchecked]
     notes += [f"scenario failed: {n}" for n in failed]
-    cost = cost_model(results, args.usd_per_core_hour, args.usd_per_egress_gb)
+    cost = cost_model(results, args.usd_per_core_hour, args.usd_per_egress_gb, sustained=sustained)
     document = report.build_document(
         report.machine_info(),
         results,
@@ -380,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         None if cost is None else cost["per_million_events"]["total_usd"],
         survival,
         cost=cost,
+        sustained=sustained,
     )
     regressions = report.compare(previous, document, args.threshold) if previous else []
     out: Path = args.out
@@ -390,11 +483,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.render_markdown(document, results, by_name, notes, regressions), encoding="utf-8"
     )
     report.write_cdf_png(out / "latest_cdf.png", results)
+    charts = "latest_cdf.png"
+    if sustained is not None and sustained.get("runs"):
+        report.write_sustained_png(out / "sustained.png", sustained)
+        charts += " and sustained.png"
 
     missed = [o for o in outcomes if not o.ok]
+    if sustained is not None and sustained.get("runs"):
+        print("\n" + "\n".join(report.sustained_lines(sustained)))
+    sweep = " and the sustained sweep" if sustained is not None else ""
     print(
-        f"\n{len(results) - 1} scenario(s) ran in {time.monotonic() - started:.0f} s; "
-        f"reports in {out}/latest.{{json,md}} and latest_cdf.png"
+        f"\n{len(results) - 1} scenario(s){sweep} ran in {time.monotonic() - started:.0f} s; "
+        f"reports in {out}/latest.{{json,md}}, {charts}"
     )
     for note in notes:
         print(f"note: {note}")

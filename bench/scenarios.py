@@ -11,7 +11,9 @@ Adding a scenario is one factory and one ``register`` call::
 The factory runs right before the scenario is timed and returns the call to time plus a
 teardown (or None). A budget is ``METRIC [(SCENARIO)] [/ METRIC (SCENARIO)] OP NUMBER``;
 a bare metric means the registering scenario's. Metrics: ``p50_ns p99_ns p999_ns max_ns
-mean_ns ops_per_s`` (``p50``/``p99``/``p999`` are accepted for the ``_ns`` ones).
+mean_ns ops_per_s`` (``p50``/``p99``/``p999`` are accepted for the ``_ns`` ones), and for
+the rows of ``bench.sustained`` ``offered_per_s delivered_fraction lost zero_loss_rate
+zero_loss_x_otel``.
 """
 
 from __future__ import annotations
@@ -41,7 +43,15 @@ __all__ = [
     "set_cost_scenario",
 ]
 
-METRICS = ("p50_ns", "p99_ns", "p999_ns", "max_ns", "mean_ns", "ops_per_s")
+# Rows of the sustained-load runs (``bench.sustained.budget_rows``).
+SUSTAINED_METRICS = (
+    "offered_per_s",
+    "delivered_fraction",
+    "lost",
+    "zero_loss_rate",
+    "zero_loss_x_otel",
+)
+METRICS = ("p50_ns", "p99_ns", "p999_ns", "max_ns", "mean_ns", "ops_per_s", *SUSTAINED_METRICS)
 _ALIASES = {"p50": "p50_ns", "p99": "p99_ns", "p999": "p999_ns", "max": "max_ns", "mean": "mean_ns"}
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
