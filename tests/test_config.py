@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import shutil
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -389,21 +392,126 @@ def test_no_token_over_http_is_fine() -> None:
 
 def test_token_never_shown() -> None:
     c = cfg(
-        OTEL_EXPORTER_OTLP_ENDPOINT="https://user:pw-secret@ingress.example/base?key=qsecret",
+        OTEL_EXPORTER_OTLP_ENDPOINT="https://ingress.example/base?key=qsecret",
         DASH0_AUTH_TOKEN=TOKEN,
         DASH0_DATASET="prod",
-        OTEL_EXPORTER_OTLP_HEADERS="x-api-key=k3y-secret,X-Plain=visible",
+        OTEL_EXPORTER_OTLP_HEADERS=(
+            "x-api-key=k3y-secret,X-Plain=visible,x-honeycomb-team=hc-secret,"
+            "dash0-auth-extra=d0-secret,X-Db-Password=pw-secret"
+        ),
     )
     for text in (repr(c), str(c), json.dumps(c.describe())):
-        for secret in (TOKEN, "pw-secret", "qsecret", "k3y-secret"):
+        for secret in (TOKEN, "qsecret", "k3y-secret", "hc-secret", "d0-secret", "pw-secret"):
             assert secret not in text
         assert "<redacted>" in text
         assert "visible" in text and "prod" in text
     described = c.describe()
     assert described["headers"]["Authorization"] == "<redacted>"
+    assert described["headers"]["x-honeycomb-team"] == "<redacted>"
     assert described["mode"] == "otlp"
-    assert described["endpoints"]["logs"].startswith("https://<redacted>@ingress.example/")
-    assert TOKEN in c.secrets()
+    assert described["endpoints"]["logs"] == "https://ingress.example/base/v1/logs?<redacted>"
+    assert TOKEN in c.secrets() and "hc-secret" in c.secrets()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.1.2.3:4318\\@localhost",  # urlsplit reads localhost, urllib3 10.1.2.3
+        "http://10.1.2.3:4318\\",
+        "http://localhost:4318@10.1.2.3",
+        "https://user:pw-secret@ingress.example",
+        "http://10.1.2.3\x01@localhost",
+        "http://127.0.0.1:4318/\x7f",
+        "http://10.1.2.3\u00a0@localhost",
+        "http://127.0.0.1%2f@10.1.2.3",
+        "http://local%68ost:4318",
+    ],
+)
+def test_ambiguous_url_refused_at_start(url: str) -> None:
+    for name in (
+        "DASH0_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    ):
+        with pytest.raises(ConfigError, match=name) as info:
+            cfg(**{name: url, "DASH0_AUTH_TOKEN": TOKEN})
+        assert TOKEN not in str(info.value) and "pw-secret" not in str(info.value)
+    with pytest.raises(ConfigError, match="--endpoint"):
+        cfg({"endpoint": url})
+    with pytest.raises(ConfigError, match="logs_endpoint"):
+        AgentConfig(logs_endpoint=url)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Authorization",
+        "x-honeycomb-team",
+        "api-key",
+        "x-api-key",
+        "dash0-auth-token",
+        "X-Auth",
+        "x-access-token",
+        "x-client-secret",
+        "x-password",
+        "Cookie",
+    ],
+)
+def test_every_credential_header_refused_over_plain_http(header: str) -> None:
+    with pytest.raises(ConfigError, match="plain http") as info:
+        cfg(
+            OTEL_EXPORTER_OTLP_ENDPOINT="http://10.1.2.3:4318",
+            OTEL_EXPORTER_OTLP_HEADERS=f"{header}={TOKEN}",
+        )
+    assert header in str(info.value) and TOKEN not in str(info.value)
+    with pytest.raises(ConfigError, match="plain http"):
+        cfg({"headers": {header: TOKEN}}, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://c.example")
+    for endpoint in ("https://10.1.2.3:4318", "http://127.0.0.1:4318", "http://[::1]:1"):
+        c = cfg(
+            OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_OTLP_HEADERS=f"{header}={TOKEN}"
+        )
+        assert c.describe()["headers"][header] == "<redacted>"
+
+
+def test_plain_header_over_http_is_fine() -> None:
+    c = cfg(
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://10.1.2.3:4318", OTEL_EXPORTER_OTLP_HEADERS="x-team=a"
+    )
+    assert c.headers == {"x-team": "a"}
+
+
+def test_idn_host_still_accepted() -> None:
+    assert cfg(OTEL_EXPORTER_OTLP_ENDPOINT="https://b\u00fccher.example").exporting
+
+
+# -- header values HTTP cannot carry ------------------------------------------------------
+
+
+def test_header_value_outside_latin1_refused_naming_the_header() -> None:
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_HEADERS") as info:
+        cfg(OTEL_EXPORTER_OTLP_HEADERS="x-team=%E2%82%AC")
+    text = str(info.value)
+    assert "'x-team'" in text and "latin-1" in text
+    assert "\u20ac" not in text and "%E2" not in text
+    with pytest.raises(ConfigError, match="x-api-key") as info:
+        cfg({"headers": {"x-api-key": "s3cr\u20acT"}})
+    assert "s3cr" not in str(info.value)
+    with pytest.raises(ConfigError, match="x-team"):
+        AgentConfig(headers={"x-team": "\u20ac"})
+    with pytest.raises(ConfigError, match="DASH0_AUTH_TOKEN") as info:
+        cfg(DASH0_AUTH_TOKEN="auth_\u20ac")
+    assert "auth_" not in str(info.value)
+
+
+def test_header_value_with_control_character_refused() -> None:
+    with pytest.raises(ConfigError, match="'x-team' has a control character"):
+        cfg(OTEL_EXPORTER_OTLP_HEADERS="x-team=a%01b")
+
+
+def test_latin1_header_value_kept() -> None:
+    assert cfg(OTEL_EXPORTER_OTLP_HEADERS="x-team=caf%C3%A9\tb").headers == {
+        "x-team": "caf\u00e9\tb"
+    }
 
 
 def test_redact_url() -> None:
@@ -412,9 +520,69 @@ def test_redact_url() -> None:
     assert redact_url("http://h:notaport") == "<redacted>"
 
 
+def self_signed_pem(directory: Path) -> Path:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = directory / "ca.pem", directory / "key.pem"
+    args = [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    args += ["-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=t"]
+    proc = subprocess.run(args, capture_output=True, timeout=60)
+    if proc.returncode != 0:
+        pytest.skip(f"openssl could not make a certificate: {proc.stderr[-200:]!r}")
+    return cert
+
+
 def test_certificate_variable(tmp_path: Path) -> None:
-    pem = tmp_path / "ca.pem"
-    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    pem = self_signed_pem(tmp_path)
     assert cfg(OTEL_EXPORTER_OTLP_CERTIFICATE=str(pem)).certificate == pem
     with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_CERTIFICATE"):
         cfg(OTEL_EXPORTER_OTLP_CERTIFICATE=str(tmp_path / "missing.pem"))
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"not a certificate\n", b"-----BEGIN CERTIFICATE-----\n", b"\x30\x82\x01"]
+)
+def test_certificate_that_is_not_pem_refused(tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_bytes(content)
+    with pytest.raises(ConfigError, match=r"OTEL_EXPORTER_OTLP_CERTIFICATE: .* is not a PEM"):
+        cfg(OTEL_EXPORTER_OTLP_CERTIFICATE=str(bad))
+    with pytest.raises(ConfigError, match="certificate"):
+        AgentConfig(certificate=bad)
+
+
+# -- log level, routes -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "level"),
+    [("", logging.INFO), ("debug", logging.DEBUG), (" WARN ", logging.WARNING), ("Error", 40)],
+)
+def test_log_level(value: str, level: int) -> None:
+    assert cfg(EMP_FASTBUF_LOG_LEVEL=value).log_level == level
+
+
+@pytest.mark.parametrize("value", ["LOUD", "10", "notset", "in\x01fo"])
+def test_unknown_log_level_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="EMP_FASTBUF_LOG_LEVEL: unknown level") as info:
+        cfg(EMP_FASTBUF_LOG_LEVEL=value)
+    assert "\x01" not in str(info.value)
+
+
+def test_a_signal_without_endpoint_goes_to_the_store() -> None:
+    logs_only = cfg(OTEL_EXPORTER_OTLP_LOGS_ENDPOINT="http://127.0.0.1:4318/v1/logs")
+    assert logs_only.stored_signals() == ("traces", "metrics")
+    assert logs_only.describe()["routes"] == {
+        "traces": ["store"],
+        "metrics": ["store"],
+        "logs": ["http://127.0.0.1:4318/v1/logs"],
+    }
+    assert logs_only.routes_text() == (
+        "traces, metrics -> store; logs -> http://127.0.0.1:4318/v1/logs"
+    )
+    assert cfg().stored_signals() == ("traces", "metrics", "logs")
+    every = cfg(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318")
+    assert every.stored_signals() == ()
+    copy = cfg({"local_copy": True}, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318")
+    assert copy.stored_signals() == ("traces", "metrics", "logs")

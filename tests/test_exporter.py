@@ -454,6 +454,12 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("-3") is None
+    # Not ASCII digits: str.isdigit() accepts them, float() does not. Ignored, never raised.
+    for value in ("\u00b2", "1\u00b2", "\u0663", "\uff17", "1.5", "1e3", "0x10", "7 s"):
+        assert parse_retry_after(value) is None
+    assert parse_retry_after(" 12 ") == 12.0
+    assert parse_retry_after("9" * 5000) == float("inf")  # clamped by the exporter
+    assert parse_retry_after("Fri, 31 Dec 99999 23:59:59 GMT") is None
     now = 1_700_000_000.0
     assert parse_retry_after(email.utils.formatdate(now + 10, usegmt=True), now) == 10.0
     assert parse_retry_after(email.utils.formatdate(now - 10, usegmt=True), now) == 0.0

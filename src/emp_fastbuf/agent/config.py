@@ -12,25 +12,37 @@ Precedence, highest first:
   A ``Dash0-Dataset`` of ``default`` is dropped (the token's default dataset is used).
   Header names compare case-insensitively.
 * ``OTEL_EXPORTER_OTLP_CERTIFICATE``: a PEM bundle trusted instead of the system store.
+* ``EMP_FASTBUF_LOG_LEVEL``: debug, info (default), warning, error or critical.
 * everything else: override > environment variable > default.
 
+A signal with no endpoint goes to the local store (:meth:`AgentConfig.stored_signals`).
+
 An empty environment variable counts as unset, as the OpenTelemetry specification says.
-Secrets (the ``Authorization`` header and other credential-like headers, URL user info and
-query strings) never appear in ``repr()``, ``str()``, ``describe()`` or ``ConfigError``.
+URLs are parsed by urllib3's ``parse_url``, the parser that sends the requests, and
+ambiguous ones (backslash, user info, whitespace, control characters) are refused.
+Header values must be ISO-8859-1 (what HTTP/1.1 can carry); others are refused.
+Secrets (the ``Authorization`` header and other credential-like headers, URL query
+strings) never appear in ``repr()``, ``str()``, ``describe()`` or ``ConfigError``, and
+credential-like headers go over plain http only to this machine.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import math
 import os
 import re
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
-from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, Literal, cast
+from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    from urllib3.util import Url
 
 Signal = Literal["traces", "metrics", "logs"]
 Compression = Literal["gzip", "zstd", "none"]
@@ -57,8 +69,16 @@ OVERRIDE_KEYS = frozenset(
     }
 )
 
-_SENSITIVE_HEADER = re.compile(r"auth|token|secret|key|cookie|passw|credential", re.IGNORECASE)
+# Header names whose values are credentials: never shown, never sent over plain http
+# off this machine. x-honeycomb-team carries Honeycomb's API key.
+_SENSITIVE_HEADER = re.compile(
+    r"auth|token|secret|key|cookie|passw|pwd|credential|session|signature|honeycomb-team",
+    re.IGNORECASE,
+)
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# A host as urllib3 connects to it: a name (IDNA-encoded by parse_url) or an IP literal.
+_HOST = re.compile(r"^(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])$")
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -72,21 +92,29 @@ def is_sensitive_header(name: str) -> bool:
     return bool(_SENSITIVE_HEADER.search(name))
 
 
+def _parse_url(url: str) -> Url:
+    """Parse with urllib3's parser: the one that decides where a request goes."""
+    from urllib3.util import parse_url
+
+    return parse_url(url)
+
+
 def redact_url(url: str) -> str:
     """The URL with user info and query string replaced by ``<redacted>``, for display."""
+    from urllib3.exceptions import LocationParseError
+
     try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
+        parts = _parse_url(url)
+    except (LocationParseError, ValueError):
         return REDACTED
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host if port is None else f"{host}:{port}"
-    if parts.username is not None or parts.password is not None:
+    netloc = parts.host or ""
+    if parts.port is not None:
+        netloc = f"{netloc}:{parts.port}"
+    if parts.auth is not None:
         netloc = f"{REDACTED}@{netloc}"
-    query = REDACTED if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    scheme = f"{parts.scheme}://" if parts.scheme else ""
+    query = f"?{REDACTED}" if parts.query else ""
+    return f"{scheme}{netloc}{parts.path or ''}{query}"
 
 
 def is_loopback_host(host: str) -> bool:
@@ -101,38 +129,87 @@ def is_loopback_host(host: str) -> bool:
     return addr.is_loopback
 
 
+def _comparable_host(host: str) -> str:
+    host = host.strip("[]").lower()
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return host
+
+
 def check_url(url: object, source: str) -> str:
-    """Validate an OTLP/HTTP URL: http or https, with a host; return it stripped."""
+    """Validate an OTLP/HTTP URL: http or https, with a host; return it stripped.
+
+    The URL is parsed by urllib3, which sends the requests, so the host checked here is the
+    host connected to. Anything two parsers could read differently is refused: a backslash,
+    user info, whitespace, control characters, or a host that ``urlsplit`` reads otherwise.
+    """
+    from urllib3.exceptions import LocationParseError
+
     if not isinstance(url, str):
         raise ConfigError(f"{source}: expected a URL string, got {type(url).__name__}")
     url = url.strip()
     if not url:
         raise ConfigError(f"{source}: the URL is empty")
     if any(c.isspace() for c in url):
-        raise ConfigError(f"{source}: {redact_url(url)!r} contains whitespace")
+        raise ConfigError(f"{source}: the URL {redact_url(url)!r} contains whitespace")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise ConfigError(f"{source}: the URL {redact_url(url)!r} contains a control character")
+    if "\\" in url:
+        raise ConfigError(f"{source}: the URL {redact_url(url)!r} contains a backslash")
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        _ = parts.port  # raises ValueError on a bad port
-    except ValueError:
+        parts = _parse_url(url)
+        split = urlsplit(url)
+        split_host, split_port = split.hostname, split.port  # raise ValueError if bad
+    except (LocationParseError, ValueError):
         raise ConfigError(f"{source}: {redact_url(url)!r} is not a valid URL") from None
     if parts.scheme not in ("http", "https"):
         raise ConfigError(
             f"{source}: {redact_url(url)!r} must start with http:// or https:// "
             "(OTLP/HTTP endpoint)"
         )
-    if not host:
+    if not parts.host:
         raise ConfigError(f"{source}: {redact_url(url)!r} has no host")
+    if parts.auth is not None:
+        raise ConfigError(
+            f"{source}: {redact_url(url)!r} must not contain user info (user:password@); "
+            "send credentials in headers (OTEL_EXPORTER_OTLP_HEADERS)"
+        )
     if parts.fragment:
         raise ConfigError(f"{source}: {redact_url(url)!r} must not have a #fragment")
+    if (
+        not _HOST.match(parts.host)
+        or split_host is None
+        or _comparable_host(split_host) != _comparable_host(parts.host)
+        or split_port != parts.port
+    ):
+        raise ConfigError(f"{source}: {redact_url(url)!r} has an ambiguous or invalid host")
     return url
 
 
 def signal_url(base: str, signal: Signal) -> str:
     """Join an OTLP base URL and ``v1/<signal>`` with exactly one ``/`` between them."""
-    parts = urlsplit(base)
-    path = parts.path.rstrip("/") + f"/v1/{signal}"
-    return urlunsplit(SplitResult(parts.scheme, parts.netloc, path, parts.query, ""))
+    parts = _parse_url(base)
+    path = (parts.path or "").rstrip("/") + f"/v1/{signal}"
+    return str(parts._replace(path=path, fragment=None).url)
+
+
+def check_header(name: str, value: str, source: str) -> None:
+    """Refuse a header HTTP/1.1 cannot carry as it is; the message names it, never its value.
+
+    A value must be ISO-8859-1 (latin-1) without control characters other than tab:
+    http.client encodes values as latin-1, and anything else would fail every export.
+    """
+    if not _HEADER_NAME.match(name):
+        raise ConfigError(f"{source}: invalid header name {name!r}")
+    for c in value:
+        if ord(c) > 0xFF:
+            raise ConfigError(
+                f"{source}: the value of header {name!r} has a character outside ISO-8859-1 "
+                "(latin-1), which HTTP headers cannot carry"
+            )
+        if (ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F:
+            raise ConfigError(f"{source}: the value of header {name!r} has a control character")
 
 
 def parse_headers(text: str, source: str) -> dict[str, str]:
@@ -157,6 +234,7 @@ def parse_headers(text: str, source: str) -> dict[str, str]:
         value = unquote(value).strip()
         if any(c in value for c in "\r\n\0"):
             raise ConfigError(f"{source}: entry {index} has a control character in its value")
+        check_header(name, value, source)
         _set_header(headers, name, value)
     return headers
 
@@ -230,6 +308,7 @@ def _override_headers(value: object) -> dict[str, str]:
                 raise ConfigError(f"{source}: invalid header name {name!r}")
             if any(c in val for c in "\r\n\0"):
                 raise ConfigError(f"{source}: a header value contains a control character")
+            check_header(name, val, source)
             _set_header(headers, name, val)
         return headers
     if isinstance(value, Iterable):
@@ -282,6 +361,8 @@ class AgentConfig:
     shutdown_timeout_s: float = 10.0
     # A PEM bundle trusted instead of the system store (OTEL_EXPORTER_OTLP_CERTIFICATE).
     certificate: Path | None = None
+    # The agent's logging level (EMP_FASTBUF_LOG_LEVEL).
+    log_level: int = logging.INFO
 
     def __post_init__(self) -> None:
         for signal in SIGNALS:
@@ -293,6 +374,7 @@ class AgentConfig:
         for name, value in self.headers.items():
             if not isinstance(name, str) or not isinstance(value, str):
                 raise ConfigError("headers: header names and values must be strings")
+            check_header(name, value, "headers")
         self.compression = _check_compression(self.compression, "compression")
         _check_seconds(self.timeout_s, "timeout_s")
         for signal in SIGNALS:
@@ -325,24 +407,31 @@ class AgentConfig:
         if self.certificate is not None:
             if not isinstance(self.certificate, Path):
                 raise ConfigError("certificate: expected a Path")
-            if not self.certificate.is_file():
-                raise ConfigError(f"certificate: {str(self.certificate)!r} is not a readable file")
+            _check_certificate(self.certificate, "certificate")
+        if (
+            isinstance(self.log_level, bool)
+            or not isinstance(self.log_level, int)
+            or self.log_level not in logging.getLevelNamesMapping().values()
+        ):
+            raise ConfigError("log_level: expected a logging level (logging.INFO...)")
         self._check_token_transport()
 
     def _check_token_transport(self) -> None:
         """Refuse to send credentials in clear text anywhere but to this machine."""
-        if _get_header(self.headers, "Authorization") is None:
+        credentials = [name for name in self.headers if is_sensitive_header(name)]
+        if not credentials:
             return
         for signal in SIGNALS:
             url = self.endpoint(signal)
             if url is None:
                 continue
-            parts = urlsplit(url)
-            if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+            # The same parser as the sender: the host checked is the host connected to.
+            parts = _parse_url(url)
+            if parts.scheme == "http" and not is_loopback_host(parts.host or ""):
                 raise ConfigError(
-                    f"refusing to send an Authorization header over plain http to "
-                    f"{redact_url(url)!r}: use https:// (http is allowed only for "
-                    "localhost, 127.0.0.0/8 and ::1)"
+                    f"refusing to send credentials (header {', '.join(credentials)}) over "
+                    f"plain http to {redact_url(url)!r}: use https:// (http is allowed only "
+                    "for localhost, 127.0.0.0/8 and ::1)"
                 )
 
     # -- accessors -------------------------------------------------------------------------
@@ -374,6 +463,30 @@ class AgentConfig:
     def mode(self) -> Literal["otlp", "local"]:
         """``otlp`` when exporting, ``local`` when only the embedded store is written."""
         return "otlp" if self.exporting else "local"
+
+    def stored_signals(self) -> tuple[Signal, ...]:
+        """The signals the local store gets: those with no OTLP endpoint, all of them with
+        ``local_copy``. A signal is never acknowledged without a destination."""
+        return tuple(s for s in SIGNALS if self.local_copy or self.endpoint(s) is None)
+
+    def routes(self) -> dict[str, list[str]]:
+        """Where each signal goes: its redacted OTLP endpoint and/or ``store``."""
+        out: dict[str, list[str]] = {}
+        stored = self.stored_signals()
+        for signal in SIGNALS:
+            url = self.endpoint(signal)
+            where = [] if url is None else [redact_url(url)]
+            if signal in stored:
+                where.append("store")
+            out[signal] = where
+        return out
+
+    def routes_text(self) -> str:
+        """One line for the log: ``logs -> http://h/v1/logs; traces, metrics -> store``."""
+        grouped: dict[str, list[str]] = {}
+        for signal, where in self.routes().items():
+            grouped.setdefault(" + ".join(where), []).append(signal)
+        return "; ".join(f"{', '.join(signals)} -> {where}" for where, signals in grouped.items())
 
     def redacted_headers(self) -> dict[str, str]:
         """Headers for display: credential-like values replaced by ``<redacted>``."""
@@ -414,6 +527,8 @@ class AgentConfig:
             "store_max_bytes": self.store_max_bytes,
             "shutdown_timeout_s": self.shutdown_timeout_s,
             "certificate": None if self.certificate is None else str(self.certificate),
+            "log_level": logging.getLevelName(self.log_level),
+            "routes": self.routes(),
         }
 
     def __repr__(self) -> str:
@@ -464,6 +579,7 @@ class AgentConfig:
             ring=_ring(env, given.get("ring")),
             idle_exit_s=_check_seconds(given.get("idle_exit"), "--idle-exit", allow_none=True),
             certificate=_certificate(env),
+            log_level=_log_level(env),
         )
 
 
@@ -497,6 +613,7 @@ def _headers(env: Mapping[str, str], given: Mapping[str, object]) -> dict[str, s
         token = token.strip()
         if any(c.isspace() or c in "\0" for c in token):
             raise ConfigError("DASH0_AUTH_TOKEN: the token contains whitespace or control bytes")
+        check_header("Authorization", token, "DASH0_AUTH_TOKEN")
         _set_header(headers, "Authorization", f"Bearer {token}")
     dataset = _env(env, "DASH0_DATASET")
     if dataset is not None:
@@ -596,6 +713,36 @@ def _certificate(env: Mapping[str, str]) -> Path | None:
     if value is None:
         return None
     path = Path(value.strip()).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"OTEL_EXPORTER_OTLP_CERTIFICATE: {str(path)!r} is not a readable file")
+    _check_certificate(path, "OTEL_EXPORTER_OTLP_CERTIFICATE")
     return path
+
+
+def _check_certificate(path: Path, source: str) -> None:
+    """Load the bundle as the exporter will: a file that is not PEM fails here, at start,
+    not at every export."""
+    if not path.is_file():
+        raise ConfigError(f"{source}: {str(path)!r} is not a readable file")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))
+    except ssl.SSLError as exc:
+        reason = exc.reason or "not PEM"
+        raise ConfigError(
+            f"{source}: {str(path)!r} is not a PEM certificate bundle ({reason})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: {str(path)!r} cannot be read ({exc.strerror})") from None
+
+
+def _log_level(env: Mapping[str, str]) -> int:
+    value = _env(env, "EMP_FASTBUF_LOG_LEVEL")
+    if value is None:
+        return logging.INFO
+    name = value.strip().lower()
+    if name == "warn":
+        name = "warning"
+    if name not in _LOG_LEVELS:
+        shown = "".join(c if c.isprintable() else "?" for c in value.strip())[:40]
+        raise ConfigError(
+            f"EMP_FASTBUF_LOG_LEVEL: unknown level {shown!r} (expected {', '.join(_LOG_LEVELS)})"
+        )
+    return logging.getLevelNamesMapping()[name.upper()]

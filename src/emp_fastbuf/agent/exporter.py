@@ -11,6 +11,10 @@ on, system trust store). :meth:`OTLPHttpExporter.export` takes a serialized, unc
   written under ``<home>/dead-letter/`` with its status and response body.
 
 Only 429, 502, 503, 504, connection failures and timeouts are retried, as OTLP prescribes.
+
+Each attempt has one total deadline, the signal's timeout, for connect, send and the whole
+response: a server that trickles its answer is cut off when it passes, and the attempt
+counts as a timeout. At most ``RESPONSE_MAX_BYTES`` of a response body are read.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import logging
 import math
 import os
 import random
+import re
+import socket
 import ssl
 import threading
 import time
@@ -34,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import urllib3
+import urllib3.connection
 import zstandard
 from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
@@ -53,6 +60,9 @@ RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 USER_AGENT = f"emp-fastbuf/{__version__}"
 # Bytes of a response body kept for logs and dead-letter sidecars.
 _BODY_KEEP = 64 * 1024
+# A longer response body is not read: the connection is closed instead.
+RESPONSE_MAX_BYTES = 4 << 20
+_DELTA_SECONDS = re.compile(r"[0-9]+")
 _LATENCY_RESERVOIR = 512
 
 _RESPONSE_TYPES: dict[Signal, Callable[[], Message]] = {
@@ -199,22 +209,157 @@ class _Breaker:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta seconds or an HTTP date)."""
+    """Seconds to wait from a ``Retry-After`` value (delta seconds or an HTTP date).
+
+    Anything else, e.g. a digit that is not ASCII ("²"), is None: as if absent.
+    """
     if value is None:
         return None
     value = value.strip()
     if not value:
         return None
-    if value.isdigit():
-        return float(value)
+    if _DELTA_SECONDS.fullmatch(value):
+        return float(value)  # inf for absurdly many digits; the caller clamps
+    if not value.isascii() or not value.isprintable():
+        return None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        current = time.time() if now is None else now
+        return max(0.0, when.timestamp() - current)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
+
+
+class RequestDeadlineError(urllib3.exceptions.TimeoutError):
+    """An attempt passed its total deadline (the signal's timeout) and was cut off."""
+
+
+class _Attempt:
+    """One attempt's total deadline, and the timer that enforces it."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.watchdog: threading.Timer | None = None
+        self.expired = False  # set by the timer's thread
+
+
+class _Current(threading.local):
+    """The attempt this thread is sending, for the connection classes."""
+
+    attempt: _Attempt | None = None
+
+
+_current = _Current()
+
+
+def _arm_watchdog(conn: urllib3.connection.HTTPConnection) -> None:
+    """Cut ``conn`` off when this thread's attempt passes its deadline.
+
+    urllib3's timeouts bound each socket operation, not the request: a server sending one
+    byte per second keeps every read under its timeout forever. Shutting the socket down
+    from a timer ends whatever read or write is blocked.
+    """
+    state = _current.attempt
+    if state is None:
+        return
+    if state.expired:
+        # It fired while the socket was being made: nothing was there to shut down.
+        raise RequestDeadlineError("the deadline passed while connecting")
+    if state.watchdog is not None:
+        return
+
+    def expire() -> None:
+        state.expired = True
+        sock = conn.sock
+        if sock is not None:
+            try:
+                # socket.socket's own shutdown, also for an SSLSocket: only the fd.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    timer = threading.Timer(max(0.0, state.deadline - time.monotonic()), expire)
+    timer.daemon = True
+    state.watchdog = timer
+    timer.start()
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    def connect(self) -> None:
+        _arm_watchdog(self)
+        super().connect()
+        _arm_watchdog(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _arm_watchdog(self)
+        super().request(*args, **kwargs)
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    def connect(self) -> None:
+        _arm_watchdog(self)
+        super().connect()
+        _arm_watchdog(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _arm_watchdog(self)
+        super().request(*args, **kwargs)
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+def _tls_context(config: AgentConfig) -> ssl.SSLContext:
+    """urllib3's defaults with the trust store loaded once, not for every connection (tens
+    of milliseconds that would count against each attempt's deadline)."""
+    context = urllib3.util.ssl_.create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+    if config.certificate is None:
+        context.load_default_certs()
+    else:
+        context.load_verify_locations(cafile=str(config.certificate))
+    return context
+
+
+def _read_bounded(response: urllib3.BaseHTTPResponse) -> bytes:
+    """The body, or its first ``RESPONSE_MAX_BYTES`` (the connection is then closed)."""
+    try:
+        data = response.read(RESPONSE_MAX_BYTES + 1)
+        if len(data) > RESPONSE_MAX_BYTES:
+            log.warning(
+                "OTLP response body larger than %d bytes: the rest is not read",
+                RESPONSE_MAX_BYTES,
+            )
+            response.close()  # unread bytes: the connection cannot be reused
+            return data[:RESPONSE_MAX_BYTES]
+        return data
+    finally:
+        response.release_conn()
+
+
+class _RedactRequestTargets(logging.Filter):
+    """urllib3 logs each request line at DEBUG: keep an endpoint's query string out."""
+
+    _QUERY = re.compile(r'(\S)\?[^\s"]+')
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self._QUERY.sub(rf"\1?{REDACTED}", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def _install_log_filter() -> None:
+    target = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, _RedactRequestTargets) for f in target.filters):
+        target.addFilter(_RedactRequestTargets())
 
 
 class OTLPHttpExporter:
@@ -228,9 +373,12 @@ class OTLPHttpExporter:
             maxsize=4,
             block=False,
             cert_reqs="CERT_REQUIRED",
-            ca_certs=None if config.certificate is None else str(config.certificate),
+            ssl_context=_tls_context(config),
             retries=False,
         )
+        # Connections that hold each attempt to its deadline (see _arm_watchdog).
+        self._pool.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        _install_log_filter()
         self._lock = threading.Lock()
         self._stats = ExporterStats()
         self._breaker = _Breaker(self.policy)
@@ -291,15 +439,8 @@ class OTLPHttpExporter:
             started = time.monotonic()
             retry_after: float | None = None
             try:
-                response = self._pool.request(
-                    "POST",
-                    url,
-                    body=body,
-                    headers=headers,
-                    timeout=urllib3.Timeout(total=timeout),
-                    retries=False,
-                    redirect=False,
-                    preload_content=True,
+                response, full_body = self._post(
+                    url, body, headers, timeout, self.config.timeout_for(signal)
                 )
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 reason = self._scrub(f"{signal}: {_describe_exception(exc)}")
@@ -311,7 +452,7 @@ class OTLPHttpExporter:
             else:
                 elapsed = time.monotonic() - started
                 status = response.status
-                resp_body = bytes(response.data[:_BODY_KEEP])
+                resp_body = full_body[:_BODY_KEEP]
                 with self._lock:
                     self._stats.last_latency_s = elapsed
                     self._stats.latencies.append(elapsed)
@@ -422,6 +563,35 @@ class OTLPHttpExporter:
         self.close()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _post(
+        self, url: str, body: bytes, headers: dict[str, str], timeout: float, total: float
+    ) -> tuple[urllib3.BaseHTTPResponse, bytes]:
+        """One attempt: each socket operation within ``timeout`` (what is left of the retry
+        deadline), and the whole of it (connect, send, the complete response) within
+        ``total``, the signal's configured timeout."""
+        state = _Attempt(time.monotonic() + total)
+        _current.attempt = state
+        try:
+            response = self._pool.request(
+                "POST",
+                url,
+                body=body,
+                headers=headers,
+                timeout=urllib3.Timeout(total=timeout),
+                retries=False,
+                redirect=False,
+                preload_content=False,
+            )
+            return response, _read_bounded(response)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if state.expired:
+                raise RequestDeadlineError(f"no complete response within {total:.3g} s") from exc
+            raise
+        finally:
+            if state.watchdog is not None:
+                state.watchdog.cancel()
+            _current.attempt = None
 
     def _headers(self, encoding: str | None) -> dict[str, str]:
         headers = dict(self.config.headers)
@@ -593,6 +763,8 @@ def _describe_exception(exc: BaseException) -> str:
     timed_out = isinstance(exc, urllib3.exceptions.TimeoutError) or isinstance(
         reason, TimeoutError | urllib3.exceptions.TimeoutError
     )
+    if isinstance(exc, RequestDeadlineError):
+        return f"timeout ({exc})"
     if timed_out and not refused:
         return f"timeout ({type(exc).__name__})"
     inner = reason if isinstance(reason, BaseException) else exc

@@ -126,6 +126,24 @@ def store_groups(
     return groups
 
 
+# store_groups' row lists per signal: logs and events are the logs signal.
+_STORE_ROW_KINDS = {"logs": (0, 1), "traces": (2,), "metrics": (3,)}
+
+
+def _only_signals(
+    groups: list[tuple[Resource, list[list[tuple[Any, ...]]]]], signals: tuple[str, ...]
+) -> list[tuple[Resource, list[list[tuple[Any, ...]]]]]:
+    """The store's rows of ``signals`` only (the others go to their OTLP endpoints)."""
+    if len(signals) == len(_STORE_ROW_KINDS):
+        return groups
+    keep = {kind for signal in signals for kind in _STORE_ROW_KINDS[signal]}
+    kept = [
+        (res, [rows if kind in keep else [] for kind, rows in enumerate(by_kind)])
+        for res, by_kind in groups
+    ]
+    return [(res, by_kind) for res, by_kind in kept if any(by_kind)]
+
+
 class Agent:
     """One agent per ring. ``run()`` blocks until stopped (or idle, when spawned)."""
 
@@ -145,7 +163,9 @@ class Agent:
 
             self.exporter = OTLPHttpExporter(config)
             destinations.append("export")
-        if not config.has_endpoint or config.local_copy:
+        # A signal with no OTLP endpoint goes to the store, never nowhere.
+        self.stored_signals = config.stored_signals()
+        if self.stored_signals:
             from emp_fastbuf.store import Store
 
             self.store = Store(
@@ -159,6 +179,8 @@ class Agent:
             limit_bytes=config.spool_limit_bytes,
             destinations=tuple(destinations),
         )
+        stored_in = f" (store: {self.home / 'store.sqlite'})" if self.store is not None else ""
+        log.info("signals: %s%s", config.routes_text(), stored_in)
         self.aggregator = MetricsAggregator()
         self.awaiting_metrics: list[str] = []  # spool files whose metrics await export
         self.last_metrics_export = time.monotonic()
@@ -437,7 +459,7 @@ class Agent:
         if self.store is not None and "store" not in done:
             counted = True
             self.counters.store_records += self.store.ingest_rows(
-                store_groups(batch, self.counters)
+                _only_signals(store_groups(batch, self.counters), self.stored_signals)
             )
             self.spool.mark_done(file_id, "store")
         if self.exporter is not None and "export" not in done:
@@ -609,15 +631,14 @@ def config_from_args(args: Any) -> AgentConfig:
 
 def run_agent(args: Any) -> int:
     """``fastbuf agent``: exit 0 after a clean stop, 2 on bad configuration."""
-    logging.basicConfig(
-        level=os.environ.get("EMP_FASTBUF_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
         config = config_from_args(args)
     except ConfigError as exc:
         print(f"fastbuf agent: {exc}", file=sys.stderr)
         return 2
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     ring_name = getattr(args, "ring", None) or config.ring or default_ring_name()
     agent = Agent(config, ring_name, spawned=bool(getattr(args, "spawned", False)))
 
