@@ -393,7 +393,7 @@ def test_eviction_drops_oldest_first_and_counts_records(
     batches = [[LaneChunk(b"m", [os.urandom(1000) for _ in range(10 + i)])] for i in range(6)]
     spool = Spool(spool_dir, limit_bytes=40_000)
     ids = []
-    with caplog.at_level(logging.WARNING, logger="emp_fastbuf.agent"):
+    with caplog.at_level(logging.DEBUG, logger="emp_fastbuf.agent"):
         for batch in batches:
             ids.append(spool.write(batch))
             assert spool.stats()["bytes"] <= 40_000 or len(spool.pending()) == 1
@@ -405,7 +405,11 @@ def test_eviction_drops_oldest_first_and_counts_records(
     assert stats["evicted_files"] == len(evicted)
     assert stats["evicted_records"] == sum(10 + ids.index(e) for e in evicted)
     assert stats["bytes"] <= 40_000
+    # Each file at debug level; one warning for the whole burst, with its count.
     assert all(any(e in r.getMessage() for r in caplog.records) for e in evicted)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "evicted" in warnings[0].getMessage()
     for file_id in pending:
         assert spool.read(file_id) == batches[ids.index(file_id)]
 

@@ -695,6 +695,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ring", help="the ring name")
     p.add_argument("--local-copy", action="store_true", help="also keep records in the store")
     p.add_argument("--idle-exit", type=float, metavar="SECONDS", help="exit after idle seconds")
+    p.add_argument(
+        "--spool-max",
+        metavar="BYTES",
+        help="spool size limit: bytes or 512M, 2G (default 1G; $EMP_FASTBUF_SPOOL_MAX_BYTES)",
+    )
     p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(handler=_delegate("emp_fastbuf.agent.main", "run_agent"))
 

@@ -37,6 +37,7 @@ import re
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import unquote, urlsplit
@@ -55,6 +56,13 @@ DEFAULT_TIMEOUT_S = 10.0
 # An agent spawned on demand by a worker exits after this much idle time.
 SPAWNED_IDLE_EXIT_S = 30.0
 
+# The spool (EMP_FASTBUF_SPOOL_MAX_BYTES, --spool-max, EMP_FASTBUF_SPOOL_CODEC).
+SpoolCodec = Literal["zstd", "lz4"]
+SPOOL_CODECS: tuple[SpoolCodec, ...] = ("zstd", "lz4")
+DEFAULT_SPOOL_MAX_BYTES = 1 << 30
+# Below this a spool would evict on nearly every write: refused as a likely typo (512 for 512M).
+MIN_SPOOL_MAX_BYTES = 1 << 20
+
 OVERRIDE_KEYS = frozenset(
     {
         "endpoint",
@@ -63,6 +71,7 @@ OVERRIDE_KEYS = frozenset(
         "timeout",
         "dataset",
         "home",
+        "spool_max",
         "local_copy",
         "ring",
         "idle_exit",
@@ -347,7 +356,8 @@ class AgentConfig:
     metrics_timeout_s: float | None = None
     logs_timeout_s: float | None = None
     home: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "emp-fastbuf")
-    spool_limit_bytes: int = 1 << 30
+    spool_limit_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    spool_codec: SpoolCodec = "zstd"
     batch_interval_s: float = 1.0
     batch_max_bytes: int = 8 << 20
     request_max_bytes: int = 64 << 20
@@ -400,6 +410,7 @@ class AgentConfig:
         ):
             _check_seconds(getattr(self, name), name)
         _check_seconds(self.idle_exit_s, "idle_exit_s", allow_none=True)
+        self.spool_codec = _check_spool_codec(self.spool_codec, "spool_codec")
         if not isinstance(self.local_copy, bool):
             raise ConfigError("local_copy: expected a boolean")
         if self.ring is not None and (not isinstance(self.ring, str) or not self.ring):
@@ -516,6 +527,7 @@ class AgentConfig:
             "timeouts_s": {s: self.timeout_for(s) for s in SIGNALS},
             "home": str(self.home),
             "spool_limit_bytes": self.spool_limit_bytes,
+            "spool_codec": self.spool_codec,
             "batch_interval_s": self.batch_interval_s,
             "batch_max_bytes": self.batch_max_bytes,
             "request_max_bytes": self.request_max_bytes,
@@ -556,7 +568,8 @@ class AgentConfig:
 
         ``environ`` defaults to ``os.environ``. ``overrides`` keys are the flag names
         (``endpoint``, ``headers``, ``compression``, ``timeout`` in seconds, ``dataset``,
-        ``home``, ``local_copy``, ``ring``, ``idle_exit`` in seconds); a None value means
+        ``home``, ``spool_max`` (bytes, or a size such as ``512M``), ``local_copy``,
+        ``ring``, ``idle_exit`` in seconds); a None value means
         "flag not given". Raises :class:`ConfigError` on anything invalid.
         """
         env: Mapping[str, str] = os.environ if environ is None else environ
@@ -575,6 +588,7 @@ class AgentConfig:
             compression=_compression(env, given.get("compression")),
             **_timeouts(env, given.get("timeout")),
             home=_home(env, given.get("home")),
+            **_spool_settings(env, given.get("spool_max")),
             local_copy=_local_copy(env, given.get("local_copy")),
             ring=_ring(env, given.get("ring")),
             idle_exit_s=_check_seconds(given.get("idle_exit"), "--idle-exit", allow_none=True),
@@ -688,6 +702,58 @@ def _home(env: Mapping[str, str], override: object) -> Path:
     if not isinstance(raw, str) or not raw.strip():
         raise ConfigError(f"{source}: the path is empty")
     return Path(raw).expanduser()
+
+
+# -- spool settings ----------------------------------------------------------------------
+# EMP_FASTBUF_SPOOL_MAX_BYTES / --spool-max (sizes in powers of 1024) and
+# EMP_FASTBUF_SPOOL_CODEC (constants at the top); the spool is emp_fastbuf.agent.spool.
+
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+_SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str, source: str) -> int:
+    """A byte count: digits, optionally with a fraction and a K, M, G or T suffix (powers of
+    1024; ``KiB``, ``KB`` and a trailing ``B`` are accepted): ``1048576``, ``512M``, ``1.5G``."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise ConfigError(
+            f"{source}: {text.strip()!r} is not a size (use bytes or a suffix: 512M, 2G)"
+        )
+    unit = _SIZE_UNITS[m.group(2).lower()] if m.group(2) else 1
+    return int(Fraction(m.group(1)) * unit)
+
+
+def _spool_max(value: object, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"{source}: expected a size, got {type(value).__name__}")
+    size = value if isinstance(value, int) else parse_size(value, source)
+    if size < MIN_SPOOL_MAX_BYTES:
+        raise ConfigError(f"{source}: the spool limit must be at least 1M ({size} bytes given)")
+    return size
+
+
+def _check_spool_codec(value: object, source: str) -> SpoolCodec:
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: expected a string, got {type(value).__name__}")
+    lowered = value.strip().lower()
+    if lowered not in SPOOL_CODECS:
+        raise ConfigError(f"{source}: unknown spool codec {value.strip()!r} (expected zstd or lz4)")
+    return lowered
+
+
+def _spool_settings(env: Mapping[str, str], spool_max: object) -> dict[str, Any]:
+    if spool_max is not None:
+        limit = _spool_max(spool_max, "--spool-max")
+    elif (value := _env(env, "EMP_FASTBUF_SPOOL_MAX_BYTES")) is not None:
+        limit = _spool_max(value, "EMP_FASTBUF_SPOOL_MAX_BYTES")
+    else:
+        limit = DEFAULT_SPOOL_MAX_BYTES
+    codec_text = _env(env, "EMP_FASTBUF_SPOOL_CODEC")
+    codec = (
+        "zstd" if codec_text is None else _check_spool_codec(codec_text, "EMP_FASTBUF_SPOOL_CODEC")
+    )
+    return {"spool_limit_bytes": limit, "spool_codec": codec}
 
 
 def _local_copy(env: Mapping[str, str], override: object) -> bool:

@@ -178,6 +178,7 @@ class Agent:
             self.home / "spool",
             limit_bytes=config.spool_limit_bytes,
             destinations=tuple(destinations),
+            codec=config.spool_codec,
         )
         stored_in = f" (store: {self.home / 'store.sqlite'})" if self.store is not None else ""
         log.info("signals: %s%s", config.routes_text(), stored_in)
@@ -621,6 +622,8 @@ def config_from_args(args: Any) -> AgentConfig:
         overrides["timeout"] = timeout_ms / 1000.0  # the flag is in ms, like the env var
     if getattr(args, "local_copy", False):
         overrides["local_copy"] = True
+    if getattr(args, "spool_max", None) is not None:
+        overrides["spool_max"] = args.spool_max
     idle = getattr(args, "idle_exit", None)
     if idle is not None:
         overrides["idle_exit"] = idle

@@ -4,17 +4,20 @@ The drainer writes each batch (raw ring bytes, per lane) to one file and acknowl
 ring records only after ``Spool.write`` returns; exporters read the oldest files, and mark
 each destination done; the file is deleted once every destination has it. The on-disk
 format is described in ``docs/spool-format.md``. Files read back are untrusted: a file that
-does not parse is moved to ``<directory>/../quarantine/`` instead of being retried forever.
+does not parse, and any entry that is not a regular file or whose name is not one the spool
+writes, is moved to ``<directory>/../quarantine/`` instead of being retried forever.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import os
 import re
 import shutil
+import stat
 import struct
 import sys
 import threading
@@ -24,18 +27,24 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import lz4.frame
 import zstandard
 
 __all__ = [
+    "COMPRESSION_LZ4",
     "COMPRESSION_NONE",
     "COMPRESSION_ZSTD",
+    "DEFAULT_LIMIT_BYTES",
     "FORMAT_VERSION",
     "MAGIC",
     "MAX_PAYLOAD",
+    "SPOOL_CODECS",
     "CorruptSpoolFile",
     "LaneChunk",
     "Spool",
+    "SpoolCodec",
 ]
 
 log = logging.getLogger("emp_fastbuf.agent")
@@ -44,7 +53,12 @@ MAGIC = b"EFBSPOOL"
 FORMAT_VERSION = 1
 COMPRESSION_NONE = 0
 COMPRESSION_ZSTD = 1
+COMPRESSION_LZ4 = 2
 ZSTD_LEVEL = 1
+SpoolCodec = Literal["zstd", "lz4"]
+SPOOL_CODECS: tuple[SpoolCodec, ...] = ("zstd", "lz4")
+_CODEC_IDS: dict[str, int] = {"zstd": COMPRESSION_ZSTD, "lz4": COMPRESSION_LZ4}
+DEFAULT_LIMIT_BYTES = 1 << 30
 # Largest uncompressed payload a file may hold; also the most a reader will allocate.
 MAX_PAYLOAD = 1 << 30
 
@@ -54,16 +68,25 @@ _HEADER_CRC = struct.Struct("<I")
 _FRAME = struct.Struct("<QI")  # compressed length, crc32 of the compressed bytes
 _PREFIX_LEN = _HEADER.size + _HEADER_CRC.size + _FRAME.size  # 56
 _U32 = struct.Struct("<I")
-# Upper bound of a valid file: zstd never expands input by more than a small fraction.
+# Upper bound of a valid file: zstd and lz4 never expand input by more than a small fraction.
 _MAX_FILE = _PREFIX_LEN + MAX_PAYLOAD + (MAX_PAYLOAD >> 6)
 _U32_MAX = 0xFFFFFFFF
 
 _DATA_SUFFIX = ".spool"
-_ID_RE = re.compile(r"\d{12}-\d{19}")
-_DATA_RE = re.compile(r"(\d{12}-\d{19})\.spool")
-_MARKER_RE = re.compile(r"(\d{12}-\d{19})\.([A-Za-z0-9_-]{1,64})\.done")
+# Names are parsed strictly: ASCII digits only, fixed widths. The sequence number never
+# grows past 12 digits (see Spool._renumber), so every id the writer makes is one the scan
+# lists.
+_SEQ_DIGITS = 12
+_SEQ_MAX = 10**_SEQ_DIGITS - 1
+_ID_RE = re.compile(r"[0-9]{12}-[0-9]{19}")
+_DATA_RE = re.compile(r"([0-9]{12}-[0-9]{19})\.spool")
+_MARKER_RE = re.compile(r"([0-9]{12}-[0-9]{19})\.([A-Za-z0-9_-]{1,64})\.done")
 _DEST_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_TMP_RE = re.compile(r"\.(\d{12}-\d{19})\.(\d+)\.tmp")
+_TMP_RE = re.compile(r"\.([0-9]{12}-[0-9]{19})\.([0-9]+)\.tmp")
+# Opening an entry of the spool never follows a symlink and never blocks (a FIFO).
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+# While the spool keeps evicting, the warning is repeated at most this often.
+_EVICTION_WARN_INTERVAL_S = 300.0
 # A temporary file of a live process other than this one is left alone for this long.
 _TMP_GRACE_S = 3600.0
 
@@ -90,6 +113,10 @@ class CorruptSpoolFile(Exception):
 
 class _Corrupt(Exception):
     """Internal: why a file does not parse."""
+
+
+class _NotRegular(Exception):
+    """Internal: a spool entry is not a regular file (directory, FIFO, symlink, device)."""
 
 
 @dataclass(slots=True)
@@ -199,7 +226,7 @@ def _parse_header(head: bytes) -> tuple[int, int, int, int, int]:
     _, _, compression, flags, n_chunks, created, n_records, payload_len = fields
     if flags != 0:
         raise _Corrupt(f"unknown header flags {flags:#x}")
-    if compression not in (COMPRESSION_NONE, COMPRESSION_ZSTD):
+    if compression not in (COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_LZ4):
         raise _Corrupt(f"unknown compression id {compression}")
     if payload_len > MAX_PAYLOAD:
         raise _Corrupt(f"payload length {payload_len} exceeds the {MAX_PAYLOAD} byte cap")
@@ -238,6 +265,8 @@ def _decode_file(data: bytes) -> list[LaneChunk]:
             )
         except zstandard.ZstdError as exc:
             raise _Corrupt(f"decompression error: {exc}") from None
+    elif compression == COMPRESSION_LZ4:
+        payload = _decompress_lz4(frame, payload_len)
     else:
         payload = frame
     if len(payload) != payload_len:
@@ -245,20 +274,90 @@ def _decode_file(data: bytes) -> list[LaneChunk]:
     return _decode_payload(payload, n_chunks, n_records)
 
 
-def _header_records(path: Path) -> int:
-    """Record count from a file's header, 0 when the header does not parse."""
+def _decompress_lz4(frame: bytes, payload_len: int) -> bytes:
+    """Decompress one lz4 frame whose declared content size must equal ``payload_len``."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(_HEADER.size + _HEADER_CRC.size)
+        content_size = lz4.frame.get_frame_info(frame)["content_size"]
+    except (RuntimeError, ValueError) as exc:
+        raise _Corrupt(f"decompression error: {exc}") from None
+    if content_size != payload_len:
+        raise _Corrupt(f"lz4 content size {content_size} != payload length {payload_len}")
+    decompressor = lz4.frame.LZ4FrameDecompressor()
+    try:
+        # Never more output than the checked length, whatever the frame's blocks say.
+        payload: bytes = decompressor.decompress(frame, max_length=payload_len)
+    except (RuntimeError, ValueError) as exc:
+        raise _Corrupt(f"decompression error: {exc}") from None
+    if not decompressor.eof or decompressor.unused_data:
+        raise _Corrupt("lz4 frame does not end where the file ends")
+    return payload
+
+
+def _open_regular(path: Path) -> int:
+    """Open a spool entry for reading without following a symlink or blocking on a FIFO.
+
+    Raises ``_NotRegular`` for anything but a regular file (checked on the open fd, so a
+    swap after a directory scan is caught too) and ``FileNotFoundError`` when it is gone.
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _NotRegular("a symbolic link, not a regular file") from None
+        if exc.errno in (errno.ENXIO, errno.EACCES, errno.EPERM, errno.EISDIR):
+            raise _NotRegular(f"cannot be opened ({exc.strerror})") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _NotRegular(f"a {_kind(mode)}, not a regular file")
+    return fd
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "special file"
+
+
+def _header_records(path: Path) -> int:
+    """Record count from a file's header, 0 when the header does not parse.
+
+    Raises ``_NotRegular`` when ``path`` is not a regular file."""
+    try:
+        fd = _open_regular(path)
+    except OSError:
+        return 0
+    try:
+        head = os.read(fd, _HEADER.size + _HEADER_CRC.size)
         return _parse_header(head)[3]
     except (OSError, _Corrupt):
         return 0
+    finally:
+        os.close(fd)
 
 
-def _read_all(fd: int) -> bytes:
+def _read_bounded(fd: int, limit: int) -> bytes:
+    """Everything in ``fd``; raises ``_Corrupt`` past ``limit`` bytes (a file that grows)."""
     parts = []
-    while chunk := os.read(fd, 1 << 24):
+    total = 0
+    while chunk := os.read(fd, min(1 << 24, limit + 1 - total)):
         parts.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise _Corrupt(f"file is larger than any valid spool file ({limit} bytes)")
     return b"".join(parts)
 
 
@@ -283,17 +382,72 @@ def _make_private_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
+def _make_quarantine_dir(path: Path) -> None:
+    """Like ``_make_private_dir``, but whatever holds the name and is not a real directory
+    (a file, a FIFO, a symlink) is renamed to ``<name>.not-a-directory[.N]`` first, so
+    that quarantining keeps working."""
+    try:
+        mode: int | None = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISDIR(mode):
+        aside = path.with_name(path.name + ".not-a-directory")
+        n = 1
+        while os.path.lexists(aside):
+            aside = path.with_name(f"{path.name}.not-a-directory.{n}")
+            n += 1
+        os.rename(path, aside)
+        log.warning("spool: %s was a %s, not a directory; moved it to %s", path, _kind(mode), aside)
+    _make_private_dir(path)
+
+
+def _is_regular(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
+def _move(source: Path, target: Path) -> bool:
+    """Rename ``source`` to ``target``; False when it was gone already."""
+    try:
+        os.rename(source, target)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    # The quarantine is on another filesystem.
+    mode = os.lstat(source).st_mode
+    if stat.S_ISREG(mode):
+        shutil.move(str(source), str(target))
+        return True
+    if stat.S_ISDIR(mode):
+        raise OSError(errno.EXDEV, "a directory is not copied to another filesystem")
+    # A FIFO, symlink, socket or device holds none of the spool's data.
+    os.unlink(source)
+    return False
+
+
 class Spool:
     """A bounded directory of durable batch files, oldest first.
 
     Safe for one writer thread and one reader thread (or more readers) in one process.
+    ``codec`` (``zstd`` or ``lz4``) compresses the files this spool writes; each file
+    records its own codec, so files written with either are read.
     """
 
     def __init__(
         self,
         directory: Path,
-        limit_bytes: int = 1 << 30,
+        limit_bytes: int = DEFAULT_LIMIT_BYTES,
         destinations: tuple[str, ...] = ("export",),
+        codec: str = "zstd",
     ) -> None:
         if not isinstance(directory, str | os.PathLike):
             raise TypeError(f"directory must be a path, not {type(directory).__name__}")
@@ -308,10 +462,14 @@ class Spool:
                 raise ValueError(f"invalid destination name {name!r} (letters, digits, _ -)")
         if len(set(destinations)) != len(destinations):
             raise ValueError("destination names must be unique")
+        if not isinstance(codec, str) or codec not in _CODEC_IDS:
+            raise ValueError(f"unknown spool codec {codec!r} (expected zstd or lz4)")
         self.directory = Path(directory)
         self.quarantine_dir = self.directory.parent / "quarantine"
         self.limit_bytes = limit_bytes
         self.destinations = destinations
+        self.codec = codec
+        self._compression = _CODEC_IDS[codec]
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()
         self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
@@ -319,12 +477,20 @@ class Spool:
         self._done: dict[str, set[str]] = {}
         self._bytes = 0
         self._next_seq = 1
+        # Names that could not be moved to quarantine: left in place and skipped.
+        self._stuck: set[str] = set()
+        # The eviction burst in progress: evicted since it began, and the last warning.
+        self._burst_files = 0
+        self._burst_records = 0
+        self._burst_unreported = (0, 0)  # (files, records) since the last warning
+        self._burst_warned_at: float | None = None
         self._counters = dict.fromkeys(
             (
                 "written_files",
                 "written_records",
                 "evicted_files",
                 "evicted_records",
+                "eviction_bursts",
                 "quarantined_files",
                 "deleted_files",
             ),
@@ -380,42 +546,115 @@ class Spool:
             return False
         return age > _TMP_GRACE_S
 
+    def _not_regular(self, name: str) -> str:
+        try:
+            return f"a {_kind(os.lstat(self.directory / name).st_mode)}, not a regular file"
+        except OSError:
+            return "not a regular file"
+
     def _reconcile(self) -> None:
-        """Bring the index in line with the directory (caller holds the lock)."""
-        names = os.listdir(self.directory)
+        """Bring the index in line with the directory (caller holds the lock).
+
+        Entries with the spool's names that are not regular files, and ``*.spool`` names
+        the spool does not write, are moved to quarantine: nothing else may stall delivery.
+        """
+        with os.scandir(self.directory) as it:
+            entries = [(e.name, _is_regular(e)) for e in it]
         data: set[str] = set()
         markers: dict[str, set[str]] = {}
-        for name in names:
+        for name, regular in entries:
+            if name in self._stuck:
+                continue
             if name.endswith(".tmp"):
-                if self._tmp_is_stale(name):
+                if not regular:
+                    self._quarantine_entry(name, self._not_regular(name))
+                elif self._tmp_is_stale(name):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self.directory / name)
                     log.info("spool: removed leftover temporary file %s", name)
                 continue
             m = _DATA_RE.fullmatch(name)
             if m is not None:
-                data.add(m.group(1))
+                if regular:
+                    data.add(m.group(1))
+                else:
+                    self._quarantine_entry(name, self._not_regular(name), m.group(1))
                 continue
             m = _MARKER_RE.fullmatch(name)
             if m is not None:
-                markers.setdefault(m.group(1), set()).add(m.group(2))
+                if regular:
+                    markers.setdefault(m.group(1), set()).add(m.group(2))
+                else:
+                    self._quarantine_entry(name, self._not_regular(name))
+                continue
+            if name.endswith(_DATA_SUFFIX):
+                # Not a name this spool writes (e.g. a 13-digit sequence): never listed,
+                # so never delivered; quarantined where it can be seen and counted.
+                self._quarantine_entry(name, "not a spool file name (docs/spool-format.md)")
         for file_id in [f for f in self._index if f not in data]:
             self._forget(file_id)
-        for file_id in data - self._index.keys():
+        for file_id in sorted(data - self._index.keys()):
             path = self._data_path(file_id)
             try:
-                size = path.stat().st_size
+                size = os.lstat(path).st_size
+                records = _header_records(path)
             except FileNotFoundError:
                 continue
-            self._index[file_id] = _Entry(size, _header_records(path))
+            except _NotRegular as exc:
+                self._quarantine_entry(path.name, str(exc), file_id)
+                continue
+            self._index[file_id] = _Entry(size, records)
             self._bytes += size
             self._done[file_id] = set(markers.get(file_id, ())) & set(self.destinations)
-            self._next_seq = max(self._next_seq, int(file_id[:12]) + 1)
+            self._next_seq = max(self._next_seq, int(file_id[:_SEQ_DIGITS]) + 1)
         # Markers whose data file is gone belong to a deletion a crash interrupted.
         for file_id in markers.keys() - data:
             for dest in markers[file_id]:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._marker_path(file_id, dest))
+
+    def _renumber(self) -> None:
+        """Give the files present the sequence numbers 1, 2, ... in their order (caller
+        holds the lock).
+
+        Only when the 12-digit sequence is used up (a file named ``999999999999-...``):
+        the next id would not fit the names the scan lists. The order of the files, and so
+        of delivery, is unchanged; a crash midway leaves an order-preserving mix.
+        """
+        self._reconcile()
+        seq = 0
+        renamed = 0
+        for old in sorted(self._index):
+            seq += 1
+            while True:
+                new = f"{seq:0{_SEQ_DIGITS}d}{old[_SEQ_DIGITS:]}"
+                if new == old or not os.path.lexists(self._data_path(new)):
+                    break
+                seq += 1
+            if new == old:
+                continue
+            try:
+                os.rename(self._data_path(old), self._data_path(new))
+            except FileNotFoundError:
+                self._forget(old)
+                seq -= 1
+                continue
+            done = self._done.pop(old, set())
+            for dest in done:
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(self._marker_path(old, dest), self._marker_path(new, dest))
+            self._index[new] = self._index.pop(old)
+            self._done[new] = done
+            renamed += 1
+        self._next_seq = seq + 1
+        self._fsync_dir()
+        log.warning(
+            "spool: the %d-digit sequence number was used up; renumbered %d of %d files "
+            "from 1 (their order is unchanged)",
+            _SEQ_DIGITS,
+            renamed,
+            len(self._index),
+        )
 
     def _forget(self, file_id: str) -> None:
         entry = self._index.pop(file_id, None)
@@ -434,20 +673,29 @@ class Spool:
 
     # ---- public API ---------------------------------------------------------------------
 
+    def _compress(self, payload: bytes) -> bytes:
+        if self._compression == COMPRESSION_LZ4:
+            frame: bytes = lz4.frame.compress(payload, store_size=True)
+            return frame
+        return self._cctx.compress(payload)
+
     def write(self, batch: list[LaneChunk]) -> str:
         """Store a batch durably and return its file id; durable once this returns."""
         payload, n_chunks, n_records = _encode_payload(batch)
         with self._write_lock:
-            frame = self._cctx.compress(payload)
-            created = time.time_ns()
+            frame = self._compress(payload)
+            # The id's time field has 19 digits (until the year 2286).
+            created = min(time.time_ns(), 10**19 - 1)
             with self._lock:
+                if self._next_seq > _SEQ_MAX:
+                    self._renumber()
                 seq = self._next_seq
                 self._next_seq += 1
-            file_id = f"{seq:012d}-{created:019d}"
+            file_id = f"{seq:0{_SEQ_DIGITS}d}-{created:019d}"
             header = _HEADER.pack(
                 MAGIC,
                 FORMAT_VERSION,
-                COMPRESSION_ZSTD,
+                self._compression,
                 0,
                 n_chunks,
                 created,
@@ -495,24 +743,80 @@ class Spool:
         return file_id
 
     def _evict(self, keep: str) -> None:
-        """Drop the oldest files until under the limit; never the one just written."""
+        """Drop the oldest files until under the limit; never the one just written.
+
+        A *burst* is a run of writes that each had to evict; it ends at the first write
+        that fits. It is warned about once when it begins (and again every few minutes
+        while it lasts), with the counts; each file is logged at debug level.
+        """
         if self._bytes <= self.limit_bytes:
+            self._end_burst()
             return
+        files = records = 0
         for file_id in sorted(self._index):
             if self._bytes <= self.limit_bytes:
                 break
             if file_id == keep:
                 continue
-            records = self._index[file_id].records
+            n = self._index[file_id].records
             self._delete(file_id)
-            self._counters["evicted_files"] += 1
-            self._counters["evicted_records"] += records
-            log.warning(
+            files += 1
+            records += n
+            log.debug(
                 "spool over its %d byte limit: evicted %s (%d records)",
                 self.limit_bytes,
                 file_id,
-                records,
+                n,
             )
+        if not files:
+            return
+        self._counters["evicted_files"] += files
+        self._counters["evicted_records"] += records
+        self._burst_files += files
+        self._burst_records += records
+        now = time.monotonic()
+        if self._burst_warned_at is None:
+            self._counters["eviction_bursts"] += 1
+            self._burst_warned_at = now
+            self._burst_unreported = (0, 0)
+            log.warning(
+                "spool full: evicted the oldest %d records (%s) to stay under its %d byte "
+                "limit; they are lost. The destinations are not keeping up; further "
+                "evictions are counted in the status (evicted_records) until the spool has "
+                "room again. Raise the limit with EMP_FASTBUF_SPOOL_MAX_BYTES or "
+                "fastbuf agent --spool-max",
+                records,
+                _files(files),
+                self.limit_bytes,
+            )
+            return
+        unreported_files, unreported_records = self._burst_unreported
+        unreported_files += files
+        unreported_records += records
+        if now - self._burst_warned_at < _EVICTION_WARN_INTERVAL_S:
+            self._burst_unreported = (unreported_files, unreported_records)
+            return
+        self._burst_warned_at = now
+        self._burst_unreported = (0, 0)
+        log.warning(
+            "spool still full: evicted %d more records (%s); %d records (%s) since evictions began",
+            unreported_records,
+            _files(unreported_files),
+            self._burst_records,
+            _files(self._burst_files),
+        )
+
+    def _end_burst(self) -> None:
+        if self._burst_warned_at is None:
+            return
+        log.info(
+            "spool has room again: %d records (%s) were evicted while it was full",
+            self._burst_records,
+            _files(self._burst_files),
+        )
+        self._burst_files = self._burst_records = 0
+        self._burst_unreported = (0, 0)
+        self._burst_warned_at = None
 
     def pending(self) -> list[str]:
         """File ids not yet done for every destination, oldest first."""
@@ -524,54 +828,72 @@ class Spool:
         """The batch stored in ``file_id``.
 
         Raises ``CorruptSpoolFile`` (after moving the file to quarantine) when it does not
-        parse, ``FileNotFoundError`` when it is no longer in the spool.
+        parse or is not a regular file, ``FileNotFoundError`` when it is no longer in the
+        spool.
         """
         self._check_id(file_id)
         path = self._data_path(file_id)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"spool file {file_id} is not in the spool") from None
-        try:
-            size = os.fstat(fd).st_size
-            # Never read a file no writer could have produced.
-            too_big = size > _MAX_FILE
-            data = b"" if too_big else _read_all(fd)
-        finally:
-            os.close(fd)
-        try:
-            if too_big:
-                raise _Corrupt(f"file of {size} bytes is larger than any valid spool file")
+            try:
+                fd = _open_regular(path)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"spool file {file_id} is not in the spool") from None
+            except _NotRegular as exc:
+                raise _Corrupt(str(exc)) from None
+            try:
+                size = os.fstat(fd).st_size
+                # Never read a file no writer could have produced.
+                if size > _MAX_FILE:
+                    raise _Corrupt(f"file of {size} bytes is larger than any valid spool file")
+                data = _read_bounded(fd, _MAX_FILE)
+            finally:
+                os.close(fd)
             return _decode_file(data)
         except _Corrupt as exc:
-            where = self._quarantine(file_id, str(exc))
-            raise CorruptSpoolFile(
-                f"spool file {file_id} is corrupt ({exc}); moved to {where}"
-            ) from None
+            where = self._quarantine_entry(path.name, str(exc), file_id)
+            moved = "left in place, skipped" if where is None else f"moved to {where}"
+            raise CorruptSpoolFile(f"spool file {file_id} is corrupt ({exc}); {moved}") from None
 
-    def _quarantine(self, file_id: str, reason: str) -> Path:
+    def _quarantine_target(self, name: str) -> Path:
+        if name.endswith(_DATA_SUFFIX):
+            base, ext = name[: -len(_DATA_SUFFIX)], _DATA_SUFFIX
+        else:
+            base, ext = name, ""
+        target = self.quarantine_dir / name
+        n = 1
+        while os.path.lexists(target):
+            target = self.quarantine_dir / f"{base}.{n}{ext}"
+            n += 1
+        return target
+
+    def _quarantine_entry(self, name: str, reason: str, file_id: str | None = None) -> Path | None:
+        """Move the spool entry ``name`` (any kind) to quarantine; with ``file_id``, drop
+        that file's markers and index entry. Returns where it went, None when it could not
+        be moved (it is then skipped from now on)."""
+        target: Path | None
         with self._lock:
-            _make_private_dir(self.quarantine_dir)
-            target = self.quarantine_dir / (file_id + _DATA_SUFFIX)
-            n = 1
-            while target.exists():
-                target = self.quarantine_dir / f"{file_id}.{n}{_DATA_SUFFIX}"
-                n += 1
             try:
-                os.rename(self._data_path(file_id), target)
-            except FileNotFoundError:
-                pass
-            except OSError:
-                # A quarantine on another filesystem: copy, then remove.
-                shutil.move(str(self._data_path(file_id)), str(target))
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(target, 0o600)
-            for dest in self._done.get(file_id, ()):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._marker_path(file_id, dest))
-            self._forget(file_id)
-            self._counters["quarantined_files"] += 1
-        log.error("spool file %s quarantined to %s: %s", file_id, target, reason)
+                _make_quarantine_dir(self.quarantine_dir)
+                target = self._quarantine_target(name)
+                _move(self.directory / name, target)
+            except OSError as exc:
+                self._stuck.add(name)
+                target = None
+                log.error("spool entry %s cannot be quarantined (%s): %s", name, reason, exc)
+            if target is not None:
+                with contextlib.suppress(OSError):
+                    # Only a regular file: chmod would follow a symlink out of the spool.
+                    if stat.S_ISREG(os.lstat(target).st_mode):
+                        os.chmod(target, 0o600)
+            if file_id is not None:
+                for dest in self._done.get(file_id, ()):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._marker_path(file_id, dest))
+                self._forget(file_id)
+            if target is not None:
+                self._counters["quarantined_files"] += 1
+        if target is not None:
+            log.error("spool file %s quarantined to %s: %s", name, target, reason)
         return target
 
     def mark_done(self, file_id: str, destination: str) -> None:
@@ -595,7 +917,8 @@ class Spool:
                 self._fsync_dir()
                 return
             marker = self._marker_path(file_id, destination)
-            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+            fd = os.open(marker, flags, 0o600)
             try:
                 os.fchmod(fd, 0o600)
                 os.fsync(fd)
@@ -611,6 +934,12 @@ class Spool:
             return set(self._done.get(file_id, ()))
 
     def stats(self) -> dict[str, int]:
-        """Counters: files, bytes, written/evicted/quarantined/deleted files and records."""
+        """Counters: files, bytes, the byte limit, written/evicted/quarantined/deleted files
+        and records, and eviction bursts (runs of writes that had to evict)."""
         with self._lock:
-            return {"files": len(self._index), "bytes": self._bytes, **self._counters}
+            return {
+                "files": len(self._index),
+                "bytes": self._bytes,
+                "limit_bytes": self.limit_bytes,
+                **self._counters,
+            }
