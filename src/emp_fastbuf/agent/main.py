@@ -49,6 +49,12 @@ PRESSURE_CUT = 0.5
 PRESSURE_CHECK_S = 0.002
 DROP_REASONS = ("full", "no_lane", "too_large")
 MAX_PRODUCERS_SHOWN = 256
+# Supervision: a loop that has not come round for this long is stalled (fastbuf status
+# says unhealthy). The delivery loop waits on exports, each bounded by the retry policy.
+STALL_S = {"drain": 30.0, "delivery": 300.0}
+FILE_FAILURES_TO_QUARANTINE = 3  # a spool file that fails delivery this often in a row
+LOOP_ERRORS_TO_GIVE_UP = 100  # consecutive unexpected errors: the loop cannot continue
+SPOOL_RETRY_MAX_S = 5.0
 
 
 @dataclass
@@ -195,6 +201,15 @@ class Agent:
         # pid -> who it is and what it dropped; kept after the process is gone
         self.producers: dict[int, dict[str, Any]] = {}
         self.resources: dict[bytes, Resource] = {}
+        # Supervision (docs/architecture.md): each loop's last round, errors caught at the
+        # loops, a spool that cannot be written (disk full, read-only), why a loop gave up.
+        self.beats = {"drain": time.time_ns(), "delivery": time.time_ns()}
+        self.agent_errors = 0
+        self._errors_logged: set[str] = set()
+        self.file_failures: dict[str, int] = {}
+        self.spool_error: dict[str, Any] | None = None
+        self.fatal: str | None = None
+        self.delivery_thread: threading.Thread | None = None
 
     # ---- drain ---------------------------------------------------------------------
 
@@ -242,12 +257,16 @@ class Agent:
             ", ".join(self.spool.destinations),
         )
         delivery = threading.Thread(target=self._delivery_loop, name="delivery", daemon=True)
+        self.delivery_thread = delivery
         delivery.start()
         try:
             self._drain_loop()
         finally:
             # Final drain: everything in the ring goes to the spool before we exit.
-            self._drain_once(final=True)
+            try:
+                self._drain_once(final=True)
+            except Exception as exc:  # e.g. the disk is full: the ring keeps the records
+                self._loop_error("drain", exc)
             self.stop_event.set()
             self.delivery_wake.set()
             delivery.join(timeout=self.config.shutdown_timeout_s + 5)
@@ -259,7 +278,21 @@ class Agent:
                 self.exporter.close()
             if self.store is not None:
                 self.store.close()
+        if self.fatal is not None:
+            log.error("agent stops: %s; what it acknowledged is in the spool", self.fatal)
+            return 1
         return 0
+
+    def _loop_error(self, loop: str, exc: BaseException) -> None:
+        """An unexpected error caught at a loop: counted, logged with its traceback the
+        first time it is seen (then at DEBUG), and the loop goes on."""
+        self.agent_errors += 1
+        key = f"{loop}:{type(exc).__name__}:{exc}"[:300]
+        if key not in self._errors_logged and len(self._errors_logged) < 256:
+            self._errors_logged.add(key)
+            log.error("%s loop: unexpected error, carrying on: %s", loop, exc, exc_info=exc)
+        else:
+            log.debug("%s loop: %s (again)", loop, exc)
 
     def _drain_loop(self) -> None:
         assert self.consumer is not None
@@ -270,52 +303,126 @@ class Agent:
         last_machine = 0.0
         last_pressure = 0.0
         idle_since: float | None = None
+        errors_in_a_row = 0
+        spool_retry_at = 0.0
+        spool_backoff = 0.2
         while not self.stop_event.is_set():
-            got = self.consumer.read_lanes(READ_CHUNK)
-            for lane, meta, recs in got:
-                self.lane_meta[lane] = meta
-                pending.append(LaneChunk(meta, recs))
-                n = sum(len(r) for r in recs)
-                pending_bytes += n
-                self.counters.drained_records += len(recs)
-                self.counters.drained_bytes += n
-            now = time.monotonic()
-            if now - last_machine >= self.config.metrics_interval_s:
-                last_machine = now
-                pending.append(self._own_metrics())
-            cut = None
-            if pending:
-                if pending_bytes >= self.config.batch_max_bytes:
-                    cut = "size"
-                elif now - batch_started >= self.config.batch_interval_s:
-                    cut = "time"
-                elif now - last_pressure >= PRESSURE_CHECK_S:
-                    last_pressure = now
-                    if self.consumer.pressure() >= PRESSURE_CUT:
-                        cut = "pressure"
-            if cut is not None:
-                self.counters.cuts[cut] += 1
-                self._spool_and_ack(pending)
+            self.beats["drain"] = time.time_ns()
+            if self.delivery_thread is not None and not self.delivery_thread.is_alive():
+                self.fatal = "the delivery loop ended unexpectedly"
+                break
+            if self.spool_error is not None:
+                # The last commit failed (disk full, read-only): the batch is still in the
+                # ring, unacknowledged. Read nothing more until it is durable.
+                now = time.monotonic()
+                if now < spool_retry_at:
+                    self.stop_event.wait(min(0.05, spool_retry_at - now))
+                    if now - last_status >= STATUS_INTERVAL_S:
+                        last_status = now
+                        self._write_status()
+                    continue
+                try:
+                    self._spool_and_ack(pending)
+                except OSError as exc:
+                    spool_backoff = min(SPOOL_RETRY_MAX_S, spool_backoff * 2)
+                    spool_retry_at = time.monotonic() + spool_backoff
+                    self.spool_error["attempts"] += 1
+                    self.spool_error["message"] = str(exc)
+                    continue
+                log.warning(
+                    "spool is writable again after %d attempts: delivery resumes",
+                    self.spool_error["attempts"],
+                )
+                self.spool_error = None
+                spool_backoff = 0.2
                 pending, pending_bytes = [], 0
-                batch_started = now
-            elif not pending:
-                batch_started = now
-            if now - last_status >= STATUS_INTERVAL_S:
-                last_status = now
-                self._write_status()
-                if self.config.idle_exit_s is not None:
-                    if not self._idle():
-                        idle_since = None
-                    elif idle_since is None:
-                        idle_since = now
-                    if self._idle_exit_due(now, idle_since):
-                        log.info("no producer and nothing left to deliver: exiting")
-                        break
+                batch_started = time.monotonic()
+                continue
+            try:
+                got = self._read_step(pending)
+            except Exception as exc:
+                errors_in_a_row += 1
+                self._loop_error("drain", exc)
+                if errors_in_a_row >= LOOP_ERRORS_TO_GIVE_UP:
+                    self.fatal = f"the drain loop failed {errors_in_a_row} times in a row: {exc}"
+                    break
+                self.stop_event.wait(min(1.0, 0.01 * errors_in_a_row))
+                continue
+            errors_in_a_row = 0
+            for _lane, _meta, recs in got:
+                pending_bytes += sum(len(r) for r in recs)
+            try:
+                now = time.monotonic()
+                if now - last_machine >= self.config.metrics_interval_s:
+                    last_machine = now
+                    pending.append(self._own_metrics())
+                cut = None
+                if pending:
+                    if pending_bytes >= self.config.batch_max_bytes:
+                        cut = "size"
+                    elif now - batch_started >= self.config.batch_interval_s:
+                        cut = "time"
+                    elif now - last_pressure >= PRESSURE_CHECK_S:
+                        last_pressure = now
+                        if self.consumer.pressure() >= PRESSURE_CUT:
+                            cut = "pressure"
+                if cut is not None:
+                    self.counters.cuts[cut] += 1
+                    try:
+                        self._spool_and_ack(pending)
+                    except OSError as exc:
+                        # Disk full or read-only: stay up, keep the records in the ring (not
+                        # acknowledged), say so, and retry until there is room again.
+                        self.spool_error = {
+                            "message": str(exc),
+                            "since_ns": time.time_ns(),
+                            "attempts": 1,
+                        }
+                        log.error(
+                            "cannot write the spool (%s): records stay in the ring, "
+                            "unacknowledged; retrying until it is writable",
+                            exc,
+                        )
+                        spool_retry_at = time.monotonic() + spool_backoff
+                        continue
+                    pending, pending_bytes = [], 0
+                    batch_started = now
+                elif not pending:
+                    batch_started = now
+                if now - last_status >= STATUS_INTERVAL_S:
+                    last_status = now
+                    self._write_status()
+                    if self.config.idle_exit_s is not None:
+                        if not self._idle():
+                            idle_since = None
+                        elif idle_since is None:
+                            idle_since = now
+                        if self._idle_exit_due(now, idle_since):
+                            log.info("no producer and nothing left to deliver: exiting")
+                            break
+            except Exception as exc:  # caught at the loop: counted, logged once
+                self._loop_error("drain", exc)
+                self.stop_event.wait(0.05)
+                continue
             if not got:
                 self.stop_event.wait(0.005)
         if pending:
             self.counters.cuts["final"] += 1
-            self._spool_and_ack(pending)
+            try:
+                self._spool_and_ack(pending)
+            except OSError as exc:
+                log.error("cannot write the spool (%s): the ring keeps the records", exc)
+
+    def _read_step(self, pending: list[LaneChunk]) -> list[tuple[int, bytes, list[bytes]]]:
+        """One read of every lane into ``pending``."""
+        assert self.consumer is not None
+        got = self.consumer.read_lanes(READ_CHUNK)
+        for lane, meta, recs in got:
+            self.lane_meta[lane] = meta
+            pending.append(LaneChunk(meta, recs))
+            self.counters.drained_records += len(recs)
+            self.counters.drained_bytes += sum(len(r) for r in recs)
+        return got
 
     def _idle(self) -> bool:
         """No live producer and the ring drained: what is left is in the spool, which the
@@ -415,26 +522,31 @@ class Agent:
     def _delivery_loop(self) -> None:
         deadline: float | None = None
         next_retention = time.monotonic() + RETENTION_INTERVAL_S
+        errors_in_a_row = 0
         while True:
+            self.beats["delivery"] = time.time_ns()
             stopping = self.stop_event.is_set()
             if stopping and deadline is None:
                 deadline = time.monotonic() + self.config.shutdown_timeout_s
-            progressed = False
-            for file_id in self.spool.pending():
-                if deadline is not None and time.monotonic() > deadline:
-                    break
-                if file_id in self.awaiting_metrics:
-                    continue
-                if not self._deliver(file_id):
-                    break  # the endpoint is failing: keep order, retry later
-                progressed = True
-            self._maybe_export_metrics(force=stopping)
-            if self.store is not None and time.monotonic() >= next_retention:
-                next_retention = time.monotonic() + RETENTION_INTERVAL_S
-                try:
-                    self.store.enforce(time.time_ns())
-                except Exception as exc:  # retention must never stop delivery
-                    log.warning("store retention failed: %s", exc)
+            try:
+                progressed = self._deliver_pending(deadline)
+                self._maybe_export_metrics(force=stopping)
+                if self.store is not None and time.monotonic() >= next_retention:
+                    next_retention = time.monotonic() + RETENTION_INTERVAL_S
+                    try:
+                        self.store.enforce(time.time_ns())
+                    except Exception as exc:  # retention must never stop delivery
+                        log.warning("store retention failed: %s", exc)
+                errors_in_a_row = 0
+            except Exception as exc:  # caught at the loop: counted, logged once, goes on
+                errors_in_a_row += 1
+                self._loop_error("delivery", exc)
+                progressed = False
+                if errors_in_a_row >= LOOP_ERRORS_TO_GIVE_UP:
+                    self.fatal = f"the delivery loop failed {errors_in_a_row} times in a row: {exc}"
+                    self.stop_event.set()
+                    return
+                self.delivery_wake.wait(min(5.0, 0.1 * 2 ** min(errors_in_a_row, 6)))
             if stopping and (
                 not self._undelivered() or (deadline is not None and time.monotonic() > deadline)
             ):
@@ -442,6 +554,48 @@ class Agent:
             if not progressed:
                 self.delivery_wake.wait(0.2 if not stopping else 0.05)
                 self.delivery_wake.clear()
+
+    def _deliver_pending(self, deadline: float | None) -> bool:
+        """Deliver the spool oldest first; True when a file went out.
+
+        A file whose delivery raises is skipped for the next one: when that one goes out,
+        the destination works and the file is the culprit, quarantined once that happened
+        ``FILE_FAILURES_TO_QUARANTINE`` times; when it raises too, the fault is the
+        destination's and the round ends (the loop backs off). One bad file never stops the
+        others, and a failing destination never costs a file."""
+        progressed = False
+        suspect: str | None = None
+        for file_id in self.spool.pending():
+            self.beats["delivery"] = time.time_ns()
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            if file_id in self.awaiting_metrics:
+                continue
+            try:
+                delivered = self._deliver(file_id)
+            except Exception as exc:
+                if suspect is not None:
+                    raise  # two in a row: the destination fails, not a file (counted there)
+                self._loop_error("delivery", exc)
+                suspect = file_id
+                continue
+            if suspect is not None and delivered:
+                self._file_failed(suspect)
+                suspect = None
+            if not delivered:
+                break  # the endpoint is failing: keep order, retry later
+            progressed = True
+        return progressed
+
+    def _file_failed(self, file_id: str) -> None:
+        failures = self.file_failures.get(file_id, 0) + 1
+        self.file_failures[file_id] = failures
+        if failures < FILE_FAILURES_TO_QUARANTINE:
+            return
+        self.file_failures.pop(file_id, None)
+        reason = f"its delivery failed {failures} times while the files after it went out"
+        if self.spool.quarantine(file_id, reason) is not None:
+            self.counters.corrupt_spool_files += 1
 
     def _undelivered(self) -> bool:
         return any(f not in self.awaiting_metrics for f in self.spool.pending())
@@ -596,8 +750,34 @@ class Agent:
             "export": self.exporter.stats() if self.exporter is not None else None,
             "ring": ring_stats,
             "producers": self._update_producers(ring_stats),
+            "health": self._health(),
         }
         return out
+
+    def _health(self) -> dict[str, Any]:
+        """Each loop's last round and whether it is stalled, the errors caught at the
+        loops, a spool that cannot be written. ``fastbuf status`` exits 3 when unhealthy."""
+        now = time.time_ns()
+        loops = {
+            name: {
+                "last_beat_ns": beat,
+                "stalled": (now - beat) / 1e9 > STALL_S[name],
+                "stall_after_s": STALL_S[name],
+            }
+            for name, beat in self.beats.items()
+        }
+        problems = [f"the {name} loop is stalled" for name, lp in loops.items() if lp["stalled"]]
+        if self.spool_error is not None:
+            problems.append(f"the spool cannot be written: {self.spool_error['message']}")
+        if self.fatal is not None:
+            problems.append(self.fatal)
+        return {
+            "loops": loops,
+            "agent_errors": self.agent_errors,
+            "spool_error": dict(self.spool_error) if self.spool_error else None,
+            "problems": problems,
+            "healthy": not problems,
+        }
 
     def _write_status(self) -> None:
         tmp = self.status_path.with_suffix(".tmp")
@@ -711,11 +891,38 @@ def status(args: Any) -> int:
     out = dict(data or {"agent": {"alive": False, "ring": ring_name}})
     if ring_stats is not None:
         out["ring"] = ring_stats
+    healthy = _judge_health(out)
     if getattr(args, "json", False):
         print(json.dumps(out, default=str))
-        return 0
-    _print_status(out)
-    return 0
+    else:
+        _print_status(out)
+    return 0 if healthy else 3
+
+
+def _judge_health(st: dict[str, Any]) -> bool:
+    """A live agent is unhealthy when a loop is stalled (judged now, from the last round
+    each reported; a drain loop that stopped also stops writing the status file), when
+    its spool cannot be written, or when a loop gave up. Sets ``st["health"]``."""
+    agent = st.get("agent") or {}
+    health = st.get("health")
+    if not agent.get("alive") or not isinstance(health, dict):
+        return True
+    now = time.time_ns()
+    problems = [p for p in health.get("problems", []) if "stalled" not in p]
+    loops = health.get("loops") or {}
+    updated = int(agent.get("updated_ns") or 0)
+    for name, limit in STALL_S.items():
+        beat = int((loops.get(name) or {}).get("last_beat_ns") or updated)
+        if name == "drain":
+            beat = max(beat, updated)
+        idle_s = (now - beat) / 1e9
+        stalled = idle_s > limit
+        loops.setdefault(name, {})["stalled"] = stalled
+        if stalled:
+            problems.append(f"the {name} loop is stalled: no round for {idle_s:.0f} s")
+    health["problems"] = problems
+    health["healthy"] = not problems
+    return not problems
 
 
 def _print_status(st: dict[str, Any]) -> None:
@@ -724,6 +931,14 @@ def _print_status(st: dict[str, Any]) -> None:
 
     con = Console()
     agent = st.get("agent", {})
+    health = st.get("health") or {}
+    if agent.get("alive") and health.get("problems"):
+        con.print("[bold red]unhealthy[/]: " + "; ".join(health["problems"]))
+    if health.get("agent_errors"):
+        con.print(
+            f"[bold]agent errors[/]: {health['agent_errors']} caught at the loops (the agent "
+            f"carried on; the first of each kind is in its log)"
+        )
     ring = st.get("ring") or {}
     lease = ring.get("consumer", {})
     pid = agent.get("pid")

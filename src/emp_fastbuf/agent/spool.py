@@ -854,6 +854,12 @@ class Spool:
             moved = "left in place, skipped" if where is None else f"moved to {where}"
             raise CorruptSpoolFile(f"spool file {file_id} is corrupt ({exc}); {moved}") from None
 
+    def quarantine(self, file_id: str, reason: str) -> Path | None:
+        """Move ``file_id`` to quarantine (a file that keeps failing delivery for a reason
+        of its own): it is no longer pending. Returns where it went."""
+        self._check_id(file_id)
+        return self._quarantine_entry(self._data_path(file_id).name, reason, file_id)
+
     def _quarantine_target(self, name: str) -> Path:
         if name.endswith(_DATA_SUFFIX):
             base, ext = name[: -len(_DATA_SUFFIX)], _DATA_SUFFIX

@@ -1,0 +1,250 @@
+"""The agent supervises itself: a full spool disk, a spool file whose delivery keeps
+failing, a failing destination and a stalled loop never stop delivery silently. Real
+agents, a real loopback receiver, a real small tmpfs for the spool where the machine
+allows one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import emp_fastbuf as fastbuf
+from emp_fastbuf.agent.config import AgentConfig
+from emp_fastbuf.agent.main import Agent
+from emp_fastbuf.agent.spool import LaneChunk
+from emp_fastbuf.codec_py import encode_record, encode_resource
+from emp_fastbuf.records import LOG, Record, Resource
+from otlp_receiver import OTLPReceiver, attrs_dict
+from test_volume import _env, finish, start_worker
+
+
+def _can_unshare_mount() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+        capture_output=True,
+        timeout=30,
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_unshare_mount(), reason="needs a private mount namespace")
+def test_a_full_spool_disk_keeps_records_in_the_ring_and_delivery_resumes(
+    tmp_path: Path, ring_name: str
+) -> None:
+    home = tmp_path / "home"
+    (home / "spool").mkdir(parents=True, mode=0o700)
+    fastbuf.Ring.create(ring_name, 64 << 20).close()
+    with OTLPReceiver() as rx:
+        rx.down()  # an outage: the spool fills its 3 MiB disk
+        env = _env(home, ring_name)
+        mount = f"mount -t tmpfs -o size=3m,mode=0700 tmpfs {home / 'spool'}"
+        agent_cmd = f"{sys.executable} -m emp_fastbuf agent --ring {ring_name} --endpoint {rx.url}"
+        log = open(home / "agent-test.log", "wb")  # noqa: SIM115 - closed below
+        agent = subprocess.Popen(
+            ["unshare", "-m", "sh", "-c", f"{mount} && exec {agent_cmd}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            total = 60_000  # about 9 MB of records: three times the spool's disk
+            result = finish(start_worker(home, ring_name, "d", 0, 0, total))
+            assert result["stats"]["dropped"] == 0  # type: ignore[index]
+            status_path = home / f"status-{ring_name}.json"
+            deadline = time.monotonic() + 60
+            health: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                try:
+                    health = json.loads(status_path.read_text()).get("health") or {}
+                except (OSError, ValueError):
+                    health = {}
+                if health.get("spool_error"):
+                    break
+                time.sleep(0.2)
+            assert health.get("spool_error"), "the full disk was not reported"
+            assert "No space left" in health["spool_error"]["message"]
+            assert agent.poll() is None  # still up
+            status = subprocess.run(
+                [sys.executable, "-m", "emp_fastbuf", "status", "--ring", ring_name],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+            )
+            assert status.returncode == 3 and "spool cannot be written" in status.stdout
+            ring = fastbuf.Ring.open(ring_name)
+            assert ring.stats()["in_flight"] > 0  # the rest waits in the ring, unacknowledged
+            ring.close()
+            rx.up()  # the outage ends: delivery frees the disk, the agent resumes by itself
+
+            def all_arrived(r: OTLPReceiver) -> bool:
+                seen = {attrs_dict(rec.attributes).get("seq") for _res, rec in r.logs()}
+                return len(seen - {None}) >= total
+
+            assert rx.wait_for(all_arrived, 120), "not everything arrived after the outage"
+        finally:
+            agent.terminate()
+            code = agent.wait(timeout=60)
+            log.close()
+        assert code == 0, (home / "agent-test.log").read_text()
+        text = (home / "agent-test.log").read_text()
+        assert "cannot write the spool" in text and "writable again" in text
+        assert "Traceback" not in text
+
+
+# ---- one spool file, one destination ------------------------------------------------------
+
+
+def _agent(home: Path, ring_name: str) -> Agent:
+    env = {"EMP_FASTBUF_HOME": str(home)}
+    return Agent(AgentConfig.from_env(env, {}), ring_name)
+
+
+def _batch(tag: str, n: int) -> list[LaneChunk]:
+    meta = encode_resource(Resource(attributes={"service.name": "sup", "emp.worker_id": tag}))
+    recs = [
+        encode_record(
+            Record(
+                kind=LOG,
+                time_unix_nano=time.time_ns(),
+                body="step",
+                severity_number=9,
+                context={"job_id": f"job-{tag}"},
+                attributes={"seq": i},
+            )
+        )
+        for i in range(n)
+    ]
+    return [LaneChunk(meta, recs)]
+
+
+def test_a_spool_file_that_keeps_failing_is_quarantined_and_the_rest_goes_out(
+    tmp_path: Path, ring_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = _agent(tmp_path / "home", ring_name)
+    ids = [agent.spool.write(_batch(tag, 10)) for tag in ("bad", "a", "b")]
+    real = agent._deliver
+
+    # A fault that belongs to the first file only (the poison of one batch).
+    def deliver(file_id: str) -> bool:
+        if file_id == ids[0]:
+            raise RuntimeError("this batch cannot be delivered")
+        return real(file_id)
+
+    monkeypatch.setattr(agent, "_deliver", deliver)
+    assert agent._deliver_pending(None) is True  # the others went out
+    for _ in range(2):
+        agent.spool.write(_batch("more", 1))
+        agent._deliver_pending(None)
+    assert ids[0] not in agent.spool.pending()
+    assert agent.spool.stats()["quarantined_files"] == 1
+    assert agent.health()["agent_errors"] == 3 if hasattr(agent, "health") else True
+    assert agent.agent_errors == 3
+    assert agent.counters.store_records == 22
+    agent.store.close()
+
+
+def test_a_failing_destination_never_costs_a_file(
+    tmp_path: Path, ring_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = _agent(tmp_path / "home", ring_name)
+    ids = [agent.spool.write(_batch(tag, 5)) for tag in ("a", "b", "c")]
+
+    def deliver(file_id: str) -> bool:
+        raise OSError("the store's disk went away")  # every file: the destination
+
+    monkeypatch.setattr(agent, "_deliver", deliver)
+    for _ in range(5):
+        with pytest.raises(OSError):
+            agent._deliver_pending(None)
+    assert agent.spool.pending() == ids  # nothing quarantined, order kept
+    assert agent.spool.stats()["quarantined_files"] == 0
+    agent.store.close()
+
+
+# ---- liveness -------------------------------------------------------------------------------
+
+
+def _write_status(home: Path, ring: str, **health: Any) -> None:
+    now = time.time_ns()
+    status = {
+        "agent": {"pid": os.getpid(), "ring": ring, "updated_ns": now - 40 * 10**9},
+        "health": {
+            "loops": {
+                "drain": {"last_beat_ns": now - 40 * 10**9},
+                "delivery": {"last_beat_ns": now - 40 * 10**9},
+            },
+            "agent_errors": 2,
+            "problems": [],
+            **health,
+        },
+    }
+    (home / f"status-{ring}.json").write_text(json.dumps(status))
+
+
+def test_status_reports_a_stalled_loop_as_unhealthy_and_exits_3(
+    tmp_path: Path, ring_name: str
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    # A live agent (this process's pid) whose drain loop last came round 40 s ago.
+    _write_status(home, ring_name)
+    env = _env(home, ring_name)
+    out = subprocess.run(
+        [sys.executable, "-m", "emp_fastbuf", "status", "--ring", ring_name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "COLUMNS": "200"},
+    )
+    assert out.returncode == 3, out.stderr
+    assert "unhealthy" in out.stdout and "drain loop is stalled" in out.stdout
+    assert "2 caught at the loops" in out.stdout
+    js = subprocess.run(
+        [sys.executable, "-m", "emp_fastbuf", "status", "--ring", ring_name, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert js.returncode == 3
+    health = json.loads(js.stdout)["health"]
+    assert health["healthy"] is False and health["loops"]["drain"]["stalled"] is True
+    assert health["loops"]["delivery"]["stalled"] is False  # 40 s is within its 300 s
+
+
+def test_a_healthy_agent_reports_its_loops(tmp_path: Path, ring_name: str) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    from test_agent import AgentProc
+
+    agent = AgentProc(ring_name, home)
+    agent.wait_ready()
+    try:
+        result = finish(start_worker(home, ring_name, "h", 0, 0, 1000))
+        assert result["flushed"] is True
+        out = subprocess.run(
+            [sys.executable, "-m", "emp_fastbuf", "status", "--ring", ring_name, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_env(home, ring_name),
+        )
+    finally:
+        assert agent.stop() == 0
+    assert out.returncode == 0, out.stdout
+    health = json.loads(out.stdout)["health"]
+    assert health["healthy"] is True and health["agent_errors"] == 0
+    assert set(health["loops"]) == {"drain", "delivery"}
+    assert Counter(h["stalled"] for h in health["loops"].values()) == Counter({False: 2})
