@@ -143,6 +143,10 @@ def test_parse_since(text: str, expected: int) -> None:
         "2024-01-01",
         "2024-01-01T00:00:00",
         "2024-13-01T00:00:00Z",
+        "2300-01-01T00:00:00Z",  # after the latest time the store holds (2262)
+        "9999-12-31T23:59:59-23:59",
+        "99999999999d",
+        "²s",
     ],
 )
 def test_parse_since_rejects(text: str) -> None:
@@ -162,9 +166,14 @@ def test_parse_level() -> None:
         21,
         3,
     ]
-    for bad in ("loud", "0", "25", "-1", ""):
+    for bad in ("loud", "0", "25", "-1", "", "³", "1²"):
         with pytest.raises(cli.UsageError):
             cli.parse_level(bad)
+
+
+def test_format_time_of_a_time_no_date_shows() -> None:
+    assert cli.format_time(2**63 - 1) == "2262-04-11T23:47:16.854775807Z"
+    assert cli.format_time(10**30) == f"{10**30}ns"  # only a damaged store holds one
 
 
 def test_format_time() -> None:
@@ -487,6 +496,11 @@ def test_correlate_without_one_job_is_a_usage_error(
         ["logs", "--since", "bogus"],
         ["logs", "--limit", "-3"],
         ["logs", "--limit", "ten"],
+        ["logs", "--limit", "²"],
+        ["logs", "--limit", "9223372036854775808"],
+        ["logs", "--since", ""],
+        ["logs", "--level", ""],
+        ["logs", "--home", ""],
         ["logs", "--level", "loud"],
         ["logs", "--trace", "abc"],
         ["metrics", "--since", "yesterday"],
@@ -574,13 +588,13 @@ def test_home_option_selects_the_store(
     assert [o["name"] for o in json_lines(out)] == ["from the other home"]
 
 
-def test_bad_store_files_are_exit_1_with_one_line(
+def test_bad_store_files_are_exit_1_or_2_with_one_line(
     fastbuf_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = fastbuf_home / "store.sqlite"
     path.write_bytes(b"garbage" * 1000)
     code, _, err = run(["logs"], capsys)
-    assert code == 1
+    assert code == 2  # damaged: something to repair
     one_line_error(err, "is not an emp-fastbuf store")
 
     path.unlink()

@@ -257,7 +257,7 @@ def test_a_foreign_store_file_is_a_clear_error(tmp_path: Path) -> None:
     garbage = b"this is not a database\n" * 100
     (home / "store.sqlite").write_bytes(garbage)
     out = fastbuf_cmd(home, "logs")
-    assert out.returncode == 1
+    assert out.returncode == 2  # damaged: the query commands exit 2 (docs/cli.md)
     foreign = f"{home / 'store.sqlite'} is not an emp-fastbuf store (not an SQLite database)"
     assert out.stderr.strip().splitlines() == [f"fastbuf logs: {foreign}"]
     ring = unique_ring()

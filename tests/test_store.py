@@ -33,9 +33,12 @@ from emp_fastbuf.records import (
     SpanEvent,
 )
 from emp_fastbuf.store import (
+    MAX_TIME_UNIX_NANO,
     SCHEMA_VERSION,
     Store,
+    StoreDamaged,
     StoreError,
+    check_home,
     default_store_path,
     percentile,
 )
@@ -699,6 +702,110 @@ def test_corrupt_sqlite_body(store: Store) -> None:
     with pytest.raises(StoreError) as err:
         Store(path, readonly=True).logs()
     assert "\n" not in str(err.value)
+
+
+def damage_pages(path: Path) -> None:
+    """Random bytes over every page but the first (the header and the schema survive)."""
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[page:] = os.urandom(len(data) - page)
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_pages_are_store_damaged_for_every_query(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    with Store(path) as s:
+        for _ in range(20):
+            s.ingest(sample_groups())
+    damage_pages(path)
+    reader = Store(path, readonly=True)
+    queries = [
+        lambda: reader.logs(),
+        lambda: reader.logs(limit=5),
+        lambda: reader.metrics(),
+        lambda: reader.trace(TRACE_A.hex()),
+        lambda: reader.correlate("job-a"),
+        lambda: reader.tail(0),
+    ]
+    for query in queries:
+        with pytest.raises(StoreDamaged) as err:
+            query()
+        assert "damaged" in str(err.value) and "\n" not in str(err.value)
+    reader.close()
+
+
+def test_a_writer_with_recover_moves_a_damaged_file_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "store.sqlite"
+    path.write_bytes(b"not a database" * 100)
+    with pytest.raises(StoreDamaged):
+        Store(path)  # without recover the file is left alone
+    with Store(path, recover=True) as s:
+        assert s.ingest(sample_groups()) > 0
+    moved = list(tmp_path.glob("store.sqlite.corrupt-*"))
+    assert [m.read_bytes()[:14] for m in moved] == [b"not a database"]
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and str(moved[0]) in errors[0].getMessage()
+    assert len(Store(path, readonly=True).logs()) == 9
+
+
+def test_an_ingest_into_damaged_pages_raises_and_quarantine_starts_a_new_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "store.sqlite"
+    with Store(path) as s:
+        for _ in range(20):
+            s.ingest(sample_groups())
+    damage_pages(path)
+    s = Store(path, recover=True)  # the header is intact: the damage shows on writing
+    with pytest.raises(StoreDamaged):
+        s.ingest(sample_groups())
+    assert s.write_failures == 1 and s.retry_in() > 0
+    moved = s.quarantine()
+    assert moved.name.startswith("store.sqlite.corrupt-") and moved.exists()
+    assert s.ingest(sample_groups()) > 0
+    assert s.write_failures == 0 and s.retry_in() == 0
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1
+    s.close()
+    assert len(Store(path, readonly=True).logs()) == 9
+
+
+def test_times_past_2262_are_stored_as_the_latest_and_counted(tmp_path: Path) -> None:
+    with Store(tmp_path / "store.sqlite") as s:
+        recs = [
+            log("before", 1),
+            Record(kind=LOG, time_unix_nano=2**63, body="poison"),
+            Record(kind=LOG, time_unix_nano=2**64 - 1, body="poison too"),
+            log("after", 2),
+        ]
+        assert s.ingest([(W1, recs)]) == 4
+        assert s.clamped_times == 2
+        got = {r.body: r.time_unix_nano for r in s.logs()}
+    assert got == {
+        "before": T0 + S,
+        "after": T0 + 2 * S,
+        "poison": MAX_TIME_UNIX_NANO,
+        "poison too": MAX_TIME_UNIX_NANO,
+    }
+
+
+def test_check_home(tmp_path: Path) -> None:
+    check_home(tmp_path / "not-yet")  # the agent creates it
+    check_home(tmp_path)
+    (tmp_path / "file").touch()
+    with pytest.raises(StoreError, match="is not a directory"):
+        check_home(tmp_path / "file")
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    with pytest.raises(StoreError, match="writable by every user"):
+        check_home(loose)
+    if os.geteuid() == 0:
+        loose.chmod(0o700)
+        os.chown(loose, 12345, 12345)
+        with pytest.raises(StoreError, match="belongs to uid 12345"):
+            check_home(loose)
 
 
 def test_foreign_sqlite_database(tmp_path: Path) -> None:

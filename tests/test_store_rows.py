@@ -466,3 +466,34 @@ def test_agent_store_groups_build_what_the_python_path_builds(tmp_path: Path) ->
     with Store(tmp_path / "store.sqlite") as store:
         assert store.ingest_rows(got) == 5
         assert [r.body for r in store.logs()][:1] == ["hi"]
+
+
+@pytest.mark.parametrize("t", [2**63 - 1, 2**63, 10**19, 2**64 - 1])
+def test_times_past_2262_are_clamped_alike(t: int) -> None:
+    """SQLite integers are signed 64-bit: a record time (a span's start and its events'
+    times too) from 2**63 ns on becomes MAX_TIME_UNIX_NANO on both paths."""
+    from emp_fastbuf.store import MAX_TIME_UNIX_NANO
+
+    raws = [
+        enc(Record(kind=LOG, time_unix_nano=t, body="far")),
+        enc(Record(kind=EVENT, time_unix_nano=t, name="e")),
+        enc(
+            Record(
+                kind=SPAN,
+                time_unix_nano=t,
+                start_unix_nano=t,
+                trace_id=TRACE,
+                span_id=SPAN_ID,
+                name="s",
+                events=[SpanEvent("ev", t, {})],
+            )
+        ),
+        enc(Record(METRIC, t, instrument=GAUGE, name="g", value=1.0)),
+        enc(Record(METRIC, t, instrument=HISTOGRAM, name="h", values=[1.0])),
+    ]
+    logs, events, spans, metrics, declined = check(raws)
+    assert declined == []
+    for row in (*logs, *events, *spans, *metrics):
+        assert row[0] == MAX_TIME_UNIX_NANO
+    assert spans[0][6] == MAX_TIME_UNIX_NANO  # the start
+    assert f'"time_unix_nano":{MAX_TIME_UNIX_NANO}' in spans[0][11]  # the event

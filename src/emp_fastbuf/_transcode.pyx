@@ -1511,6 +1511,15 @@ cdef enum:
 cdef const char *HEXDIGITS = b"0123456789abcdef"
 
 
+# store.MAX_TIME_UNIX_NANO: SQLite integers are signed 64-bit, so a later time (the year
+# 2262 on) is stored as this one, as ``store.store_row`` does.
+cdef uint64_t MAX_TIME = 9223372036854775807ULL
+
+
+cdef inline uint64_t row_time(uint64_t t) noexcept:
+    return t if t <= MAX_TIME else MAX_TIME
+
+
 cdef inline double rdf64(const uint8_t *p) noexcept:
     cdef uint64_t bits = rd64(p)
     cdef double d
@@ -1876,7 +1885,7 @@ cdef class _Rows:
             return None
         job = self.job()
         return (
-            h.time, job, PyUnicode_DecodeUTF8(<const char *>f.body, f.bl, NULL), f.sev,
+            row_time(h.time), job, PyUnicode_DecodeUTF8(<const char *>f.body, f.bl, NULL), f.sev,
             self.cached(1, f.text, f.tl) if f.tl else None,
             opt_bytes(h.trace, 16), opt_bytes(h.trace + 16 if h.trace else NULL, 8),
             self.attributes(),
@@ -1888,7 +1897,7 @@ cdef class _Rows:
             return None
         job = self.job()
         return (
-            h.time, job, self.cached(2, f.name, f.nl),
+            row_time(h.time), job, self.cached(2, f.name, f.nl),
             opt_bytes(h.trace, 16), opt_bytes(h.trace + 16 if h.trace else NULL, 8),
             self.attributes(),
         )
@@ -1917,7 +1926,7 @@ cdef class _Rows:
                 put_raw(b, b'{"name":', 8)
                 json_str(b, ev_name, el)
                 put_raw(b, b',"time_unix_nano":', 18)
-                json_u64(b, rd64(p + q), False)
+                json_u64(b, row_time(rd64(p + q)), False)
                 put_raw(b, b',"attributes":', 14)
                 q = parse_attrs(p, q + 8, n, &s.tmp)
                 if q < 0:
@@ -1946,12 +1955,12 @@ cdef class _Rows:
             put1(b, 93)
             links = take_ascii(b)
         return (
-            h.time, job, self.cached(2, f.name, f.nl),
+            row_time(h.time), job, self.cached(2, f.name, f.nl),
             PyBytes_FromStringAndSize(<const char *>h.trace, 16),
             PyBytes_FromStringAndSize(<const char *>h.trace + 16, 8),
             None if all_zero(f.parent, 8)
             else PyBytes_FromStringAndSize(<const char *>f.parent, 8),
-            f.start, f.status,
+            row_time(f.start), f.status,
             PyUnicode_DecodeUTF8(<const char *>f.msg, f.ml, NULL) if f.ml else None,
             f.kind, attrs, events, links,
         )
@@ -2017,8 +2026,8 @@ cdef class _Rows:
         job = self.job()
         if instrument != K_HISTOGRAM:
             return (
-                h.time, job, self.cached(2, name, nl), instrument, self.cached(3, unit, ul),
-                <int64_t>rd64(vals) if tag == T_INT else rdf64(vals),
+                row_time(h.time), job, self.cached(2, name, nl), instrument,
+                self.cached(3, unit, ul), <int64_t>rd64(vals) if tag == T_INT else rdf64(vals),
                 None, None, None, None, None, None, self.attributes(),
             )
         # store._metric_row: NaN values are dropped; min/max as Python's (the first of
@@ -2054,9 +2063,9 @@ cdef class _Rows:
             put1(b, 93)
             bounds_json = take_ascii(b)
         return (
-            h.time, job, self.cached(2, name, nl), instrument, self.cached(3, unit, ul), None,
-            kept, total, lo if kept else None, hi if kept else None, blob, bounds_json,
-            self.attributes(),
+            row_time(h.time), job, self.cached(2, name, nl), instrument,
+            self.cached(3, unit, ul), None, kept, total, lo if kept else None,
+            hi if kept else None, blob, bounds_json, self.attributes(),
         )
 
     cdef tuple row(self, const uint8_t *p, Py_ssize_t n, int *which):

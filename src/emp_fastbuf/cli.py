@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from emp_fastbuf.store import (
+    MAX_TIME_UNIX_NANO,
     STORE_FILE,
     MetricSeries,
     SpanNode,
     Store,
+    StoreDamaged,
     StoredRecord,
     StoreError,
     TraceView,
+    check_home,
     default_home,
 )
 
@@ -61,6 +64,10 @@ _LEVELS = {
     "critical": 21,
 }
 _SPARK = "▁▂▃▄▅▆▇█"
+# The ring names ``Ring.open`` and ``Ring.create`` accept.
+_RING_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+# Counts and ids go into SQLite, whose integers are signed 64-bit.
+_MAX_COUNT = 2**63 - 1
 
 
 class UsageError(ValueError):
@@ -71,24 +78,42 @@ class UsageError(ValueError):
 
 
 def parse_since(value: str, now_ns: int) -> int:
-    """``30s``, ``10m``, ``2h``, ``7d`` (before ``now_ns``) or an RFC 3339 time -> unix ns."""
+    """``30s``, ``10m``, ``2h``, ``7d`` (before ``now_ns``) or an RFC 3339 time -> unix ns.
+    A time after ``store.MAX_TIME_UNIX_NANO`` (2262) or before 1678 is refused."""
     text = value.strip()
+    if not text:
+        raise UsageError("--since: the value is empty")
     m = _DURATION.match(text)
     if m:
-        return now_ns - int(m.group(1)) * _UNIT_NS[m.group(2)]
+        return _in_range(value, now_ns - int(m.group(1)) * _UNIT_NS[m.group(2)])
     m = _RFC3339.match(text)
     if m:
         date, clock, frac, offset = m.groups()
         offset = "+00:00" if offset in ("Z", "z") else offset
         try:
             dt = datetime.fromisoformat(f"{date}T{clock}{offset}")
-        except ValueError:
+            seconds = int(dt.timestamp())
+        except (ValueError, OverflowError):
             raise UsageError(f"--since: {value!r} is not a valid time") from None
-        seconds = int(dt.timestamp())
-        return seconds * 10**9 + int((frac or "0").ljust(9, "0"))
+        return _in_range(value, seconds * 10**9 + int((frac or "0").ljust(9, "0")))
     raise UsageError(
         f"--since: {value!r} is neither a duration (30s, 10m, 2h, 7d) nor an RFC 3339 time"
     )
+
+
+def _in_range(value: str, ns: int) -> int:
+    if ns > MAX_TIME_UNIX_NANO:
+        raise UsageError(
+            f"--since: {value!r} is after 2262-04-11T23:47:16Z, the latest time the store holds"
+        )
+    if ns < -MAX_TIME_UNIX_NANO - 1:
+        raise UsageError(f"--since: {value!r} is before 1677-09-21, further back than the store")
+    return ns
+
+
+def _ascii_digits(text: str) -> bool:
+    # str.isdigit() is also true for "²" and other characters int() refuses.
+    return text.isascii() and text.isdigit()
 
 
 def parse_level(value: str) -> int:
@@ -96,7 +121,7 @@ def parse_level(value: str) -> int:
     text = value.strip().lower()
     if text in _LEVELS:
         return _LEVELS[text]
-    if text.isdigit() and 1 <= int(text) <= 24:
+    if _ascii_digits(text) and 1 <= int(text) <= 24:
         return int(text)
     raise UsageError(
         f"--level: {value!r} is not a level (trace, debug, info, warn, error, fatal or 1..24)"
@@ -107,9 +132,12 @@ def _count(flag: str, value: str | None) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit():
+    if not _ascii_digits(text):
         raise UsageError(f"{flag}: {value!r} is not a whole number >= 0")
-    return int(text)
+    n = int(text)
+    if n > _MAX_COUNT:
+        raise UsageError(f"{flag}: {value!r} is larger than {_MAX_COUNT}")
+    return n
 
 
 def _hex_id(flag: str, value: str, nbytes: int) -> str:
@@ -123,9 +151,13 @@ def _hex_id(flag: str, value: str, nbytes: int) -> str:
 
 
 def format_time(unix_nano: int) -> str:
-    """RFC 3339 in UTC with nanoseconds: ``2024-05-01T12:00:00.123456789Z``."""
+    """RFC 3339 in UTC with nanoseconds: ``2024-05-01T12:00:00.123456789Z``. A time no
+    calendar date can show (only a damaged store holds one) is the number of ns."""
     seconds, nanos = divmod(unix_nano, 10**9)
-    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    try:
+        stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    except (ValueError, OverflowError, OSError):
+        return f"{unix_nano}ns"
     return f"{stamp}.{nanos:09d}Z"
 
 
@@ -228,7 +260,10 @@ def _console() -> Any:
 
 def _short_time(unix_nano: int) -> str:
     seconds, nanos = divmod(unix_nano, 10**9)
-    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%m-%d %H:%M:%S")
+    try:
+        stamp = datetime.fromtimestamp(seconds, UTC).strftime("%m-%d %H:%M:%S")
+    except (ValueError, OverflowError, OSError):
+        return f"{unix_nano}ns"
     return f"{stamp}.{nanos // 10**6:03d}"
 
 
@@ -454,9 +489,49 @@ def _tail_line(rec: StoredRecord) -> Any:
 # ---- commands -------------------------------------------------------------------------
 
 
+def _home(args: argparse.Namespace) -> Path:
+    """``--home``, else ``$EMP_FASTBUF_HOME``, else ``~/.local/share/emp-fastbuf``; one
+    that is not a directory, belongs to another user or is world-writable is refused."""
+    raw = getattr(args, "home", None)
+    try:
+        if raw is None:
+            home = default_home()
+        elif not raw.strip():
+            raise UsageError("--home: the path is empty")
+        else:
+            home = Path(raw)
+        check_home(home)
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
+    return home
+
+
+def _check_ring(args: argparse.Namespace) -> None:
+    """Refuse a ring name (``--ring``, else ``$EMP_FASTBUF_RING``) that no ring can have."""
+    value = getattr(args, "ring", None)
+    source = "--ring"
+    if value is None:
+        value = os.environ.get("EMP_FASTBUF_RING") or None  # empty: the default ring
+        source = "EMP_FASTBUF_RING"
+    if value is not None and not _RING_NAME.fullmatch(value.strip()):
+        raise UsageError(
+            f"{source}: {value!r} is not a ring name (1-200 letters, digits, '.', '_', '-')"
+        )
+
+
+def _check_utf8(args: argparse.Namespace) -> None:
+    """Arguments that are not valid UTF-8 (kept by Python as lone surrogates) match no
+    record and cannot be stored or sent; a path (``--home``) may be any bytes."""
+    for key, value in vars(args).items():
+        if key != "home" and isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UsageError(f"an argument is not valid UTF-8: {value!r}") from None
+
+
 def _open_store(args: argparse.Namespace) -> Store:
-    home = Path(args.home) if getattr(args, "home", None) else default_home()
-    path = home / STORE_FILE
+    path = _home(args) / STORE_FILE
     if not path.exists():
         raise _NotFound(f"no store at {path} (the agent writes it when it runs with no endpoint)")
     return Store(path, readonly=True)
@@ -469,11 +544,11 @@ class _NotFound(Exception):
 def _log_filters(args: argparse.Namespace, now_ns: int) -> dict[str, Any]:
     return {
         "job": args.job,
-        "trace": _hex_id("--trace", args.trace, 16) if args.trace else None,
+        "trace": _hex_id("--trace", args.trace, 16) if args.trace is not None else None,
         "machine": args.machine,
         "worker": args.worker,
-        "level": parse_level(args.level) if args.level else None,
-        "since_ns": parse_since(args.since, now_ns) if args.since else None,
+        "level": parse_level(args.level) if args.level is not None else None,
+        "since_ns": parse_since(args.since, now_ns) if args.since is not None else None,
         "grep": args.grep,
     }
 
@@ -517,7 +592,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     """``fastbuf metrics``: the current value of every series."""
-    since = parse_since(args.since, time.time_ns()) if args.since else None
+    since = parse_since(args.since, time.time_ns()) if args.since is not None else None
     with _open_store(args) as store:
         series = store.metrics(
             machine=args.machine, worker=args.worker, name=args.name, since_ns=since
@@ -732,8 +807,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     prefix = f"fastbuf {args.command}"
     try:
+        _check_utf8(args)
+        if args.command in ("agent", "status", "demo"):
+            _check_ring(args)
+        if args.command == "demo":
+            _home(args)  # the agent checks its home itself (its configuration)
         return int(args.handler(args))
     except UsageError as exc:
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreDamaged as exc:
         print(f"{prefix}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (_NotFound, StoreError) as exc:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import array
 import heapq
 import json
+import logging
 import math
 import os
 import sqlite3
+import stat
 import sys
 import threading
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,13 +44,17 @@ __all__ = [
     "APPLICATION_ID",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_RETENTION_S",
+    "MAX_TIME_UNIX_NANO",
     "SCHEMA_VERSION",
     "MetricSeries",
     "SpanNode",
     "Store",
+    "StoreBusy",
+    "StoreDamaged",
     "StoreError",
     "StoredRecord",
     "TraceView",
+    "check_home",
     "default_home",
     "default_store_path",
     "percentile",
@@ -60,6 +67,15 @@ SCHEMA_VERSION = 2
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 DEFAULT_MAX_BYTES = 2 << 30
 STORE_FILE = "store.sqlite"
+# SQLite integers are signed 64-bit: a later time (the year 2262 on; the record format
+# allows up to 2**64 - 1 ns) is stored as this one.
+MAX_TIME_UNIX_NANO = 2**63 - 1
+# A writer waits this long for another connection's write lock before a write fails.
+_BUSY_TIMEOUT_S = 5.0
+# After a failed write the writer waits this long before trying again, doubling up to the
+# maximum (see ``Store.retry_in``).
+_RETRY_FIRST_S = 0.25
+_RETRY_MAX_S = 30.0
 # The WAL file is cut back to this size after a checkpoint.
 _WAL_LIMIT_BYTES = 64 << 20
 # Size retention deletes down to this share of max_bytes, so that it does not run on
@@ -73,6 +89,11 @@ _STATUS_NAMES = {
     records.STATUS_ERROR: "error",
 }
 _NATIVE_LE = sys.byteorder == "little"
+# SQLite's primary result codes for a file that is not a database or whose pages are corrupt.
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+log = logging.getLogger("emp_fastbuf.store")
 
 _SCHEMA = """
 CREATE TABLE sources (
@@ -221,15 +242,75 @@ def _source_filters(
 
 
 class StoreError(Exception):
-    """The store file is missing, is not an emp-fastbuf store, or has another schema."""
+    """The store file is missing, is not an emp-fastbuf store, or has another schema; or
+    the store cannot be read or written."""
+
+
+class StoreDamaged(StoreError):
+    """The store file is damaged: not an SQLite database, or its pages are corrupt."""
+
+
+class StoreBusy(StoreError):
+    """Another connection held the store's write lock for longer than the writer waits."""
+
+
+def _db_error(exc: sqlite3.Error, what: str) -> StoreError:
+    """The StoreError for an sqlite3 error: damage and a held lock get their own class."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return StoreDamaged(f"{what}: the file is damaged ({exc})")
+    if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return StoreBusy(f"{what}: another process holds its write lock ({exc})")
+    return StoreError(f"{what}: {exc}")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """End a failed write transaction. SQLite may have rolled it back already (a full disk,
+    a damaged page): an error here must not replace the one being raised."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
 
 def default_home() -> Path:
-    """``$EMP_FASTBUF_HOME``, else ``~/.local/share/emp-fastbuf``."""
+    """``$EMP_FASTBUF_HOME``, else ``~/.local/share/emp-fastbuf``. Raises StoreError when
+    there is no user home directory (no ``$HOME`` and no passwd entry)."""
     env = os.environ.get("EMP_FASTBUF_HOME")
-    if env:
+    if env and env.strip():  # empty: unset, as for the agent
         return Path(env)
-    return Path.home() / ".local" / "share" / "emp-fastbuf"
+    try:
+        user_home = Path.home()
+    except (RuntimeError, KeyError, OSError):
+        raise StoreError(
+            "cannot find the user's home directory (no $HOME and no passwd entry):"
+            " set EMP_FASTBUF_HOME or pass --home"
+        ) from None
+    return user_home / ".local" / "share" / "emp-fastbuf"
+
+
+def check_home(home: Path) -> None:
+    """Refuse an emp-fastbuf home that is not a directory, that belongs to another user,
+    or that every user may write to (anyone could replace the store and the spool). A
+    home that does not exist yet is fine (the agent creates it)."""
+    try:
+        st = os.stat(home)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot use the home {home}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"the home {home} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise StoreError(
+            f"the home {home} belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})"
+        )
+    if st.st_mode & 0o002:
+        raise StoreError(
+            f"the home {home} is writable by every user (mode {st.st_mode & 0o7777:04o}):"
+            " chmod o-w it"
+        )
 
 
 def default_store_path() -> Path:
@@ -347,7 +428,8 @@ def store_row(r: Record) -> tuple[int, tuple[Any, ...]] | None:
             status_message, span_kind, attributes, events, links
     metric: time, job, name, instrument, unit, value, count, sum, min, max, hist_values,
             bounds, attributes
-    Text that is absent is None, not "".
+    Text that is absent is None, not "". Times (a span's start and its events' too) later
+    than ``MAX_TIME_UNIX_NANO`` are that time.
     """
     kind = r.kind
     if kind not in _ROW_KINDS:
@@ -355,21 +437,29 @@ def store_row(r: Record) -> tuple[int, tuple[Any, ...]] | None:
     job, attrs = _job_and_attributes(r)
     if kind == LOG:
         return ROW_LOG, (
-            r.time_unix_nano, job, r.body, r.severity_number, r.severity_text or None,
+            _time(r.time_unix_nano), job, r.body, r.severity_number, r.severity_text or None,
             r.trace_id, r.span_id, attrs,
         )  # fmt: skip
     if kind == EVENT:
-        return ROW_EVENT, (r.time_unix_nano, job, r.name, r.trace_id, r.span_id, attrs)
+        return ROW_EVENT, (_time(r.time_unix_nano), job, r.name, r.trace_id, r.span_id, attrs)
     if kind == SPAN:
         return ROW_SPAN, _span_row(r, job, attrs)
     return ROW_METRIC, _metric_row(r, job, attrs)
+
+
+def _time(t: int) -> int:
+    return t if t <= MAX_TIME_UNIX_NANO else MAX_TIME_UNIX_NANO
 
 
 def _span_row(r: Record, job: str | None, attrs: str | None) -> tuple[Any, ...]:
     events = (
         _to_json(
             [
-                {"name": e.name, "time_unix_nano": e.time_unix_nano, "attributes": e.attributes}
+                {
+                    "name": e.name,
+                    "time_unix_nano": _time(e.time_unix_nano),
+                    "attributes": e.attributes,
+                }
                 for e in r.events
             ]
         )
@@ -391,8 +481,8 @@ def _span_row(r: Record, job: str | None, attrs: str | None) -> tuple[Any, ...]:
         else None
     )
     return (
-        r.time_unix_nano, job, r.name, r.trace_id, r.span_id, r.parent_span_id,
-        r.start_unix_nano, r.status_code, r.status_message or None, r.span_kind, attrs,
+        _time(r.time_unix_nano), job, r.name, r.trace_id, r.span_id, r.parent_span_id,
+        _time(r.start_unix_nano), r.status_code, r.status_message or None, r.span_kind, attrs,
         events, links,
     )  # fmt: skip
 
@@ -402,13 +492,13 @@ def _metric_row(r: Record, job: str | None, attrs: str | None) -> tuple[Any, ...
         values = [v for v in r.values if v == v]  # NaN has no place in a distribution
         count = len(values)
         return (
-            r.time_unix_nano, job, r.name, r.instrument, r.unit, None, count,
+            _time(r.time_unix_nano), job, r.name, r.instrument, r.unit, None, count,
             value_sum(values) if count else 0.0,
             min(values) if count else None, max(values) if count else None,
             _f64_blob(values), _to_json(list(r.bounds)) if r.bounds else None, attrs,
         )  # fmt: skip
     return (
-        r.time_unix_nano, job, r.name, r.instrument, r.unit, r.value,
+        _time(r.time_unix_nano), job, r.name, r.instrument, r.unit, r.value,
         None, None, None, None, None, None, attrs,
     )  # fmt: skip
 
@@ -440,28 +530,34 @@ def _chunk_runs(
     sid: int,
     chunks: list[tuple[Any, ...]],
     traces: list[tuple[bytes, int, int]],
-) -> None:
+) -> int:
     """Index rows about to get ids ``first_id``...: one ``chunks`` entry per run of rows with
-    the same job, one ``trace_chunks`` entry per run with the same trace id."""
+    the same job, one ``trace_chunks`` entry per run with the same trace id. Returns how
+    many of the rows have the time ``MAX_TIME_UNIX_NANO`` (a later time, clamped)."""
     tbl = _ROW_TABLE[kind]
     i = first_id
+    clamped = 0
     for job, group in groupby(rows, _job_of):
         run = list(group)
         times = list(map(_time_of, run))
         n = len(times)
         # Logs only: lets `logs --level` skip the chunks that cannot match.
         severity = max(map(_severity_of, run)) if kind == ROW_LOG else None
-        chunks.append((tbl, i, i + n - 1, min(times), max(times), sid, job, severity))
+        newest = max(times)
+        if newest == MAX_TIME_UNIX_NANO:
+            clamped += times.count(newest)
+        chunks.append((tbl, i, i + n - 1, min(times), newest, sid, job, severity))
         i += n
     trace_at = _ROW_TRACE[kind]
     if trace_at is None:
-        return
+        return clamped
     i = first_id
     for trace, same_trace in groupby(rows, itemgetter(trace_at)):
         n = sum(1 for _ in same_trace)
         if trace is not None:
             traces.append((trace, i, i + n - 1))
         i += n
+    return clamped
 
 
 # ---- query results ----------------------------------------------------------------------
@@ -617,7 +713,9 @@ class Store:
     """The SQLite store. One writer (the agent), any number of ``readonly`` readers.
 
     ``retention_s`` and ``max_bytes`` are applied by ``enforce()``, which the owner calls
-    from time to time (not on every ingest).
+    from time to time (not on every ingest). A writer opened with ``recover=True`` moves
+    a damaged file aside and starts a new store (``quarantine()``) instead of raising
+    ``StoreDamaged``.
     """
 
     def __init__(
@@ -627,6 +725,7 @@ class Store:
         readonly: bool = False,
         retention_s: float = DEFAULT_RETENTION_S,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        recover: bool = False,
     ) -> None:
         self.path = Path(path)
         self.readonly = readonly
@@ -635,7 +734,18 @@ class Store:
         self._lock = threading.RLock()  # re-entered by queries inside _snapshot()
         self._source_ids: dict[tuple[str | None, str | None, str | None], int] = {}
         self._sources: dict[int, tuple[str | None, str | None, str | None]] = {}
-        self._conn = self._open()
+        # Rows stored with the time MAX_TIME_UNIX_NANO because theirs was later.
+        self.clamped_times = 0
+        # Ingest calls that failed in a row, and when the writer should try again.
+        self.write_failures = 0
+        self._retry_at = 0.0
+        self._reopen = False  # the connection was closed by a quarantine() that failed
+        try:
+            self._conn = self._open()
+        except StoreDamaged as exc:
+            if readonly or not recover:
+                raise
+            self._conn = self._replace_damaged(str(exc))
 
     # ---- opening ----------------------------------------------------------------------
 
@@ -667,10 +777,65 @@ class Store:
             # otherwise keep evicting and re-reading the same pages.
             conn.execute("PRAGMA cache_size = -65536")
             conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT_BYTES}")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _db_error(exc, f"cannot open the store at {path}") from None
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def quarantine(self) -> Path:
+        """Move the store file aside, with its ``-wal`` and ``-shm`` files, as
+        ``store.sqlite.corrupt-<UTC time>``, and start a new, empty store at the path. For
+        a writer whose file turned out damaged (an ingest raised ``StoreDamaged``); says so
+        in one ERROR log line. Returns where the old file is now."""
+        if self.readonly:
+            raise StoreError(f"the store at {self.path} is open read-only")
+        with self._lock:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._source_ids.clear()
+            self._sources.clear()
+            # Until a new store is open: should this fail, the next ingest opens it again.
+            self._reopen = True
+            moved = self._move_aside()
+            self._conn = self._open()
+            self._reopen = False
+        log.error(
+            "the store %s is damaged: moved it aside to %s and started a new store",
+            self.path,
+            moved,
+        )
+        return moved
+
+    def _replace_damaged(self, reason: str) -> sqlite3.Connection:
+        moved = self._move_aside()
+        conn = self._open()
+        log.error("%s; moved it aside to %s and started a new store", reason, moved)
+        return conn
+
+    def _move_aside(self) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        try:
+            os.replace(self.path, target)
+            # The WAL belongs to the old file: left here, it would be replayed into the new one.
+            for suffix in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    os.replace(side, target.with_name(target.name + suffix))
+        except OSError as exc:
+            raise StoreError(
+                f"cannot move the damaged store {self.path} aside: {exc.strerror}"
+            ) from None
+        return target
 
     @staticmethod
     def _check_header(path: Path) -> None:
@@ -680,12 +845,16 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot read the store at {path}: {exc.strerror}") from None
         if head and head != _SQLITE_MAGIC:
-            raise StoreError(f"{path} is not an emp-fastbuf store (not an SQLite database)")
+            raise StoreDamaged(f"{path} is not an emp-fastbuf store (not an SQLite database)")
 
     def _connect(self, target: str, *, uri: bool) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
-                target, uri=uri, isolation_level=None, check_same_thread=False, timeout=5.0
+                target,
+                uri=uri,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=_BUSY_TIMEOUT_S,
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
@@ -699,6 +868,9 @@ class Store:
             n_objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             conn.close()
+            err = _db_error(exc, f"cannot open the store at {self.path}")
+            if isinstance(err, StoreDamaged | StoreBusy):
+                raise err from None
             raise StoreError(f"{self.path} is not an emp-fastbuf store ({exc})") from None
         if app_id == 0 and version == 0 and n_objects == 0:
             if allow_init:
@@ -734,7 +906,7 @@ class Store:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
 
     def close(self) -> None:
@@ -784,7 +956,12 @@ class Store:
     def ingest_rows(self, groups: Sequence[tuple[Resource, Sequence[Sequence[Row]]]]) -> int:
         """Store rows as ``store_row`` (or ``_transcode.store_rows``) builds them: per
         resource, four lists (logs, events, spans, metrics). One transaction per call;
-        returns how many rows were stored."""
+        returns how many rows were stored.
+
+        A write that fails stores nothing and raises: ``StoreBusy`` when another process
+        held the write lock for longer than the writer waits (5 s), ``StoreDamaged`` when
+        the file is damaged, ``StoreError`` otherwise (disk full...). ``retry_in()`` then
+        says when to try again."""
         if self.readonly:
             raise StoreError(f"the store at {self.path} is open read-only")
         for group in groups:
@@ -792,34 +969,67 @@ class Store:
                 raise TypeError("ingest_rows takes (resource, [logs, events, spans, metrics])")
         with self._lock:
             try:
+                n, clamped = self._ingest_checked(groups)
+            except StoreError:
+                self.write_failures += 1
+                backoff = _RETRY_FIRST_S * 2 ** min(self.write_failures - 1, 16)
+                self._retry_at = time.monotonic() + min(_RETRY_MAX_S, backoff)
+                raise
+            self.write_failures = 0
+            self._retry_at = 0.0
+            if clamped:
+                if not self.clamped_times:
+                    log.warning(
+                        "records with a time after 2262-04-11T23:47:16.854775807Z (the latest"
+                        " the store holds) are stored with that time"
+                    )
+                self.clamped_times += clamped
+            return n
+
+    def _ingest_checked(
+        self, groups: Sequence[tuple[Resource, Sequence[Sequence[Row]]]]
+    ) -> tuple[int, int]:
+        if self._reopen:
+            self._conn = self._open()
+            self._reopen = False
+        try:
+            try:
                 return self._ingest_tx(groups, sanitize=False)
             except UnicodeEncodeError:
                 # A str with lone surrogates cannot be bound: store the batch again with
                 # such characters replaced.
                 return self._ingest_tx(groups, sanitize=True)
+        except sqlite3.Error as exc:
+            raise _db_error(exc, f"cannot write the store at {self.path}") from None
+
+    def retry_in(self) -> float:
+        """Seconds until a writer whose last ``ingest_rows`` failed should try again
+        (0.25 s after the first failure, doubling up to 30 s); 0 after a success."""
+        return max(0.0, self._retry_at - time.monotonic()) if self.write_failures else 0.0
 
     def _ingest_tx(
         self, groups: Sequence[tuple[Resource, Sequence[Sequence[Row]]]], *, sanitize: bool
-    ) -> int:
+    ) -> tuple[int, int]:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             n = self._ingest_locked(groups, sanitize)
             self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            _rollback(self._conn)
             self._source_ids.clear()  # may hold ids of the rolled-back transaction
             raise
         return n
 
     def _ingest_locked(
         self, groups: Sequence[tuple[Resource, Sequence[Sequence[Row]]]], sanitize: bool
-    ) -> int:
+    ) -> tuple[int, int]:
+        """Rows stored, and how many of them with a clamped time."""
         conn = self._conn
         next_id = dict(conn.execute("SELECT tbl, next_id FROM sequences").fetchall())
         chunks: list[tuple[Any, ...]] = []
         traces: list[tuple[bytes, int, int]] = []
         sids = [self._source_id(resource, sanitize) for resource, _rows in groups]
-        stored = 0
+        stored = clamped = 0
         for kind in (ROW_LOG, ROW_EVENT, ROW_SPAN, ROW_METRIC):
             tbl = _ROW_TABLE[kind]
             params: list[tuple[Any, ...]] = []
@@ -833,7 +1043,7 @@ class Store:
                     (i, sid, *row)
                     for i, row in zip(range(first, first + len(rows)), rows, strict=True)
                 ]
-                _chunk_runs(rows, first, kind, sid, chunks, traces)
+                clamped += _chunk_runs(rows, first, kind, sid, chunks, traces)
             if not params:
                 continue
             stored += len(params)
@@ -857,7 +1067,7 @@ class Store:
                 "UPDATE sequences SET next_id = ? WHERE tbl = ?",
                 [(v, k) for k, v in next_id.items()],
             )
-        return stored
+        return stored, clamped
 
     # ---- retention --------------------------------------------------------------------
 
@@ -904,7 +1114,7 @@ class Store:
             n = work(*args)
             self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            _rollback(self._conn)
             raise
         return n
 
@@ -1011,6 +1221,20 @@ class Store:
         return src
 
     def _record(self, row: Sequence[Any]) -> StoredRecord:
+        try:
+            return self._make_record(row)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise self._bad_row(exc) from None
+
+    def _bad_row(self, exc: Exception) -> StoreDamaged:
+        """A row SQLite returned but that cannot be what the store wrote: damage that
+        SQLite's own checks did not see."""
+        return StoreDamaged(
+            f"cannot read the store at {self.path}: the file is damaged (a row does not"
+            f" decode: {type(exc).__name__})"
+        )
+
+    def _make_record(self, row: Sequence[Any]) -> StoredRecord:
         (
             rid, t, kind, sid, job, name, body, sev_num, sev_text, trace, span, parent,
             start, status, status_msg, span_kind, attrs, events, links,
@@ -1041,6 +1265,12 @@ class Store:
         )
 
     def _metric_record(self, row: Sequence[Any]) -> StoredRecord:
+        try:
+            return self._make_metric_record(row)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise self._bad_row(exc) from None
+
+    def _make_metric_record(self, row: Sequence[Any]) -> StoredRecord:
         rid, t, sid, job, name, instrument, unit, value, count, s, lo, hi, attrs = row
         service, machine, worker = self._source(sid)
         return StoredRecord(
@@ -1072,19 +1302,26 @@ class Store:
                 return
             try:
                 self._conn.execute("BEGIN")
-            except sqlite3.DatabaseError as exc:
-                raise StoreError(f"cannot read the store at {self.path}: {exc}") from None
+            except sqlite3.Error as exc:
+                raise _db_error(exc, f"cannot read the store at {self.path}") from None
             try:
                 yield
-            finally:
+            except BaseException:
+                # Already failing (a damaged page...): ending the snapshot may fail too, and
+                # must not replace the error being raised.
+                _rollback(self._conn)
+                raise
+            try:
                 self._conn.execute("COMMIT")  # nothing was written: ends the snapshot
+            except sqlite3.Error as exc:
+                raise _db_error(exc, f"cannot read the store at {self.path}") from None
 
     def _query(self, sql: str, params: Sequence[Any]) -> list[Any]:
         with self._lock:
             try:
                 return self._conn.execute(sql, params).fetchall()
-            except sqlite3.DatabaseError as exc:
-                raise StoreError(f"cannot read the store at {self.path}: {exc}") from None
+            except sqlite3.Error as exc:
+                raise _db_error(exc, f"cannot read the store at {self.path}") from None
 
     @staticmethod
     def _log_filters(
@@ -1383,10 +1620,13 @@ class Store:
         try:
             with self._lock:
                 totals = self._conn.execute(agg.format(sum="sum"), params).fetchall()
-        except sqlite3.OperationalError:  # integer overflow in sum(): float totals instead
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                raise _db_error(exc, f"cannot read the store at {self.path}") from None
+            # integer overflow in sum(): float totals instead
             totals = self._query(agg.format(sum="total"), params)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot read the store at {self.path}: {exc}") from None
+        except sqlite3.Error as exc:
+            raise _db_error(exc, f"cannot read the store at {self.path}") from None
         last = self._query(
             "SELECT name, instrument, unit, source_id, attrs, value FROM ("
             " SELECT m.name AS name, m.instrument AS instrument, m.unit AS unit,"

@@ -696,12 +696,33 @@ def _home(env: Mapping[str, str], override: object) -> Path:
         value = _env(env, "EMP_FASTBUF_HOME")
         if value is None:
             user_home = _env(env, "HOME")
-            base = Path(user_home) if user_home is not None else Path.home()
-            return base / ".local" / "share" / "emp-fastbuf"
+            try:
+                base = Path(user_home) if user_home is not None else Path.home()
+            except (RuntimeError, KeyError, OSError):
+                raise ConfigError(
+                    "cannot find the user's home directory (no $HOME and no passwd entry):"
+                    " set EMP_FASTBUF_HOME or pass --home"
+                ) from None
+            return _checked_home(base / ".local" / "share" / "emp-fastbuf")
         raw, source = value, "EMP_FASTBUF_HOME"
     if not isinstance(raw, str) or not raw.strip():
         raise ConfigError(f"{source}: the path is empty")
-    return Path(raw).expanduser()
+    try:
+        path = Path(raw).expanduser()
+    except RuntimeError:  # "~" with no user home
+        raise ConfigError(f"{source}: cannot expand {raw!r} (no user home directory)") from None
+    return _checked_home(path)
+
+
+def _checked_home(path: Path) -> Path:
+    """A home that is a file, belongs to another user or is world-writable is refused."""
+    from emp_fastbuf.store import StoreError, check_home
+
+    try:
+        check_home(path)
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from None
+    return path
 
 
 # -- spool settings ----------------------------------------------------------------------

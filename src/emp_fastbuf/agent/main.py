@@ -178,6 +178,7 @@ class Agent:
                 self.home / "store.sqlite",
                 retention_s=config.store_retention_s,
                 max_bytes=config.store_max_bytes,
+                recover=True,  # a damaged file is moved aside, not fatal
             )
             destinations.append("store")
         self.spool = Spool(
@@ -612,10 +613,35 @@ class Agent:
         done = self.spool.done_for(file_id)
         counted = False  # corrupt records of this batch counted already
         if self.store is not None and "store" not in done:
+            from emp_fastbuf.store import StoreDamaged, StoreError
+
+            # Until the store takes the file it stays in the spool: a write that fails
+            # (another process holds the write lock, a full disk...) is tried again after
+            # a growing pause; a damaged file is moved aside and a new store started.
+            if self.store.retry_in() > 0:
+                return False
+            failed_before = self.store.write_failures
+            declined = Counters()  # corrupt records: counted once, when the file is stored
+            try:
+                stored = self.store.ingest_rows(
+                    _only_signals(store_groups(batch, declined), self.stored_signals)
+                )
+            except StoreDamaged:
+                try:
+                    self.store.quarantine()  # logs the one ERROR line
+                except StoreError as exc:
+                    if self.store.write_failures == 1:
+                        log.error("%s", exc)
+                return False
+            except StoreError as exc:
+                if self.store.write_failures == 1:
+                    log.warning("%s; retrying, the spool keeps the records meanwhile", exc)
+                return False
+            if failed_before:
+                log.info("the store takes records again (after %d failed writes)", failed_before)
             counted = True
-            self.counters.store_records += self.store.ingest_rows(
-                _only_signals(store_groups(batch, self.counters), self.stored_signals)
-            )
+            self.counters.store_records += stored
+            self.counters.corrupt_records += declined.corrupt_records
             self.spool.mark_done(file_id, "store")
         if self.exporter is not None and "export" not in done:
             # Logs, events and spans go from raw records straight to OTLP bytes (native);
