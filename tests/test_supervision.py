@@ -46,9 +46,9 @@ def test_a_full_spool_disk_keeps_records_in_the_ring_and_delivery_resumes(
     (home / "spool").mkdir(parents=True, mode=0o700)
     fastbuf.Ring.create(ring_name, 64 << 20).close()
     with OTLPReceiver() as rx:
-        rx.down()  # an outage: the spool fills its 3 MiB disk
+        rx.down()  # an outage: the spool fills its 256 KiB disk
         env = _env(home, ring_name)
-        mount = f"mount -t tmpfs -o size=3m,mode=0700 tmpfs {home / 'spool'}"
+        mount = f"mount -t tmpfs -o size=256k,mode=0700 tmpfs {home / 'spool'}"
         agent_cmd = f"{sys.executable} -m emp_fastbuf agent --ring {ring_name} --endpoint {rx.url}"
         log = open(home / "agent-test.log", "wb")  # noqa: SIM115 - closed below
         agent = subprocess.Popen(
@@ -58,10 +58,15 @@ def test_a_full_spool_disk_keeps_records_in_the_ring_and_delivery_resumes(
             env=env,
         )
         try:
-            total = 60_000  # about 9 MB of records: three times the spool's disk
-            result = finish(start_worker(home, ring_name, "d", 0, 0, total))
-            assert result["stats"]["dropped"] == 0  # type: ignore[index]
+            # 20k records/s for 5 s: batches of about 1 s (about 100 KB compressed, each
+            # fits the disk), all of them together several times the disk.
             status_path = home / f"status-{ring_name}.json"
+            deadline = time.monotonic() + 60
+            while not status_path.exists() and agent.poll() is None:
+                assert time.monotonic() < deadline, "the agent did not start"
+                time.sleep(0.05)
+            worker = start_worker(home, ring_name, "d", 20_000, 5.0, EMP_FASTBUF_AGENT="external")
+            total = 100_000
             deadline = time.monotonic() + 60
             health: dict[str, Any] = {}
             while time.monotonic() < deadline:
@@ -93,6 +98,8 @@ def test_a_full_spool_disk_keeps_records_in_the_ring_and_delivery_resumes(
                 return len(seen - {None}) >= total
 
             assert rx.wait_for(all_arrived, 120), "not everything arrived after the outage"
+            result = finish(worker)
+            assert result["stats"]["dropped"] == 0  # type: ignore[index]
         finally:
             agent.terminate()
             code = agent.wait(timeout=60)
