@@ -772,7 +772,13 @@ class Agent:
                 "corrupt_spool_files": self.counters.corrupt_spool_files,
             },
             "spool": self.spool.stats(),
-            "store": {"records": self.counters.store_records} if self.store is not None else None,
+            "store": {
+                "records": self.counters.store_records,
+                "clamped_times": self.store.clamped_times,
+                "write_failures": self.store.write_failures,
+            }
+            if self.store is not None
+            else None,
             "export": self.exporter.stats() if self.exporter is not None else None,
             "ring": ring_stats,
             "producers": self._update_producers(ring_stats),
@@ -917,12 +923,34 @@ def status(args: Any) -> int:
     out = dict(data or {"agent": {"alive": False, "ring": ring_name}})
     if ring_stats is not None:
         out["ring"] = ring_stats
+        if not out.get("producers"):
+            out["producers"] = _producers_from_ring(ring_stats)
     healthy = _judge_health(out)
     if getattr(args, "json", False):
         print(json.dumps(out, default=str))
     else:
         _print_status(out)
     return 0 if healthy else 3
+
+
+def _producers_from_ring(ring_stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Without an agent's status: each lane owner's own drop totals, from the ring."""
+    by_pid: dict[int, dict[str, Any]] = {}
+    for lane in ring_stats.get("lanes", []):
+        pid = lane.get("owner_pid")
+        if not pid:
+            continue
+        entry = by_pid.setdefault(
+            pid, {"pid": pid, "service": None, "worker_id": None, "alive": False, "lanes": 0}
+        )
+        entry["lanes"] += 1
+        entry["alive"] = entry["alive"] or bool(lane.get("alive"))
+        for reason in DROP_REASONS:
+            key = f"dropped_{reason}"
+            entry[key] = max(entry.get(key, 0), int(lane.get(f"owner_{key}", 0)))
+    for entry in by_pid.values():
+        entry["dropped"] = sum(entry[f"dropped_{r}"] for r in DROP_REASONS)
+    return sorted(by_pid.values(), key=lambda e: (-e["dropped"], e["pid"]))
 
 
 def _judge_health(st: dict[str, Any]) -> bool:
@@ -1042,4 +1070,16 @@ def _print_status(st: dict[str, Any]) -> None:
         )
     store = st.get("store")
     if store:
-        con.print(f"[bold]store[/]: {store.get('records', 0)} records ingested")
+        con.print(
+            f"[bold]store[/]: {store.get('records', 0)} records ingested"
+            + (
+                f"; {store['clamped_times']} times past 2262 stored as 2262-04-11"
+                if store.get("clamped_times")
+                else ""
+            )
+            + (
+                f"; [bold red]writes failing[/] ({store['write_failures']} in a row, retrying)"
+                if store.get("write_failures")
+                else ""
+            )
+        )
