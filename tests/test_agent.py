@@ -81,6 +81,12 @@ class AgentProc:
             self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # Its log ends with every thread's stack (the agent's shutdown watchdog).
+            self.proc.kill()
+            self.proc.wait()
+            tail = self.output()[-6000:]
+            raise AssertionError(f"the agent did not stop within {timeout} s:\n{tail}") from None
         finally:
             self.log.close()
 

@@ -14,6 +14,7 @@ exit 0. Whatever is not delivered stays in the spool for the next start.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -859,6 +860,10 @@ def run_agent(args: Any) -> int:
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: draining and stopping", signum)
+        if not agent.stop_event.is_set():
+            # A stop should take the shutdown timeout at most: if it takes far longer,
+            # every thread's stack goes to the log, to show where it is stuck.
+            faulthandler.dump_traceback_later(agent.config.shutdown_timeout_s + 30, exit=False)
         agent.stop_event.set()
 
     signal.signal(signal.SIGTERM, on_signal)
