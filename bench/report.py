@@ -1,5 +1,5 @@
 """Writing and reading benchmark reports: ``latest.json``, ``latest.md``, ``latest_cdf.png``
-and ``sustained.png``.
+and ``latest_sustained.png``.
 
 ``latest.json`` holds ``machine``, ``results`` (one summary row per scenario), ``budgets``,
 ``cost_per_million_usd`` (the total of ``cost``), ``cost`` (its parts and the prices assumed)

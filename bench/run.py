@@ -485,8 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.write_cdf_png(out / "latest_cdf.png", results)
     charts = "latest_cdf.png"
     if sustained is not None and sustained.get("runs"):
-        report.write_sustained_png(out / "sustained.png", sustained)
-        charts += " and sustained.png"
+        report.write_sustained_png(out / "latest_sustained.png", sustained)
+        charts += " and latest_sustained.png"
 
     missed = [o for o in outcomes if not o.ok]
     if sustained is not None and sustained.get("runs"):

@@ -205,7 +205,7 @@ def test_bench_run_only_sustained_reports_it_with_its_budgets(
     assert status == 1
     md = (tmp_path / "latest.md").read_text()
     assert "## Sustained load" in md and "fastbuf -> agent -> store" in md
-    assert (tmp_path / "sustained.png").stat().st_size > 0
+    assert (tmp_path / "latest_sustained.png").stat().st_size > 0
     assert "## Sustained load" in capsys.readouterr().out
 
 
