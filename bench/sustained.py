@@ -1106,6 +1106,18 @@ def write_chart(path: Path, document: Mapping[str, Any]) -> None:
     plt.close(fig)
 
 
+def _parse_load(text: str, parser: Any) -> Load:
+    producers, sep, rate = text.lower().partition("x")
+    scale = 1000 if rate.endswith("k") else 1
+    try:
+        load = Load(int(producers), int(rate.rstrip("k")) * scale)
+    except ValueError:
+        parser.error(f"--load {text!r}: expected PRODUCERSxRATE, e.g. 1x200k")
+    if not sep or load.producers < 1 or load.rate < 1:
+        parser.error(f"--load {text!r}: expected PRODUCERSxRATE, e.g. 1x200k")
+    return load
+
+
 def _main(argv: list[str]) -> int:
     if argv[:1] == ["--producer"] and len(argv) == 6:
         _producer_main(argv[1], argv[2], int(argv[3]), int(argv[4]), float(argv[5]))
@@ -1118,8 +1130,22 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--quick", action="store_true", help=f"{QUICK_DURATION_S:g} s per load")
     p.add_argument("--duration", type=float, help="seconds per load")
     p.add_argument("--chart", type=Path, help="write the chart to this PNG")
+    p.add_argument(
+        "--load",
+        action="append",
+        metavar="PxRATE",
+        help="only this load, e.g. 1x200k or 4x50k (repeatable; default: the sweep)",
+    )
+    p.add_argument("--system", action="append", choices=SYSTEMS, help="only this system")
     args = p.parse_args(argv)
-    doc = run_all(args.quick, args.duration, log=lambda m: print(m, file=sys.stderr, flush=True))
+    chosen = [_parse_load(text, p) for text in args.load] if args.load else None
+    doc = run_all(
+        args.quick,
+        args.duration,
+        systems=args.system or SYSTEMS,
+        chosen=chosen,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
     print("\n".join(markdown_lines(doc)))
     if args.chart is not None:
         write_chart(args.chart, doc)
