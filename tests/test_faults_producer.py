@@ -1,11 +1,16 @@
 """Producer faults: values at the edges of what the encoder can represent, text beyond
-the record's fields, and spans with more events and links than are kept. In every case
-the record is kept (coerced or truncated, and counted), decodes with the strict reference
-decoder and with the agent's native parser, and nothing raises into the host program."""
+the record's fields, spans with more events and links than are kept, and a fork while
+another thread configures. In every case the record is kept (coerced or truncated, and
+counted), decodes with the strict reference decoder and with the agent's native parser,
+and nothing raises into the host program."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+import time
 
 import pytest
 
@@ -215,3 +220,52 @@ def test_span_links_with_large_attributes_are_reduced_to_fit(ring: fastbuf.Ring)
     (rec,) = decoded(ring)
     assert 0 < len(rec.links) < 100 and rec.truncated_values >= 1
     assert fastbuf.stats()["dropped"] == 0
+
+
+# ---- 15: fork while another thread is inside configure() ----------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_during_configure_in_another_thread_does_not_deadlock(
+    ring: fastbuf.Ring, ring_name: str
+) -> None:
+    stop = threading.Event()
+
+    def reconfigure() -> None:
+        while not stop.is_set():
+            fastbuf.configure(service="test-svc", ring=ring_name, agent="external")
+
+    t = threading.Thread(target=reconfigure)
+    t.start()
+    pids: list[int] = []
+    try:
+        for i in range(10):
+            time.sleep(0.002)  # let the other thread get back into configure()
+            pid = os.fork()
+            if pid == 0:  # the child: one record, then out
+                try:
+                    fastbuf.emit("child", n=i)
+                    os._exit(0)
+                finally:
+                    os._exit(1)
+            pids.append(pid)
+    finally:
+        stop.set()
+        t.join()
+    stuck = []
+    statuses = []
+    deadline = time.monotonic() + 30.0  # a deadlock detector, not a timing assertion
+    for pid in pids:
+        while (got := os.waitpid(pid, os.WNOHANG)) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                stuck.append(pid)
+                break
+            time.sleep(0.01)
+        else:
+            statuses.append(os.waitstatus_to_exitcode(got[1]))
+    assert stuck == [], f"{len(stuck)} of {len(pids)} children deadlocked in their first emit"
+    assert statuses == [0] * len(pids)
+    children = sorted(r.attributes["n"] for r in decoded(ring) if r.name == "child")
+    assert children == list(range(10))
