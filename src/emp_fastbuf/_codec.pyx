@@ -19,6 +19,7 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_XDECREF
 from cpython.unicode cimport PyUnicode_GET_LENGTH
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.float cimport DBL_MAX
 from libc.string cimport memcpy, memmove
 
 from emp_fastbuf._ring cimport (
@@ -101,6 +102,13 @@ cdef int max_key_length = 128
 cdef int max_value_length = 4096
 cdef int max_array_length = 128
 cdef int max_body_length = 65536
+# Fixed (docs/record-format.md): span events and links kept per span; an instrument's
+# name and description in UTF-8 bytes.
+cdef enum:
+    MAX_SPAN_EVENTS = 128
+    MAX_SPAN_LINKS = 128
+    MAX_INSTRUMENT_NAME_BYTES = 1024
+    MAX_INSTRUMENT_DESCRIPTION_BYTES = 2048
 
 
 def set_limits(attributes=None, key_length=None, value_length=None, array_length=None,
@@ -184,7 +192,6 @@ cdef int put_text(Enc *e, object s, int width, Py_ssize_t max_chars) except -1:
     """A str as str8/str16/str32 (``width`` bytes of length), truncated to ``max_chars``
     characters (and to what the width can hold), counted."""
     cdef Py_ssize_t n
-    cdef const char *u
     cdef Py_ssize_t cap = 255 if width == 1 else (65535 if width == 2 else 0x7FFFFFFF)
     n = PyUnicode_GET_LENGTH(s)
     if n <= max_chars and n <= cap and PyUnicode_IS_COMPACT_ASCII(s):
@@ -197,21 +204,34 @@ cdef int put_text(Enc *e, object s, int width, Py_ssize_t max_chars) except -1:
             put_u32(e, <uint32_t>n)
         put_raw(e, <const char *>PyUnicode_DATA(s), n)
         return 0
-    if n > max_chars:
+    return put_text_cut(e, s, width, max_chars, cap)
+
+
+cdef int put_text_cut(Enc *e, object s, int width, Py_ssize_t max_chars,
+                      Py_ssize_t max_bytes) except -1:
+    """put_text's slow path: non-ASCII or too long. Truncated to ``max_chars`` characters,
+    then to ``max_bytes`` bytes of UTF-8 at a character boundary; counted once."""
+    cdef Py_ssize_t n
+    cdef const char *u
+    cdef bint cut = False
+    if not PyUnicode_CheckExact(s):
+        s = str.__str__(s)  # a str subclass: its characters, whatever its methods do
+    if PyUnicode_GET_LENGTH(s) > max_chars:
         s = s[:max_chars]
-        e.truncated += 1
+        cut = True
     try:
         u = PyUnicode_AsUTF8AndSize(s, &n)
     except UnicodeEncodeError:  # lone surrogates
         s = s.encode("utf-8", "replace").decode("utf-8")
         u = PyUnicode_AsUTF8AndSize(s, &n)
         counters[C_COERCED] += 1
-    if n > cap:
+    if n > max_bytes:
         # Cut at a character boundary so the result stays valid UTF-8.
-        n = cap
+        n = max_bytes
         while n > 0 and (<uint8_t>u[n] & 0xC0) == 0x80:
             n -= 1
-        e.truncated += 1
+        cut = True
+    e.truncated += cut
     if width == 1:
         put_u8(e, <uint8_t>n)
     elif width == 2:
@@ -234,8 +254,8 @@ cdef int put_scalar(Enc *e, object v, bint in_array) except -1:
     if t is int:
         iv = PyLong_AsLongLongAndOverflow(v, &overflow)
         if overflow:
-            put_u8(e, T_STR)  # beyond 64 bits: kept exactly, as its decimal string
-            return put_text(e, str(v), 4, max_value_length)
+            put_u8(e, T_STR)  # beyond 64 bits: as text
+            return put_text(e, big_int_text(v), 4, max_value_length)
         put_u8(e, T_INT)
         put_u64(e, <uint64_t>iv)
         return 0
@@ -254,7 +274,10 @@ cdef int put_scalar(Enc *e, object v, bint in_array) except -1:
         try:
             b = bytes(v)
         except Exception:  # a non-contiguous memoryview
-            return put_coerced(e, v)
+            counters[C_COERCED] += 1
+            b = coerced_text(v)
+            put_u8(e, T_STR)
+            return put_text(e, b, 4, max_value_length)
         n = len(b)
         if n > max_value_length:
             n = max_value_length
@@ -265,44 +288,84 @@ cdef int put_scalar(Enc *e, object v, bint in_array) except -1:
         return 0
     if (t is list or t is tuple) and not in_array:
         return put_array(e, v)
-    if isinstance(v, (str, int, float)) and not in_array:
-        # Subclasses (IntEnum, str enums, numpy.float64 is a float subclass).
-        if isinstance(v, bool):
-            return put_scalar(e, bool(v), in_array)
-        if isinstance(v, int):
-            return put_scalar(e, int(v), in_array)
-        if isinstance(v, float):
-            return put_scalar(e, float(v), in_array)
-        return put_scalar(e, str(v), in_array)
-    if isinstance(v, (str, int, float)):
-        return put_scalar(e, float(v) if isinstance(v, float) else (
-            bool(v) if isinstance(v, bool) else (int(v) if isinstance(v, int) else str(v))),
-            in_array)
-    # numpy scalars (numpy.int32, numpy.bool_, numpy.float32, ...): .item() gives the
-    # Python value without importing numpy here.
-    if hasattr(v, "dtype") and hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
-        try:
+    # Everything else is first turned into one of the exact types above.
+    return put_scalar(e, plain_value(v), in_array)
+
+
+cdef object plain_value(object v):
+    """An exact str, int, float, bool or bytes for ``v``; never raises. Subclasses
+    (IntEnum, str enums; numpy.float64 is a float subclass) become their base type;
+    numpy scalars (numpy.int32, numpy.bool_, ...) their ``.item()``, found without
+    importing numpy; anything else, or a value whose conversion raises (a ``__str__``
+    or ``__getattr__`` that raises), its text, counted as coerced."""
+    try:
+        if isinstance(v, str):
+            s = str(v)
+            if type(s) is str:
+                return s
+        elif isinstance(v, int):
+            return int(v)
+        elif isinstance(v, float):
+            return float(v)
+        elif hasattr(v, "dtype") and hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
             item = v.item()
-        except Exception:
-            item = None
-        if type(item) in (int, float, bool, str, bytes):
-            return put_scalar(e, item, in_array)
-    return put_coerced(e, v)
-
-
-cdef int put_coerced(Enc *e, object v) except -1:
+            if type(item) in (int, float, bool, str, bytes):
+                return item
+    except Exception:
+        pass
     counters[C_COERCED] += 1
+    return coerced_text(v)
+
+
+cdef str coerced_text(object v):
+    """``str(v)``, or where that raises or is no str: the characters of a str subclass,
+    an int in scientific notation, else ``<unprintable TYPE>``. Never raises."""
     try:
         s = str(v)
-        if type(s) is not str:
-            raise TypeError
+        if type(s) is str:
+            return s
     except Exception:
-        try:
-            s = f"<unprintable {type(v).__name__}>"
-        except Exception:
-            s = "<unprintable>"
-    put_u8(e, T_STR)
-    return put_text(e, s, 4, max_value_length)
+        pass
+    try:
+        if isinstance(v, str):
+            return str.__str__(v)
+        if isinstance(v, int):
+            return int_scientific(int.__index__(v))
+    except Exception:
+        pass
+    try:
+        return f"<unprintable {type(v).__name__}>"
+    except Exception:
+        return "<unprintable>"
+
+
+cdef str big_int_text(object v):
+    """An int beyond 64 bits: its decimal string, or where that is longer than the value
+    length limit or than Python converts (``sys.get_int_max_str_digits()``, 4,300 digits
+    by default), its scientific notation, counted as coerced."""
+    try:
+        s = str(v)
+        if PyUnicode_GET_LENGTH(s) <= max_value_length:
+            return s
+    except ValueError:
+        pass
+    counters[C_COERCED] += 1
+    return int_scientific(v)
+
+
+cdef str int_scientific(object v):
+    """``v`` as ``d.ddddddddddddddddde+N``: 17 significant digits, truncated (not
+    rounded). Linear in the size of ``v``: no full decimal conversion."""
+    a = -v if v < 0 else v
+    if a < 10 ** 17:
+        d = str(a)
+        shift = 0
+    else:
+        # a // 10**shift keeps about 20 leading digits (log10(2) = 0.30103 underestimates
+        # the digit count by at most one).
+        shift = max(0, int(a.bit_length() * 0.30102999566398120) - 19)
+        d = str(a // 10 ** shift)
+    return f"{'-' if v < 0 else ''}{d[0]}.{d[1:17].ljust(16, '0')}e+{shift + len(d) - 1}"
 
 
 cdef int put_array(Enc *e, object seq) except -1:
@@ -319,7 +382,7 @@ cdef int put_array(Enc *e, object seq) except -1:
 
 cdef int put_key(Enc *e, object k) except -1:
     if type(k) is not str:
-        k = str(k)
+        k = coerced_text(k)
         counters[C_COERCED] += 1
     return put_text(e, k, 2, max_key_length)
 
@@ -401,7 +464,7 @@ cdef class Scope:
         put_attrs(&e, self.attrs)
         if e.overflow:
             # Oversized context: keep what fits by dropping values, never fail the scope.
-            self.attrs = {k: str(v)[:256] for k, v in list(self.attrs.items())[:32]}
+            self.attrs = {k: coerced_text(v)[:256] for k, v in list(self.attrs.items())[:32]}
             e.p = buf
             e.overflow = False
             e.nattrs = 0
@@ -724,6 +787,7 @@ cdef Py_ssize_t body_span(Enc *e, char *start, Call *c, Scope sc, uint64_t t,
     cdef list links = s.links
     cdef Py_ssize_t nev = len(events) if events is not None else 0
     cdef Py_ssize_t nln = len(links) if links is not None else 0
+    cdef Py_ssize_t nev_all = nev, nln_all = nln
     put_header(e, K_SPAN, sc, t)
     put_text(e, s.name, 2, max_key_length * 4)
     if parent is None:
@@ -735,12 +799,17 @@ cdef Py_ssize_t body_span(Enc *e, char *start, Call *c, Scope sc, uint64_t t,
     put_u8(e, <uint8_t>s.kind)
     put_u8(e, <uint8_t>sc.trace_flags)
     put_text(e, s.message, 2, max_value_length)
+    if nev > MAX_SPAN_EVENTS:
+        nev = MAX_SPAN_EVENTS
+    if nln > MAX_SPAN_LINKS:
+        nln = MAX_SPAN_LINKS
     if reduce:
         nev >>= reduce
-    if nev > 65535:
-        nev = 65535
-    if nln > 65535:
-        nln = 65535
+        nln >>= reduce
+    if nev < nev_all or s.cut & 1:
+        e.truncated += 1
+    if nln < nln_all or s.cut & 2:
+        e.truncated += 1
     put_u16(e, <uint16_t>nev)
     for i in range(nev):
         ev = events[i]
@@ -766,6 +835,7 @@ cdef Py_ssize_t body_metric(Enc *e, char *start, Call *c, Scope sc, uint64_t t,
     cdef list values
     put_header(e, K_METRIC, sc, t)
     put_raw(e, PyBytes_AS_STRING(ins.head), PyBytes_GET_SIZE(ins.head))
+    e.truncated += ins.head_cut
     if ins.kind == 4:
         values = <list?>(<object>c.value)
         n = len(values)
@@ -845,12 +915,7 @@ cdef int _log(int severity, object sev_text, object msg, PyObject *attrs, PyObje
               PyObject **kv, uint64_t t=0) except -1:
     cdef Call c
     if not PyUnicode_CheckExact(msg):
-        try:
-            msg = str(msg)
-            if type(msg) is not str:
-                raise TypeError
-        except Exception:
-            msg = f"<unprintable {type(msg).__name__}>"
+        msg = coerced_text(msg)
         counters[C_COERCED] += 1
     if ensure_ring():
         return 0
@@ -968,6 +1033,7 @@ cdef class Span:
     cdef public int kind
     cdef list events
     cdef list links
+    cdef int cut  # bit 0: add_event, bit 1: add_link refused one beyond the limit
     cdef bint ended
 
     def __cinit__(self):
@@ -1043,7 +1109,7 @@ cdef class Span:
             self.attrs.update(attrs)
         return self
 
-    def set_status(self, str status, str message=""):
+    def set_status(self, str status, str message not None=""):
         """``"ok"``, ``"error"`` or ``"unset"``."""
         codes = {"unset": 0, "ok": 1, "error": 2}
         if status not in codes:
@@ -1051,19 +1117,27 @@ cdef class Span:
         self.status = codes[status]
         self.message = message
 
-    def add_event(self, str name, **attrs):
-        """A timestamped event inside the span (at most 128 are kept)."""
+    def add_event(self, str name not None, **attrs):
+        """A timestamped event inside the span (at most 128 are kept; the record counts
+        one truncated value when more were added)."""
         if self.events is None:
             self.events = []
-        if len(self.events) < 128:
+        if len(self.events) < MAX_SPAN_EVENTS:
             self.events.append((name, efb_now_ns(1), attrs))
+        else:
+            self.cut |= 1
 
     def add_link(self, bytes trace_id, bytes span_id, **attrs):
+        """A link to another span (at most 128 are kept; the record counts one truncated
+        value when more were added)."""
         if len(trace_id) != 16 or len(span_id) != 8:
             raise ValueError("a link needs a 16-byte trace id and an 8-byte span id")
         if self.links is None:
             self.links = []
-        self.links.append((trace_id, span_id, attrs))
+        if len(self.links) < MAX_SPAN_LINKS:
+            self.links.append((trace_id, span_id, attrs))
+        else:
+            self.cut |= 2
 
     @property
     def trace_id(self):
@@ -1105,6 +1179,16 @@ span = efb_make_fastcall(
 INSTRUMENT_METHODS = {1: "inc", 2: "add", 3: "set", 4: "record"}
 
 
+cdef double int_to_double(object v) except? -1.0:
+    """An int beyond 64 bits as a double; beyond the double range (about 1.8e308) the
+    largest finite double of its sign, counted as coerced."""
+    try:
+        return float(v)
+    except OverflowError:
+        counters[C_COERCED] += 1
+        return -DBL_MAX if v < 0 else DBL_MAX
+
+
 cdef object _metric_call(object self, PyObject **args, Py_ssize_t nargs,
                          PyObject *kwnames, int op):
     # op: 1 inc (COUNTER), 2 add (UPDOWNCOUNTER), 3 set (GAUGE), 4 record (HISTOGRAM):
@@ -1136,7 +1220,7 @@ cdef object _metric_call(object self, PyObject **args, Py_ssize_t nargs,
             iv = PyLong_AsLongLongAndOverflow(value, &overflow)
             if overflow:
                 c.vtag = T_DOUBLE
-                c.dval = float(value)
+                c.dval = int_to_double(value)
             else:
                 c.vtag = T_INT
                 c.ival = iv
@@ -1188,11 +1272,12 @@ cdef void *RECORD_DEF = efb_new_def("record", <void *>record_fast,
 cdef class Instrument:
     """A metric instrument; updates are records the drainer aggregates."""
 
-    cdef readonly str name
+    cdef readonly str name  # as given (records carry it truncated to the limits)
     cdef readonly str unit
     cdef readonly str description
     cdef readonly int kind
     cdef bytes head  # encoded: u8 instrument, str16 name, str8 unit, str16 description
+    cdef uint32_t head_cut  # values truncated in head: counted in every record
     cdef bytes bounds  # HISTOGRAM: encoded u16 n_bounds + f64s
     # Update methods are METH_FASTCALL functions bound to the instrument (no kwargs dict).
     cdef readonly object inc  # COUNTER: inc(amount=1, **attrs); negative amounts ignored
@@ -1211,10 +1296,15 @@ cdef class Instrument:
         self.description = description
         begin(&e, buf, sizeof(buf))
         put_u8(&e, <uint8_t>kind)
-        put_text(&e, name, 2, max_key_length * 4)
-        put_text(&e, unit, 1, 63)
-        put_text(&e, description, 2, 1024)
+        # Within both a character and a UTF-8 byte limit, so that the head (at most
+        # 3,333 bytes) fits the buffer and leaves room in every record.
+        put_text_cut(&e, name, 2, max_key_length * 4, MAX_INSTRUMENT_NAME_BYTES)
+        put_text_cut(&e, unit, 1, 63, 255)
+        put_text_cut(&e, description, 2, 1024, MAX_INSTRUMENT_DESCRIPTION_BYTES)
+        if e.overflow:
+            raise AssertionError("instrument head does not fit its buffer")
         self.head = buf[:e.p - buf]
+        self.head_cut = e.truncated
         begin(&e, buf, sizeof(buf))
         if bounds is None:
             put_u16(&e, 0)
@@ -1253,13 +1343,19 @@ cdef class Instrument:
         if type(value) is float:
             return value
         if type(value) is int:
-            return value if -(1 << 63) <= value < (1 << 63) else float(value)
+            return value if -(1 << 63) <= value < (1 << 63) else int_to_double(value)
         if isinstance(value, bool):
             return int(value)
         if isinstance(value, (str, bytes, bytearray)):
             raise TypeError(f"metric value must be a number, not {type(value).__name__}")
         try:
             return value.__index__() if hasattr(value, "__index__") else float(value)
+        except OverflowError:  # a number beyond the double range (Fraction(10**400))
+            counters[C_COERCED] += 1
+            try:
+                return -DBL_MAX if value < 0 else DBL_MAX
+            except Exception:
+                return DBL_MAX
         except Exception:
             raise TypeError(f"metric value must be a number, not {type(value).__name__}")
 
@@ -1274,7 +1370,10 @@ cdef class Instrument:
                 vals = values.tolist()
             else:
                 vals = list(values)
-            vals = [float(v) for v in vals]
+            try:
+                vals = [float(v) for v in vals]
+            except OverflowError:  # an int beyond the double range: saturated, counted
+                vals = [int_to_double(v) if isinstance(v, int) else float(v) for v in vals]
         except Exception:
             raise TypeError("record_many takes a sequence or array of numbers")
         cdef Py_ssize_t chunk = 4096

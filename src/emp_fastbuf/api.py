@@ -101,7 +101,8 @@ def _publish_resource() -> None:
 
 
 def _after_fork() -> None:
-    # A forked child is a new producer: new pid, new instance id, its own lane.
+    # A forked child is a new producer: new pid, new instance id, its own lane. Called
+    # by the child's first record; _lock is a fresh one there (_reinit_locks_in_child).
     with _lock:
         _state.pid = os.getpid()
         _state.instance_id = uuid.uuid4().hex
@@ -462,6 +463,18 @@ class Metrics:
 
 
 metrics = Metrics()
+
+
+def _reinit_locks_in_child() -> None:
+    # Another thread may have held these when the process forked (inside configure(),
+    # creating an instrument): the child has a copy, held, and no thread to release it.
+    global _lock
+    _lock = threading.RLock()
+    metrics._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_locks_in_child)
 
 
 # ---- flush and stats ------------------------------------------------------------------
