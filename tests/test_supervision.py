@@ -255,3 +255,51 @@ def test_a_healthy_agent_reports_its_loops(tmp_path: Path, ring_name: str) -> No
     assert health["healthy"] is True and health["agent_errors"] == 0
     assert set(health["loops"]) == {"drain", "delivery"}
     assert Counter(h["stalled"] for h in health["loops"].values()) == Counter({False: 2})
+
+
+# ---- planted symlinks, the agent's ring size ----------------------------------------------
+
+
+def test_planted_symlinks_never_overwrite_their_targets(tmp_path: Path, ring_name: str) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    # The old temporary name of the status file, and the agent's log.
+    (home / f"status-{ring_name}.tmp").symlink_to(victim)
+    (home / "agent.log").symlink_to(victim)
+    code = "import emp_fastbuf as f; f.emit('x'); print(f.flush(60))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(home, ring_name, EMP_FASTBUF_AGENT_IDLE_EXIT="1"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"  # the spawned agent took the record
+    assert "agent.log was a symlink" in out.stderr
+    deadline = time.monotonic() + 30
+    while not (home / f"status-{ring_name}.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert victim.read_text() == "precious"
+    assert not (home / "agent.log").is_symlink()
+    assert (home / f"status-{ring_name}.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_agent_creates_its_ring_at_emp_fastbuf_ring_size(
+    tmp_path: Path, ring_name: str
+) -> None:
+    from test_agent import AgentProc
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    agent = AgentProc(ring_name, home, env={"EMP_FASTBUF_RING_SIZE": str(8 << 20)})
+    agent.wait_ready()
+    try:
+        ring = fastbuf.Ring.open(ring_name)
+        size = ring.stats()["size"]
+        ring.close()
+    finally:
+        assert agent.stop() == 0
+    assert size == 8 << 20

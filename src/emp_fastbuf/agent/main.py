@@ -14,6 +14,7 @@ exit 0. Whatever is not delivered stays in the spool for the next start.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import logging
@@ -813,10 +814,17 @@ class Agent:
         }
 
     def _write_status(self) -> None:
-        tmp = self.status_path.with_suffix(".tmp")
+        # A temporary file of this process's own (O_EXCL | O_NOFOLLOW: a planted
+        # status-<ring>.tmp symlink is neither followed nor reused), then renamed over the
+        # status file (rename replaces a planted symlink, never writes through it).
+        tmp = self.status_path.with_name(f".{self.status_path.name}.{os.getpid()}.tmp")
         try:
             data = json.dumps(self.status(), default=str)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
             with os.fdopen(fd, "w") as f:
                 f.write(data)
             os.replace(tmp, self.status_path)

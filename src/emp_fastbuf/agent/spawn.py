@@ -8,6 +8,7 @@ everything is delivered or spooled (``--idle-exit``, default 30 s).
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import time
 from pathlib import Path
 
 from emp_fastbuf._ring import Ring
+
+_log = logging.getLogger("emp_fastbuf")
 
 _last_spawn: dict[str, float] = {}
 _lock = threading.Lock()
@@ -26,6 +29,20 @@ def default_home() -> Path:
     return Path(
         os.environ.get("EMP_FASTBUF_HOME") or Path.home() / ".local" / "share" / "emp-fastbuf"
     )
+
+
+def _open_log(path: Path) -> int:
+    """The agent's log, appended to; never through a symlink. A planted ``agent.log``
+    symlink is removed (the link, not its target) and a new log started."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o600)
+    except OSError as exc:
+        if not path.is_symlink():
+            raise
+        _log.warning("emp_fastbuf: %s was a symlink (%s): removed, a new log starts", path, exc)
+        path.unlink()
+        return os.open(path, flags | os.O_EXCL, 0o600)
 
 
 def consumer_alive(ring: Ring) -> bool:
@@ -52,7 +69,7 @@ def ensure_agent(ring_name: str) -> int | None:
             home = default_home()
             home.mkdir(parents=True, exist_ok=True, mode=0o700)
             log_path = home / "agent.log"
-            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = _open_log(log_path)
             argv = [sys.executable, "-m", "emp_fastbuf", "agent", "--ring", ring_name, "--spawned"]
             idle = os.environ.get("EMP_FASTBUF_AGENT_IDLE_EXIT")  # seconds; default 30
             if idle:
