@@ -540,7 +540,9 @@ class _Agent:
     """``python -m emp_fastbuf agent`` with its own home and ring; the agent creates the
     ring (default size and lanes) and holds its consumer role."""
 
-    def __init__(self, home: Path, ring: str, endpoint: str | None) -> None:
+    def __init__(
+        self, home: Path, ring: str, endpoint: str | None, spool_codec: str | None = None
+    ) -> None:
         from emp_fastbuf import Ring
         from emp_fastbuf.errors import RingError
 
@@ -548,6 +550,8 @@ class _Agent:
         env["EMP_FASTBUF_HOME"] = str(home)
         env["EMP_FASTBUF_RING"] = ring
         env["EMP_FASTBUF_LOG_LEVEL"] = "WARNING"
+        if spool_codec is not None:
+            env["EMP_FASTBUF_SPOOL_CODEC"] = spool_codec
         if endpoint is not None:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
             env["OTEL_EXPORTER_OTLP_COMPRESSION"] = "gzip"
@@ -727,7 +731,11 @@ def _per_million(value: float | None, records: int) -> float | None:
 
 
 def run_one(
-    system: str, load: Load, duration: float, receiver: Receiver | None = None
+    system: str,
+    load: Load,
+    duration: float,
+    receiver: Receiver | None = None,
+    spool_codec: str | None = None,
 ) -> dict[str, Any]:
     """One run of ``system`` at ``load`` for ``duration`` seconds; everything it started is
     stopped and removed before it returns (also on failure). ``receiver`` is needed by
@@ -743,6 +751,7 @@ def run_one(
         "rate_per_producer": load.rate,
         "target_per_s": load.total,
         "duration_s": duration,
+        "spool_codec": spool_codec or "zstd",
     }
     home = Path(tempfile.mkdtemp(prefix="bench-sustained-"))
     os.chmod(home, 0o700)
@@ -761,7 +770,7 @@ def run_one(
             counts = receiver.collect()
         else:
             endpoint = receiver.url if receiver is not None else None
-            agent = _Agent(home, ring_name, endpoint)
+            agent = _Agent(home, ring_name, endpoint, spool_codec)
             row["ring_shm_bytes"] = _shm_bytes(agent.ring)
             procs = _start_producers("fastbuf", ring_name, load, duration)
             cpu0 = _proc_cpu_s(agent.pid)
@@ -889,6 +898,7 @@ def run_all(
         duration = QUICK_DURATION_S if quick else DURATION_S
     rows: list[dict[str, Any]] = []
     receiver = Receiver() if any(s != "fastbuf.store" for s in systems) else None
+    codec_rows: list[dict[str, Any]] = []
     try:
         for system in systems:
             probes = [Load(1, r) for r in PEER_PROBE_RATES] if system == "otel" else []
@@ -899,6 +909,12 @@ def run_all(
                 )
                 rows.append(row)
                 log(f"    {_progress_line(row)} ({time.monotonic() - t0:.0f} s)")
+        # The agent's CPU with the other spool codec (lz4), at the budget's load.
+        if "fastbuf.otlp" in systems and receiver is not None and chosen is None:
+            codec_rows.append(
+                run_one("fastbuf.otlp", Load(1, BUDGET_RATE), duration, receiver, "lz4")
+            )
+            log(f"    {_progress_line(codec_rows[-1])} (spool codec lz4)")
     finally:
         if receiver is not None:
             receiver.close()
@@ -908,6 +924,7 @@ def run_all(
         "duration_s": duration,
         "quick": quick,
         "runs": rows,
+        "spool_codec_runs": codec_rows,
         "zero_loss_rate": zero,
         "zero_loss_x_otel": ratio if math.isfinite(ratio) else None,
         "otel_lost_at_every_rate": "otel" in zero and zero["otel"] == 0.0,
@@ -1057,6 +1074,23 @@ def markdown_lines(document: Mapping[str, Any]) -> list[str]:
         lines.append(f"- Highest zero-loss rate, fastbuf (OTLP) over the SDK: {ratio:.3g}x")
     elif zero.get("fastbuf.otlp") and document.get("otel_lost_at_every_rate"):
         lines.append("- fastbuf (OTLP) over the SDK: unbounded (the SDK lost at every rate)")
+    for lz4 in document.get("spool_codec_runs", []):
+        zstd = next(
+            (
+                r
+                for r in document.get("runs", [])
+                if r["system"] == lz4["system"] and r["load"] == lz4["load"]
+            ),
+            None,
+        )
+        cpu_lz4 = (lz4.get("agent") or {}).get("cpu_s_per_million")
+        cpu_zstd = ((zstd or {}).get("agent") or {}).get("cpu_s_per_million")
+        if cpu_lz4 is not None and cpu_zstd is not None:
+            lines.append(
+                f"- Agent CPU per million records by spool codec, {_SYSTEM_LABELS[lz4['system']]} "
+                f"{lz4['load']}: zstd {cpu_zstd:.3g} s, lz4 {cpu_lz4:.3g} s "
+                f"(lz4 run: delivered {lz4.get('delivered_fraction', 0):.2%})"
+            )
     for err in document.get("errors", []):
         lines.append(f"- Failed: {err}")
     return lines
