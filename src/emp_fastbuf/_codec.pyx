@@ -711,8 +711,8 @@ cdef int write_record(uint8_t kind, body_fn fn, Call *c, Scope sc) except -1:
     cdef Enc e
     cdef uint64_t t = c.t if c.t else efb_now_ns(1)
     cdef uint64_t deadline = 0
-    cdef int reduce = 0, _attempt, mode
-    for _attempt in range(8):
+    cdef int reduce = 0, mode
+    while True:
         if EFB_UNLIKELY(r.lane < 0 or r.fork_gen != fork_generation()):
             # First write, a fork, or another thread handed the lane back while the
             # block policy waited.
@@ -741,10 +741,10 @@ cdef int write_record(uint8_t kind, body_fn fn, Call *c, Scope sc) except -1:
             return 0
         # Larger than the ring's maximum record: cut it down, step by step.
         reduce += 1
-    else:
-        r._drop(DROP_TOO_LARGE)
-        counters[C_DROP_TOO_LARGE] += 1
-        return 0
+        if reduce >= 8:
+            r._drop(DROP_TOO_LARGE)
+            counters[C_DROP_TOO_LARGE] += 1
+            return 0
     r._commit(n)
     counters[kind] += 1
     counters[C_BYTES] += <uint64_t>n

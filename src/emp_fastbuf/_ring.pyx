@@ -1379,7 +1379,7 @@ cdef class Consumer:
             self.closed = True  # the parent still holds the role
             return
         self._release()
-        if self.ring.closed and self.ring.base != NULL:
+        if self.ring.closed and self.ring.base != NULL and not self.ring.waiting:
             munmap(self.ring.base, self.ring.map_size)
             self.ring.base = NULL
 
