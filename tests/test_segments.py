@@ -1,15 +1,22 @@
 """Stale ring segments of dead owners: removed when empty, reported when they still
-hold records, never touched while someone alive uses them."""
+hold records, never touched while someone alive uses them (holds a lane, the consumer
+role, or only has the segment mapped)."""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 import emp_fastbuf as fastbuf
+from emp_fastbuf import segments
 from emp_fastbuf.segments import list_segments, sweep_stale
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="lists /dev/shm")
@@ -70,8 +77,6 @@ def test_live_and_kept_segments_are_left_alone(ring_name: str) -> None:
 
 
 def test_unreadable_segment_is_reported(ring_name: str, caplog: pytest.LogCaptureFixture) -> None:
-    import os
-
     fd = os.open(f"/dev/shm/{ring_name}", os.O_CREAT | os.O_RDWR, 0o600)
     os.ftruncate(fd, 8192)
     os.close(fd)
@@ -79,3 +84,71 @@ def test_unreadable_segment_is_reported(ring_name: str, caplog: pytest.LogCaptur
         found = {s.name: s for s in sweep_stale()}
     assert found[ring_name].error is not None and not found[ring_name].stale
     assert ring_name in _names() and "cannot be used" in caplog.text
+
+
+def _map_and_wait(name: str, ready: Any, go: Any) -> None:
+    ring = fastbuf.Ring.open(name)  # attached, but no lane taken: nothing written yet
+    ready.set()
+    go.wait(120)
+    ring.close()
+
+
+@contextmanager
+def _mapped_by_another_process(name: str) -> Iterator[int]:
+    ctx = mp.get_context("spawn")
+    ready, go = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_map_and_wait, args=(name, ready, go))
+    proc.start()
+    try:
+        assert ready.wait(60)
+        assert proc.pid is not None
+        yield proc.pid
+    finally:
+        go.set()
+        proc.join(60)
+        if proc.is_alive():
+            proc.kill()
+
+
+def test_segment_a_live_process_maps_is_left_until_it_exits(ring_name: str) -> None:
+    _in_child(ring_name, 0)  # creator dead, empty: stale by its header alone
+    with _mapped_by_another_process(ring_name):
+        info = {s.name: s for s in sweep_stale()}[ring_name]
+        assert info.mapped is True and not info.stale
+        assert ring_name in _names()
+    sweep_stale()
+    assert ring_name not in _names()
+
+
+def test_mappings_are_read_from_proc_maps(
+    ring_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # /proc here, restricted to this process and the one that maps the ring: the real
+    # maps files, without other processes whose maps this user may not read.
+    _in_child(ring_name, 0)
+    proc_dir = tmp_path / "proc"
+    proc_dir.mkdir()
+    (proc_dir / str(os.getpid())).symlink_to(f"/proc/{os.getpid()}")
+    monkeypatch.setattr(segments, "PROC_DIR", proc_dir)
+    inode = os.stat(f"/dev/shm/{ring_name}").st_ino
+    with _mapped_by_another_process(ring_name) as pid:
+        assert segments._mapped_inodes({ring_name}) == {ring_name: set()}
+        (proc_dir / str(pid)).symlink_to(f"/proc/{pid}")
+        assert segments._mapped_inodes({ring_name}) == {ring_name: {inode}}
+
+
+def test_without_a_way_to_tell_who_maps_it_nothing_is_removed(
+    ring_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A system without file leases and without a readable /proc.
+    _in_child(ring_name, 0)
+    monkeypatch.setattr(segments, "_open_elsewhere", lambda _path, _inode: None)
+    monkeypatch.setattr(segments, "PROC_DIR", tmp_path / "no-proc")
+    with caplog.at_level(logging.WARNING, logger="emp_fastbuf"):
+        info = {s.name: s for s in sweep_stale()}[ring_name]
+    assert info.mapped is None and not info.stale
+    assert ring_name in _names()
+    assert f"Ring.unlink({ring_name!r})" in caplog.text
