@@ -4,7 +4,6 @@ dead creator mapped but has not written to it yet."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import emp_fastbuf as fastbuf
+from test_segments import WRITTEN_LATE, mapped_by_another_process
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /dev/shm and /proc")
 
@@ -87,32 +87,11 @@ def test_agents_started_together_on_a_new_ring_one_wins_the_others_exit_0(
         assert "wrong magic" not in out, out
 
 
-def _map_and_wait(name: str, ready: mp.synchronize.Event, go: mp.synchronize.Event) -> None:
-    ring = fastbuf.Ring.open(name)  # mapped, no lane yet
-    ready.set()
-    go.wait(120)
-    ring.write(b"written after the agent started")
-    ring.close()
-
-
-def _create_and_exit(name: str) -> None:
-    fastbuf.Ring.create(name, 1 << 20, lanes=4, max_record=1024)
-
-
 def test_agent_start_leaves_a_ring_that_a_live_process_maps(tmp_path: Path, ring_name: str) -> None:
-    ctx = mp.get_context("spawn")
-    creator = ctx.Process(target=_create_and_exit, args=(ring_name,))
-    creator.start()
-    creator.join(60)
-    assert creator.exitcode == 0  # the creator is gone, the segment is empty
-    ready, go = ctx.Event(), ctx.Event()
-    mapper = ctx.Process(target=_map_and_wait, args=(ring_name, ready, go))
-    mapper.start()
-    try:
-        assert ready.wait(60)
-        home = tmp_path / "home"
-        home.mkdir(mode=0o700)
-        own = f"{ring_name}-a"
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    own = f"{ring_name}-a"
+    with mapped_by_another_process(ring_name, write=True):
         agent = subprocess.Popen(
             [sys.executable, "-m", "emp_fastbuf", "agent", "--ring", own],
             stdout=subprocess.PIPE,
@@ -121,6 +100,7 @@ def test_agent_start_leaves_a_ring_that_a_live_process_maps(tmp_path: Path, ring
             env={**_agent_env(home), "EMP_FASTBUF_RING_SIZE": str(1 << 20)},
         )
         try:
+            # The status file is written after the start-up sweep.
             status = home / f"status-{own}.json"
             deadline = time.monotonic() + 60
             while not status.exists() and agent.poll() is None:
@@ -132,20 +112,12 @@ def test_agent_start_leaves_a_ring_that_a_live_process_maps(tmp_path: Path, ring
             fastbuf.Ring.unlink(own)
         assert agent.returncode == 0, out
         assert Path(f"/dev/shm/{ring_name}").exists(), out
-        go.set()
-        mapper.join(60)
-        assert mapper.exitcode == 0
-        # What the process wrote after the agent started is in the segment, not lost.
-        ring = fastbuf.Ring.open(ring_name)
-        try:
-            consumer = ring.consumer()
-            assert consumer.read(10) == [b"written after the agent started"]
-            consumer.ack()
-            consumer.close()
-        finally:
-            ring.close()
+    # What the process wrote after the agent started is in the segment, not lost.
+    ring = fastbuf.Ring.open(ring_name)
+    try:
+        consumer = ring.consumer()
+        assert consumer.read(10) == [WRITTEN_LATE]
+        consumer.ack()
+        consumer.close()
     finally:
-        go.set()
-        mapper.join(60)
-        if mapper.is_alive():
-            mapper.kill()
+        ring.close()

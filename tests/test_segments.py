@@ -86,33 +86,53 @@ def test_unreadable_segment_is_reported(ring_name: str, caplog: pytest.LogCaptur
     assert ring_name in _names() and "cannot be used" in caplog.text
 
 
-def _map_and_wait(name: str, ready: Any, go: Any) -> None:
+WRITTEN_LATE = b"written after the sweep"
+
+
+def _map_and_wait(name: str, created: Any, ready: Any, go: Any, write: bool) -> None:
+    assert created.wait(60)
     ring = fastbuf.Ring.open(name)  # attached, but no lane taken: nothing written yet
     ready.set()
     go.wait(120)
+    if write:
+        assert ring.write(WRITTEN_LATE)
     ring.close()
 
 
+def _create_until_mapped(name: str, created: Any, ready: Any) -> None:
+    fastbuf.Ring.create(name, 1 << 20, lanes=4, max_record=1024)
+    created.set()
+    assert ready.wait(60)
+    # exits without unlinking: the creator is dead, the mapper lives on
+
+
 @contextmanager
-def _mapped_by_another_process(name: str) -> Iterator[int]:
+def mapped_by_another_process(name: str, write: bool = False) -> Iterator[int]:
+    """An empty segment whose creator is dead and that another live process has mapped
+    without writing (it maps it while the creator still lives, so that no agent started
+    meanwhile on this machine can take it for stale). Yields the mapper's pid; on the
+    way out the mapper writes ``WRITTEN_LATE`` if ``write``, then exits."""
     ctx = mp.get_context("spawn")
-    ready, go = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=_map_and_wait, args=(name, ready, go))
-    proc.start()
+    created, ready, go = ctx.Event(), ctx.Event(), ctx.Event()
+    mapper = ctx.Process(target=_map_and_wait, args=(name, created, ready, go, write))
+    mapper.start()
     try:
-        assert ready.wait(60)
-        assert proc.pid is not None
-        yield proc.pid
+        creator = ctx.Process(target=_create_until_mapped, args=(name, created, ready))
+        creator.start()
+        creator.join(60)
+        assert creator.exitcode == 0 and ready.is_set()
+        assert mapper.pid is not None
+        yield mapper.pid
     finally:
         go.set()
-        proc.join(60)
-        if proc.is_alive():
-            proc.kill()
+        mapper.join(60)
+        if mapper.is_alive():
+            mapper.kill()
+    assert mapper.exitcode == 0
 
 
 def test_segment_a_live_process_maps_is_left_until_it_exits(ring_name: str) -> None:
-    _in_child(ring_name, 0)  # creator dead, empty: stale by its header alone
-    with _mapped_by_another_process(ring_name):
+    with mapped_by_another_process(ring_name):  # creator dead, empty: stale by its header
         info = {s.name: s for s in sweep_stale()}[ring_name]
         assert info.mapped is True and not info.stale
         assert ring_name in _names()
@@ -125,13 +145,12 @@ def test_mappings_are_read_from_proc_maps(
 ) -> None:
     # /proc here, restricted to this process and the one that maps the ring: the real
     # maps files, without other processes whose maps this user may not read.
-    _in_child(ring_name, 0)
     proc_dir = tmp_path / "proc"
     proc_dir.mkdir()
     (proc_dir / str(os.getpid())).symlink_to(f"/proc/{os.getpid()}")
     monkeypatch.setattr(segments, "PROC_DIR", proc_dir)
-    inode = os.stat(f"/dev/shm/{ring_name}").st_ino
-    with _mapped_by_another_process(ring_name) as pid:
+    with mapped_by_another_process(ring_name) as pid:
+        inode = os.stat(f"/dev/shm/{ring_name}").st_ino
         assert segments._mapped_inodes({ring_name}) == {ring_name: set()}
         (proc_dir / str(pid)).symlink_to(f"/proc/{pid}")
         assert segments._mapped_inodes({ring_name}) == {ring_name: {inode}}
@@ -143,12 +162,13 @@ def test_without_a_way_to_tell_who_maps_it_nothing_is_removed(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # A system without file leases and without a readable /proc.
-    _in_child(ring_name, 0)
+    # This process as on a system without file leases and without a readable /proc (the
+    # segment is mapped elsewhere only so that agents started meanwhile leave it alone).
     monkeypatch.setattr(segments, "_open_elsewhere", lambda _path, _inode: None)
     monkeypatch.setattr(segments, "PROC_DIR", tmp_path / "no-proc")
-    with caplog.at_level(logging.WARNING, logger="emp_fastbuf"):
-        info = {s.name: s for s in sweep_stale()}[ring_name]
-    assert info.mapped is None and not info.stale
-    assert ring_name in _names()
+    with mapped_by_another_process(ring_name):
+        with caplog.at_level(logging.WARNING, logger="emp_fastbuf"):
+            info = {s.name: s for s in sweep_stale()}[ring_name]
+        assert info.mapped is None and not info.stale
+        assert ring_name in _names()
     assert f"Ring.unlink({ring_name!r})" in caplog.text
