@@ -1,15 +1,22 @@
 """Stale ring segments of dead owners: removed when empty, reported when they still
-hold records, never touched while someone alive uses them."""
+hold records, never touched while someone alive uses them (holds a lane, the consumer
+role, or only has the segment mapped)."""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 import emp_fastbuf as fastbuf
+from emp_fastbuf import segments
 from emp_fastbuf.segments import list_segments, sweep_stale
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="lists /dev/shm")
@@ -70,8 +77,6 @@ def test_live_and_kept_segments_are_left_alone(ring_name: str) -> None:
 
 
 def test_unreadable_segment_is_reported(ring_name: str, caplog: pytest.LogCaptureFixture) -> None:
-    import os
-
     fd = os.open(f"/dev/shm/{ring_name}", os.O_CREAT | os.O_RDWR, 0o600)
     os.ftruncate(fd, 8192)
     os.close(fd)
@@ -79,3 +84,91 @@ def test_unreadable_segment_is_reported(ring_name: str, caplog: pytest.LogCaptur
         found = {s.name: s for s in sweep_stale()}
     assert found[ring_name].error is not None and not found[ring_name].stale
     assert ring_name in _names() and "cannot be used" in caplog.text
+
+
+WRITTEN_LATE = b"written after the sweep"
+
+
+def _map_and_wait(name: str, created: Any, ready: Any, go: Any, write: bool) -> None:
+    assert created.wait(60)
+    ring = fastbuf.Ring.open(name)  # attached, but no lane taken: nothing written yet
+    ready.set()
+    go.wait(120)
+    if write:
+        assert ring.write(WRITTEN_LATE)
+    ring.close()
+
+
+def _create_until_mapped(name: str, created: Any, ready: Any) -> None:
+    fastbuf.Ring.create(name, 1 << 20, lanes=4, max_record=1024)
+    created.set()
+    assert ready.wait(60)
+    # exits without unlinking: the creator is dead, the mapper lives on
+
+
+@contextmanager
+def mapped_by_another_process(name: str, write: bool = False) -> Iterator[int]:
+    """An empty segment whose creator is dead and that another live process has mapped
+    without writing (it maps it while the creator still lives, so that no agent started
+    meanwhile on this machine can take it for stale). Yields the mapper's pid; on the
+    way out the mapper writes ``WRITTEN_LATE`` if ``write``, then exits."""
+    ctx = mp.get_context("spawn")
+    created, ready, go = ctx.Event(), ctx.Event(), ctx.Event()
+    mapper = ctx.Process(target=_map_and_wait, args=(name, created, ready, go, write))
+    mapper.start()
+    try:
+        creator = ctx.Process(target=_create_until_mapped, args=(name, created, ready))
+        creator.start()
+        creator.join(60)
+        assert creator.exitcode == 0 and ready.is_set()
+        assert mapper.pid is not None
+        yield mapper.pid
+    finally:
+        go.set()
+        mapper.join(60)
+        if mapper.is_alive():
+            mapper.kill()
+    assert mapper.exitcode == 0
+
+
+def test_segment_a_live_process_maps_is_left_until_it_exits(ring_name: str) -> None:
+    with mapped_by_another_process(ring_name):  # creator dead, empty: stale by its header
+        info = {s.name: s for s in sweep_stale()}[ring_name]
+        assert info.mapped is True and not info.stale
+        assert ring_name in _names()
+    sweep_stale()
+    assert ring_name not in _names()
+
+
+def test_mappings_are_read_from_proc_maps(
+    ring_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # /proc here, restricted to this process and the one that maps the ring: the real
+    # maps files, without other processes whose maps this user may not read.
+    proc_dir = tmp_path / "proc"
+    proc_dir.mkdir()
+    (proc_dir / str(os.getpid())).symlink_to(f"/proc/{os.getpid()}")
+    monkeypatch.setattr(segments, "PROC_DIR", proc_dir)
+    with mapped_by_another_process(ring_name) as pid:
+        inode = os.stat(f"/dev/shm/{ring_name}").st_ino
+        assert segments._mapped_inodes({ring_name}) == {ring_name: set()}
+        (proc_dir / str(pid)).symlink_to(f"/proc/{pid}")
+        assert segments._mapped_inodes({ring_name}) == {ring_name: {inode}}
+
+
+def test_without_a_way_to_tell_who_maps_it_nothing_is_removed(
+    ring_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # This process as on a system without file leases and without a readable /proc (the
+    # segment is mapped elsewhere only so that agents started meanwhile leave it alone).
+    monkeypatch.setattr(segments, "_open_elsewhere", lambda _path, _inode: None)
+    monkeypatch.setattr(segments, "PROC_DIR", tmp_path / "no-proc")
+    with mapped_by_another_process(ring_name):
+        with caplog.at_level(logging.WARNING, logger="emp_fastbuf"):
+            info = {s.name: s for s in sweep_stale()}[ring_name]
+        assert info.mapped is None and not info.stale
+        assert ring_name in _names()
+    assert f"Ring.unlink({ring_name!r})" in caplog.text

@@ -36,9 +36,9 @@ from emp_fastbuf.agent.config import AgentConfig, ConfigError
 from emp_fastbuf.agent.machine import collect_machine_metrics, machine_resource
 from emp_fastbuf.agent.metrics_agg import MetricsAggregator
 from emp_fastbuf.agent.spool import CorruptSpoolFile, LaneChunk, Spool
-from emp_fastbuf.errors import RingBusy, RingError, RingNotFound
+from emp_fastbuf.errors import RingBusy, RingCorrupt, RingError, RingNotFound, RingVersionError
 from emp_fastbuf.records import GAUGE, METRIC, Record, Resource
-from emp_fastbuf.segments import sweep_stale
+from emp_fastbuf.segments import CREATION_GRACE_S, creation_in_progress, sweep_stale
 
 log = logging.getLogger("emp_fastbuf.agent")
 
@@ -217,19 +217,34 @@ class Agent:
     # ---- drain ---------------------------------------------------------------------
 
     def _attach(self) -> bool:
-        try:
-            self.ring = Ring.open(self.ring_name)
-        except RingNotFound:
-            if self.spawned:
+        """Open (or create) the ring and take its consumer role. False when another agent
+        holds the role: this one has nothing to do and exits 0."""
+        # Agents and workers started together race to create the ring: a segment without
+        # its magic yet is one that another process is still writing, so wait for it
+        # (briefly) instead of calling a healthy ring corrupt.
+        deadline = time.monotonic() + CREATION_GRACE_S
+        while self.ring is None:
+            try:
+                try:
+                    self.ring = Ring.open(self.ring_name)
+                except RingNotFound:
+                    if self.spawned:
+                        raise
+                    self.ring = Ring.create(self.ring_name, self._create_size(), exist_ok=True)
+            except RingVersionError:
                 raise
-            self.ring = Ring.create(self.ring_name, self._create_size(), exist_ok=True)
+            except RingCorrupt:
+                if time.monotonic() >= deadline or not creation_in_progress(self.ring_name):
+                    raise
+                time.sleep(0.01)
         try:
             self.consumer = self.ring.consumer()
         except RingBusy:
-            if self.spawned:
-                log.info("another agent holds ring %r; this one exits", self.ring_name)
-                return False
-            raise
+            holder = self.ring.stats()["consumer"]["pid"]
+            log.info("another agent (pid %s) holds ring %r; this one exits", holder, self.ring_name)
+            self.ring.close()
+            self.ring = None
+            return False
         return True
 
     @staticmethod
@@ -854,7 +869,8 @@ def config_from_args(args: Any) -> AgentConfig:
 
 
 def run_agent(args: Any) -> int:
-    """``fastbuf agent``: exit 0 after a clean stop, 2 on bad configuration."""
+    """``fastbuf agent``: exit 0 after a clean stop or when another agent already holds
+    the ring, 1 when the ring cannot be used, 2 on bad configuration."""
     try:
         config = config_from_args(args)
     except ConfigError as exc:
@@ -879,8 +895,10 @@ def run_agent(args: Any) -> int:
     try:
         return agent.run()
     except RingBusy as exc:
-        print(f"fastbuf agent: {exc}", file=sys.stderr)
-        return 1
+        # The consumer role was taken between the attach and its first use: another agent
+        # drains the ring, which is what this one was started for.
+        log.info("another agent holds ring %r; this one exits (%s)", ring_name, exc)
+        return 0
     except RingError as exc:
         print(f"fastbuf agent: {exc}", file=sys.stderr)
         return 1
