@@ -406,15 +406,20 @@ def test_drops_are_visible_in_stderr_status_flush_and_the_agents_metrics(
 # ---- SIGKILL of the agent in the middle of a group commit --------------------------------
 
 
+@pytest.mark.parametrize("destination", ["store", "otlp"])
 def test_sigkill_of_the_agent_mid_group_commit_loses_nothing(
-    tmp_path: Path, ring_name: str
+    tmp_path: Path, ring_name: str, destination: str
 ) -> None:
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     spool = home / "spool"
     rate, seconds = 50_000, 6.0
     total = int(rate * seconds)
-    agent = AgentProc(ring_name, home)
+    rx = OTLPReceiver() if destination == "otlp" else None
+    if rx is not None:
+        rx.up()
+    args = ["--endpoint", rx.url] if rx is not None else []
+    agent = AgentProc(ring_name, home, *args)
     agent.wait_ready()
     worker = start_worker(home, ring_name, "k", rate, seconds, EMP_FASTBUF_AGENT="external")
     kills, mid_commit = 0, 0
@@ -433,7 +438,7 @@ def test_sigkill_of_the_agent_mid_group_commit_loses_nothing(
             agent.log.close()
             kills += 1
             mid_commit += seen
-            agent = AgentProc(ring_name, home)
+            agent = AgentProc(ring_name, home, *args)
             agent.wait_ready()
         result = finish(worker)
         ring = Ring.open(ring_name)  # while the agent holds it (its creator is dead)
@@ -441,9 +446,18 @@ def test_sigkill_of_the_agent_mid_group_commit_loses_nothing(
         ring.close()
     finally:
         assert agent.stop() == 0, agent.output()
+        if rx is not None:
+            rx.down()
     assert kills == 3 and mid_commit >= 1
     assert result["stats"]["dropped"] == 0  # type: ignore[index]
-    seqs = store_seqs(home, "k")
+    if rx is None:
+        seqs = store_seqs(home, "k")
+    else:
+        seqs = Counter(
+            int(attrs_dict(rec.attributes)["seq"])
+            for _res, rec in rx.logs()
+            if attrs_dict(rec.attributes).get("tag") == "k"
+        )
     assert_all_once_or_more(seqs, total)
     # Records read but not yet acknowledged when an agent died are read again by the next
     # one, which the ring counts; only those can arrive twice.

@@ -170,7 +170,12 @@ class Agent:
             from emp_fastbuf.agent.exporter import OTLPHttpExporter
 
             self.exporter = OTLPHttpExporter(config)
-            destinations.append("export")
+            destinations.append("export")  # logs, events and spans
+            if config.endpoint("metrics") is not None:
+                # Apart from "export": a file's logs are done (and never sent again after a
+                # restart) as soon as they are sent, while its metric updates wait for the
+                # next export of the aggregate.
+                destinations.append("metrics")
         # A signal with no OTLP endpoint goes to the store, never nowhere.
         self.stored_signals = config.stored_signals()
         if self.stored_signals:
@@ -680,6 +685,8 @@ class Agent:
             if not counted:
                 # Counted once, after the export succeeded (a retried file is not recounted).
                 self.counters.corrupt_records += rejected
+            self.spool.mark_done(file_id, "export")
+        if "metrics" in self.spool.destinations and "metrics" not in done:
             metric_chunks = [
                 LaneChunk(c.meta, [r for r in c.records if len(r) > 1 and r[1] == METRIC])
                 for c in batch
@@ -696,18 +703,14 @@ class Agent:
                             log.debug("metric record skipped: %s", exc)
                         has_metrics = True
             if has_metrics:
-                # Done for export once the metrics that include these updates are sent.
+                # Done for metrics once the aggregate that includes these updates is sent.
                 self.awaiting_metrics.append(file_id)
             else:
-                self.spool.mark_done(file_id, "export")
+                self.spool.mark_done(file_id, "metrics")
         return True
 
     def _maybe_export_metrics(self, force: bool = False) -> None:
-        if self.exporter is None or self.config.endpoint("metrics") is None:
-            if self.awaiting_metrics:
-                for file_id in self.awaiting_metrics:
-                    self.spool.mark_done(file_id, "export")
-                self.awaiting_metrics.clear()
+        if "metrics" not in self.spool.destinations:
             return
         now = time.monotonic()
         if not force and now - self.last_metrics_export < self.config.metrics_interval_s:
@@ -724,7 +727,7 @@ class Agent:
         # Series idle for 6 h would carry timestamps backends reject: stop reporting them.
         self.aggregator.forget_idle(time.time_ns() - 6 * 3600 * 10**9)
         for file_id in self.awaiting_metrics:
-            self.spool.mark_done(file_id, "export")
+            self.spool.mark_done(file_id, "metrics")
         self.awaiting_metrics.clear()
 
     # ---- status ----------------------------------------------------------------------
