@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from emp_fastbuf.agent.spool import LaneChunk
 from emp_fastbuf.codec_py import encode_record, encode_resource
 from emp_fastbuf.records import LOG, Record, Resource
 from otlp_receiver import OTLPReceiver, attrs_dict
-from test_volume import _env, finish, start_worker
+from test_volume import _env, finish, start_worker, store_seqs
 
 
 def _can_unshare_mount() -> bool:
@@ -303,3 +304,46 @@ def test_the_agent_creates_its_ring_at_emp_fastbuf_ring_size(
     finally:
         assert agent.stop() == 0
     assert size == 8 << 20
+
+
+def test_a_locked_store_never_holds_the_export_back(tmp_path: Path, ring_name: str) -> None:
+    from test_agent import AgentProc
+    from test_faults_store_cli import LOCKER
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    with OTLPReceiver() as rx:
+        agent = AgentProc(ring_name, home, "--endpoint", rx.url, "--local-copy")
+        agent.wait_ready()
+        try:
+            locker = subprocess.Popen(
+                [sys.executable, "-c", LOCKER, str(home / "store.sqlite"), "10"],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert locker.stdout is not None
+            assert locker.stdout.readline().strip() == "locked"
+            # While another process holds the store's write lock, the endpoint gets it all.
+            result = finish(start_worker(home, ring_name, "x", 0, 0, 2000))
+            assert result["flushed"] is True
+
+            def exported(r: OTLPReceiver) -> bool:
+                seen = {attrs_dict(rec.attributes).get("seq") for _res, rec in r.logs()}
+                return len(seen - {None}) == 2000
+
+            assert rx.wait_for(exported, 8), "the export waited for the locked store"
+            assert locker.poll() is None  # the lock was still held meanwhile
+            assert locker.wait(timeout=60) == 0
+            locker.stdout.close()
+            # Then the store gets every record too, from the spool.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if sum(store_seqs(home, "x").values()) >= 2000:
+                        break
+                except sqlite3.OperationalError:
+                    pass
+                time.sleep(0.2)
+            assert set(store_seqs(home, "x")) == set(range(2000))
+        finally:
+            assert agent.stop() == 0, agent.output()

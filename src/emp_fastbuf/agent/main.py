@@ -634,37 +634,14 @@ class Agent:
             return True  # evicted meanwhile (counted by the spool)
         done = self.spool.done_for(file_id)
         counted = False  # corrupt records of this batch counted already
+        # Each destination backs off on its own: a failing store never holds the export
+        # back (the file stays in the spool until the store has it too), and a failing
+        # endpoint never holds the store back.
+        store_ok = True
+        sent = False  # an endpoint took part of this file in this call
         if self.store is not None and "store" not in done:
-            from emp_fastbuf.store import StoreDamaged, StoreError
-
-            # Until the store takes the file it stays in the spool: a write that fails
-            # (another process holds the write lock, a full disk...) is tried again after
-            # a growing pause; a damaged file is moved aside and a new store started.
-            if self.store.retry_in() > 0:
-                return False
-            failed_before = self.store.write_failures
-            declined = Counters()  # corrupt records: counted once, when the file is stored
-            try:
-                stored = self.store.ingest_rows(
-                    _only_signals(store_groups(batch, declined), self.stored_signals)
-                )
-            except StoreDamaged:
-                try:
-                    self.store.quarantine()  # logs the one ERROR line
-                except StoreError as exc:
-                    if self.store.write_failures == 1:
-                        log.error("%s", exc)
-                return False
-            except StoreError as exc:
-                if self.store.write_failures == 1:
-                    log.warning("%s; retrying, the spool keeps the records meanwhile", exc)
-                return False
-            if failed_before:
-                log.info("the store takes records again (after %d failed writes)", failed_before)
-            counted = True
-            self.counters.store_records += stored
-            self.counters.corrupt_records += declined.corrupt_records
-            self.spool.mark_done(file_id, "store")
+            store_ok = self._deliver_to_store(file_id, batch)
+            counted = store_ok
         if self.exporter is not None and "export" not in done:
             # Logs, events and spans go from raw records straight to OTLP bytes (native);
             # only metric records are decoded here, for the aggregator.
@@ -686,6 +663,7 @@ class Agent:
                 # Counted once, after the export succeeded (a retried file is not recounted).
                 self.counters.corrupt_records += rejected
             self.spool.mark_done(file_id, "export")
+            sent = True
         if "metrics" in self.spool.destinations and "metrics" not in done:
             metric_chunks = [
                 LaneChunk(c.meta, [r for r in c.records if len(r) > 1 and r[1] == METRIC])
@@ -707,6 +685,44 @@ class Agent:
                 self.awaiting_metrics.append(file_id)
             else:
                 self.spool.mark_done(file_id, "metrics")
+            sent = True
+        # With the store backing off, the round goes on only when an endpoint took part of
+        # this file now (the store gets it, oldest first, once it works again).
+        return store_ok or sent
+
+    def _deliver_to_store(self, file_id: str, batch: list[LaneChunk]) -> bool:
+        """The store's part of ``file_id``: True once stored, False while the store fails
+        or backs off (the file stays in the spool for it)."""
+        from emp_fastbuf.store import StoreDamaged, StoreError
+
+        assert self.store is not None
+        # Until the store takes the file it stays in the spool: a write that fails
+        # (another process holds the write lock, a full disk...) is tried again after
+        # a growing pause; a damaged file is moved aside and a new store started.
+        if self.store.retry_in() > 0:
+            return False
+        failed_before = self.store.write_failures
+        declined = Counters()  # corrupt records: counted once, when the file is stored
+        try:
+            stored = self.store.ingest_rows(
+                _only_signals(store_groups(batch, declined), self.stored_signals)
+            )
+        except StoreDamaged:
+            try:
+                self.store.quarantine()  # logs the one ERROR line
+            except StoreError as exc:
+                if self.store.write_failures == 1:
+                    log.error("%s", exc)
+            return False
+        except StoreError as exc:
+            if self.store.write_failures == 1:
+                log.warning("%s; retrying, the spool keeps the records meanwhile", exc)
+            return False
+        if failed_before:
+            log.info("the store takes records again (after %d failed writes)", failed_before)
+        self.counters.store_records += stored
+        self.counters.corrupt_records += declined.corrupt_records
+        self.spool.mark_done(file_id, "store")
         return True
 
     def _maybe_export_metrics(self, force: bool = False) -> None:
