@@ -8,7 +8,6 @@ DEFAULT_SIZE: int
 DEFAULT_MAX_RECORD: int
 DEFAULT_META_SIZE: int
 MAX_LANES: int
-MIN_SIZE: int
 MAX_SIZE: int
 
 def default_ring_name() -> str: ...

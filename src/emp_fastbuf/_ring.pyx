@@ -123,7 +123,6 @@ DEFAULT_SIZE = 128 << 20
 DEFAULT_MAX_RECORD = 64 << 10
 DEFAULT_META_SIZE = 8192
 MAX_LANES = 1024
-MIN_SIZE = 1 << 20
 MAX_SIZE = 1 << 40  # 1 TiB of lane data; also keeps the sizing arithmetic far from 2**64
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
