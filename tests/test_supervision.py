@@ -218,6 +218,7 @@ def test_status_reports_a_stalled_loop_as_unhealthy_and_exits_3(
     )
     assert out.returncode == 3, out.stderr
     assert "unhealthy" in out.stdout and "drain loop is stalled" in out.stdout
+    assert "drain stalled, last round" in out.stdout and "delivery last round" in out.stdout
     assert "2 caught at the loops" in out.stdout
     js = subprocess.run(
         [sys.executable, "-m", "emp_fastbuf", "status", "--ring", ring_name, "--json"],

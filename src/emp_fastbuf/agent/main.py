@@ -1038,6 +1038,17 @@ def _print_status(st: dict[str, Any]) -> None:
     health = st.get("health") or {}
     if agent.get("alive") and health.get("problems"):
         con.print("[bold red]unhealthy[/]: " + "; ".join(health["problems"]))
+    loops = health.get("loops") or {}
+    if agent.get("alive") and loops:
+        now = time.time_ns()
+        con.print(
+            "[bold]loops[/]: "
+            + ", ".join(
+                f"{name} {'[bold red]stalled[/], ' if lp.get('stalled') else ''}last round "
+                f"{max(0.0, (now - int(lp.get('last_beat_ns') or now)) / 1e9):.1f} s ago"
+                for name, lp in loops.items()
+            )
+        )
     if health.get("agent_errors"):
         con.print(
             f"[bold]agent errors[/]: {health['agent_errors']} caught at the loops (the agent "
