@@ -461,15 +461,22 @@ class Agent:
     def _drain_once(self, final: bool = False) -> None:
         assert self.consumer is not None
         chunks: list[LaneChunk] = []
-        while True:
+        # What was written up to now, not what producers still writing add meanwhile
+        # (with lane chaining that could be the whole ring): the stop stays short, and
+        # the rest waits in the ring for the next agent.
+        budget = self.consumer.backlog()
+        taken = 0
+        while taken < budget:
             got = self.consumer.read_lanes(READ_CHUNK)
             if not got:
                 break
             for lane, meta, recs in got:
                 self.lane_meta[lane] = meta
                 chunks.append(LaneChunk(meta, recs))
+                n = sum(len(r) for r in recs)
+                taken += n
                 self.counters.drained_records += len(recs)
-                self.counters.drained_bytes += sum(len(r) for r in recs)
+                self.counters.drained_bytes += n
         if final:
             chunks.append(self._own_metrics())
         if chunks:
