@@ -382,3 +382,30 @@ def test_a_foreign_database_is_still_exit_1(fastbuf_home: Path) -> None:
     conn.close()
     out = fastbuf_cmd(["logs"], fastbuf_home)
     assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_without_a_home_auto_spawn_says_it_starts_no_agent() -> None:
+    """The zero-config path with nowhere to put the agent's home: one warning, no crash."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HOME", "EMP_FASTBUF_HOME")}
+    env["EMP_FASTBUF_RING"] = f"emp-fastbuf-test-nohome-{os.getpid()}"
+    env.pop("EMP_FASTBUF_AGENT", None)
+    code = (
+        "import emp_fastbuf as f\nfor i in range(3): f.emit('x', i=i)\nprint(f.stats()['emitted'])"
+    )
+    prefix = _as_user_without_passwd_entry()
+    if prefix is not None:
+        command = [*prefix, sys.executable, "-c", code]
+    else:
+        command = [
+            sys.executable,
+            "-c",
+            "import pwd\ndef missing(uid): raise KeyError(uid)\npwd.getpwuid = missing\n" + code,
+        ]
+    try:
+        out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, cwd="/")
+    finally:
+        Path(f"/dev/shm/{env['EMP_FASTBUF_RING']}").unlink(missing_ok=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "3"  # the records are in the ring
+    assert out.stderr.count("cannot start an agent") == 1, out.stderr
+    assert "Traceback" not in out.stderr

@@ -21,6 +21,7 @@ from emp_fastbuf._ring import Ring
 _log = logging.getLogger("emp_fastbuf")
 
 _last_spawn: dict[str, float] = {}
+_warned: set[str] = set()
 _lock = threading.Lock()
 SPAWN_INTERVAL_S = 5.0
 
@@ -89,5 +90,16 @@ def ensure_agent(ring_name: str) -> int | None:
             # Reap it in the background when it exits while we live (no zombie left).
             threading.Thread(target=proc.wait, name="emp-fastbuf-agent-reaper", daemon=True).start()
             return proc.pid
-    except Exception:
+    except Exception as exc:
+        # Said once per process and reason: records wait in the ring, but nobody drains
+        # them until an agent runs (no home directory, say, as in some containers).
+        reason = f"{type(exc).__name__}: {exc}"
+        if reason not in _warned:
+            _warned.add(reason)
+            _log.warning(
+                "emp_fastbuf: cannot start an agent for ring %r (%s); records wait in the "
+                "ring until one runs (set EMP_FASTBUF_HOME, or run `fastbuf agent`)",
+                ring_name,
+                reason,
+            )
         return None
