@@ -571,13 +571,15 @@ cdef class Ring:
         are free.
         """
         cdef uint64_t tail, free_, off, to_end, room
+        cdef Py_ssize_t cap
         if mode == NEW_LANE:
             if not self._chain():
                 return -1
-            room = <uint64_t>self._window(out, AT_HEAD)
-            if <Py_ssize_t>room < <Py_ssize_t>self.max_record:
+            # A drained lane holds a maximum record at its head or at its start.
+            cap = self._window(out, AT_HEAD)
+            if cap < <Py_ssize_t>self.max_record:
                 return self._window(out, AT_START)
-            return <Py_ssize_t>room
+            return cap
         tail = efb_load_acquire(self.lane_tail)
         free_ = self.lane_size - (self.head - tail)
         off = self.head & self.lane_mask
