@@ -348,3 +348,30 @@ def test_a_locked_store_never_holds_the_export_back(tmp_path: Path, ring_name: s
             assert set(store_seqs(home, "x")) == set(range(2000))
         finally:
             assert agent.stop() == 0, agent.output()
+
+
+@pytest.mark.stress
+def test_sigterm_at_any_moment_stops_the_agent(tmp_path: Path, ring_name: str) -> None:
+    """The signal handler takes no lock: a SIGTERM that lands while the main thread is
+    inside an Event's wait (its lock held) once deadlocked the agent in Event.set()."""
+    import random
+    import signal
+
+    from test_agent import AgentProc
+
+    rng = random.Random()
+    for k in range(12):
+        home = tmp_path / f"home-{k}"
+        home.mkdir(mode=0o700)
+        agent = AgentProc(ring_name, home)
+        agent.wait_ready()
+        time.sleep(rng.uniform(0, 0.3))
+        agent.proc.send_signal(signal.SIGTERM)
+        try:
+            code = agent.proc.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            agent.proc.kill()
+            agent.proc.wait()
+            code = -1
+        agent.log.close()
+        assert code == 0, f"stop {k} did not finish: {agent.output()[-3000:]}"

@@ -162,6 +162,7 @@ class Agent:
         self.home = Path(config.home)
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.stop_event = threading.Event()
+        self.stop_requested = False  # set by the signal handler, which takes no lock
         self.counters = Counters()
         self.exporter: Any = None
         self.store: Any = None
@@ -330,6 +331,10 @@ class Agent:
         spool_retry_at = 0.0
         spool_backoff = 0.2
         while not self.stop_event.is_set():
+            if self.stop_requested:
+                log.info("signal received: draining and stopping")
+                self.stop_event.set()
+                break
             self.beats["drain"] = time.time_ns()
             if self.delivery_thread is not None and not self.delivery_thread.is_alive():
                 self.fatal = "the delivery loop ended unexpectedly"
@@ -909,12 +914,14 @@ def run_agent(args: Any) -> int:
     agent = Agent(config, ring_name, spawned=bool(getattr(args, "spawned", False)))
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: draining and stopping", signum)
-        if not agent.stop_event.is_set():
+        # No lock may be taken here: the handler runs in the main thread between two of its
+        # bytecodes, maybe inside stop_event.wait() holding the event's own lock (set()
+        # would then deadlock). The drain loop sees the flag within 5 ms and sets the event.
+        if not agent.stop_requested:
+            agent.stop_requested = True
             # A stop should take the shutdown timeout at most: if it takes far longer,
             # every thread's stack goes to the log, to show where it is stuck.
             faulthandler.dump_traceback_later(agent.config.shutdown_timeout_s + 30, exit=False)
-        agent.stop_event.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
