@@ -307,9 +307,19 @@ def test_the_agent_creates_its_ring_at_emp_fastbuf_ring_size(
     assert size == 8 << 20
 
 
+# Holds the store's write lock until told on stdin (at most 60 s).
+HOLD_WRITE_LOCK = r"""
+import select, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+select.select([sys.stdin], [], [], 60)
+conn.execute("ROLLBACK")
+"""
+
+
 def test_a_locked_store_never_holds_the_export_back(tmp_path: Path, ring_name: str) -> None:
     from test_agent import AgentProc
-    from test_faults_store_cli import LOCKER
 
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
@@ -318,7 +328,8 @@ def test_a_locked_store_never_holds_the_export_back(tmp_path: Path, ring_name: s
         agent.wait_ready()
         try:
             locker = subprocess.Popen(
-                [sys.executable, "-c", LOCKER, str(home / "store.sqlite"), "10"],
+                [sys.executable, "-c", HOLD_WRITE_LOCK, str(home / "store.sqlite")],
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
             )
@@ -332,8 +343,11 @@ def test_a_locked_store_never_holds_the_export_back(tmp_path: Path, ring_name: s
                 seen = {attrs_dict(rec.attributes).get("seq") for _res, rec in r.logs()}
                 return len(seen - {None}) == 2000
 
-            assert rx.wait_for(exported, 8), "the export waited for the locked store"
+            assert rx.wait_for(exported, 50), "the export waited for the locked store"
             assert locker.poll() is None  # the lock was still held meanwhile
+            assert locker.stdin is not None
+            locker.stdin.write("release\n")
+            locker.stdin.close()
             assert locker.wait(timeout=60) == 0
             locker.stdout.close()
             # Then the store gets every record too, from the spool.
