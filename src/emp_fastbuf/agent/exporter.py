@@ -297,15 +297,8 @@ class _HTTPConnection(urllib3.connection.HTTPConnection):
         super().request(*args, **kwargs)
 
 
-class _HTTPSConnection(urllib3.connection.HTTPSConnection):
-    def connect(self) -> None:
-        _arm_watchdog(self)
-        super().connect()
-        _arm_watchdog(self)
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _arm_watchdog(self)
-        super().request(*args, **kwargs)
+class _HTTPSConnection(_HTTPConnection, urllib3.connection.HTTPSConnection):
+    """The same watchdog over TLS: the MRO puts urllib3's HTTPS connection under it."""
 
 
 class _HTTPPool(urllib3.HTTPConnectionPool):
