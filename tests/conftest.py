@@ -7,6 +7,7 @@ import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,6 +43,22 @@ def ring(ring_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[fastbuf.Ri
     yield r
     api.shutdown()
     _codec.set_limits(attributes=128, key_length=128, value_length=4096)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Any]:
+    """A loopback OTLP/HTTP receiver (``otlp_receiver.OTLPReceiver``), up for the test."""
+    from otlp_receiver import OTLPReceiver
+
+    with OTLPReceiver() as rx:
+        yield rx
+
+
+@pytest.fixture
+def agent_ring(ring_name: str) -> Iterator[str]:
+    """A 16-lane ring for an agent test, created ahead of the agent."""
+    fastbuf.Ring.create(ring_name, 16 << 20, lanes=16).close()
+    yield ring_name
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -106,15 +105,8 @@ def env_clean(monkeypatch: pytest.MonkeyPatch, fastbuf_home: Path) -> Path:
 
 
 @pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as rx:
-        yield rx
-
-
-@pytest.fixture
-def ring(ring_name: str) -> Iterator[str]:
-    fastbuf.Ring.create(ring_name, 16 << 20, lanes=16).close()
-    yield ring_name
+def ring(agent_ring: str) -> str:
+    return agent_ring
 
 
 def seqs(rx: OTLPReceiver, tag: str | None = None) -> Counter[int]:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-import emp_fastbuf as fastbuf
 from emp_fastbuf.agent.config import AgentConfig
 from emp_fastbuf.agent.exporter import OTLPHttpExporter, RetryPolicy
 from otlp_receiver import OTLPReceiver, Response
@@ -36,18 +35,6 @@ def home(monkeypatch: pytest.MonkeyPatch, fastbuf_home: Path) -> Path:
             monkeypatch.delenv(var)
     monkeypatch.setenv("EMP_FASTBUF_AGENT", "external")
     return fastbuf_home
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as rx:
-        yield rx
-
-
-@pytest.fixture
-def agent_ring(ring_name: str) -> Iterator[str]:
-    fastbuf.Ring.create(ring_name, 16 << 20, lanes=16).close()
-    yield ring_name
 
 
 def fastbuf_cli(

@@ -18,14 +18,12 @@ import subprocess
 import sys
 import textwrap
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lz4.frame
 import pytest
 
-import emp_fastbuf as fastbuf
 from emp_fastbuf.agent import spool as spool_module
 from emp_fastbuf.agent.config import SPOOL_CODECS, AgentConfig, ConfigError, parse_size
 from emp_fastbuf.agent.main import config_from_args
@@ -256,18 +254,6 @@ def agent_home(fastbuf_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             monkeypatch.delenv(var)
     monkeypatch.setenv("EMP_FASTBUF_AGENT", "external")
     return fastbuf_home
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as rx:
-        yield rx
-
-
-@pytest.fixture
-def agent_ring(ring_name: str) -> Iterator[str]:
-    fastbuf.Ring.create(ring_name, 16 << 20, lanes=16).close()
-    yield ring_name
 
 
 def test_agent_with_a_fifo_in_its_spool_starts_and_delivers(

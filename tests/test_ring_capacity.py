@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,14 @@ from emp_fastbuf import _codec, api
 from emp_fastbuf._ring import DEFAULT_SIZE, MAX_LANES, Ring, layout_for
 from otlp_receiver import OTLPReceiver, attrs_dict
 from test_agent import AgentProc
-from test_volume import _env, assert_all_once_or_more, finish, start_worker, store_seqs
+from test_volume import (
+    _env,
+    assert_all_once_or_more,
+    can_mount_tmpfs,
+    finish,
+    start_worker,
+    store_seqs,
+)
 
 MiB = 1 << 20
 
@@ -108,24 +114,13 @@ print(json.dumps({"flushed": fastbuf.flush(120), "stats": fastbuf.stats(),
 """
 
 
-def _can_mount_small_shm() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"],
-        capture_output=True,
-        timeout=30,
-    )
-    return probe.returncode == 0
-
-
 def test_a_64_mb_dev_shm_gets_a_smaller_ring_and_one_warning_never_disabled_telemetry(
     tmp_path: Path, ring_name: str
 ) -> None:
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     env = _env(home, ring_name, EMP_FASTBUF_AGENT_IDLE_EXIT="1")
-    if _can_mount_small_shm():
+    if can_mount_tmpfs():
         # A container's /dev/shm: a 64 MB tmpfs in a mount namespace of its own. The worker,
         # and the agent it spawns, see only that.
         script = tmp_path / "worker.py"

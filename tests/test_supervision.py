@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -25,21 +24,10 @@ from emp_fastbuf.agent.spool import LaneChunk
 from emp_fastbuf.codec_py import encode_record, encode_resource
 from emp_fastbuf.records import LOG, Record, Resource
 from otlp_receiver import OTLPReceiver, attrs_dict
-from test_volume import _env, finish, start_worker, store_seqs
+from test_volume import _env, can_mount_tmpfs, finish, start_worker, store_seqs
 
 
-def _can_unshare_mount() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
-        capture_output=True,
-        timeout=30,
-    )
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _can_unshare_mount(), reason="needs a private mount namespace")
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs a private mount namespace")
 def test_a_full_spool_disk_keeps_records_in_the_ring_and_delivery_resumes(
     tmp_path: Path, ring_name: str
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -43,6 +44,19 @@ with fastbuf.context(job_id="job-" + tag):
 flushed = fastbuf.flush(timeout=120)
 print(json.dumps({"flushed": flushed, "offered_per_s": total / elapsed, "stats": fastbuf.stats()}))
 """
+
+
+def can_mount_tmpfs() -> bool:
+    """Whether this machine lets a test mount a tmpfs in a mount namespace of its own (a
+    small /dev/shm or spool disk); root with ``unshare``."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+        capture_output=True,
+        timeout=30,
+    )
+    return probe.returncode == 0
 
 
 def _env(home: Path, ring: str, **extra: str) -> dict[str, str]:
