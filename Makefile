@@ -46,7 +46,7 @@ lint: build
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/cython-lint src/emp_fastbuf
 	$(VENV)/bin/mypy
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
-	$(PY) -m mypy.stubtest --allowlist stubtest-allowlist.txt emp_fastbuf._ring emp_fastbuf._codec emp_fastbuf._transcode
+	$(PY) -m mypy.stubtest --allowlist stubtest-allowlist.txt emp_fastbuf.ring._ring emp_fastbuf.producer._codec emp_fastbuf.agent.transcode._transcode
 
 bench: build
 	$(PY) -m bench.run
@@ -56,4 +56,5 @@ wheel: $(STAMP)
 	$(PY) -m build
 
 clean:
-	rm -rf build dist src/*.egg-info src/emp_fastbuf/*.so src/emp_fastbuf/_*.c
+	find src/emp_fastbuf \( -name '*.so' -o -name '_*.c' \) -delete
+	rm -rf build dist src/*.egg-info

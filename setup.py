@@ -36,22 +36,35 @@ directives = {
 }
 
 
-def ext(name: str) -> Extension:
+# One extension per stage that needs native code: the ring, the producer's encoder and the
+# agent's bulk transcoder. Headers sit next to the module that owns them; the ring's are
+# shared with the encoder, which cimports the ring.
+PYX = sorted(glob.glob("src/emp_fastbuf/**/_*.pyx", recursive=True))
+HEADER_DIRS = sorted({os.path.dirname(p) for p in glob.glob("src/emp_fastbuf/**/*.h", recursive=True)})
+DEPENDS = [
+    p
+    for pattern in ("*.h", "*.pxd", "*.pxi")
+    for p in glob.glob(f"src/emp_fastbuf/**/{pattern}", recursive=True)
+]
+
+
+def ext(path: str) -> Extension:
+    name = path[len("src/") : -len(".pyx")].replace("/", ".")
     return Extension(
-        f"emp_fastbuf.{name}",
-        [f"src/emp_fastbuf/{name}.pyx"],
-        include_dirs=["src/emp_fastbuf"],
+        name,
+        [path],
+        include_dirs=HEADER_DIRS,
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         libraries=libraries,
         define_macros=macros,
-        depends=glob.glob("src/emp_fastbuf/*.h") + glob.glob("src/emp_fastbuf/*.pxd"),
+        depends=DEPENDS,
     )
 
 
 setup(
     ext_modules=cythonize(
-        [ext(os.path.basename(p)[:-4]) for p in sorted(glob.glob("src/emp_fastbuf/_*.pyx"))],
+        [ext(p) for p in PYX],
         compiler_directives=directives,
         include_path=["src"],
     ),

@@ -62,7 +62,7 @@ def _import_fastbuf() -> Any:
 
 def _current_ring() -> Any:
     """The ring ``configure`` attached this process to (None when detached)."""
-    from emp_fastbuf import api
+    from emp_fastbuf.producer import api
 
     return api.ring()
 

@@ -142,7 +142,8 @@ class _StagedRing:
 
     def __init__(self, tag: str) -> None:
         self.fastbuf = _import_fastbuf()
-        from emp_fastbuf import Ring, api
+        from emp_fastbuf import Ring
+        from emp_fastbuf.producer import api
 
         os.environ["EMP_FASTBUF_AGENT"] = "external"
         # Short: macOS limits shared-memory names to 31 characters.
@@ -207,7 +208,7 @@ class _StagedRing:
 
     def read_batch(self, n: int) -> list[Any]:
         """Up to ``n`` records as the agent's drain loop takes them: ``LaneChunk``s."""
-        from emp_fastbuf.agent.spool import LaneChunk
+        from emp_fastbuf.records import LaneChunk
 
         chunks = [LaneChunk(meta, recs) for _lane, meta, recs in self.consumer.read_lanes(n)]
         self.consumed += sum(len(c.records) for c in chunks)
@@ -215,7 +216,7 @@ class _StagedRing:
 
     def decoded_batch(self, n: int) -> list[Any]:
         """``n`` freshly staged records, decoded: ``(Resource, [Record])`` groups."""
-        from emp_fastbuf.agent.main import decode_batch
+        from emp_fastbuf.agent.runner import decode_batch
 
         self.fill(n)
         groups = decode_batch(self.read_batch(n))
@@ -252,7 +253,7 @@ def _receiver_main(conn: Connection) -> None:
     tests = str(REPO / "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
-    from otlp_receiver import OTLPReceiver
+    from emp_fastbuf.testing.receiver import OTLPReceiver
 
     with OTLPReceiver() as rx:
         conn.send(rx.url)
@@ -318,7 +319,7 @@ class _AgentPath:
     runs) or ``"python"`` (``decode_batch`` + ``agent.otlp``, its path before)."""
 
     def __init__(self, staged: _StagedRing, url: str, compression: str, home: Path) -> None:
-        from emp_fastbuf.agent.exporter import OTLPHttpExporter
+        from emp_fastbuf.agent.otlp.http import OTLPHttpExporter
         from emp_fastbuf.agent.spool import Spool
 
         self.staged = staged
@@ -341,10 +342,9 @@ class _AgentPath:
 
     def deliver_native(self, file_id: str) -> int:
         """``Agent._deliver`` for an export-only agent; returns the log records sent."""
-        from emp_fastbuf import _transcode
-        from emp_fastbuf.agent.main import decode_batch
-        from emp_fastbuf.agent.spool import LaneChunk
-        from emp_fastbuf.records import METRIC
+        from emp_fastbuf.agent.runner import decode_batch
+        from emp_fastbuf.agent.transcode import _transcode
+        from emp_fastbuf.records import METRIC, LaneChunk
 
         batch = self.spool.read(file_id)
         max_bytes = self.config.request_max_bytes
@@ -366,8 +366,8 @@ class _AgentPath:
 
     def deliver_python(self, file_id: str) -> int:
         """The same with the Python encoder: decode every record, build, serialize."""
-        from emp_fastbuf.agent.main import decode_batch
-        from emp_fastbuf.agent.otlp import iter_logs_requests, iter_traces_requests
+        from emp_fastbuf.agent.otlp.reference import iter_logs_requests, iter_traces_requests
+        from emp_fastbuf.agent.runner import decode_batch
         from emp_fastbuf.records import METRIC
 
         groups = decode_batch(self.spool.read(file_id))
@@ -492,7 +492,7 @@ def _sdk_batch(n: int) -> list[Any]:
         from opentelemetry.sdk.resources import Resource as SdkResource
     except ImportError as exc:
         raise Skip(f"opentelemetry-sdk is not importable ({exc})") from exc
-    from emp_fastbuf.agent.otlp import record_attributes
+    from emp_fastbuf.agent.otlp.reference import record_attributes
 
     staged = _StagedRing("sdk")
     try:
@@ -591,7 +591,7 @@ def agent_store() -> Scenario:
     ``BATCH`` LOG records: the drain (read the lanes, spool the batch fsynced, acknowledge)
     and the delivery (read the spool file back, rows built natively, ``Store.ingest_rows``,
     the file marked done and deleted), as ``Agent`` runs them, minus its threads."""
-    from emp_fastbuf.agent.main import store_groups
+    from emp_fastbuf.agent.runner import store_groups
     from emp_fastbuf.agent.spool import Spool
     from emp_fastbuf.store import Store
 
@@ -649,7 +649,7 @@ def store_ingest_mixed() -> Scenario:
 
 
 def _agent_rows_scenario(tag: str, *, mixed: bool) -> Scenario:
-    from emp_fastbuf.agent.main import store_groups
+    from emp_fastbuf.agent.runner import store_groups
 
     staged = _StagedRing(tag)
     try:
@@ -987,11 +987,10 @@ def breakdown(batches: int = 20, compression: str = "gzip") -> dict[str, dict[st
     """
     import zstandard
 
-    from emp_fastbuf import _transcode
-    from emp_fastbuf.agent.main import decode_batch
-    from emp_fastbuf.agent.otlp import build_logs_request
-    from emp_fastbuf.agent.spool import LaneChunk
-    from emp_fastbuf.records import METRIC
+    from emp_fastbuf.agent.otlp.reference import build_logs_request
+    from emp_fastbuf.agent.runner import decode_batch
+    from emp_fastbuf.agent.transcode import _transcode
+    from emp_fastbuf.records import METRIC, LaneChunk
 
     home = Path(tempfile.mkdtemp(prefix="bench-breakdown-"))
     staged = _StagedRing("breakdown")

@@ -256,7 +256,7 @@ def _load_receiver() -> Any:
     tests = str(_REPO / "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
-    from otlp_receiver import OTLPReceiver
+    from emp_fastbuf.testing.receiver import OTLPReceiver
 
     return OTLPReceiver
 

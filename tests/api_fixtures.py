@@ -4,8 +4,7 @@ in conftest.py gives a private one)."""
 from __future__ import annotations
 
 import emp_fastbuf as fastbuf
-from emp_fastbuf import codec_py
-from emp_fastbuf.records import Record, Resource
+from emp_fastbuf.records import Record, Resource, reference
 
 
 def drain(ring: fastbuf.Ring) -> list[tuple[Resource, Record]]:
@@ -18,8 +17,8 @@ def drain(ring: fastbuf.Ring) -> list[tuple[Resource, Record]]:
             if not got:
                 break
             for _lane, meta, recs in got:
-                res = codec_py.decode_resource(meta)
-                out.extend((res, codec_py.decode_record(r)) for r in recs)
+                res = reference.decode_resource(meta)
+                out.extend((res, reference.decode_record(r)) for r in recs)
         c.ack()
     finally:
         c.close()

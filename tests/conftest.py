@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import emp_fastbuf as fastbuf
-from emp_fastbuf import _codec, api
+from emp_fastbuf.producer import _codec, api
 
 _ring_numbers = itertools.count()
 
@@ -48,7 +48,7 @@ def ring(ring_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[fastbuf.Ri
 @pytest.fixture
 def receiver() -> Iterator[Any]:
     """A loopback OTLP/HTTP receiver (``otlp_receiver.OTLPReceiver``), up for the test."""
-    from otlp_receiver import OTLPReceiver
+    from emp_fastbuf.testing.receiver import OTLPReceiver
 
     with OTLPReceiver() as rx:
         yield rx

@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from emp_fastbuf._ring import Ring
 from emp_fastbuf.errors import RingBusy
+from emp_fastbuf.ring._ring import Ring
 
 SHM_DIR = Path("/dev/shm")
 

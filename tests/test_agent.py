@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import emp_fastbuf as fastbuf
-from otlp_receiver import OTLPReceiver, Response, attrs_dict
+from emp_fastbuf.ring._ring import process_alive
+from emp_fastbuf.testing.receiver import OTLPReceiver, Response, attrs_dict
 
 TOKEN = "auth_s3cr3t-token-value-0123456789"
 WORKER = r"""
@@ -452,10 +453,10 @@ assert fastbuf.flush(timeout=30), "the spawned agent did not take the records"
     while time.monotonic() < deadline:
         if status_path.exists():
             pid = json.loads(status_path.read_text())["agent"]["pid"]
-            if not fastbuf._ring.process_alive(pid):
+            if not process_alive(pid):
                 break
         time.sleep(0.2)
-    assert pid is not None and not fastbuf._ring.process_alive(pid), "agent did not exit"
+    assert pid is not None and not process_alive(pid), "agent did not exit"
     q = subprocess.run(
         [sys.executable, "-m", "emp_fastbuf", "logs", "--job", "job-auto", "--json"],
         capture_output=True,

@@ -16,7 +16,7 @@ import pytest
 
 import emp_fastbuf as fastbuf
 from api_fixtures import drain, records
-from emp_fastbuf import _codec, api
+from emp_fastbuf.producer import _codec, api
 from emp_fastbuf.records import (
     COUNTER,
     DEFAULT_HISTOGRAM_BOUNDS,
@@ -565,12 +565,12 @@ os.environ.update(EMP_FASTBUF_RING={ring_name!r}, EMP_FASTBUF_AGENT="external",
                   OTEL_RESOURCE_ATTRIBUTES="deployment.environment=prod,team=gpu%20infra,bad")
 import emp_fastbuf.auto
 import emp_fastbuf as fastbuf
-from emp_fastbuf import codec_py
+from emp_fastbuf.records import reference
 fastbuf.emit("hello")
 ring = fastbuf.Ring.open({ring_name!r})
 c = ring.consumer()
 (lane, meta, recs), = c.read_lanes(10)
-res = codec_py.decode_resource(meta)
+res = reference.decode_resource(meta)
 a = res.attributes
 assert a["service.name"] == "zero", a
 assert a["emp.machine_id"] == "mach-7", a

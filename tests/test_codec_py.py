@@ -13,7 +13,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emp_fastbuf import codec_py
 from emp_fastbuf.records import (
     COUNTER,
     DEFAULT_HISTOGRAM_BOUNDS,
@@ -30,6 +29,7 @@ from emp_fastbuf.records import (
     Resource,
     SpanEvent,
     SpanLink,
+    reference,
 )
 
 CORPUS = Path(__file__).parent / "corpus" / "records"
@@ -67,17 +67,17 @@ def same(a: Any, b: Any) -> bool:
 
 
 def roundtrip(rec: Record) -> Record:
-    buf = codec_py.encode_record(rec)
-    out = codec_py.decode_record(buf)
+    buf = reference.encode_record(rec)
+    out = reference.decode_record(buf)
     # The encoding is canonical: encoding the decoded record gives the same bytes.
-    assert codec_py.encode_record(out) == buf
+    assert reference.encode_record(out) == buf
     return out
 
 
 def decode_or_corrupt(buf: bytes) -> Record | None:
     """Decode; a CorruptRecord (never another exception) gives None."""
     try:
-        return codec_py.decode_record(buf)
+        return reference.decode_record(buf)
     except CorruptRecord as exc:
         assert INTERNAL not in str(exc), str(exc)
         assert str(exc)
@@ -167,17 +167,17 @@ def resource_blob(version: int = 1, kind: int = 5, tail: bytes = b"") -> bytes:
 
 def test_hand_built_baselines_decode() -> None:
     """The malformed inputs below are each one change away from these valid ones."""
-    rec = codec_py.decode_record(GOOD_LOG)
+    rec = reference.decode_record(GOOD_LOG)
     assert (rec.kind, rec.severity_number, rec.severity_text, rec.body) == (LOG, 9, "INFO", "hello")
-    assert codec_py.encode_record(rec) == GOOD_LOG
-    assert codec_py.decode_record(span_rec(span_body())).parent_span_id == PARENT
-    assert codec_py.decode_record(metric_rec(COUNTER, b"\x02" + struct.pack("<q", 5))).value == 5
-    assert codec_py.decode_record(metric_rec(HISTOGRAM, hist([1.0], [0.0, 1.0]))).bounds == [
+    assert reference.encode_record(rec) == GOOD_LOG
+    assert reference.decode_record(span_rec(span_body())).parent_span_id == PARENT
+    assert reference.decode_record(metric_rec(COUNTER, b"\x02" + struct.pack("<q", 5))).value == 5
+    assert reference.decode_record(metric_rec(HISTOGRAM, hist([1.0], [0.0, 1.0]))).bounds == [
         0.0,
         1.0,
     ]
-    assert codec_py.decode_resource(resource_blob()).scope_version == "1.0"
-    assert codec_py.decode_record(log_with(alist(entry(b"k", 4, b"\x01")))).attributes == {
+    assert reference.decode_resource(resource_blob()).scope_version == "1.0"
+    assert reference.decode_record(log_with(alist(entry(b"k", 4, b"\x01")))).attributes == {
         "k": True
     }
 
@@ -199,8 +199,8 @@ def test_log_round_trip_with_trace_and_limits() -> None:
         severity_text="ERROR",
         body="boom: ünïcödé ✓ 🚀\n" * 3,
     )
-    buf = codec_py.encode_record(rec)
-    assert buf[:4] == bytes([1, LOG, codec_py.FLAG_HAS_TRACE | codec_py.FLAG_HAS_LIMITS, 0])
+    buf = reference.encode_record(rec)
+    assert buf[:4] == bytes([1, LOG, reference.FLAG_HAS_TRACE | reference.FLAG_HAS_LIMITS, 0])
     assert buf[12:28] == TRACE and buf[28:36] == SPAN_ID
     assert struct.unpack_from("<HH", buf, 36) == (3, 65535)
     out = roundtrip(rec)
@@ -210,7 +210,7 @@ def test_log_round_trip_with_trace_and_limits() -> None:
 
 def test_flags_are_clear_without_trace_or_limits() -> None:
     rec = Record(kind=EVENT, time_unix_nano=0, name="epoch_end")
-    buf = codec_py.encode_record(rec)
+    buf = reference.encode_record(rec)
     assert buf[2] == 0
     assert buf == head(EVENT)[:4] + bytes(8) + s16(b"epoch_end") + NO_ATTRS + NO_ATTRS
     out = roundtrip(rec)
@@ -260,14 +260,14 @@ def test_root_span_parent_decodes_as_none() -> None:
     rec = Record(
         kind=SPAN, time_unix_nano=T0, trace_id=TRACE, span_id=SPAN_ID, name="root", trace_flags=1
     )
-    buf = codec_py.encode_record(rec)
+    buf = reference.encode_record(rec)
     assert bytes(8) in buf
     assert roundtrip(rec).parent_span_id is None
     # An explicit all-zero parent is the same thing: a root span.
     zero_parent = Record(
         kind=SPAN, time_unix_nano=T0, trace_id=TRACE, span_id=SPAN_ID, parent_span_id=bytes(8)
     )
-    assert codec_py.encode_record(zero_parent) == codec_py.encode_record(
+    assert reference.encode_record(zero_parent) == reference.encode_record(
         Record(kind=SPAN, time_unix_nano=T0, trace_id=TRACE, span_id=SPAN_ID)
     )
 
@@ -321,7 +321,7 @@ def test_histogram_round_trip_custom_bounds() -> None:
 
 def test_histogram_round_trip_default_bounds() -> None:
     rec = Record(kind=METRIC, time_unix_nano=T0, instrument=HISTOGRAM, name="latency", values=[3.0])
-    buf = codec_py.encode_record(rec)
+    buf = reference.encode_record(rec)
     # n_bounds = 0 (the default bounds) sits right before the two empty attrlists.
     assert buf.endswith(b"\x00\x00" + NO_ATTRS + NO_ATTRS)
     out = roundtrip(rec)
@@ -340,7 +340,7 @@ def test_histogram_round_trip_default_bounds() -> None:
 
 def test_histogram_int_values_are_stored_as_floats() -> None:
     rec = Record(kind=METRIC, time_unix_nano=1, instrument=HISTOGRAM, name="h", values=[1, 2])
-    out = codec_py.decode_record(codec_py.encode_record(rec))
+    out = reference.decode_record(reference.encode_record(rec))
     assert out.values == [1.0, 2.0] and all(type(v) is float for v in out.values)
 
 
@@ -386,7 +386,7 @@ class Mode(enum.StrEnum):
 )
 def test_attribute_types_round_trip(value: Any, expected: Any) -> None:
     rec = Record(kind=EVENT, time_unix_nano=1, name="e", attributes={"k": value, "": value})
-    out = codec_py.decode_record(codec_py.encode_record(rec))
+    out = reference.decode_record(reference.encode_record(rec))
     assert same(out.attributes, {"k": expected, "": expected})
 
 
@@ -419,15 +419,15 @@ def test_resource_round_trip() -> None:
         scope_name="emp_fastbuf",
         scope_version="0.1.0",
     )
-    buf = codec_py.encode_resource(res)
+    buf = reference.encode_resource(res)
     assert buf[:2] == b"\x01\x05"
-    assert codec_py.decode_resource(buf) == res
-    assert codec_py.decode_resource(memoryview(bytearray(buf))) == res
+    assert reference.decode_resource(buf) == res
+    assert reference.decode_resource(memoryview(bytearray(buf))) == res
 
 
 def test_resource_bytes_match_the_native_encoder() -> None:
     """Parity: the Cython producer's resource blob is byte-identical to the reference."""
-    native = pytest.importorskip("emp_fastbuf._codec")
+    native = pytest.importorskip("emp_fastbuf.producer._codec")
     attrs = {
         "service.name": "trainer",
         "process.pid": 4242,
@@ -439,34 +439,34 @@ def test_resource_bytes_match_the_native_encoder() -> None:
         "huge": 1 << 70,
         "ключ": "значение",
     }
-    ours = codec_py.encode_resource(Resource(attrs, "emp_fastbuf", "9.9.9"))
+    ours = reference.encode_resource(Resource(attrs, "emp_fastbuf", "9.9.9"))
     assert native.encode_resource(attrs, "emp_fastbuf", "9.9.9") == ours
-    assert codec_py.decode_resource(ours).attributes["huge"] == str(1 << 70)
+    assert reference.decode_resource(ours).attributes["huge"] == str(1 << 70)
 
 
 def test_attrs_helpers_round_trip() -> None:
     attrs = {"a": [1, "x"], "b": b"\x00", "c": None}
-    buf = codec_py.encode_attrs(attrs)
+    buf = reference.encode_attrs(attrs)
     assert buf[:2] == b"\x03\x00"
-    assert codec_py.decode_attrs(buf) == attrs
+    assert reference.decode_attrs(buf) == attrs
     with pytest.raises(CorruptRecord, match="trailing"):
-        codec_py.decode_attrs(buf + b"\x00")
+        reference.decode_attrs(buf + b"\x00")
     with pytest.raises(CorruptRecord, match="truncated"):
-        codec_py.decode_attrs(buf[:-1])
+        reference.decode_attrs(buf[:-1])
 
 
 def test_decode_accepts_bytearray_and_memoryview() -> None:
-    assert codec_py.decode_record(bytearray(GOOD_LOG)) == codec_py.decode_record(GOOD_LOG)
+    assert reference.decode_record(bytearray(GOOD_LOG)) == reference.decode_record(GOOD_LOG)
     padded = b"xx" + GOOD_LOG + b"yy"
-    assert codec_py.decode_record(memoryview(padded)[2:-2]).body == "hello"
+    assert reference.decode_record(memoryview(padded)[2:-2]).body == "hello"
 
 
 @pytest.mark.parametrize("bad", ["text", 123, None, [1, 2]])
 def test_decode_rejects_non_bytes_with_type_error(bad: Any) -> None:
     with pytest.raises(TypeError):
-        codec_py.decode_record(bad)
+        reference.decode_record(bad)
     with pytest.raises(TypeError):
-        codec_py.decode_resource(bad)
+        reference.decode_resource(bad)
 
 
 # ---- the encoder refuses what the format cannot hold -------------------------------------
@@ -551,28 +551,28 @@ def _event(**kw: Any) -> Record:
 )
 def test_encode_rejects(rec: Record, exc: type[Exception], match: str) -> None:
     with pytest.raises(exc, match=match):
-        codec_py.encode_record(rec)
+        reference.encode_record(rec)
 
 
 def test_encode_rejects_too_many_histogram_values() -> None:
-    rec = _metric(instrument=HISTOGRAM, values=[0.0] * (codec_py.MAX_HISTOGRAM_VALUES + 1))
+    rec = _metric(instrument=HISTOGRAM, values=[0.0] * (reference.MAX_HISTOGRAM_VALUES + 1))
     with pytest.raises(ValueError, match=r"1\.\.1048576"):
-        codec_py.encode_record(rec)
+        reference.encode_record(rec)
 
 
 def test_encode_largest_histogram_round_trips() -> None:
-    values = [float(i) for i in range(codec_py.MAX_HISTOGRAM_VALUES)]
+    values = [float(i) for i in range(reference.MAX_HISTOGRAM_VALUES)]
     out = roundtrip(_metric(instrument=HISTOGRAM, values=values))
     assert out.values == values
 
 
 def test_encode_rejects_non_records() -> None:
     with pytest.raises(TypeError):
-        codec_py.encode_record(Resource())  # type: ignore[arg-type]
+        reference.encode_record(Resource())  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        codec_py.encode_resource(Record(kind=LOG, time_unix_nano=1))  # type: ignore[arg-type]
+        reference.encode_resource(Record(kind=LOG, time_unix_nano=1))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="str16"):
-        codec_py.encode_resource(Resource(scope_name="s" * 70000))
+        reference.encode_resource(Resource(scope_name="s" * 70000))
 
 
 # ---- the decoder: one hand-built malformed input per rule ---------------------------------
@@ -675,7 +675,7 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
 def test_decode_rejects_malformed(case: str) -> None:
     buf, match = MALFORMED[case]
     with pytest.raises(CorruptRecord, match=match) as info:
-        codec_py.decode_record(buf)
+        reference.decode_record(buf)
     assert INTERNAL not in str(info.value)
     assert isinstance(info.value, ValueError)
 
@@ -699,7 +699,7 @@ RESOURCE_MALFORMED: dict[str, tuple[bytes, str]] = {
 def test_decode_resource_rejects_malformed(case: str) -> None:
     buf, match = RESOURCE_MALFORMED[case]
     with pytest.raises(CorruptRecord, match=match) as info:
-        codec_py.decode_resource(buf)
+        reference.decode_resource(buf)
     assert INTERNAL not in str(info.value)
 
 
@@ -707,7 +707,7 @@ def test_decode_never_reads_past_a_memoryview_slice() -> None:
     """The byte after the slice would make the record valid; the decoder must not see it."""
     view = memoryview(GOOD_LOG)[:-1]
     with pytest.raises(CorruptRecord, match="truncated"):
-        codec_py.decode_record(view)
+        reference.decode_record(view)
 
 
 # ---- hypothesis --------------------------------------------------------------------------
@@ -804,7 +804,7 @@ PREFIXES = [
 def test_random_bytes_give_corrupt_record_only(data: bytes) -> None:
     decode_or_corrupt(data)
     try:
-        codec_py.decode_resource(data)
+        reference.decode_resource(data)
     except CorruptRecord as exc:
         assert INTERNAL not in str(exc)
 
@@ -820,9 +820,9 @@ def test_random_bodies_after_valid_headers(prefix: bytes, tail: bytes) -> None:
 def test_generated_records_round_trip(rec: Record) -> None:
     out = roundtrip(rec)
     assert same(out, rec)
-    buf = codec_py.encode_record(rec)
-    assert bool(buf[2] & codec_py.FLAG_HAS_TRACE) == (rec.trace_id is not None)
-    assert bool(buf[2] & codec_py.FLAG_HAS_LIMITS) == bool(
+    buf = reference.encode_record(rec)
+    assert bool(buf[2] & reference.FLAG_HAS_TRACE) == (rec.trace_id is not None)
+    assert bool(buf[2] & reference.FLAG_HAS_LIMITS) == bool(
         rec.dropped_attributes or rec.truncated_values
     )
 
@@ -830,17 +830,17 @@ def test_generated_records_round_trip(rec: Record) -> None:
 @FUZZ
 @given(records())
 def test_every_truncation_is_corrupt(rec: Record) -> None:
-    buf = codec_py.encode_record(rec)
+    buf = reference.encode_record(rec)
     for cut in range(len(buf)):
         with pytest.raises(CorruptRecord) as info:
-            codec_py.decode_record(buf[:cut])
+            reference.decode_record(buf[:cut])
         assert INTERNAL not in str(info.value)
 
 
 @FUZZ
 @given(records(), st.data())
 def test_byte_flips_give_record_or_corrupt(rec: Record, data: st.DataObject) -> None:
-    buf = bytearray(codec_py.encode_record(rec))
+    buf = bytearray(reference.encode_record(rec))
     flips = data.draw(
         st.lists(
             st.tuples(st.integers(0, len(buf) - 1), st.integers(1, 255)), min_size=1, max_size=4
@@ -851,18 +851,18 @@ def test_byte_flips_give_record_or_corrupt(rec: Record, data: st.DataObject) -> 
     out = decode_or_corrupt(bytes(buf))
     if out is not None:
         # Whatever decodes must be a record the encoder accepts.
-        codec_py.encode_record(out)
+        reference.encode_record(out)
 
 
 @FUZZ
 @given(st.dictionaries(keys, values, max_size=8), st.text(max_size=20), st.text(max_size=20))
 def test_generated_resources_round_trip(attrs: Any, name: str, version: str) -> None:
     res = Resource(attributes=attrs, scope_name=name, scope_version=version)
-    buf = codec_py.encode_resource(res)
-    assert same(codec_py.decode_resource(buf), res)
+    buf = reference.encode_resource(res)
+    assert same(reference.decode_resource(buf), res)
     for cut in range(len(buf)):
         with pytest.raises(CorruptRecord):
-            codec_py.decode_resource(buf[:cut])
+            reference.decode_resource(buf[:cut])
 
 
 # ---- corpus replay -----------------------------------------------------------------------
@@ -882,12 +882,12 @@ def test_corpus_is_present() -> None:
 @pytest.mark.parametrize("path", corpus_files("valid_"), ids=lambda p: p.name)
 def test_corpus_valid_records_decode(path: Path) -> None:
     buf = path.read_bytes()
-    rec = codec_py.decode_record(buf)
-    assert codec_py.encode_record(rec) == buf
+    rec = reference.decode_record(buf)
+    assert reference.encode_record(rec) == buf
 
 
 @pytest.mark.parametrize("path", corpus_files("bad_"), ids=lambda p: p.name)
 def test_corpus_bad_records_are_corrupt(path: Path) -> None:
     with pytest.raises(CorruptRecord) as info:
-        codec_py.decode_record(path.read_bytes())
+        reference.decode_record(path.read_bytes())
     assert INTERNAL not in str(info.value)

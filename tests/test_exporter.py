@@ -36,13 +36,13 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from emp_fastbuf._version import __version__
 from emp_fastbuf.agent.config import AgentConfig
-from emp_fastbuf.agent.exporter import (
+from emp_fastbuf.agent.otlp.http import (
     ExportResult,
     OTLPHttpExporter,
     RetryPolicy,
     parse_retry_after,
 )
-from otlp_receiver import OTLPReceiver, Response
+from emp_fastbuf.testing.receiver import OTLPReceiver, Response
 
 TOKEN = "auth_T0pS3cretTokenForTests"
 FAST = RetryPolicy(

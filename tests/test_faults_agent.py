@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /dev/shm 
 # `python -m emp_fastbuf agent ...`.
 AGENT_AT_SIGNAL = r"""
 import os, runpy, sys, time
-import emp_fastbuf.agent.main, emp_fastbuf.cli
+import emp_fastbuf.agent.runner, emp_fastbuf.cli
 go = sys.argv[1]
 while not os.path.exists(go):
     time.sleep(0.001)

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from emp_fastbuf.agent.config import AgentConfig
-from emp_fastbuf.agent.exporter import OTLPHttpExporter, RetryPolicy
-from otlp_receiver import OTLPReceiver, Response
+from emp_fastbuf.agent.otlp.http import OTLPHttpExporter, RetryPolicy
+from emp_fastbuf.testing.receiver import OTLPReceiver, Response
 from test_agent import AgentProc, run_worker, seqs
 from test_exporter import logs_payload
 

@@ -15,8 +15,9 @@ import time
 import pytest
 
 import emp_fastbuf as fastbuf
-from emp_fastbuf import _codec, _transcode, codec_py
-from emp_fastbuf.records import EVENT, LOG, METRIC, SPAN, Record
+from emp_fastbuf.agent.transcode import _transcode
+from emp_fastbuf.producer import _codec
+from emp_fastbuf.records import EVENT, LOG, METRIC, SPAN, Record, reference
 
 OBSERVED = 1_700_000_000_000_000_000
 DBL_MAX = sys.float_info.max
@@ -40,9 +41,9 @@ def raw_chunks(ring: fastbuf.Ring) -> list[tuple[bytes, list[bytes]]]:
 
 def decoded(ring: fastbuf.Ring) -> list[Record]:
     """The ring's records, each accepted by both decoders the agent uses: the strict
-    reference (``codec_py.decode_record``) and the native OTLP / store transcoders."""
+    reference (``reference.decode_record``) and the native OTLP / store transcoders."""
     chunks = raw_chunks(ring)
-    recs = [codec_py.decode_record(raw) for _meta, raws in chunks for raw in raws]
+    recs = [reference.decode_record(raw) for _meta, raws in chunks for raw in raws]
     kinds = [r.kind for r in recs]
     _payloads, n_logs, rejected = _transcode.logs_requests(chunks, OBSERVED)
     assert rejected == 0 and n_logs == kinds.count(LOG) + kinds.count(EVENT)

@@ -26,10 +26,10 @@ import pytest
 
 from emp_fastbuf.agent import spool as spool_module
 from emp_fastbuf.agent.config import SPOOL_CODECS, AgentConfig, ConfigError, parse_size
-from emp_fastbuf.agent.main import config_from_args
+from emp_fastbuf.agent.runner import config_from_args
 from emp_fastbuf.agent.spool import CorruptSpoolFile, LaneChunk, Spool
 from emp_fastbuf.cli import build_parser
-from otlp_receiver import OTLPReceiver
+from emp_fastbuf.testing.receiver import OTLPReceiver
 from test_agent import AgentProc, run_worker, seqs
 
 HEADER = struct.Struct("<8sHBBIQQQ")  # docs/spool-format.md

@@ -27,7 +27,8 @@ QUERIES = [["logs"], ["trace", TRACE_A.hex()], ["metrics"], ["correlate", "job-a
 POISON_WORKER = r"""
 import logging, sys
 import emp_fastbuf as fastbuf
-from emp_fastbuf import api, codec_py
+from emp_fastbuf.producer import api
+from emp_fastbuf.records import reference
 from emp_fastbuf.integrations.otel import FastbufSpanProcessor
 from emp_fastbuf.integrations.stdlib import FastbufHandler
 from emp_fastbuf.records import LOG, Record
@@ -49,7 +50,7 @@ with fastbuf.context(job_id="job-poison"):
     span = provider.get_tracer("poison").start_span("far span")
     span.end(end_time=10**19)
     # The latest time the record format holds, written into the ring as it is.
-    api.ring().write(codec_py.encode_record(Record(
+    api.ring().write(reference.encode_record(Record(
         kind=LOG, time_unix_nano=2**64 - 1, body="raw poison", severity_number=9,
         context={"job_id": "job-poison"})))
     fastbuf.log.info("after the poison")

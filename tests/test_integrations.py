@@ -27,7 +27,6 @@ from structlog.testing import LogCapture
 
 import emp_fastbuf as fastbuf
 from api_fixtures import drain, records
-from emp_fastbuf import _codec, api, codec_py
 from emp_fastbuf.integrations import clip_trace
 from emp_fastbuf.integrations.otel import (
     FastbufLogRecordProcessor,
@@ -37,7 +36,8 @@ from emp_fastbuf.integrations.otel import (
 )
 from emp_fastbuf.integrations.stdlib import FastbufHandler, instrument_logging, severity_number
 from emp_fastbuf.integrations.structlog import FastbufProcessor
-from emp_fastbuf.records import LOG, SPAN, STATUS_ERROR, Record
+from emp_fastbuf.producer import _codec, api
+from emp_fastbuf.records import LOG, SPAN, STATUS_ERROR, Record, reference
 
 # ---- fixtures and helpers ----------------------------------------------------------------
 
@@ -569,7 +569,7 @@ def test_force_flush_and_shutdown_wait_for_the_drainer(ring: fastbuf.Ring) -> No
         while not stop.is_set():
             got = consumer.read_lanes(10_000)
             for _lane, _meta, recs in got:
-                taken.extend(codec_py.decode_record(r) for r in recs)
+                taken.extend(reference.decode_record(r) for r in recs)
             if got:
                 consumer.ack()
             else:

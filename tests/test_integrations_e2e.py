@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import emp_fastbuf as fastbuf
-from emp_fastbuf import api
-from otlp_receiver import OTLPReceiver, attrs_dict
+from emp_fastbuf.producer import api
+from emp_fastbuf.testing.receiver import OTLPReceiver, attrs_dict
 from test_agent import AgentProc
 from test_integrations import _WORKER, emit_sample
 

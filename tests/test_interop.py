@@ -20,8 +20,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 import emp_fastbuf as fastbuf
-from emp_fastbuf import api
-from otlp_receiver import OTLPReceiver, attrs_dict
+from emp_fastbuf.producer import api
+from emp_fastbuf.testing.receiver import OTLPReceiver, attrs_dict
 from test_agent import AgentProc
 
 OURS_ONLY = ("emp.", "telemetry.sdk.", "service.instance.id", "host.name", "process.")

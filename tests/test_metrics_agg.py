@@ -1,4 +1,4 @@
-"""emp_fastbuf.agent.metrics_agg: cumulative aggregation of METRIC records, checked through
+"""emp_fastbuf.agent.otlp.metrics: cumulative aggregation of METRIC records, checked through
 the official opentelemetry-proto classes and against the OpenTelemetry SDK's aggregation."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource as SdkResource
 
-from emp_fastbuf.agent.metrics_agg import MetricsAggregator
+from emp_fastbuf.agent.otlp.metrics import MetricsAggregator
 from emp_fastbuf.records import (
     COUNTER,
     DEFAULT_HISTOGRAM_BOUNDS,

@@ -1,4 +1,4 @@
-"""emp_fastbuf.agent.otlp: decoded records -> OTLP requests, checked by parsing the bytes
+"""emp_fastbuf.agent.otlp.reference: decoded records -> OTLP requests, checked by parsing the bytes
 back with the official opentelemetry-proto classes, and against the OpenTelemetry SDK's own
 OTLP encoder for the same logical data."""
 
@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 
-from emp_fastbuf.agent.otlp import (
+from emp_fastbuf.agent.otlp.reference import (
     DEFAULT_MAX_BYTES,
     build_logs_request,
     build_traces_request,

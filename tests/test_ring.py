@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 import ring_workers as w
-from emp_fastbuf._ring import DEFAULT_MAX_RECORD, MAX_LANES, Consumer, Ring
 from emp_fastbuf.errors import (
     RecordTooLarge,
     RingBusy,
@@ -31,6 +30,7 @@ from emp_fastbuf.errors import (
     RingPermissionError,
     RingVersionError,
 )
+from emp_fastbuf.ring._ring import DEFAULT_MAX_RECORD, MAX_LANES, Consumer, Ring
 
 needs_shm = pytest.mark.skipif(not w.SHM_DIR.is_dir(), reason="needs /dev/shm (Linux)")
 TESTS_DIR = Path(__file__).resolve().parent
@@ -603,7 +603,7 @@ def test_segment_of_a_creator_that_died_mid_creation(ring_name: str) -> None:
 
 _FULL_SHM_SCRIPT = """
 import errno, os
-from emp_fastbuf._ring import Ring
+from emp_fastbuf.ring._ring import Ring
 try:
     Ring.create("too-big", 4 << 20, lanes=4, max_record=1024)
 except OSError as exc:

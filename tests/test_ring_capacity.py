@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import emp_fastbuf as fastbuf
-from emp_fastbuf import _codec, api
-from emp_fastbuf._ring import DEFAULT_SIZE, MAX_LANES, Ring, layout_for
-from otlp_receiver import OTLPReceiver, attrs_dict
+from emp_fastbuf.producer import _codec, api
+from emp_fastbuf.ring._ring import DEFAULT_SIZE, MAX_LANES, Ring, layout_for
+from emp_fastbuf.testing.receiver import OTLPReceiver, attrs_dict
 from test_agent import AgentProc
 from test_volume import (
     _env,
@@ -81,7 +81,7 @@ def test_a_huge_size_is_a_clear_error_at_once(ring_name: str, size: int) -> None
 def test_a_bad_ring_size_variable_warns_and_uses_the_default(
     tmp_path: Path, ring_name: str
 ) -> None:
-    code = "from emp_fastbuf import api; api.emit('x'); print(api.ring().stats()['size'])"
+    code = "from emp_fastbuf.producer import api; api.emit('x'); print(api.ring().stats()['size'])"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -104,7 +104,7 @@ def test_a_bad_ring_size_variable_warns_and_uses_the_default(
 SMALL_SHM = r"""
 import json, sqlite3, sys, time
 import emp_fastbuf as fastbuf
-from emp_fastbuf import api
+from emp_fastbuf.producer import api
 with fastbuf.context(job_id="job-c"):
     for i in range(100_000):
         fastbuf.log.info("step", seq=i, tag="c", loss=0.25, ok=True)
@@ -314,7 +314,7 @@ def test_on_full_values_are_checked(ring_name: str, monkeypatch: pytest.MonkeyPa
 
 
 def test_a_bad_on_full_variable_warns_and_drops(tmp_path: Path, ring_name: str) -> None:
-    code = "from emp_fastbuf import api; api.emit('x'); print(api.ring().block_ns)"
+    code = "from emp_fastbuf.producer import api; api.emit('x'); print(api.ring().block_ns)"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -23,8 +23,8 @@ from hypothesis.stateful import (
 )
 
 import ring_workers as w
-from emp_fastbuf._ring import Consumer, Ring
 from emp_fastbuf.errors import RecordTooLarge
+from emp_fastbuf.ring._ring import Consumer, Ring
 
 LANES = 3
 LANE_SIZE = 4096

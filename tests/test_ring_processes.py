@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 import ring_workers as w
-from emp_fastbuf._ring import Consumer, Ring
 from emp_fastbuf.errors import RingBusy, RingExists
+from emp_fastbuf.ring._ring import Consumer, Ring
 
 pytestmark = pytest.mark.stress
 

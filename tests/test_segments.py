@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 import emp_fastbuf as fastbuf
-from emp_fastbuf import segments
-from emp_fastbuf.segments import list_segments, sweep_stale
+from emp_fastbuf.ring import segments
+from emp_fastbuf.ring.segments import list_segments, sweep_stale
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="lists /dev/shm")
 

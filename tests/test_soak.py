@@ -36,9 +36,9 @@ from typing import IO
 import pytest
 
 import emp_fastbuf as fastbuf
-from emp_fastbuf import codec_py
 from emp_fastbuf.agent.spool import Spool
-from otlp_receiver import OTLPReceiver, Response
+from emp_fastbuf.records import reference
+from emp_fastbuf.testing.receiver import OTLPReceiver, Response
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux processes and mounts")
 
@@ -334,7 +334,7 @@ def _worker_seqs(path: Path, data: bytes) -> set[int]:
     seqs: set[int] = set()
     for chunk in chunks:
         for raw in chunk.records:
-            seq = codec_py.decode_record(raw).attributes.get("seq")
+            seq = reference.decode_record(raw).attributes.get("seq")
             if isinstance(seq, int):
                 seqs.add(seq)
     return seqs

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import zstandard
 
-from emp_fastbuf.agent.spool import CorruptSpoolFile, LaneChunk, Spool
+from emp_fastbuf.agent.spool import CorruptSpoolFile, Spool
+from emp_fastbuf.records import LaneChunk
 
 MAGIC = b"EFBSPOOL"
 HEADER = struct.Struct("<8sHBBIQQQ")  # as documented in docs/spool-format.md
@@ -239,7 +240,8 @@ def test_files_survive_a_killed_writer(tmp_path: Path) -> None:
         f"""
         import sys
         from pathlib import Path
-        from emp_fastbuf.agent.spool import LaneChunk, Spool
+        from emp_fastbuf.agent.spool import Spool
+        from emp_fastbuf.records import LaneChunk
         spool = Spool(Path({str(spool_dir)!r}))
         batch = [LaneChunk(b"m", [bytes(200)] * 20_000)]
         while True:

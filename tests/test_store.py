@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from emp_fastbuf import records
+from emp_fastbuf.errors import HomeError
+from emp_fastbuf.paths import check_home, home, store_path
 from emp_fastbuf.records import (
     COUNTER,
     EVENT,
@@ -38,8 +40,6 @@ from emp_fastbuf.store import (
     Store,
     StoreDamaged,
     StoreError,
-    check_home,
-    default_store_path,
     percentile,
 )
 
@@ -658,10 +658,10 @@ def test_enforce_on_readonly_store_is_refused(store: Store) -> None:
 
 def test_default_store_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("EMP_FASTBUF_HOME", str(tmp_path / "h"))
-    assert default_store_path() == tmp_path / "h" / "store.sqlite"
+    assert store_path(home()) == tmp_path / "h" / "store.sqlite"
     monkeypatch.delenv("EMP_FASTBUF_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    assert default_store_path() == tmp_path / "user/.local/share/emp-fastbuf/store.sqlite"
+    assert store_path(home()) == tmp_path / "user/.local/share/emp-fastbuf/store.sqlite"
 
 
 def test_permissions_owner_only(tmp_path: Path) -> None:
@@ -794,17 +794,17 @@ def test_check_home(tmp_path: Path) -> None:
     check_home(tmp_path / "not-yet")  # the agent creates it
     check_home(tmp_path)
     (tmp_path / "file").touch()
-    with pytest.raises(StoreError, match="is not a directory"):
+    with pytest.raises(HomeError, match="is not a directory"):
         check_home(tmp_path / "file")
     loose = tmp_path / "loose"
     loose.mkdir()
     loose.chmod(0o777)
-    with pytest.raises(StoreError, match="writable by every user"):
+    with pytest.raises(HomeError, match="writable by every user"):
         check_home(loose)
     if os.geteuid() == 0:
         loose.chmod(0o700)
         os.chown(loose, 12345, 12345)
-        with pytest.raises(StoreError, match="belongs to uid 12345"):
+        with pytest.raises(HomeError, match="belongs to uid 12345"):
             check_home(loose)
 
 

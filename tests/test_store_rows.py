@@ -1,5 +1,5 @@
-"""emp_fastbuf._transcode.store_rows: raw records -> the store's row tuples, checked
-against the Python path (``store.store_row(codec_py.decode_record(raw))``), types and JSON
+"""emp_fastbuf.agent.transcode._transcode.store_rows: raw records -> the store's row tuples, checked
+against the Python path (``store.store_row(reference.decode_record(raw))``), types and JSON
 bytes included. Inputs are generated (valid, mutated, garbage); the Python path's verdict
 on each record decides what must be declined."""
 
@@ -16,8 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emp_fastbuf import _transcode, codec_py
-from emp_fastbuf.agent.spool import LaneChunk
+from emp_fastbuf.agent.transcode import _transcode
 from emp_fastbuf.records import (
     COUNTER,
     EVENT,
@@ -28,9 +27,11 @@ from emp_fastbuf.records import (
     SPAN,
     STATUS_ERROR,
     AttrValue,
+    LaneChunk,
     Record,
     SpanEvent,
     SpanLink,
+    reference,
 )
 from emp_fastbuf.store import store_row
 from test_codec_py import records as codec_records
@@ -48,11 +49,11 @@ FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 # ---- reference -------------------------------------------------------------------------
 
 
-def reference(raw: bytes) -> tuple[int, tuple[Any, ...]] | None:
+def reference_row(raw: bytes) -> tuple[int, tuple[Any, ...]] | None:
     """What the caller's Python path makes of ``raw``: (table, row), or None where it
     raises (a corrupt record)."""
     try:
-        rec = codec_py.decode_record(raw)
+        rec = reference.decode_record(raw)
     except ValueError:
         return None
     out = store_row(rec)
@@ -80,7 +81,7 @@ def check(raws: Sequence[bytes]) -> Rows:
     want_tables: list[list[tuple[Any, ...]]] = [[], [], [], []]
     want_declined = []
     for raw in raws:
-        ref = reference(raw)
+        ref = reference_row(raw)
         if ref is None:
             want_declined.append(raw)
         else:
@@ -95,7 +96,7 @@ def check(raws: Sequence[bytes]) -> Rows:
 
 
 def enc(rec: Record) -> bytes:
-    return codec_py.encode_record(rec)
+    return reference.encode_record(rec)
 
 
 def log(**kw: Any) -> bytes:
@@ -317,7 +318,7 @@ def test_histograms_math_fsum_refuses_are_stored(values: list[float], total: str
     """math.fsum raises for these; the sum falls back to float addition on both paths
     (a crafted record must not stop the store)."""
     raw = enc(Record(METRIC, T0, instrument=HISTOGRAM, name="h", values=values))
-    ref = store_row(codec_py.decode_record(raw))
+    ref = store_row(reference.decode_record(raw))
     assert ref is not None and repr(ref[1][7]) == total
     assert same(only_row(raw), ref[1])
 
@@ -438,7 +439,7 @@ def test_agent_store_groups_build_what_the_python_path_builds(tmp_path: Path) ->
     """``agent.main.store_groups`` (native rows, Python for what is declined) against
     ``decode_batch`` + ``Store.ingest``'s rows: the same rows per resource, the corrupt
     record counted once, a corrupt resource blob flagged as the Python path flags it."""
-    from emp_fastbuf.agent.main import Counters, decode_batch, store_groups
+    from emp_fastbuf.agent.runner import Counters, decode_batch, store_groups
     from emp_fastbuf.records import Resource
     from emp_fastbuf.store import Store, rows_by_kind
 
@@ -451,7 +452,7 @@ def test_agent_store_groups_build_what_the_python_path_builds(tmp_path: Path) ->
     ]
     corrupt = good[0][:-3]
     batch = [
-        LaneChunk(codec_py.encode_resource(res), [good[0], corrupt, *good[1:]]),
+        LaneChunk(reference.encode_resource(res), [good[0], corrupt, *good[1:]]),
         LaneChunk(b"\xff\x00garbage", [good[0]]),
         LaneChunk(b"", [corrupt]),  # nothing left: no group
     ]

@@ -19,11 +19,10 @@ import pytest
 
 import emp_fastbuf as fastbuf
 from emp_fastbuf.agent.config import AgentConfig
-from emp_fastbuf.agent.main import Agent
-from emp_fastbuf.agent.spool import LaneChunk
-from emp_fastbuf.codec_py import encode_record, encode_resource
-from emp_fastbuf.records import LOG, Record, Resource
-from otlp_receiver import OTLPReceiver, attrs_dict
+from emp_fastbuf.agent.runner import Agent
+from emp_fastbuf.records import LOG, LaneChunk, Record, Resource
+from emp_fastbuf.records.reference import encode_record, encode_resource
+from emp_fastbuf.testing.receiver import OTLPReceiver, attrs_dict
 from test_volume import _env, can_mount_tmpfs, finish, start_worker, store_seqs
 
 

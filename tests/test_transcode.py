@@ -1,7 +1,7 @@
-"""emp_fastbuf._transcode: raw records -> OTLP request bytes, checked against the Python
-path (codec_py.decode_record + agent.otlp) by parsing both with the official
-opentelemetry-proto classes. Inputs are generated (valid, mutated, garbage); the Python
-decoder's verdict on each record is the reference for what is rejected."""
+"""The native transcoder (agent.transcode._transcode): raw records -> OTLP request bytes,
+checked against the Python path (reference.decode_record + agent.otlp) by parsing both
+with the official opentelemetry-proto classes. Inputs are generated (valid, mutated,
+garbage); the Python decoder's verdict on each record is the reference for what is rejected."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from emp_fastbuf import _transcode, codec_py
-from emp_fastbuf.agent import otlp
-from emp_fastbuf.agent.main import decode_batch
-from emp_fastbuf.agent.spool import LaneChunk
+from emp_fastbuf.agent.otlp import reference as otlp
+from emp_fastbuf.agent.runner import decode_batch
+from emp_fastbuf.agent.transcode import _transcode
 from emp_fastbuf.records import (
     COUNTER,
     EVENT,
@@ -26,10 +25,12 @@ from emp_fastbuf.records import (
     METRIC,
     SPAN,
     AttrValue,
+    LaneChunk,
     Record,
     Resource,
     SpanEvent,
     SpanLink,
+    reference,
 )
 
 OBSERVED = 1_700_000_000_123_456_789
@@ -45,7 +46,7 @@ def _lane_chunks(chunks: Chunks) -> list[LaneChunk]:
 
 def _decodes(raw: bytes) -> bool:
     try:
-        codec_py.decode_record(raw)
+        reference.decode_record(raw)
     except ValueError:
         return False
     return True
@@ -193,7 +194,7 @@ def metas(draw: st.DrawFn) -> bytes:
         scope_name=draw(st.sampled_from(["emp_fastbuf", "", "other"])),
         scope_version=draw(st.sampled_from(["0.1.0", "", "0.2"])),
     )
-    return codec_py.encode_resource(res)
+    return reference.encode_resource(res)
 
 
 @st.composite
@@ -205,7 +206,7 @@ def batches(draw: st.DrawFn, record_bytes: st.SearchStrategy[bytes]) -> Chunks:
     ]
 
 
-valid_records = records().map(codec_py.encode_record)
+valid_records = records().map(reference.encode_record)
 
 
 @st.composite
@@ -269,9 +270,9 @@ def test_utf8_is_checked_exactly_as_python_does(text: bytes) -> None:
     """Arbitrary bytes in a log body, an event name, a span name and a key: rejected
     exactly when they are not UTF-8."""
     ids = {"trace_id": b"\x01" * 16, "span_id": b"\x02" * 8}
-    log = codec_py.encode_record(Record(kind=LOG, time_unix_nano=1))
-    event = codec_py.encode_record(Record(kind=EVENT, time_unix_nano=1, **ids))  # type: ignore[arg-type]
-    span = codec_py.encode_record(Record(kind=SPAN, time_unix_nano=1, **ids))  # type: ignore[arg-type]
+    log = reference.encode_record(Record(kind=LOG, time_unix_nano=1))
+    event = reference.encode_record(Record(kind=EVENT, time_unix_nano=1, **ids))  # type: ignore[arg-type]
+    span = reference.encode_record(Record(kind=SPAN, time_unix_nano=1, **ids))  # type: ignore[arg-type]
     n = len(text)
     raws = [
         log[:14] + struct.pack("<I", n) + text + log[18:],  # body
@@ -286,15 +287,15 @@ def test_utf8_is_checked_exactly_as_python_does(text: bytes) -> None:
 
 def test_first_example_is_byte_identical() -> None:
     """Not required by the contract, but the writer follows protobuf's field order."""
-    meta = codec_py.encode_resource(Resource({"service.name": "t"}, "emp_fastbuf", "0.1"))
+    meta = reference.encode_resource(Resource({"service.name": "t"}, "emp_fastbuf", "0.1"))
     rec = Record(
         kind=LOG, time_unix_nano=T0, severity_number=9, severity_text="INFO", body="b",
         context={"job_id": "j"}, attributes={"n": 1, "f": 0.5, "s": "x", "l": [1, None]},
     )  # fmt: skip
-    groups = decode_batch([LaneChunk(meta, [codec_py.encode_record(rec)])])
+    groups = decode_batch([LaneChunk(meta, [reference.encode_record(rec)])])
     py = otlp.build_logs_request(groups, observed_time_unix_nano=OBSERVED)
     assert py is not None
-    payload, _, _ = _transcode.logs_request([(meta, [codec_py.encode_record(rec)])], OBSERVED)
+    payload, _, _ = _transcode.logs_request([(meta, [reference.encode_record(rec)])], OBSERVED)
     assert payload == py.SerializeToString()
 
 
@@ -304,12 +305,12 @@ def test_first_example_is_byte_identical() -> None:
 def _attrlist(items: Sequence[tuple[str, AttrValue]]) -> bytes:
     """An attrlist that may repeat keys (a dict cannot)."""
     return struct.pack("<H", len(items)) + b"".join(
-        codec_py.encode_attrs({k: v})[2:] for k, v in items
+        reference.encode_attrs({k: v})[2:] for k, v in items
     )
 
 
 def _log_with(ctx: Sequence[tuple[str, AttrValue]], own: Sequence[tuple[str, AttrValue]]) -> bytes:
-    head = codec_py.encode_record(Record(kind=LOG, time_unix_nano=T0, body="x"))
+    head = reference.encode_record(Record(kind=LOG, time_unix_nano=T0, body="x"))
     assert head.endswith(b"\x00\x00\x00\x00")
     return head[:-4] + _attrlist(ctx) + _attrlist(own)
 
@@ -341,13 +342,13 @@ def test_long_attribute_lists_with_repeats(n: int) -> None:
 
 
 def test_resources_group_by_equal_attributes_and_scopes_split_them() -> None:
-    a = codec_py.encode_resource(Resource({"service.name": "s", "n": 1}, "emp_fastbuf", "1"))
-    a_reordered = codec_py.encode_resource(
+    a = reference.encode_resource(Resource({"service.name": "s", "n": 1}, "emp_fastbuf", "1"))
+    a_reordered = reference.encode_resource(
         Resource({"n": 1, "service.name": "s"}, "emp_fastbuf", "1")
     )
-    a_other_scope = codec_py.encode_resource(Resource({"service.name": "s", "n": 1}, "x", "2"))
-    b = codec_py.encode_resource(Resource({"service.name": "s", "n": True}, "emp_fastbuf", "1"))
-    log = codec_py.encode_record(Record(kind=LOG, time_unix_nano=T0, body="x"))
+    a_other_scope = reference.encode_resource(Resource({"service.name": "s", "n": 1}, "x", "2"))
+    b = reference.encode_resource(Resource({"service.name": "s", "n": True}, "emp_fastbuf", "1"))
+    log = reference.encode_record(Record(kind=LOG, time_unix_nano=T0, body="x"))
     chunks = [(m, [log]) for m in (b"\x01\x05broken", a, b, a_reordered, a_other_scope, b"")]
     check_logs(chunks)
     payload, encoded, _ = _transcode.logs_request(chunks, OBSERVED)
@@ -361,14 +362,14 @@ def test_resources_group_by_equal_attributes_and_scopes_split_them() -> None:
 
 
 def test_lane_chunks_and_tuples_are_both_accepted() -> None:
-    log = codec_py.encode_record(Record(kind=EVENT, time_unix_nano=T0, name="e"))
+    log = reference.encode_record(Record(kind=EVENT, time_unix_nano=T0, name="e"))
     as_tuples = _transcode.logs_request([(b"", [log])], OBSERVED)
     assert _transcode.logs_request([LaneChunk(b"", [log])], OBSERVED) == as_tuples
     assert as_tuples[1:] == (1, 0)
 
 
 def test_nothing_to_send() -> None:
-    metric = codec_py.encode_record(Record(kind=METRIC, time_unix_nano=1, instrument=COUNTER))
+    metric = reference.encode_record(Record(kind=METRIC, time_unix_nano=1, instrument=COUNTER))
     assert _transcode.logs_request([], OBSERVED) == (b"", 0, 0)
     assert _transcode.logs_request([(b"", [metric, b"\x01"])], OBSERVED) == (b"", 0, 1)
     assert _transcode.spans_request([(b"", [metric, b"junk"])]) == (b"", 0, 0)
@@ -380,7 +381,7 @@ def test_nothing_to_send() -> None:
 
 def _big_batch(n: int, body: int) -> Chunks:
     metas = [
-        codec_py.encode_resource(Resource({"service.name": f"s{i % 3}"}, "emp_fastbuf", "1"))
+        reference.encode_resource(Resource({"service.name": f"s{i % 3}"}, "emp_fastbuf", "1"))
         for i in range(5)
     ]
     chunks: Chunks = []
@@ -389,7 +390,7 @@ def _big_batch(n: int, body: int) -> Chunks:
         for i in range(n // 10):
             kind = (LOG, EVENT, SPAN)[i % 3]
             recs.append(
-                codec_py.encode_record(
+                reference.encode_record(
                     Record(
                         kind=kind, time_unix_nano=T0 + i, trace_id=b"\x07" * 16,
                         span_id=struct.pack("<Q", i + 1), body="x" * body, name=f"n{i}",

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import emp_fastbuf as fastbuf
-from otlp_receiver import OTLPReceiver, attrs_dict
+from emp_fastbuf.testing.receiver import OTLPReceiver, attrs_dict
 from test_agent import AgentProc
 
 # A worker: `rate` records/s for `seconds` (rate 0: as fast as the API allows), then

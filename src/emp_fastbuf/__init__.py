@@ -4,9 +4,19 @@
 ``with fastbuf.span(...)``, ``fastbuf.metrics.counter(...).inc()``. See README.md.
 """
 
-from emp_fastbuf._ring import Consumer, Ring, default_ring_name
 from emp_fastbuf._version import __version__
-from emp_fastbuf.api import (
+from emp_fastbuf.errors import (
+    RecordTooLarge,
+    RingBusy,
+    RingCorrupt,
+    RingError,
+    RingExists,
+    RingNotFound,
+    RingPermissionError,
+    RingVersionError,
+)
+from emp_fastbuf.integrations.stdlib import instrument_logging
+from emp_fastbuf.producer.api import (
     configure,
     context,
     continue_trace,
@@ -21,18 +31,8 @@ from emp_fastbuf.api import (
     traced,
     traceparent,
 )
-from emp_fastbuf.errors import (
-    RecordTooLarge,
-    RingBusy,
-    RingCorrupt,
-    RingError,
-    RingExists,
-    RingNotFound,
-    RingPermissionError,
-    RingVersionError,
-)
-from emp_fastbuf.integrations.stdlib import instrument_logging
 from emp_fastbuf.records import CorruptRecord
+from emp_fastbuf.ring._ring import Consumer, Ring, default_ring_name
 
 __all__ = [
     "Consumer",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from emp_fastbuf import codec_py
 from emp_fastbuf.records import (
     COUNTER,
     EVENT,
@@ -22,6 +21,7 @@ from emp_fastbuf.records import (
     Resource,
     SpanEvent,
     SpanLink,
+    reference,
 )
 
 OUT = Path(__file__).parent / "records"
@@ -42,8 +42,8 @@ def valid() -> dict[str, bytes]:
         attributes={"epoch": 3, "loss": 0.125, "model": "resnet50", "ok": True},
     )
     return {
-        "valid_log.bin": codec_py.encode_record(log),
-        "valid_log_trace_limits.bin": codec_py.encode_record(
+        "valid_log.bin": reference.encode_record(log),
+        "valid_log_trace_limits.bin": reference.encode_record(
             Record(
                 kind=LOG,
                 time_unix_nano=T0,
@@ -56,10 +56,10 @@ def valid() -> dict[str, bytes]:
                 body="CUDA error: out of memory ✗",
             )
         ),
-        "valid_event.bin": codec_py.encode_record(
+        "valid_event.bin": reference.encode_record(
             Record(kind=EVENT, time_unix_nano=T0, name="checkpoint", attributes={"n": None})
         ),
-        "valid_span.bin": codec_py.encode_record(
+        "valid_span.bin": reference.encode_record(
             Record(
                 kind=SPAN,
                 time_unix_nano=T0,
@@ -75,10 +75,10 @@ def valid() -> dict[str, bytes]:
                 links=[SpanLink(bytes(range(16)), bytes(range(8)), {"why": "batch"})],
             )
         ),
-        "valid_metric_counter.bin": codec_py.encode_record(
+        "valid_metric_counter.bin": reference.encode_record(
             Record(kind=METRIC, time_unix_nano=T0, instrument=COUNTER, name="tokens", value=512)
         ),
-        "valid_metric_gauge.bin": codec_py.encode_record(
+        "valid_metric_gauge.bin": reference.encode_record(
             Record(
                 kind=METRIC,
                 time_unix_nano=T0,
@@ -88,7 +88,7 @@ def valid() -> dict[str, bytes]:
                 value=71.5,
             )
         ),
-        "valid_metric_histogram.bin": codec_py.encode_record(
+        "valid_metric_histogram.bin": reference.encode_record(
             Record(
                 kind=METRIC,
                 time_unix_nano=T0,
@@ -99,7 +99,7 @@ def valid() -> dict[str, bytes]:
                 bounds=[0.0, 10.0, 100.0],
             )
         ),
-        "valid_attr_types.bin": codec_py.encode_record(
+        "valid_attr_types.bin": reference.encode_record(
             Record(
                 kind=EVENT,
                 time_unix_nano=T0,
@@ -143,18 +143,18 @@ def bad(v: dict[str, bytes]) -> dict[str, bytes]:
         "bad_span_without_trace.bin": patched(span, 2, b"\x00"),
         "bad_body_length_past_end.bin": patched(log, 12 + 1 + 5, b"\xff\xff\x00\x00"),
         "bad_invalid_utf8.bin": log.replace(b"resnet50", b"resn\xc3\x2850"),
-        "bad_nested_array.bin": codec_py.encode_record(eventless)[:-2]
+        "bad_nested_array.bin": reference.encode_record(eventless)[:-2]
         + struct.pack("<H", 1)
         + struct.pack("<H", 1)
         + b"a"
         + b"\x06\x01\x00\x06\x00\x00",
         "bad_bool_2.bin": log[:-1] + b"\x02",
-        "bad_unknown_tag.bin": codec_py.encode_record(eventless)[:-2] + b"\x01\x00\x01\x00k\x07",
+        "bad_unknown_tag.bin": reference.encode_record(eventless)[:-2] + b"\x01\x00\x01\x00k\x07",
         "bad_trailing_byte.bin": log + b"\x00",
         "bad_histogram_n_zero.bin": patched(hist, n_at, b"\x00\x00\x00\x00"),
         "bad_histogram_bounds_decreasing.bin": patched(hist, bounds_at, struct.pack("<d", 50.0)),
-        "bad_attr_count_huge.bin": codec_py.encode_record(eventless)[:-2] + b"\xff\xff",
-        "bad_resource_as_record.bin": codec_py.encode_resource(
+        "bad_attr_count_huge.bin": reference.encode_record(eventless)[:-2] + b"\xff\xff",
+        "bad_resource_as_record.bin": reference.encode_resource(
             Resource(attributes={"service.name": "x"}, scope_version="1")
         ),
     }

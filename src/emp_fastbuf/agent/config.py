@@ -42,6 +42,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import unquote, urlsplit
 
+from emp_fastbuf.errors import ConfigError as ConfigError
+from emp_fastbuf.errors import HomeError
+from emp_fastbuf.paths import check_home
+
 if TYPE_CHECKING:
     from urllib3.util import Url
 
@@ -90,10 +94,6 @@ _HOST = re.compile(r"^(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])$")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
-
-
-class ConfigError(Exception):
-    """The agent's configuration is invalid; the CLI prints the message and exits with 2."""
 
 
 def is_sensitive_header(name: str) -> bool:
@@ -716,11 +716,9 @@ def _home(env: Mapping[str, str], override: object) -> Path:
 
 def _checked_home(path: Path) -> Path:
     """A home that is a file, belongs to another user or is world-writable is refused."""
-    from emp_fastbuf.store import StoreError, check_home
-
     try:
         check_home(path)
-    except StoreError as exc:
+    except HomeError as exc:
         raise ConfigError(str(exc)) from None
     return path
 

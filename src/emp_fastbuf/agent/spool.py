@@ -32,6 +32,9 @@ from typing import Literal
 import lz4.frame
 import zstandard
 
+from emp_fastbuf.errors import CorruptSpoolFile as CorruptSpoolFile
+from emp_fastbuf.records import LaneChunk
+
 __all__ = [
     "COMPRESSION_LZ4",
     "COMPRESSION_NONE",
@@ -97,18 +100,6 @@ _BIG_ENDIAN = sys.byteorder == "big"
 # Temporary files being written right now by any Spool of this process.
 _active_tmp: set[str] = set()
 _active_tmp_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class LaneChunk:
-    """Raw bytes of one lane: the producer's resource blob and its record payloads."""
-
-    meta: bytes
-    records: list[bytes]
-
-
-class CorruptSpoolFile(Exception):
-    """A spool file failed to parse; it has been moved to the quarantine directory."""
 
 
 class _Corrupt(Exception):

@@ -14,7 +14,7 @@ bridge that needs it. See docs/integrations.md.
 
 from __future__ import annotations
 
-from emp_fastbuf import _codec
+from emp_fastbuf.producer import _codec
 
 
 def clip_trace(text: str) -> str:

@@ -30,9 +30,9 @@ from opentelemetry.sdk._logs import LogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from emp_fastbuf import _codec, api
-from emp_fastbuf._codec import scope_var
 from emp_fastbuf.integrations import clip_trace
+from emp_fastbuf.producer import _codec, api
+from emp_fastbuf.producer._codec import scope_var
 
 __all__ = [
     "FastbufLogRecordProcessor",

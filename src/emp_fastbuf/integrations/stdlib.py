@@ -14,8 +14,8 @@ import threading
 import traceback
 from typing import Any
 
-from emp_fastbuf import _codec
 from emp_fastbuf.integrations import clip_trace
+from emp_fastbuf.producer import _codec
 
 __all__ = ["FastbufHandler", "instrument_logging", "severity_number"]
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import structlog
 
-from emp_fastbuf import _codec
 from emp_fastbuf.integrations import clip_trace
+from emp_fastbuf.producer import _codec
 
 __all__ = ["FastbufProcessor"]
 

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import sqlite3
-import stat
 import sys
 import threading
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from emp_fastbuf import records
+from emp_fastbuf.errors import StoreBusy, StoreDamaged, StoreError
+from emp_fastbuf.paths import STORE_FILE as STORE_FILE
 from emp_fastbuf.records import (
     EVENT,
     HISTOGRAM,
@@ -39,6 +40,7 @@ from emp_fastbuf.records import (
     Resource,
     value_sum,
 )
+from emp_fastbuf.values import json_safe, percentile
 
 __all__ = [
     "APPLICATION_ID",
@@ -54,10 +56,6 @@ __all__ = [
     "StoreError",
     "StoredRecord",
     "TraceView",
-    "check_home",
-    "default_home",
-    "default_store_path",
-    "percentile",
     "severity_name",
 ]
 
@@ -66,7 +64,6 @@ APPLICATION_ID = 0x65464273
 SCHEMA_VERSION = 2
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 DEFAULT_MAX_BYTES = 2 << 30
-STORE_FILE = "store.sqlite"
 # SQLite integers are signed 64-bit: a later time (the year 2262 on; the record format
 # allows up to 2**64 - 1 ns) is stored as this one.
 MAX_TIME_UNIX_NANO = 2**63 - 1
@@ -241,19 +238,6 @@ def _source_filters(
             params.append(value)
 
 
-class StoreError(Exception):
-    """The store file is missing, is not an emp-fastbuf store, or has another schema; or
-    the store cannot be read or written."""
-
-
-class StoreDamaged(StoreError):
-    """The store file is damaged: not an SQLite database, or its pages are corrupt."""
-
-
-class StoreBusy(StoreError):
-    """Another connection held the store's write lock for longer than the writer waits."""
-
-
 def _db_error(exc: sqlite3.Error, what: str) -> StoreError:
     """The StoreError for an sqlite3 error: damage and a held lock get their own class."""
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code
@@ -272,50 +256,6 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
-
-
-def default_home() -> Path:
-    """``$EMP_FASTBUF_HOME``, else ``~/.local/share/emp-fastbuf``. Raises StoreError when
-    there is no user home directory (no ``$HOME`` and no passwd entry)."""
-    env = os.environ.get("EMP_FASTBUF_HOME")
-    if env and env.strip():  # empty: unset, as for the agent
-        return Path(env)
-    try:
-        user_home = Path.home()
-    except (RuntimeError, KeyError, OSError):
-        raise StoreError(
-            "cannot find the user's home directory (no $HOME and no passwd entry):"
-            " set EMP_FASTBUF_HOME or pass --home"
-        ) from None
-    return user_home / ".local" / "share" / "emp-fastbuf"
-
-
-def check_home(home: Path) -> None:
-    """Refuse an emp-fastbuf home that is not a directory, that belongs to another user,
-    or that every user may write to (anyone could replace the store and the spool). A
-    home that does not exist yet is fine (the agent creates it)."""
-    try:
-        st = os.stat(home)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise StoreError(f"cannot use the home {home}: {exc.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise StoreError(f"the home {home} is not a directory")
-    if st.st_uid != os.geteuid():
-        raise StoreError(
-            f"the home {home} belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})"
-        )
-    if st.st_mode & 0o002:
-        raise StoreError(
-            f"the home {home} is writable by every user (mode {st.st_mode & 0o7777:04o}):"
-            " chmod o-w it"
-        )
-
-
-def default_store_path() -> Path:
-    """Where the agent keeps its store: ``<home>/store.sqlite``."""
-    return default_home() / STORE_FILE
 
 
 # ---- values as JSON ------------------------------------------------------------------
@@ -352,22 +292,11 @@ def _make_encoder() -> Callable[[Any], str]:
 _encode_strict = _make_encoder()
 
 
-def _finite(value: Any) -> Any:
-    """NaN and infinities as strings: they have no JSON spelling."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _to_json(value: Any) -> str:
     try:
         return _encode_strict(value)
     except ValueError:  # a NaN or an infinity somewhere: rare, so the walk is off the fast path
-        return _encode_strict(_finite(value))
+        return _encode_strict(json_safe(value))
 
 
 def _text(value: object) -> str | None:
@@ -685,16 +614,6 @@ def severity_name(number: int) -> str:
         if number >= floor:
             return name
     return "TRACE" if number >= 1 else ""
-
-
-def percentile(sorted_values: Sequence[float], p: float) -> float | None:
-    """Nearest-rank percentile: the smallest value with at least p% of the values at or
-    below it. None for no values."""
-    n = len(sorted_values)
-    if n == 0:
-        return None
-    rank = max(1, math.ceil(p / 100.0 * n))
-    return sorted_values[min(rank, n) - 1]
 
 
 def _bucket_counts(values: Iterable[float], bounds: Sequence[float]) -> list[int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from emp_fastbuf._ring import DEFAULT_SIZE, layout_for
+from emp_fastbuf.ring._ring import DEFAULT_SIZE, layout_for
 
 SHM_DIR = "/dev/shm"
 # Test hook: pretend ``/dev/shm`` has this many bytes free (where a test cannot mount a

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 from urllib.parse import unquote
 
-from emp_fastbuf import _codec, shm
-from emp_fastbuf._codec import Instrument, Log, scope_var
-from emp_fastbuf._ring import DEFAULT_SIZE, Ring, default_ring_name, layout_for
 from emp_fastbuf._version import __version__
 from emp_fastbuf.errors import RingCorrupt, RingError, RingNotFound
+from emp_fastbuf.producer import _codec
+from emp_fastbuf.producer._codec import Instrument, Log, scope_var
+from emp_fastbuf.ring import shm
+from emp_fastbuf.ring._ring import DEFAULT_SIZE, Ring, default_ring_name, layout_for
 
 _logger = logging.getLogger("emp_fastbuf")
 
@@ -255,7 +256,7 @@ def configure(
     if mode not in ("spawn", "external"):
         raise ValueError(f"agent must be 'spawn' or 'external', got {mode!r}")
     if mode == "spawn":
-        from emp_fastbuf.agent.spawn import ensure_agent
+        from emp_fastbuf.producer.spawn import ensure_agent
 
         ensure_agent(name)
 

@@ -16,7 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from emp_fastbuf._ring import Ring
+from emp_fastbuf import paths
+from emp_fastbuf.ring._ring import Ring
 
 _log = logging.getLogger("emp_fastbuf")
 
@@ -24,12 +25,6 @@ _last_spawn: dict[str, float] = {}
 _warned: set[str] = set()
 _lock = threading.Lock()
 SPAWN_INTERVAL_S = 5.0
-
-
-def default_home() -> Path:
-    return Path(
-        os.environ.get("EMP_FASTBUF_HOME") or Path.home() / ".local" / "share" / "emp-fastbuf"
-    )
 
 
 def _open_log(path: Path) -> int:
@@ -67,9 +62,9 @@ def ensure_agent(ring_name: str) -> int | None:
             finally:
                 ring.close()
             _last_spawn[ring_name] = now
-            home = default_home()
+            home = paths.home()
             home.mkdir(parents=True, exist_ok=True, mode=0o700)
-            log_path = home / "agent.log"
+            log_path = home / paths.AGENT_LOG
             fd = _open_log(log_path)
             argv = [sys.executable, "-m", "emp_fastbuf", "agent", "--ring", ring_name, "--spawned"]
             idle = os.environ.get("EMP_FASTBUF_AGENT_IDLE_EXIT")  # seconds; default 30

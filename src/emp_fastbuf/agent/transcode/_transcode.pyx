@@ -3,14 +3,14 @@
 objects.
 
 The output means exactly what ``agent.otlp.build_logs_request`` /
-``build_traces_request`` build from ``codec_py``-decoded records (tests/test_transcode.py
+``build_traces_request`` build from ``reference``-decoded records (tests/test_transcode.py
 parses both and compares): same resource grouping (equal attribute sets share one
 resource, first-seen order), one scope per (scope_name, scope_version), context
 attributes first with ``job_id`` renamed ``emp.job_id`` and the record's own attributes
 winning on a conflict.
 
 Input is untrusted: every read is bounds-checked and the accept/reject rules are those of
-``codec_py.decode_record``. A malformed record is skipped and counted; a malformed
+``reference.decode_record``. A malformed record is skipped and counted; a malformed
 resource blob becomes ``{"emp.resource_corrupt": True}``, like ``agent.main.decode_batch``.
 
 The protobuf wire format is written by hand into growable buffers. A nested message's
@@ -18,7 +18,7 @@ length is not known before its content is written, so two bytes are reserved for
 the content is moved when the length needs one or three-plus bytes (``begin``/``finish``).
 
 ``store_rows`` reuses the same parsing to build the embedded store's row tuples (what
-``store.store_row`` builds from a ``codec_py``-decoded record), attribute JSON included.
+``store.store_row`` builds from a ``reference``-decoded record), attribute JSON included.
 """
 
 from cpython.bytes cimport (
@@ -806,7 +806,7 @@ cdef int put_record_attrs(Buf *b, uint8_t field_tag, State *s) noexcept:
 
 # ---- parsing LOG, EVENT and SPAN records -------------------------------------------
 # One parser per record shape, shared by the OTLP writers below and by ``_Rows`` (the
-# store's rows), so that both accept and reject exactly what ``codec_py.decode_record``
+# store's rows), so that both accept and reject exactly what ``reference.decode_record``
 # does. They return R_OK, R_BAD or R_NOMEM, and leave the context and the record's own
 # attributes in ``s.ctx`` and ``s.own``; the fields point into the record's bytes.
 # ``parse_log`` and ``parse_span`` are inline: called once per record, out of line they
@@ -1742,7 +1742,7 @@ cdef str take_ascii(Buf *b):
 
 
 cdef object py_scalar(int tag, const uint8_t *val, Py_ssize_t vlen):
-    """A validated value as ``codec_py`` decodes it."""
+    """A validated value as ``reference`` decodes it."""
     if tag == T_STR:
         return PyUnicode_DecodeUTF8(<const char *>val, vlen, NULL)
     if tag == T_INT:
@@ -2100,9 +2100,9 @@ def store_rows(records):
     """The embedded store's rows for the raw records of one chunk, built natively.
 
     Returns ``(logs, events, spans, metrics, declined)``: four lists of row tuples, each
-    equal to ``store.store_row(codec_py.decode_record(raw))[1]`` (types included) and in
+    equal to ``store.store_row(reference.decode_record(raw))[1]`` (types included) and in
     input order, and the records not handled here (the same objects, in input order),
-    which the caller decodes in Python. Declined: every record ``codec_py.decode_record``
+    which the caller decodes in Python. Declined: every record ``reference.decode_record``
     rejects (malformed, invalid UTF-8, unknown version, kind, tag or flag bits) and a
     bytearray or memoryview element whose buffer cannot be read in place (not contiguous,
     or released).

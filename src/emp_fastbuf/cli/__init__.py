@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from emp_fastbuf import paths
+from emp_fastbuf.errors import HomeError
 from emp_fastbuf.store import (
     MAX_TIME_UNIX_NANO,
     STORE_FILE,
@@ -29,9 +31,8 @@ from emp_fastbuf.store import (
     StoredRecord,
     StoreError,
     TraceView,
-    check_home,
-    default_home,
 )
+from emp_fastbuf.values import dumps_safe
 
 __all__ = [
     "UsageError",
@@ -226,22 +227,8 @@ def metric_json(series: MetricSeries) -> dict[str, Any]:
     return out
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _write_json(obj: dict[str, Any], out: TextIO) -> None:
-    try:
-        line = json.dumps(obj, ensure_ascii=False, allow_nan=False)
-    except ValueError:
-        line = json.dumps(_json_safe(obj), ensure_ascii=False)
-    out.write(line + "\n")
+    out.write(dumps_safe(obj, ensure_ascii=False) + "\n")
 
 
 # ---- human output ---------------------------------------------------------------------
@@ -492,18 +479,10 @@ def _tail_line(rec: StoredRecord) -> Any:
 def _home(args: argparse.Namespace) -> Path:
     """``--home``, else ``$EMP_FASTBUF_HOME``, else ``~/.local/share/emp-fastbuf``; one
     that is not a directory, belongs to another user or is world-writable is refused."""
-    raw = getattr(args, "home", None)
     try:
-        if raw is None:
-            home = default_home()
-        elif not raw.strip():
-            raise UsageError("--home: the path is empty")
-        else:
-            home = Path(raw)
-        check_home(home)
-    except StoreError as exc:
+        return paths.checked_home(getattr(args, "home", None))
+    except HomeError as exc:
         raise UsageError(str(exc)) from None
-    return home
 
 
 def _check_ring(args: argparse.Namespace) -> None:
@@ -776,13 +755,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="spool size limit: bytes or 512M, 2G (default 1G; $EMP_FASTBUF_SPOOL_MAX_BYTES)",
     )
     p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)
-    p.set_defaults(handler=_delegate("emp_fastbuf.agent.main", "run_agent"))
+    p.set_defaults(handler=_delegate("emp_fastbuf.agent.runner", "run_agent"))
 
     p = sub.add_parser("status", help="the agent's status")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--home", help="the emp-fastbuf home (default: $EMP_FASTBUF_HOME)")
     p.add_argument("--ring", help="the ring name")
-    p.set_defaults(handler=_delegate("emp_fastbuf.agent.main", "status"))
+    p.set_defaults(handler=_delegate("emp_fastbuf.agent.runner", "status"))
 
     p = sub.add_parser("demo", help="run simulated GPU workers through the pipeline")
     p.add_argument("--workers", type=int, default=4, metavar="N")

@@ -29,16 +29,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emp_fastbuf import _transcode, codec_py, shm
-from emp_fastbuf._ring import Consumer, Ring, default_ring_name, process_alive
+from emp_fastbuf import paths
 from emp_fastbuf._version import __version__
 from emp_fastbuf.agent.config import AgentConfig, ConfigError
 from emp_fastbuf.agent.machine import collect_machine_metrics, machine_resource
-from emp_fastbuf.agent.metrics_agg import MetricsAggregator
-from emp_fastbuf.agent.spool import CorruptSpoolFile, LaneChunk, Spool
-from emp_fastbuf.errors import RingBusy, RingCorrupt, RingError, RingNotFound, RingVersionError
-from emp_fastbuf.records import GAUGE, METRIC, Record, Resource
-from emp_fastbuf.segments import CREATION_GRACE_S, creation_in_progress, sweep_stale
+from emp_fastbuf.agent.otlp.metrics import MetricsAggregator
+from emp_fastbuf.agent.spool import CorruptSpoolFile, Spool
+from emp_fastbuf.agent.transcode import _transcode
+from emp_fastbuf.errors import (
+    HomeError,
+    RingBusy,
+    RingCorrupt,
+    RingError,
+    RingNotFound,
+    RingVersionError,
+)
+from emp_fastbuf.records import GAUGE, METRIC, LaneChunk, Record, Resource, reference
+from emp_fastbuf.ring import shm
+from emp_fastbuf.ring._ring import Consumer, Ring, default_ring_name, process_alive
+from emp_fastbuf.ring.segments import CREATION_GRACE_S, creation_in_progress, sweep_stale
 
 log = logging.getLogger("emp_fastbuf.agent")
 
@@ -79,7 +88,7 @@ def _resource(meta: bytes, cache: dict[bytes, Resource]) -> Resource:
     res = cache.get(meta)
     if res is None:
         try:
-            res = codec_py.decode_resource(meta) if meta else Resource()
+            res = reference.decode_resource(meta) if meta else Resource()
         except ValueError:
             res = Resource(attributes={"emp.resource_corrupt": True})
         cache[meta] = res
@@ -98,7 +107,7 @@ def decode_batch(
         recs: list[Record] = []
         for raw in chunk.records:
             try:
-                recs.append(codec_py.decode_record(raw))
+                recs.append(reference.decode_record(raw))
             except ValueError:
                 if counters is not None:
                     counters.corrupt_records += 1
@@ -122,7 +131,7 @@ def store_groups(
         by_kind = [logs, events, spans, metrics]
         for raw in declined:
             try:
-                built = store_row(codec_py.decode_record(raw))
+                built = store_row(reference.decode_record(raw))
             except ValueError:
                 if counters is not None:
                     counters.corrupt_records += 1
@@ -168,7 +177,7 @@ class Agent:
         self.store: Any = None
         destinations: list[str] = []
         if config.has_endpoint:
-            from emp_fastbuf.agent.exporter import OTLPHttpExporter
+            from emp_fastbuf.agent.otlp.http import OTLPHttpExporter
 
             self.exporter = OTLPHttpExporter(config)
             destinations.append("export")  # logs, events and spans
@@ -190,7 +199,7 @@ class Agent:
             )
             destinations.append("store")
         self.spool = Spool(
-            self.home / "spool",
+            self.home / paths.SPOOL_DIR,
             limit_bytes=config.spool_limit_bytes,
             destinations=tuple(destinations),
             codec=config.spool_codec,
@@ -201,11 +210,11 @@ class Agent:
         self.awaiting_metrics: list[str] = []  # spool files whose metrics await export
         self.last_metrics_export = time.monotonic()
         self.machine_id = os.environ.get("EMP_MACHINE_ID") or socket.gethostname()
-        self.agent_meta = codec_py.encode_resource(machine_resource(self.machine_id))
+        self.agent_meta = reference.encode_resource(machine_resource(self.machine_id))
         self.ring: Ring | None = None
         self.consumer: Consumer | None = None
         self.delivery_wake = threading.Event()
-        self.status_path = self.home / f"status-{ring_name}.json"
+        self.status_path = paths.status_path(self.home, ring_name)
         self.lane_meta: dict[int, bytes] = {}  # lane -> the resource blob last read there
         # pid -> who it is and what it dropped; kept after the process is gone
         self.producers: dict[int, dict[str, Any]] = {}
@@ -520,7 +529,7 @@ class Agent:
                     attributes=dict(attrs),
                 )
             )
-        return LaneChunk(self.agent_meta, [codec_py.encode_record(r) for r in recs])
+        return LaneChunk(self.agent_meta, [reference.encode_record(r) for r in recs])
 
     def _self_metrics(self) -> list[tuple[str, int | float, int, tuple[tuple[str, str], ...]]]:
         out: list[tuple[str, int | float, int, tuple[tuple[str, str], ...]]] = []
@@ -938,7 +947,7 @@ def run_agent(args: Any) -> int:
 
 
 def read_status(home: Path, ring_name: str) -> dict[str, Any] | None:
-    path = home / f"status-{ring_name}.json"
+    path = paths.status_path(home, ring_name)
     try:
         data: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -959,11 +968,11 @@ def _fmt_bytes(n: float) -> str:
 def status(args: Any) -> int:
     """``fastbuf status``: the agent, the ring's lanes, the spool and the export.
     Exit 1 when neither a ring nor an agent status exists."""
-    home = Path(
-        getattr(args, "home", None)
-        or os.environ.get("EMP_FASTBUF_HOME")
-        or Path.home() / ".local" / "share" / "emp-fastbuf"
-    )
+    try:
+        home = paths.home(getattr(args, "home", None))
+    except HomeError as exc:
+        print(f"fastbuf status: {exc}", file=sys.stderr)
+        return 2
     ring_name = getattr(args, "ring", None) or default_ring_name()
     data = read_status(home, ring_name)
     ring_stats: dict[str, Any] | None = None

@@ -1,6 +1,6 @@
 """Decoded records: the shape the drainer side works with.
 
-The binary format is described in ``docs/record-format.md``; ``codec_py`` turns bytes
+The binary format is described in ``docs/record-format.md``; ``reference`` turns bytes
 into these objects (and back, for tests and tools).
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from emp_fastbuf.errors import CorruptRecord as CorruptRecord
 
 AttrScalar = None | str | int | float | bool | bytes
 AttrValue = AttrScalar | list[AttrScalar]
@@ -34,6 +36,32 @@ INSTRUMENT_NAMES = {
     HISTOGRAM: "histogram",
 }
 
+# Severity: OpenTelemetry numbers and the one text each is written with, on every path
+# (native, the logging bridge, structlog, the OpenTelemetry bridge) and in every view.
+SEVERITY_TRACE = 1
+SEVERITY_DEBUG = 5
+SEVERITY_INFO = 9
+SEVERITY_WARN = 13
+SEVERITY_ERROR = 17
+SEVERITY_FATAL = 21
+SEVERITY_TEXT = {
+    SEVERITY_TRACE: "TRACE",
+    SEVERITY_DEBUG: "DEBUG",
+    SEVERITY_INFO: "INFO",
+    SEVERITY_WARN: "WARN",
+    SEVERITY_ERROR: "ERROR",
+    SEVERITY_FATAL: "FATAL",
+}
+
+
+def severity_name(number: int) -> str:
+    """OpenTelemetry severity number -> the short name of its range ('' for 0): 1-4
+    TRACE, 5-8 DEBUG, 9-12 INFO, 13-16 WARN, 17-20 ERROR, 21-24 FATAL."""
+    if number < SEVERITY_TRACE:
+        return ""
+    return SEVERITY_TEXT[min(number, SEVERITY_FATAL) - (min(number, SEVERITY_FATAL) - 1) % 4]
+
+
 # Span status codes (OTLP numbering).
 STATUS_UNSET = 0
 STATUS_OK = 1
@@ -45,8 +73,13 @@ DEFAULT_HISTOGRAM_BOUNDS: tuple[float, ...] = (
 )  # fmt: skip
 
 
-class CorruptRecord(ValueError):
-    """Raised when bytes taken from the ring or the spool are not a valid record."""
+@dataclass(frozen=True)
+class LaneChunk:
+    """Raw bytes of one lane: the producer's resource blob and its record payloads (the
+    unit the agent spools and hands to its sinks)."""
+
+    meta: bytes
+    records: list[bytes]
 
 
 @dataclass(slots=True)

@@ -2,7 +2,7 @@
 
 A series is identified by its resource (attributes and scope), metric name, instrument,
 unit and attribute set (context attributes included, ``job_id`` exported as
-``emp.job_id``, see :func:`emp_fastbuf.agent.otlp.record_attributes`). Every series keeps
+``emp.job_id``, see :func:`emp_fastbuf.agent.otlp.reference.record_attributes`). Every series keeps
 reporting its cumulative state on each :meth:`MetricsAggregator.collect` until
 :meth:`MetricsAggregator.forget_idle` drops it.
 
@@ -40,7 +40,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
-from emp_fastbuf.agent.otlp import fill_attributes, freeze_attributes, record_attributes
+from emp_fastbuf.agent.otlp.reference import fill_attributes, freeze_attributes, record_attributes
 from emp_fastbuf.records import (
     COUNTER,
     DEFAULT_HISTOGRAM_BOUNDS,

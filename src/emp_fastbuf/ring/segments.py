@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from emp_fastbuf._ring import Ring, process_alive
 from emp_fastbuf.errors import RingError
+from emp_fastbuf.ring._ring import Ring, process_alive
 
 log = logging.getLogger("emp_fastbuf")
 

@@ -38,9 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import emp_fastbuf as fastbuf
-from emp_fastbuf import _codec
-from emp_fastbuf.agent.main import read_status
-from emp_fastbuf.errors import RingError
+from emp_fastbuf import paths
+from emp_fastbuf.agent.runner import read_status
+from emp_fastbuf.errors import HomeError, RingError
+from emp_fastbuf.paths import STORE_FILE
+from emp_fastbuf.producer import _codec
 from emp_fastbuf.records import (
     EVENT,
     LOG,
@@ -49,7 +51,7 @@ from emp_fastbuf.records import (
     Resource,
     SpanEvent,
 )
-from emp_fastbuf.store import STORE_FILE, Store, StoredRecord, StoreError, default_home
+from emp_fastbuf.store import Store, StoredRecord, StoreError
 
 __all__ = ["DemoSettings", "JobSpec", "percentile_ns", "run", "worker_main"]
 
@@ -538,7 +540,7 @@ def _read_back(store: Store, run: _Run) -> _Delivered:
 
 def _wire_bytes(delivered: _Delivered) -> int:
     """gzip size of OTLP/protobuf logs and traces requests rebuilt from the stored records."""
-    from emp_fastbuf.agent.otlp import build_logs_request, build_traces_request
+    from emp_fastbuf.agent.otlp.reference import build_logs_request, build_traces_request
 
     groups: dict[tuple[str | None, str | None, str | None], list[Record]] = {}
     for r in [*delivered.logs, *delivered.spans]:
@@ -766,9 +768,14 @@ def run(args: Any) -> int:
         _err(problem)
         return EXIT_USAGE
     explicit_home = getattr(args, "home", None)
-    home = Path(explicit_home) if explicit_home else default_home()
+    try:
+        home = paths.home(explicit_home or None)
+        default = paths.home()
+    except HomeError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
     home_flag = ""
-    if explicit_home and Path(explicit_home).resolve() != default_home().resolve():
+    if explicit_home and home.resolve() != default.resolve():
         home_flag = f" --home {shlex.quote(str(home))}"
     ring_name = getattr(args, "ring", None) or f"emp-fastbuf-demo-{os.getpid()}"
     run_id = secrets.token_hex(3)

@@ -49,6 +49,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from emp_fastbuf import paths
 from emp_fastbuf._version import __version__
 from emp_fastbuf.agent.config import REDACTED, SIGNALS, AgentConfig, Signal, redact_url
 
@@ -542,7 +543,7 @@ class OTLPHttpExporter:
     @property
     def dead_letter_dir(self) -> Path:
         """Where refused payloads are kept."""
-        return self.config.home / "dead-letter"
+        return self.config.home / paths.DEAD_LETTER_DIR
 
     def close(self) -> None:
         """Stop retry waits, refuse new exports (``retry_later``) and close the pool."""

@@ -22,7 +22,7 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.float cimport DBL_MAX
 from libc.string cimport memcpy, memmove
 
-from emp_fastbuf._ring cimport (
+from emp_fastbuf.ring._ring cimport (
     DROP_FULL,
     DROP_TOO_LARGE,
     EFB_UNLIKELY,

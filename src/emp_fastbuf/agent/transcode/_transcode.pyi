@@ -1,7 +1,7 @@
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from emp_fastbuf.agent.spool import LaneChunk
+from emp_fastbuf.records import LaneChunk
 
 _Chunk = tuple[bytes, Iterable[bytes]] | LaneChunk
 _Raw = TypeVar("_Raw", bytes, bytearray, memoryview)
