@@ -3,4 +3,4 @@
 
 from emp_fastbuf.producer import api
 
-api._auto_attach()
+api.auto_attach()

@@ -190,25 +190,11 @@ def configure(
     ``agent``: ``"spawn"`` (default, from ``EMP_FASTBUF_AGENT``) starts a drainer when none
     holds the ring; ``"external"`` leaves that to the operator.
     """
-    for label, value in (
-        ("service", service),
-        ("machine_id", machine_id),
-        ("worker_id", worker_id),
-        ("ring", ring),
-    ):
-        if value is not None and not isinstance(value, str):
-            raise TypeError(f"{label} must be a str, not {type(value).__name__}")
+    _check_str(service=service, machine_id=machine_id, worker_id=worker_id, ring=ring)
     env = os.environ
     if ring_size is not None:
         layout_for(ring_size)  # TypeError / ValueError for a size that cannot be used
-    block_ns = _state.block_ns
-    if on_full is not None:
-        block_ns = parse_on_full(on_full)
-    elif env.get(ON_FULL_ENV):
-        try:
-            block_ns = parse_on_full(env[ON_FULL_ENV])
-        except ValueError as exc:
-            _logger.warning("emp_fastbuf: %s=%r ignored: %s", ON_FULL_ENV, env[ON_FULL_ENV], exc)
+    block_ns = _on_full_wait(on_full, env)
     _codec.set_limits(
         attributes=max_attributes, key_length=max_key_length, value_length=max_value_length
     )
@@ -217,41 +203,92 @@ def configure(
             _state.disabled = True
             _codec.bind(None, None, None, True)
             return
-        res = parse_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
-        if resource_attributes:
-            res.update(resource_attributes)
-        svc = service or env.get("OTEL_SERVICE_NAME") or res.get("service.name")
-        _state.service = str(svc or "unknown_service")
-        _state.machine_id = machine_id or env.get("EMP_MACHINE_ID") or socket.gethostname()
-        _state.worker_id = worker_id or env.get("EMP_WORKER_ID") or None
-        _state.resource_attributes = res
-        _state.instance_id = _state.instance_id or uuid.uuid4().hex
-        _state.pid = os.getpid()
-        # Without ``ring``, an attached process keeps its ring (configure() may only be
-        # changing limits or identity).
-        name = ring or _state.ring_name or env.get("EMP_FASTBUF_RING") or default_ring_name()
-        if _state.ring is None and not ring:
-            name = env.get("EMP_FASTBUF_RING") or default_ring_name()
-        if _state.ring is not None and _state.ring_name == name:
-            new_ring = _state.ring
-        else:
-            size = ring_size
-            if size is None:
-                size, warning = shm.ring_size_from_env(env)
-                if warning is not None:
-                    _logger.warning("emp_fastbuf: %s", warning)
-            new_ring = _open_ring(name, create, size)
-            if _state.ring is not None:
-                _state.ring.flush(0)
-                _state.ring.close()
-        new_ring.block_ns = block_ns
-        _state.block_ns = block_ns
-        _state.ring = new_ring
-        _state.ring_name = name
-        _state.disabled = False
-        _state.disabled_by_error = False
-        _publish_resource()
-        _codec.bind(new_ring, _auto_attach, _after_fork, False)
+        _set_identity(service, machine_id, worker_id, resource_attributes, env)
+        name = _ring_name(ring, env)
+        _attach(name, create, ring_size, block_ns, env)
+    _ensure_drainer(agent, name, env)
+
+
+def _check_str(**values: object) -> None:
+    for label, value in values.items():
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{label} must be a str, not {type(value).__name__}")
+
+
+def _on_full_wait(on_full: str | None, env: Mapping[str, str]) -> int:
+    """The on-full policy in ns: ``on_full``, else ``EMP_FASTBUF_ON_FULL``, else the one in
+    force. A bad value in the environment is ignored with a warning (the environment must
+    not stop the worker); a bad argument raises."""
+    if on_full is not None:
+        return parse_on_full(on_full)
+    value = env.get(ON_FULL_ENV)
+    if value:
+        try:
+            return parse_on_full(value)
+        except ValueError as exc:
+            _logger.warning("emp_fastbuf: %s=%r ignored: %s", ON_FULL_ENV, value, exc)
+    return _state.block_ns
+
+
+def _set_identity(
+    service: str | None,
+    machine_id: str | None,
+    worker_id: str | None,
+    resource_attributes: Mapping[str, Any] | None,
+    env: Mapping[str, str],
+) -> None:
+    """Who this process is: the arguments, else the environment, else the defaults."""
+    res = parse_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
+    if resource_attributes:
+        res.update(resource_attributes)
+    svc = service or env.get("OTEL_SERVICE_NAME") or res.get("service.name")
+    _state.service = str(svc or "unknown_service")
+    _state.machine_id = machine_id or env.get("EMP_MACHINE_ID") or socket.gethostname()
+    _state.worker_id = worker_id or env.get("EMP_WORKER_ID") or None
+    _state.resource_attributes = res
+    _state.instance_id = _state.instance_id or uuid.uuid4().hex
+    _state.pid = os.getpid()
+
+
+def _ring_name(ring: str | None, env: Mapping[str, str]) -> str:
+    # Without ``ring``, an attached process keeps its ring (configure() may only be
+    # changing limits or identity).
+    if ring:
+        return ring
+    if _state.ring is not None and _state.ring_name:
+        return _state.ring_name
+    return env.get("EMP_FASTBUF_RING") or default_ring_name()
+
+
+def _attach(
+    name: str, create: bool, ring_size: int | None, block_ns: int, env: os._Environ[str]
+) -> None:
+    """Write to ring ``name`` from now on (the one attached if it is that one), with the
+    resource published in this process's lane."""
+    if _state.ring is not None and _state.ring_name == name:
+        new_ring = _state.ring
+    else:
+        size = ring_size
+        if size is None:
+            size, warning = shm.ring_size_from_env(env)
+            if warning is not None:
+                _logger.warning("emp_fastbuf: %s", warning)
+        new_ring = _open_ring(name, create, size)
+        if _state.ring is not None:
+            _state.ring.flush(0)
+            _state.ring.close()
+    new_ring.block_ns = block_ns
+    _state.block_ns = block_ns
+    _state.ring = new_ring
+    _state.ring_name = name
+    _state.disabled = False
+    _state.disabled_by_error = False
+    _publish_resource()
+    _codec.bind(new_ring, auto_attach, _after_fork, False)
+
+
+def _ensure_drainer(agent: str | None, name: str, env: Mapping[str, str]) -> None:
+    """``agent="spawn"``: start an agent for ring ``name`` unless one holds it."""
     mode = agent or env.get("EMP_FASTBUF_AGENT", "spawn")
     if mode not in ("spawn", "external"):
         raise ValueError(f"agent must be 'spawn' or 'external', got {mode!r}")
@@ -261,9 +298,11 @@ def configure(
         ensure_agent(name)
 
 
-def _auto_attach() -> None:
-    """First call without ``configure``: configure from the environment. Never raises:
-    telemetry that cannot attach is off, with one warning."""
+def auto_attach() -> None:
+    """Attach to the ring from the environment now, unless attached already or telemetry
+    is off: what the first record does without ``configure`` (and ``import
+    emp_fastbuf.auto``). Never raises: telemetry that cannot attach is off, with one
+    warning."""
     with _lock:
         if _state.ring is not None or _state.disabled:
             return
@@ -276,7 +315,7 @@ def _auto_attach() -> None:
             _logger.warning("emp_fastbuf: telemetry is off: cannot attach to the ring: %s", exc)
 
 
-_codec.bind(None, _auto_attach, _after_fork, False)
+_codec.bind(None, auto_attach, _after_fork, False)
 
 
 @atexit.register
@@ -295,7 +334,7 @@ def shutdown() -> None:
         if _state.ring is not None:
             _state.ring.close()
         _state.ring = None
-        _codec.bind(None, _auto_attach, _after_fork, False)
+        _codec.bind(None, auto_attach, _after_fork, False)
 
 
 def ring() -> Ring | None:
