@@ -9,19 +9,20 @@
 - ``emp_fastbuf.integrations.structlog``: ``FastbufProcessor``, a structlog processor.
 
 Each module is imported on its own so that a missing optional library only affects the
-bridge that needs it. See docs/integrations.md.
+bridge that needs it. The bridges use the public API and ``emp_fastbuf.producer.bridge``,
+nothing private of the producer. See docs/integrations.md.
 """
 
 from __future__ import annotations
 
-from emp_fastbuf.producer import _codec
+from emp_fastbuf.producer import bridge
 
 
 def clip_trace(text: str) -> str:
     """A stack trace that fits the encoder's value limit, cut in the middle: the first
     line (``Traceback ...``/``Stack ...``) and the innermost frames and the exception line
     at the end are what a reader needs; the encoder alone would cut the end off."""
-    limit = int(_codec.get_limits()["max_value_length"])
+    limit = bridge.max_value_length()
     if len(text) <= limit:
         return text
     head, sep, _ = text.partition("\n")

@@ -30,9 +30,17 @@ from opentelemetry.sdk._logs import LogRecordProcessor
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+import emp_fastbuf as fastbuf
 from emp_fastbuf.integrations import clip_trace
-from emp_fastbuf.producer import _codec, api
-from emp_fastbuf.producer._codec import scope_var
+from emp_fastbuf.producer.bridge import (
+    Scope,
+    current_scope,
+    make_scope,
+    merge_resource,
+    scope_var,
+    write_log,
+    write_span,
+)
 
 __all__ = [
     "FastbufLogRecordProcessor",
@@ -52,7 +60,7 @@ class _BridgeToken:
 
     __slots__ = ("inner", "scope")
 
-    def __init__(self, inner: Token[Context], scope: Token[Any] | None) -> None:
+    def __init__(self, inner: Token[Context], scope: Token[Scope] | None) -> None:
         self.inner = inner
         self.scope = scope
 
@@ -80,11 +88,11 @@ class FastbufRuntimeContext(_RuntimeContext):
     def attach(self, context: Context) -> Token[Context]:
         """Attach ``context``; its span (if any) becomes fastbuf's current span too."""
         inner = self._inner.attach(context)
-        scope_token: Token[Any] | None = None
+        scope_token: Token[Scope] | None = None
         try:
             sctx = trace.get_current_span(context).get_span_context()
             if sctx.is_valid:
-                sc = _codec.current()
+                sc = current_scope()
                 tid = sctx.trace_id.to_bytes(16, "big")
                 sid = sctx.span_id.to_bytes(8, "big")
                 if sc.span_id != sid or sc.trace_id != tid:
@@ -150,45 +158,6 @@ def install_context_bridge() -> None:
         current = otel_context._RUNTIME_CONTEXT
         if not isinstance(current, FastbufRuntimeContext):
             otel_context._RUNTIME_CONTEXT = FastbufRuntimeContext(current)
-
-
-# ---- the resource ---------------------------------------------------------------------
-
-_resource_lock = threading.Lock()
-# The last merged (SDK resource attributes, fastbuf's resource attribute dict): when both
-# are the same objects as before there is nothing to do, the common case per record.
-_merged: tuple[object, object] | None = None
-
-
-def _adopt_resource(attributes: Mapping[str, Any] | None) -> None:
-    """Merge an SDK resource's attributes into the resource this process publishes."""
-    global _merged
-    merged = _merged
-    st = api._state
-    if merged is not None and merged[0] is attributes and merged[1] is st.resource_attributes:
-        return
-    if not attributes:
-        return
-    if api.ring() is None:
-        api._auto_attach()  # attach now, or a later auto-attach would reset the resource
-        if api.ring() is None:
-            return
-    with _resource_lock, api._lock:
-        changed = False
-        for key, value in attributes.items():
-            if key == "service.name":
-                # fastbuf's own service name wins; the SDK's fills in when there is none.
-                svc = str(value)
-                if st.service == "unknown_service" and not svc.startswith("unknown_service"):
-                    st.service = svc
-                    changed = True
-                continue
-            if st.resource_attributes.get(key) != value:
-                st.resource_attributes[key] = list(value) if isinstance(value, tuple) else value
-                changed = True
-        if changed:
-            api._publish_resource()
-        _merged = (attributes, st.resource_attributes)
 
 
 # ---- spans ----------------------------------------------------------------------------
@@ -288,7 +257,7 @@ class FastbufSpanProcessor(SpanProcessor):
             return
         resource = span.resource
         if resource is not None:
-            _adopt_resource(resource.attributes)
+            merge_resource(resource.attributes)
         parent = span.parent
         parent_id = (
             parent.span_id.to_bytes(8, "big") if parent is not None and parent.is_valid else None
@@ -317,7 +286,7 @@ class FastbufSpanProcessor(SpanProcessor):
             ] or None
         status = span.status
         start = span.start_time or 0
-        _codec.write_span(
+        write_span(
             span.name,
             ctx.trace_id.to_bytes(16, "big"),
             ctx.span_id.to_bytes(8, "big"),
@@ -335,11 +304,11 @@ class FastbufSpanProcessor(SpanProcessor):
 
     def shutdown(self) -> None:
         """Wait up to ``flush_timeout`` seconds for the drainer (``fastbuf.flush``)."""
-        api.flush(self._flush_timeout)
+        fastbuf.flush(self._flush_timeout)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """``fastbuf.flush``: True once the drainer took every record written so far."""
-        return api.flush(max(0.0, timeout_millis / 1000.0))
+        return fastbuf.flush(max(0.0, timeout_millis / 1000.0))
 
 
 # ---- logs -----------------------------------------------------------------------------
@@ -386,7 +355,7 @@ class FastbufLogRecordProcessor(LogRecordProcessor):
     def _write(self, data: Any) -> None:
         record = getattr(data, "log_record", data)
         resource = getattr(data, "resource", None) or getattr(record, "resource", None)
-        _adopt_resource(resource.attributes if resource is not None else None)
+        merge_resource(resource.attributes if resource is not None else None)
         attrs = _attrs(record.attributes)
         _clip_stacktrace(attrs)
         event_name = getattr(record, "event_name", None)
@@ -400,31 +369,31 @@ class FastbufLogRecordProcessor(LogRecordProcessor):
         ts = int(record.timestamp or record.observed_timestamp or 0)
         trace_id = record.trace_id or 0
         span_id = record.span_id or 0
-        sc = _codec.current()
+        sc = current_scope()
         if trace_id and span_id:
             tid = trace_id.to_bytes(16, "big")
             sid = span_id.to_bytes(8, "big")
             if sc.trace_id == tid and sc.span_id == sid:
-                _codec.log_record(number, text, body, attrs, ts)
+                write_log(number, text, body, attrs, ts)
                 return
             # Made under another span than fastbuf's current one: use the record's ids.
             scope = sc.with_span(tid, sid, int(record.trace_flags or 0), False)
         elif sc.span_id is not None:
             # Made outside any span although fastbuf has one: keep it out of that trace.
-            scope = _codec.make_scope(sc.attrs)
+            scope = make_scope(sc.attrs)
         else:
-            _codec.log_record(number, text, body, attrs, ts)
+            write_log(number, text, body, attrs, ts)
             return
         token = scope_var.set(scope)
         try:
-            _codec.log_record(number, text, body, attrs, ts)
+            write_log(number, text, body, attrs, ts)
         finally:
             scope_var.reset(token)
 
     def shutdown(self) -> None:
         """Wait up to ``flush_timeout`` seconds for the drainer (``fastbuf.flush``)."""
-        api.flush(self._flush_timeout)
+        fastbuf.flush(self._flush_timeout)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """``fastbuf.flush``: True once the drainer took every record written so far."""
-        return api.flush(max(0.0, timeout_millis / 1000.0))
+        return fastbuf.flush(max(0.0, timeout_millis / 1000.0))

@@ -15,7 +15,7 @@ import traceback
 from typing import Any
 
 from emp_fastbuf.integrations import clip_trace
-from emp_fastbuf.producer import _codec
+from emp_fastbuf.producer.bridge import write_log
 
 __all__ = ["FastbufHandler", "instrument_logging", "severity_number"]
 
@@ -103,7 +103,7 @@ class FastbufHandler(logging.Handler):
                 _exception_attributes(record.exc_info, attrs)
             if record.stack_info:
                 attrs["code.stacktrace"] = clip_trace(record.stack_info)
-            _codec.log_record(sev, str(record.levelname), body, attrs, int(record.created * 1e9))
+            write_log(sev, str(record.levelname), body, attrs, int(record.created * 1e9))
         except RecursionError:  # the stdlib handlers let this one through too
             raise
         except Exception:

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from emp_fastbuf.integrations import clip_trace
-from emp_fastbuf.producer import _codec
+from emp_fastbuf.producer.bridge import write_log
 
 __all__ = ["FastbufProcessor"]
 
@@ -102,4 +102,4 @@ class FastbufProcessor:
         attrs = {k: v for k, v in event_dict.items() if k not in _RESERVED}
         if "exc_info" in event_dict or "exception" in event_dict:
             _add_exception(event_dict, attrs)
-        _codec.log_record(severity, text, event if isinstance(event, str) else str(event), attrs)
+        write_log(severity, text, event if isinstance(event, str) else str(event), attrs)

@@ -101,6 +101,46 @@ def _publish_resource() -> None:
         _state.ring.set_meta(_codec.encode_resource(_resource(), "emp_fastbuf", __version__))
 
 
+# The last merge: (the attributes merged, this process's resource attribute dict then).
+# A bridge merges for every record it writes; while both are the same objects there is
+# nothing to do. A new configure() makes a new dict, so the next merge runs again.
+_merged: tuple[object, object] | None = None
+
+
+def merge_resource(attributes: Mapping[str, Any] | None) -> None:
+    """Merge another SDK's resource attributes into the resource this process publishes
+    in its lane: ``service.name`` only where fastbuf has none (``unknown_service``), the
+    identity attributes fastbuf sets itself keep fastbuf's values, any other key takes
+    the new value. Attaches first when not attached yet (attaching later would reset the
+    resource). Costs an identity check when called again with the same mapping."""
+    global _merged
+    merged = _merged
+    if merged is not None and merged[0] is attributes and merged[1] is _state.resource_attributes:
+        return
+    if not attributes:
+        return
+    if _state.ring is None:
+        auto_attach()
+        if _state.ring is None:
+            return
+    with _lock:
+        st = _state
+        changed = False
+        for key, value in attributes.items():
+            if key == "service.name":
+                svc = str(value)
+                if st.service == "unknown_service" and not svc.startswith("unknown_service"):
+                    st.service = svc
+                    changed = True
+                continue
+            if st.resource_attributes.get(key) != value:
+                st.resource_attributes[key] = list(value) if isinstance(value, tuple) else value
+                changed = True
+        if changed:
+            _publish_resource()
+        _merged = (attributes, st.resource_attributes)
+
+
 def _after_fork() -> None:
     # A forked child is a new producer: new pid, new instance id, its own lane. Called
     # by the child's first record; _lock is a fresh one there (_reinit_locks_in_child).
