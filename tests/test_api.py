@@ -10,6 +10,9 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -161,6 +164,99 @@ def test_span_events_links_status(ring: fastbuf.Ring) -> None:
     assert rec.links[0].attributes == {"why": "batch"}
     with pytest.raises(ValueError):
         s.set_status("bogus")
+
+
+def test_record_span_has_exactly_its_times_and_the_current_parent(ring: fastbuf.Ring) -> None:
+    start, end = 1_700_000_000_000_000_001, 1_700_000_000_250_000_002
+    with fastbuf.context(job_id="job-7"), fastbuf.span("job") as job:
+        span_id = fastbuf.record_span(
+            "queue.wait",
+            start,
+            end,
+            attributes={"queue": "gpu", "wait_ms": 250.0},
+            kind="consumer",
+            status="error",
+            message="waited too long",
+        )
+    root_id = fastbuf.record_span("cold.start", start_unix_nano=start, end_unix_nano=end)
+    recs = {r.name: r for r in records(ring)}
+    wait, parent, root = recs["queue.wait"], recs["job"], recs["cold.start"]
+    assert wait.kind == SPAN
+    assert (wait.start_unix_nano, wait.time_unix_nano) == (start, end)
+    assert wait.span_id is not None and wait.span_id.hex() == span_id
+    assert wait.trace_id == parent.trace_id and wait.parent_span_id == parent.span_id
+    assert job.span_id is not None and wait.parent_span_id.hex() == job.span_id
+    assert wait.context == {"job_id": "job-7"}
+    assert wait.attributes == {"queue": "gpu", "wait_ms": 250.0}
+    assert (wait.span_kind, wait.status_code) == (5, STATUS_ERROR)
+    assert wait.status_message == "waited too long"
+    assert wait.trace_flags == 1
+    # Outside any span: the root of a new trace, internal, status unset.
+    assert root.span_id is not None and root.span_id.hex() == root_id
+    assert root.parent_span_id is None and root.trace_id not in (None, parent.trace_id)
+    assert (root.start_unix_nano, root.time_unix_nano) == (start, end)
+    assert (root.span_kind, root.status_code, root.attributes) == (1, 0, {})
+    assert fastbuf.stats()["coerced_values"] == 0
+
+
+def test_record_span_end_defaults_to_now(ring: fastbuf.Ring) -> None:
+    start = time.time_ns() - 5_000_000
+    before = time.time_ns()
+    fastbuf.record_span("wait", start, attributes=MappingProxyType({"k": 1}))
+    after = time.time_ns()
+    (rec,) = records(ring)
+    assert rec.start_unix_nano == start and before <= rec.time_unix_nano <= after
+    assert rec.attributes == {"k": 1}
+
+
+def test_record_span_joins_a_continued_trace(ring: fastbuf.Ring) -> None:
+    header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+    with fastbuf.continue_trace(header):
+        fastbuf.record_span("remote.child", 10, 20)
+    (rec,) = records(ring)
+    assert rec.trace_id == bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
+    assert rec.parent_span_id == bytes.fromhex("00f067aa0ba902b7")
+    assert rec.trace_flags == 0
+
+
+def test_record_span_wrong_types_raise(ring: fastbuf.Ring) -> None:
+    now = time.time_ns()
+    bad: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((b"name", now, now), {}),
+        (("s", now / 1, now), {}),  # a float time: ns are ints
+        (("s", now, str(now)), {}),
+        (("s", True, now), {}),
+        (("s", None, now), {}),
+        (("s", now, now), {"attributes": [("k", 1)]}),
+        (("s", now, now), {"kind": 2}),
+        (("s", now, now), {"status": None}),
+        (("s", now, now), {"message": 3}),
+    ]
+    for args, kwargs in bad:
+        with pytest.raises(TypeError):
+            fastbuf.record_span(*args, **kwargs)
+    with pytest.raises(ValueError, match="kind"):
+        fastbuf.record_span("s", now, now, kind="sideways")
+    with pytest.raises(ValueError, match="status"):
+        fastbuf.record_span("s", now, now, status="bogus")
+    with pytest.raises(TypeError):
+        fastbuf.record_span("s")  # type: ignore[call-arg]
+    assert records(ring) == []
+
+
+def test_record_span_nonsense_times_are_coerced_and_counted(ring: fastbuf.Ring) -> None:
+    fastbuf.record_span("backwards", 2_000, 1_000)  # ends before it starts
+    fastbuf.record_span("negative", -5, 1_000)
+    fastbuf.record_span("huge", 1_000, 1 << 70)
+    fastbuf.record_span("numpy", np.int64(1_000), np.uint64(3_000))  # integer types are fine
+    recs = {r.name: r for r in records(ring)}
+    assert (recs["backwards"].start_unix_nano, recs["backwards"].time_unix_nano) == (2_000, 2_000)
+    assert (recs["negative"].start_unix_nano, recs["negative"].time_unix_nano) == (0, 1_000)
+    assert recs["huge"].time_unix_nano == (1 << 64) - 1
+    assert (recs["numpy"].start_unix_nano, recs["numpy"].time_unix_nano) == (1_000, 3_000)
+    st = fastbuf.stats()
+    assert st["coerced_values"] == 3 and st["errors"] == 0
+    assert st["by_kind"]["span"] == 4 and st["by_kind"]["metric"] == 0
 
 
 def test_traced_sync_and_async(ring: fastbuf.Ring) -> None:
@@ -545,6 +641,7 @@ fastbuf.emit("x", a=1)
 fastbuf.log.info("y")
 with fastbuf.span("s"):
     fastbuf.metrics.counter("c").inc()
+fastbuf.record_span("r", 1, 2)
 assert fastbuf.stats()["emitted"] == 0 and fastbuf.stats()["disabled"] is True
 assert fastbuf.flush(0.1) is True
 try:

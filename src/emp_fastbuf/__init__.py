@@ -1,7 +1,8 @@
 """emp-fastbuf: telemetry out of GPU workers through shared memory.
 
 ``import emp_fastbuf as fastbuf``; then ``fastbuf.emit(...)``, ``fastbuf.log.info(...)``,
-``with fastbuf.span(...)``, ``fastbuf.metrics.counter(...).inc()``. See README.md.
+``with fastbuf.span(...)``, ``fastbuf.record_span(name, start_ns, end_ns)``,
+``fastbuf.metrics.counter(...).inc()``. See README.md.
 """
 
 from emp_fastbuf._version import __version__
@@ -25,6 +26,7 @@ from emp_fastbuf.producer.api import (
     flush,
     log,
     metrics,
+    record_span,
     shutdown,
     span,
     stats,
@@ -57,6 +59,7 @@ __all__ = [
     "instrument_logging",
     "log",
     "metrics",
+    "record_span",
     "shutdown",
     "span",
     "stats",

@@ -10,10 +10,13 @@ import atexit
 import functools
 import inspect
 import logging
+import operator
 import os
+import random
 import re
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -25,6 +28,7 @@ from emp_fastbuf._version import __version__
 from emp_fastbuf.errors import RingCorrupt, RingError, RingNotFound
 from emp_fastbuf.producer import _codec
 from emp_fastbuf.producer._codec import Instrument, Log, scope_var
+from emp_fastbuf.records import COUNTER, STATUS_ERROR, STATUS_OK, STATUS_UNSET
 from emp_fastbuf.ring import shm
 from emp_fastbuf.ring._ring import DEFAULT_SIZE, Ring, default_ring_name, layout_for
 
@@ -394,6 +398,107 @@ def event(name: str, **attrs: Any) -> None:
 
 log = Log()
 span = _codec.span
+
+# OTLP numbering of span kinds and status codes, by the names the API takes.
+_SPAN_KINDS = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
+_SPAN_STATUSES = {"unset": STATUS_UNSET, "ok": STATUS_OK, "error": STATUS_ERROR}
+_MAX_NS = (1 << 64) - 1
+
+# The encoder's counters are native. A monotonic counter's negative increment is the
+# encoder's own "ignored, counted" path: it counts one coerced value and writes nothing,
+# so the values this module coerces are counted where fastbuf.stats() reads them.
+_coerce_counter = Instrument(COUNTER, "emp_fastbuf.coerced")
+
+
+def _time_ns(label: str, value: object) -> int:
+    """``value`` as ns since the epoch: an int (or an integer type such as numpy's), else
+    TypeError; outside the record's 64 bits, the nearest end, counted as coerced."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise TypeError(f"{label} must be an int (ns since the epoch), not {type(value).__name__}")
+    ns = operator.index(value)  # type: ignore[arg-type]
+    if 0 <= ns <= _MAX_NS:
+        return ns
+    _coerce_counter.inc(-1)
+    return 0 if ns < 0 else _MAX_NS
+
+
+def _random_id(nbytes: int) -> bytes:
+    # Never all zero (an invalid id in W3C and OTLP). random reseeds in a forked child.
+    while True:
+        value = random.getrandbits(nbytes * 8)
+        if value:
+            return value.to_bytes(nbytes, "big")
+
+
+def record_span(
+    name: str,
+    start_unix_nano: int,
+    end_unix_nano: int | None = None,
+    *,
+    attributes: Mapping[str, Any] | None = None,
+    kind: str = "internal",
+    status: str = "unset",
+    message: str = "",
+) -> str:
+    """Record a span that already happened, with its own start and end times.
+
+    For work whose times are known rather than lived through in a ``with`` block: the
+    wait a job spent in a queue before this worker took it, or a GPU kernel timed with
+    CUDA events. Times are ``time.time_ns()`` values; ``end_unix_nano`` defaults to now.
+    The span is a child of the current span (``fastbuf.span``, ``continue_trace``, an
+    OpenTelemetry span through the context bridge), else the root of a new trace, and
+    carries the ``fastbuf.context()`` attributes like every record. ``kind`` is
+    ``"internal"``, ``"server"``, ``"client"``, ``"producer"`` or ``"consumer"``;
+    ``status`` ``"unset"``, ``"ok"`` or ``"error"`` (with ``message``), as in
+    ``Span.set_status``.
+
+    Returns the new span's id (lowercase hex). A time that is not an integer (a float,
+    say), or a name, message or attributes of the wrong type, raises TypeError; an
+    unknown kind or status raises ValueError. A time outside 0..2**64-1 is clamped and an
+    end before the start becomes the start, each counted as a coerced value
+    (``fastbuf.stats()``): a bad time never costs the span.
+    """
+    if type(name) is not str:
+        raise TypeError(f"span name must be a str, not {type(name).__name__}")
+    start = _time_ns("start_unix_nano", start_unix_nano)
+    end = time.time_ns() if end_unix_nano is None else _time_ns("end_unix_nano", end_unix_nano)
+    if attributes is None:
+        attrs: dict[str, Any] = {}
+    elif isinstance(attributes, Mapping):
+        attrs = attributes if type(attributes) is dict else dict(attributes)
+    else:
+        raise TypeError(f"attributes must be a mapping, not {type(attributes).__name__}")
+    if not isinstance(kind, str) or not isinstance(status, str):
+        raise TypeError("kind and status must be str")
+    if not isinstance(message, str):
+        raise TypeError(f"message must be a str, not {type(message).__name__}")
+    kind_code = _SPAN_KINDS.get(kind)
+    if kind_code is None:
+        raise ValueError(f"kind must be one of {sorted(_SPAN_KINDS)}, got {kind!r}")
+    status_code = _SPAN_STATUSES.get(status)
+    if status_code is None:
+        raise ValueError(f"status must be one of {sorted(_SPAN_STATUSES)}, got {status!r}")
+    if end < start:
+        _coerce_counter.inc(-1)
+        end = start
+    sc = _codec.current()
+    span_id = _random_id(8)
+    _codec.write_span(
+        name,
+        sc.trace_id if sc.trace_id is not None else _random_id(16),
+        span_id,
+        sc.span_id,
+        start,
+        end,
+        status_code,
+        kind_code,
+        message,
+        attrs,
+        None,
+        None,
+        sc.trace_flags,
+    )
+    return span_id.hex()
 
 
 # ---- correlation ---------------------------------------------------------------------
