@@ -413,6 +413,8 @@ _coerce_counter = Instrument(COUNTER, "emp_fastbuf.coerced")
 def _time_ns(label: str, value: object) -> int:
     """``value`` as ns since the epoch: an int (or an integer type such as numpy's), else
     TypeError; outside the record's 64 bits, the nearest end, counted as coerced."""
+    if type(value) is int and 0 <= value <= _MAX_NS:
+        return value
     if isinstance(value, bool) or not hasattr(type(value), "__index__"):
         raise TypeError(f"{label} must be an int (ns since the epoch), not {type(value).__name__}")
     ns = operator.index(value)  # type: ignore[arg-type]
@@ -420,6 +422,15 @@ def _time_ns(label: str, value: object) -> int:
         return ns
     _coerce_counter.inc(-1)
     return 0 if ns < 0 else _MAX_NS
+
+
+def _choice(label: str, value: object, codes: Mapping[str, int]) -> int:
+    code = codes.get(value) if type(value) is str else None
+    if code is not None:
+        return code
+    if not isinstance(value, str):
+        raise TypeError(f"{label} must be a str, not {type(value).__name__}")
+    raise ValueError(f"{label} must be one of {sorted(codes)}, got {value!r}")
 
 
 def _random_id(nbytes: int) -> bytes:
@@ -462,22 +473,18 @@ def record_span(
         raise TypeError(f"span name must be a str, not {type(name).__name__}")
     start = _time_ns("start_unix_nano", start_unix_nano)
     end = time.time_ns() if end_unix_nano is None else _time_ns("end_unix_nano", end_unix_nano)
-    if attributes is None:
-        attrs: dict[str, Any] = {}
+    if type(attributes) is dict:
+        attrs: dict[str, Any] = attributes
+    elif attributes is None:
+        attrs = {}
     elif isinstance(attributes, Mapping):
-        attrs = attributes if type(attributes) is dict else dict(attributes)
+        attrs = dict(attributes)
     else:
         raise TypeError(f"attributes must be a mapping, not {type(attributes).__name__}")
-    if not isinstance(kind, str) or not isinstance(status, str):
-        raise TypeError("kind and status must be str")
+    kind_code = _choice("kind", kind, _SPAN_KINDS)
+    status_code = _choice("status", status, _SPAN_STATUSES)
     if not isinstance(message, str):
         raise TypeError(f"message must be a str, not {type(message).__name__}")
-    kind_code = _SPAN_KINDS.get(kind)
-    if kind_code is None:
-        raise ValueError(f"kind must be one of {sorted(_SPAN_KINDS)}, got {kind!r}")
-    status_code = _SPAN_STATUSES.get(status)
-    if status_code is None:
-        raise ValueError(f"status must be one of {sorted(_SPAN_STATUSES)}, got {status!r}")
     if end < start:
         _coerce_counter.inc(-1)
         end = start
