@@ -18,6 +18,7 @@ import pytest
 
 import emp_fastbuf as fastbuf
 from emp_fastbuf import cli, demo
+from emp_fastbuf.demo.worker import STEP_BOUNDS_MS
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -188,7 +189,7 @@ def test_metrics_by_machine(run: DemoRun) -> None:
     assert total("step.duration", "count") == sum(j["steps_run"] for j in run.side["jobs"])
     hist = [s for s in series if s["name"] == "step.duration"]
     assert all(s["kind"] == "histogram" and s["unit"] == "ms" for s in hist)
-    assert all(s["bounds"] == list(demo.STEP_BOUNDS_MS) for s in hist)
+    assert all(s["bounds"] == list(STEP_BOUNDS_MS) for s in hist)
     assert all(sum(s["bucket_counts"]) == s["count"] for s in hist)
     gauges = [s for s in series if s["name"] == "gpu.memory.used"]
     assert {s["worker_id"] for s in gauges} == {w["worker_id"] for w in run.side["workers"]}
