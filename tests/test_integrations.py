@@ -738,3 +738,53 @@ def test_sigkilled_worker_keeps_every_ended_span(ring: fastbuf.Ring, ring_name: 
     assert sorted(r.attributes["i"] for r in spans) == list(range(1000))  # type: ignore[type-var]
     assert {r.name for r in spans} == {f"step-{i}" for i in range(1000)}
     assert {res.attributes["service.name"] for res, _ in got} == {"crash-worker"}
+
+
+# ---- the import rule ---------------------------------------------------------------------
+
+
+def _imports(path: Any) -> list[tuple[str, list[str]]]:
+    """(module, names) of every absolute import in ``path``, nested ones included."""
+    import ast
+
+    out: list[tuple[str, list[str]]] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.extend((alias.name, []) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            out.append((node.module, [alias.name for alias in node.names]))
+    return out
+
+
+def test_integrations_use_only_the_bridge_and_the_public_api() -> None:
+    from pathlib import Path
+
+    import emp_fastbuf.integrations as integrations
+
+    folder = Path(integrations.__file__).parent
+    checked = 0
+    for path in sorted(folder.glob("*.py")):
+        for module, names in _imports(path):
+            if not module.startswith("emp_fastbuf.producer"):
+                continue
+            checked += 1
+            assert module == "emp_fastbuf.producer.bridge" or (
+                module == "emp_fastbuf.producer" and names == ["bridge"]
+            ), f"{path.name} imports {module}"
+            assert not [n for n in names if n.startswith("_")], f"{path.name}: {names}"
+    assert checked >= 4  # every bridge module imports the bridge
+
+
+def test_the_producer_does_not_import_the_agent() -> None:
+    import re
+    from pathlib import Path
+
+    import emp_fastbuf.producer as producer
+
+    folder = Path(producer.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        modules = [module for module, _names in _imports(path)]
+        assert not [m for m in modules if m.startswith("emp_fastbuf.agent")], path.name
+    native_import = re.compile(r"^\s*(from|import|cimport)\s+emp_fastbuf\.agent", re.M)
+    for path in sorted(folder.glob("*.pyx")):
+        assert not native_import.search(path.read_text()), path.name
