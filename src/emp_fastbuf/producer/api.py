@@ -124,7 +124,7 @@ def merge_resource(attributes: Mapping[str, Any] | None) -> None:
     if not attributes:
         return
     if _state.ring is None:
-        auto_attach()
+        auto_attach()  # now: attaching after the merge would reset the resource
         if _state.ring is None:
             return
     with _lock:
@@ -132,6 +132,7 @@ def merge_resource(attributes: Mapping[str, Any] | None) -> None:
         changed = False
         for key, value in attributes.items():
             if key == "service.name":
+                # fastbuf's own service name wins; the SDK's fills in when there is none.
                 svc = str(value)
                 if st.service == "unknown_service" and not svc.startswith("unknown_service"):
                     st.service = svc
