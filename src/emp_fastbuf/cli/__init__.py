@@ -21,9 +21,9 @@ from typing import Any, TextIO
 
 from emp_fastbuf import paths
 from emp_fastbuf.errors import HomeError
+from emp_fastbuf.paths import STORE_FILE
 from emp_fastbuf.store import (
     MAX_TIME_UNIX_NANO,
-    STORE_FILE,
     MetricSeries,
     SpanNode,
     Store,
