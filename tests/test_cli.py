@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from emp_fastbuf import cli
+from emp_fastbuf.cli.commands import delegate
 from emp_fastbuf.store import SCHEMA_VERSION, Store
 from test_store import (
     T0,
@@ -557,10 +558,10 @@ def test_help_lists_agent_flags(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_delegate_to_a_missing_module_is_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
-    handler = cli._delegate("emp_fastbuf.no_such_module", "run")
+    handler = delegate("emp_fastbuf.no_such_module", "run")
     assert handler(argparse.Namespace(command="demo")) == 1
     one_line_error(capsys.readouterr().err, "emp_fastbuf.no_such_module")
-    handler = cli._delegate("emp_fastbuf.records", "no_such_function")
+    handler = delegate("emp_fastbuf.records", "no_such_function")
     assert handler(argparse.Namespace(command="demo")) == 1
     one_line_error(capsys.readouterr().err, "no_such_function")
 
