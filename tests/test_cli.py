@@ -566,6 +566,20 @@ def test_delegate_to_a_missing_module_is_exit_1(capsys: pytest.CaptureFixture[st
     one_line_error(capsys.readouterr().err, "no_such_function")
 
 
+@pytest.mark.parametrize("dependency", ["fastbuf_dep_probe_missing", "fastbuf_dep_probe"])
+def test_delegate_shows_a_missing_dependency_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dependency: str
+) -> None:
+    # The module is there but imports one that is not: that is the error to see, also when
+    # the missing name happens to begin the module's own ("fastbuf_dep_probe").
+    (tmp_path / "fastbuf_dep_probe_cmd.py").write_text(f"import {dependency}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    handler = delegate("fastbuf_dep_probe_cmd", "run")
+    with pytest.raises(ModuleNotFoundError) as caught:
+        handler(argparse.Namespace(command="demo"))
+    assert caught.value.name == dependency
+
+
 @pytest.mark.parametrize(
     "command", [["logs"], ["trace", TRACE_A.hex()], ["metrics"], ["correlate", "j"], ["tail"]]
 )

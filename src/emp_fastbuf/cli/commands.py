@@ -181,8 +181,12 @@ def delegate(module: str, func: str) -> Handler:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name is None or not module.startswith(exc.name):
-                raise  # a dependency of the module is missing: show the real error
+            # import_module always names the module it did not find. This one or a package
+            # above it: the command is not in this build; any other: a dependency of it is
+            # missing, and that is the error to show.
+            missing = exc.name or ""
+            if missing != module and not module.startswith(missing + "."):
+                raise
             print(f"fastbuf {args.command}: {module} is not part of this build", file=sys.stderr)
             return EXIT_NOT_FOUND
         handler = getattr(mod, func, None)
