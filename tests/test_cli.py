@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from emp_fastbuf import cli
+from emp_fastbuf.cli.commands import delegate
 from emp_fastbuf.store import SCHEMA_VERSION, Store
 from test_store import (
     T0,
@@ -557,12 +558,26 @@ def test_help_lists_agent_flags(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_delegate_to_a_missing_module_is_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
-    handler = cli._delegate("emp_fastbuf.no_such_module", "run")
+    handler = delegate("emp_fastbuf.no_such_module", "run")
     assert handler(argparse.Namespace(command="demo")) == 1
     one_line_error(capsys.readouterr().err, "emp_fastbuf.no_such_module")
-    handler = cli._delegate("emp_fastbuf.records", "no_such_function")
+    handler = delegate("emp_fastbuf.records", "no_such_function")
     assert handler(argparse.Namespace(command="demo")) == 1
     one_line_error(capsys.readouterr().err, "no_such_function")
+
+
+@pytest.mark.parametrize("dependency", ["fastbuf_dep_probe_missing", "fastbuf_dep_probe"])
+def test_delegate_shows_a_missing_dependency_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dependency: str
+) -> None:
+    # The module is there but imports one that is not: that is the error to see, also when
+    # the missing name happens to begin the module's own ("fastbuf_dep_probe").
+    (tmp_path / "fastbuf_dep_probe_cmd.py").write_text(f"import {dependency}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    handler = delegate("fastbuf_dep_probe_cmd", "run")
+    with pytest.raises(ModuleNotFoundError) as caught:
+        handler(argparse.Namespace(command="demo"))
+    assert caught.value.name == dependency
 
 
 @pytest.mark.parametrize(

@@ -40,8 +40,8 @@ from emp_fastbuf.store import (
     Store,
     StoreDamaged,
     StoreError,
-    percentile,
 )
+from emp_fastbuf.values import percentile
 
 T0 = 1_700_000_000_000_000_000
 S = 1_000_000_000

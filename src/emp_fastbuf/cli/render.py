@@ -1,0 +1,269 @@
+"""Human output with rich: the records table, the trace tree with its waterfall, the
+metrics table and ``tail``'s lines. rich is imported when something is printed."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from emp_fastbuf.records import SEVERITY_ERROR, SEVERITY_FATAL, SEVERITY_TEXT, SEVERITY_WARN
+from emp_fastbuf.store import MetricSeries, SpanNode, StoredRecord, TraceView
+
+_SPARK = "▁▂▃▄▅▆▇█"
+# From this many columns the records and metrics tables keep each cell on one line; below
+# it their columns share the width and wrap.
+_WIDE_TERMINAL = 140
+_SEVERITY_STYLE = {
+    SEVERITY_TEXT[SEVERITY_ERROR]: "red",
+    SEVERITY_TEXT[SEVERITY_FATAL]: "bold red",
+    SEVERITY_TEXT[SEVERITY_WARN]: "yellow",
+}
+
+
+def make_console() -> Any:
+    """The rich console to print to (stdout)."""
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _short_time(unix_nano: int) -> str:
+    seconds, nanos = divmod(unix_nano, 10**9)
+    try:
+        stamp = datetime.fromtimestamp(seconds, UTC).strftime("%m-%d %H:%M:%S")
+    except (ValueError, OverflowError, OSError):
+        return f"{unix_nano}ns"
+    return f"{stamp}.{nanos // 10**6:03d}"
+
+
+def duration(ns: int) -> str:
+    """A duration the way the tables show it: ns, us, ms or s."""
+    if ns < 10**3:
+        return f"{ns} ns"
+    if ns < 10**6:
+        return f"{ns / 1e3:.1f} us"
+    if ns < 10**9:
+        return f"{ns / 1e6:.1f} ms"
+    return f"{ns / 1e9:.2f} s"
+
+
+def _attrs_text(attrs: dict[str, Any], limit: int = 120) -> str:
+    text = " ".join(
+        f"{k}={json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}"
+        for k, v in attrs.items()
+    )
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def source_text(rec: StoredRecord | MetricSeries) -> str:
+    """``machine/worker``, or ``-`` when neither is known."""
+    return "/".join(p for p in (rec.machine_id, rec.worker_id) if p) or "-"
+
+
+def _number(value: float | int | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.6g}"
+
+
+def sparkline(values: Sequence[float]) -> str:
+    """Unicode block sparkline of the values (oldest first)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return ""
+    lo, hi = min(finite), max(finite)
+    span = hi - lo
+    out = []
+    for v in values:
+        if not math.isfinite(v):
+            out.append(" ")
+        elif span == 0:
+            out.append(_SPARK[len(_SPARK) // 2])
+        else:
+            out.append(_SPARK[min(len(_SPARK) - 1, int((v - lo) / span * len(_SPARK)))])
+    return "".join(out)
+
+
+def _what(rec: StoredRecord) -> Any:
+    from rich.text import Text
+
+    if rec.kind == "log":
+        sev = rec.severity or ""
+        style = _SEVERITY_STYLE.get(sev.upper(), "")
+        return Text.assemble((f"{sev:<5} ", style), rec.body or "")
+    if rec.kind == "event":
+        return Text.assemble(("event ", "cyan"), rec.name or "")
+    if rec.kind == "span":
+        start = rec.start_unix_nano or rec.time_unix_nano
+        status = rec.status or "unset"
+        return Text.assemble(
+            ("span  ", "magenta"),
+            rec.name or "",
+            f"  {duration(rec.time_unix_nano - start)}",
+            (f"  {status}", "red" if status == "error" else "dim"),
+        )
+    if rec.instrument == "histogram":
+        value = f"n={rec.count} sum={_number(rec.sum)} max={_number(rec.max)}"
+    else:
+        value = _number(rec.value)
+    return Text.assemble(("metric ", "green"), f"{rec.name} = {value} {rec.unit or ''}".rstrip())
+
+
+def print_records(recs: Sequence[StoredRecord], console: Any, *, offsets_from: int | None) -> None:
+    """The records table; the first column is the time, or with ``offsets_from`` the
+    time since then."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    # On a narrow terminal every column but the time wraps, the record least.
+    wide = console.width >= _WIDE_TERMINAL
+    table.expand = not wide
+    table.add_column("time" if offsets_from is None else "offset", no_wrap=True, style="dim")
+    table.add_column("source", no_wrap=wide, overflow="fold", ratio=None if wide else 2)
+    table.add_column("job", no_wrap=wide, overflow="fold", ratio=None if wide else 2)
+    table.add_column("record", ratio=None if wide else 5)
+    table.add_column("attributes", style="dim", overflow="fold", ratio=None if wide else 4)
+    for r in recs:
+        when = (
+            _short_time(r.time_unix_nano if r.kind != "span" else r.sort_time)
+            if offsets_from is None
+            else "+" + duration(r.sort_time - offsets_from)
+        )
+        table.add_row(
+            Text(when),
+            Text(source_text(r)),
+            Text(r.job_id or "-"),
+            _what(r),
+            Text(_attrs_text(r.attributes)),
+        )
+    console.print(table)
+
+
+def print_trace(view: TraceView, console: Any) -> None:
+    """The span tree with a waterfall bar per span, the logs and events inside each span
+    in time order, then the records whose span is not in the store."""
+    from rich.text import Text
+    from rich.tree import Tree
+
+    t0, t1 = view.start_unix_nano, view.end_unix_nano
+    total = max(t1 - t0, 1)
+    width = max(console.width, 60)
+    bar_w = max(10, width // 3)
+    name_w = max(16, width - bar_w - 24)
+    tree = Tree(
+        Text(f"trace {view.trace_id}  {len(view.spans)} spans  {duration(t1 - t0)}", "bold"),
+        guide_style="dim",
+    )
+    # Children of each span: its child spans and its logs/events, merged in time order.
+    kids: dict[int, list[tuple[int, int, SpanNode | StoredRecord]]] = {}
+    top: list[SpanNode] = []
+    stack: list[SpanNode] = []
+    for node in view.spans:
+        del stack[node.depth :]
+        if stack:
+            kids.setdefault(id(stack[-1]), []).append((node.span.sort_time, 0, node))
+        else:
+            top.append(node)
+        stack.append(node)
+        for item in node.items:
+            kids.setdefault(id(node), []).append((item.time_unix_nano, 1, item))
+
+    def span_label(node: SpanNode) -> Any:
+        s = node.span
+        start = s.sort_time
+        lead = min(bar_w - 1, int((start - t0) / total * bar_w))
+        length = max(1, round((s.time_unix_nano - start) / total * bar_w))
+        bar = (" " * lead + "█" * length)[:bar_w].ljust(bar_w)
+        label_w = max(8, name_w - 4 * (node.depth + 1))
+        name = s.name or ""
+        name = name if len(name) <= label_w else name[: label_w - 1] + "…"
+        status = s.status or "unset"
+        return Text.assemble(
+            name.ljust(label_w),
+            f" {duration(s.time_unix_nano - start):>9} ",
+            (bar, "red" if status == "error" else "cyan"),
+            (f" {status}" if status != "unset" else "", "red" if status == "error" else "dim"),
+        )
+
+    def item_label(item: StoredRecord) -> Any:
+        offset = "+" + duration(item.time_unix_nano - t0)
+        line = Text.assemble((f"{offset:>10} ", "dim"), _what(item))
+        if item.attributes:
+            line.append("  " + _attrs_text(item.attributes, 80), "dim")
+        return line
+
+    # Each pass adds all direct children of one span, in order; the spans among them get
+    # their own pass later (no recursion: traces can be deep).
+    todo: list[tuple[Any, SpanNode]] = [(tree.add(span_label(n)), n) for n in top]
+    while todo:
+        branch, node = todo.pop()
+        for _t, _order, child in sorted(kids.get(id(node), []), key=lambda k: (k[0], k[1])):
+            if isinstance(child, SpanNode):
+                todo.append((branch.add(span_label(child)), child))
+            else:
+                branch.add(item_label(child))
+    console.print(tree)
+    if view.orphans:
+        console.print(Text("records of this trace whose span is not in the store:", "bold"))
+        print_records(view.orphans, console, offsets_from=t0)
+
+
+def print_metrics(series: Sequence[MetricSeries], console: Any) -> None:
+    """The metrics table: each series' current value and a sparkline of its recent ones."""
+    from rich.table import Table
+    from rich.text import Text
+
+    # As for records: on a narrow terminal the columns wrap (the value never gets cut)
+    # and the sparkline is shorter.
+    wide = console.width >= _WIDE_TERMINAL
+    table = Table(box=None, pad_edge=False, show_edge=False, expand=not wide)
+    table.add_column("name", overflow="fold", ratio=None if wide else 3)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("source", overflow="fold", no_wrap=wide, ratio=None if wide else 2)
+    table.add_column("attributes", overflow="fold", ratio=None if wide else 2)
+    table.add_column("value", overflow="fold", ratio=None if wide else 3)
+    table.add_column("recent", no_wrap=True)
+    spark = 16 if wide else 8
+    for s in series:
+        if s.instrument == "histogram":
+            value = (
+                f"n={s.count} sum={_number(s.sum)} min={_number(s.min)} p50={_number(s.p50)}"
+                f" p90={_number(s.p90)} p99={_number(s.p99)} max={_number(s.max)}"
+            )
+        else:
+            value = _number(s.value)
+        if s.unit:
+            value += f" {s.unit}"
+        table.add_row(
+            Text(s.name),
+            Text(s.instrument),
+            Text(source_text(s)),
+            Text(_attrs_text(s.attributes, 60), "dim"),
+            Text(value),
+            Text(sparkline(s.recent[-spark:]), "green"),
+        )
+    console.print(table)
+
+
+def tail_line(rec: StoredRecord) -> Any:
+    """One record as ``tail`` prints it."""
+    from rich.text import Text
+
+    line = Text.assemble(
+        (_short_time(rec.time_unix_nano) + " ", "dim"),
+        (source_text(rec) + " ", ""),
+        (f"[{rec.job_id}] " if rec.job_id else "", "dim"),
+        _what(rec),
+    )
+    if rec.attributes:
+        line.append("  " + _attrs_text(rec.attributes), "dim")
+    return line
+
+
+# ---- commands -------------------------------------------------------------------------
