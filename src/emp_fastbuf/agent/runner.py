@@ -15,9 +15,7 @@ exit 0. Whatever is not delivered stays in the spool for the next start.
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
-import json
 import logging
 import os
 import signal
@@ -31,22 +29,23 @@ from typing import Any
 
 from emp_fastbuf import paths
 from emp_fastbuf._version import __version__
-from emp_fastbuf.agent.batch import Batch, resource_of
+from emp_fastbuf.agent import status as status_file
+from emp_fastbuf.agent.batch import Batch
 from emp_fastbuf.agent.config import AgentConfig, ConfigError
 from emp_fastbuf.agent.machine import collect_machine_metrics, machine_resource
 from emp_fastbuf.agent.sinks import Sink
 from emp_fastbuf.agent.spool import CorruptSpoolFile, Spool
+from emp_fastbuf.agent.status import DROP_REASONS
 from emp_fastbuf.errors import (
-    HomeError,
     RingBusy,
     RingCorrupt,
     RingError,
     RingNotFound,
     RingVersionError,
 )
-from emp_fastbuf.records import GAUGE, METRIC, LaneChunk, Record, Resource, reference
+from emp_fastbuf.records import GAUGE, METRIC, LaneChunk, Record, reference
 from emp_fastbuf.ring import shm
-from emp_fastbuf.ring._ring import Consumer, Ring, default_ring_name, process_alive
+from emp_fastbuf.ring._ring import Consumer, Ring, default_ring_name
 from emp_fastbuf.ring.segments import CREATION_GRACE_S, creation_in_progress, sweep_stale
 
 log = logging.getLogger("emp_fastbuf.agent")
@@ -60,11 +59,6 @@ PRESSURE_CHECK_S = 0.002
 FILE_FAILURES_TO_QUARANTINE = 3  # a spool file that fails delivery this often in a row
 LOOP_ERRORS_TO_GIVE_UP = 100  # consecutive unexpected errors: the loop cannot continue
 SPOOL_RETRY_MAX_S = 5.0
-DROP_REASONS = ("full", "no_lane", "too_large")
-MAX_PRODUCERS_SHOWN = 256
-# Supervision: a loop that has not come round for this long is stalled (fastbuf status
-# says unhealthy). The delivery loop waits on exports, each bounded by the retry policy.
-STALL_S = {"drain": 30.0, "delivery": 300.0}
 
 
 @dataclass
@@ -132,9 +126,7 @@ class Agent:
         self.delivery_wake = threading.Event()
         self.status_path = paths.status_path(self.home, ring_name)
         self.lane_meta: dict[int, bytes] = {}  # lane -> the resource blob last read there
-        # pid -> who it is and what it dropped; kept after the process is gone
-        self.producers: dict[int, dict[str, Any]] = {}
-        self.resources: dict[bytes, Resource] = {}
+        self.producers = status_file.Producers()
         # Supervision (docs/architecture.md): each loop's last round, errors caught at the
         # loops, a spool that cannot be written (disk full, read-only), why a loop gave up.
         self.beats = {"drain": time.time_ns(), "delivery": time.time_ns()}
@@ -608,45 +600,8 @@ class Agent:
 
     # ---- status ----------------------------------------------------------------------
 
-    def _update_producers(self, ring_stats: dict[str, Any]) -> list[dict[str, Any]]:
-        """Who writes into the ring and what each process dropped (its own totals, which
-        it publishes into its lane), kept after the process is gone. Processes with drops
-        come first."""
-        for lane in ring_stats.get("lanes", []):
-            pid = lane.get("owner_pid")
-            if not pid:
-                continue
-            entry = self.producers.get(pid)
-            if entry is None:
-                entry = {"pid": pid, "service": None, "worker_id": None, "lanes": 0}
-                entry.update({f"dropped_{r}": 0 for r in DROP_REASONS})
-                self.producers[pid] = entry
-            meta = self.lane_meta.get(lane["lane"])
-            if meta is not None and entry["service"] is None:
-                attrs = resource_of(meta, self.resources).attributes
-                entry["service"] = attrs.get("service.name")
-                entry["worker_id"] = attrs.get("emp.worker_id")
-            for reason in DROP_REASONS:
-                key = f"dropped_{reason}"
-                entry[key] = max(entry[key], int(lane.get(f"owner_{key}", 0)))
-        live = {lane.get("owner_pid") for lane in ring_stats.get("lanes", [])}
-        for pid, entry in self.producers.items():
-            entry["alive"] = pid in live and any(
-                ln.get("alive") for ln in ring_stats.get("lanes", []) if ln.get("owner_pid") == pid
-            )
-            entry["lanes"] = sum(
-                1 for ln in ring_stats.get("lanes", []) if ln.get("owner_pid") == pid
-            )
-            entry["dropped"] = sum(entry[f"dropped_{r}"] for r in DROP_REASONS)
-        if len(self.producers) > MAX_PRODUCERS_SHOWN:
-            # Forget gone processes that dropped nothing first, then the oldest.
-            keep = sorted(
-                self.producers.values(), key=lambda e: e["alive"] or e["dropped"] > 0, reverse=True
-            )[:MAX_PRODUCERS_SHOWN]
-            self.producers = {e["pid"]: e for e in keep}
-        return sorted(self.producers.values(), key=lambda e: (-e["dropped"], e["pid"]))
-
     def status(self) -> dict[str, Any]:
+        """What the status file holds (``fastbuf status --json``)."""
         ring_stats = self.ring.stats() if self.ring is not None and not self.ring.closed else {}
         store = self._sink_status("store")
         out: dict[str, Any] = {
@@ -672,53 +627,20 @@ class Agent:
             "store": None if store is None else {"records": self.counters.store_records, **store},
             "export": self._sink_status("export"),
             "ring": ring_stats,
-            "producers": self._update_producers(ring_stats),
-            "health": self._health(),
+            "producers": self.producers.update(ring_stats, self.lane_meta),
+            "health": status_file.loop_health(
+                self.beats, self.agent_errors, self.spool_error, self.fatal
+            ),
         }
         return out
 
-    def _health(self) -> dict[str, Any]:
-        """Each loop's last round and whether it is stalled, the errors caught at the
-        loops, a spool that cannot be written. ``fastbuf status`` exits 3 when unhealthy."""
-        now = time.time_ns()
-        loops = {
-            name: {
-                "last_beat_ns": beat,
-                "stalled": (now - beat) / 1e9 > STALL_S[name],
-                "stall_after_s": STALL_S[name],
-            }
-            for name, beat in self.beats.items()
-        }
-        problems = [f"the {name} loop is stalled" for name, lp in loops.items() if lp["stalled"]]
-        if self.spool_error is not None:
-            problems.append(f"the spool cannot be written: {self.spool_error['message']}")
-        if self.fatal is not None:
-            problems.append(self.fatal)
-        return {
-            "loops": loops,
-            "agent_errors": self.agent_errors,
-            "spool_error": dict(self.spool_error) if self.spool_error else None,
-            "problems": problems,
-            "healthy": not problems,
-        }
-
     def _write_status(self) -> None:
-        # A temporary file of this process's own (O_EXCL | O_NOFOLLOW: a planted
-        # status-<ring>.tmp symlink is neither followed nor reused), then renamed over the
-        # status file (rename replaces a planted symlink, never writes through it).
-        tmp = self.status_path.with_name(f".{self.status_path.name}.{os.getpid()}.tmp")
         try:
-            data = json.dumps(self.status(), default=str)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-            with os.fdopen(fd, "w") as f:
-                f.write(data)
-            os.replace(tmp, self.status_path)
+            current = self.status()
         except OSError as exc:
             log.warning("cannot write status file: %s", exc)
+            return
+        status_file.write_status(self.status_path, current)
 
 
 def config_from_args(args: Any) -> AgentConfig:
@@ -778,226 +700,3 @@ def run_agent(args: Any) -> int:
     except RingError as exc:
         print(f"fastbuf agent: {exc}", file=sys.stderr)
         return 1
-
-
-def read_status(home: Path, ring_name: str) -> dict[str, Any] | None:
-    path = paths.status_path(home, ring_name)
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    pid = data.get("agent", {}).get("pid")
-    data.setdefault("agent", {})["alive"] = bool(pid) and process_alive(int(pid))
-    return data
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-def status(args: Any) -> int:
-    """``fastbuf status``: the agent, the ring's lanes, the spool and the export.
-    Exit 1 when neither a ring nor an agent status exists."""
-    try:
-        home = paths.home(getattr(args, "home", None))
-    except HomeError as exc:
-        print(f"fastbuf status: {exc}", file=sys.stderr)
-        return 2
-    ring_name = getattr(args, "ring", None) or default_ring_name()
-    data = read_status(home, ring_name)
-    ring_stats: dict[str, Any] | None = None
-    try:
-        ring = Ring.open(ring_name)
-    except RingNotFound:
-        ring = None
-    except RingError as exc:
-        print(f"fastbuf status: {exc}", file=sys.stderr)
-        return 1
-    if ring is not None:
-        try:
-            ring_stats = ring.stats()
-        finally:
-            ring.close()
-    if data is None and ring_stats is None:
-        print(
-            f"fastbuf status: no ring {ring_name!r} and no agent status in {home}", file=sys.stderr
-        )
-        return 1
-    out = dict(data or {"agent": {"alive": False, "ring": ring_name}})
-    if ring_stats is not None:
-        out["ring"] = ring_stats
-        if not out.get("producers"):
-            out["producers"] = _producers_from_ring(ring_stats)
-    healthy = _judge_health(out)
-    if getattr(args, "json", False):
-        print(json.dumps(out, default=str))
-    else:
-        _print_status(out)
-    return 0 if healthy else 3
-
-
-def _producers_from_ring(ring_stats: dict[str, Any]) -> list[dict[str, Any]]:
-    """Without an agent's status: each lane owner's own drop totals, from the ring."""
-    by_pid: dict[int, dict[str, Any]] = {}
-    for lane in ring_stats.get("lanes", []):
-        pid = lane.get("owner_pid")
-        if not pid:
-            continue
-        entry = by_pid.setdefault(
-            pid, {"pid": pid, "service": None, "worker_id": None, "alive": False, "lanes": 0}
-        )
-        entry["lanes"] += 1
-        entry["alive"] = entry["alive"] or bool(lane.get("alive"))
-        for reason in DROP_REASONS:
-            key = f"dropped_{reason}"
-            entry[key] = max(entry.get(key, 0), int(lane.get(f"owner_{key}", 0)))
-    for entry in by_pid.values():
-        entry["dropped"] = sum(entry[f"dropped_{r}"] for r in DROP_REASONS)
-    return sorted(by_pid.values(), key=lambda e: (-e["dropped"], e["pid"]))
-
-
-def _judge_health(st: dict[str, Any]) -> bool:
-    """A live agent is unhealthy when a loop is stalled (judged now, from the last round
-    each reported; a drain loop that stopped also stops writing the status file), when
-    its spool cannot be written, or when a loop gave up. Sets ``st["health"]``."""
-    agent = st.get("agent") or {}
-    health = st.get("health")
-    if not agent.get("alive") or not isinstance(health, dict):
-        return True
-    now = time.time_ns()
-    problems = [p for p in health.get("problems", []) if "stalled" not in p]
-    loops = health.get("loops") or {}
-    updated = int(agent.get("updated_ns") or 0)
-    for name, limit in STALL_S.items():
-        beat = int((loops.get(name) or {}).get("last_beat_ns") or updated)
-        if name == "drain":
-            beat = max(beat, updated)
-        idle_s = (now - beat) / 1e9
-        stalled = idle_s > limit
-        loops.setdefault(name, {})["stalled"] = stalled
-        if stalled:
-            problems.append(f"the {name} loop is stalled: no round for {idle_s:.0f} s")
-    health["problems"] = problems
-    health["healthy"] = not problems
-    return not problems
-
-
-def _print_status(st: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console()
-    agent = st.get("agent", {})
-    health = st.get("health") or {}
-    if agent.get("alive") and health.get("problems"):
-        con.print("[bold red]unhealthy[/]: " + "; ".join(health["problems"]))
-    loops = health.get("loops") or {}
-    if agent.get("alive") and loops:
-        now = time.time_ns()
-        con.print(
-            "[bold]loops[/]: "
-            + ", ".join(
-                f"{name} {'[bold red]stalled[/], ' if lp.get('stalled') else ''}last round "
-                f"{max(0.0, (now - int(lp.get('last_beat_ns') or now)) / 1e9):.1f} s ago"
-                for name, lp in loops.items()
-            )
-        )
-    if health.get("agent_errors"):
-        con.print(
-            f"[bold]agent errors[/]: {health['agent_errors']} caught at the loops (the agent "
-            f"carried on; the first of each kind is in its log)"
-        )
-    ring = st.get("ring") or {}
-    lease = ring.get("consumer", {})
-    pid = agent.get("pid")
-    con.print(
-        f"[bold]agent[/]: {'alive' if agent.get('alive') else 'not running'}"
-        f"{f' (pid {pid})' if pid else ''}; "
-        f"ring {ring.get('name', agent.get('ring'))!r}; lease holder: "
-        f"{lease.get('pid') or 'none'}{' (alive)' if lease.get('alive') else ''}"
-    )
-    dropping = [p for p in st.get("producers") or [] if p.get("dropped")]
-    if dropping:
-        con.print(
-            f"[bold red]dropped records[/]: {len(dropping)} producer process(es) lost records "
-            f"(the agent did not keep up, or the ring is too small):"
-        )
-        drops = Table("pid", "service", "worker", "alive", "ring full", "no lane", "too large")
-        for p in dropping[:20]:
-            drops.add_row(
-                str(p["pid"]),
-                str(p.get("service") or "-"),
-                str(p.get("worker_id") or "-"),
-                "yes" if p.get("alive") else "no",
-                str(p.get("dropped_full", 0)),
-                str(p.get("dropped_no_lane", 0)),
-                str(p.get("dropped_too_large", 0)),
-            )
-        con.print(drops)
-    if ring:
-        con.print(
-            f"[bold]ring[/]: written {ring['written']}, acked {ring['acked']}, dropped "
-            f"{ring['dropped']} (full {ring['dropped_full']}, no lane "
-            f"{ring['dropped_no_lane']}, too large {ring['dropped_too_large']}), in flight "
-            f"{ring['in_flight']}"
-        )
-        table = Table("lane", "pid", "alive", "written", "dropped", "occupancy")
-        for lane in ring.get("lanes", []):
-            dropped = lane["dropped_full"] + lane["dropped_too_large"]
-            occ = lane["occupancy"] / lane["capacity"] if lane["capacity"] else 0.0
-            table.add_row(
-                str(lane["lane"]),
-                str(lane["owner_pid"] or "-"),
-                "yes" if lane["alive"] else "no",
-                str(lane["written"]),
-                str(dropped),
-                f"{occ:.1%}",
-            )
-        if ring.get("lanes"):
-            con.print(table)
-    drained = st.get("drained")
-    if drained:
-        con.print(
-            f"[bold]drained[/]: {drained['records']} records, "
-            f"{_fmt_bytes(drained['bytes'])}, {drained['batches']} batches, "
-            f"{drained['corrupt_records']} corrupt"
-        )
-    spool = st.get("spool")
-    if spool:
-        con.print(
-            f"[bold]spooled[/]: {spool.get('files', 0)} files, "
-            f"{_fmt_bytes(spool.get('bytes', 0))}; evicted "
-            f"{spool.get('evicted_files', 0)} files, quarantined "
-            f"{spool.get('quarantined_files', 0)}"
-        )
-    ex = st.get("export")
-    if ex:
-        wire = ex.get("bytes_on_wire", 0)
-        raw = ex.get("bytes_uncompressed", 0)
-        ratio = f"{raw / wire:.1f}x" if wire else "-"
-        con.print(
-            f"[bold]exported[/]: {ex.get('requests', 0)} requests, {_fmt_bytes(wire)} on "
-            f"the wire (compression {ratio}); retries {ex.get('retries', 0)}, "
-            f"dead-lettered {ex.get('dead_lettered', 0)}, rejected by partial success "
-            f"{ex.get('partial_rejected', 0)}; export latency p50 "
-            f"{ex.get('latency_p50_ms', '-')} ms, p99 {ex.get('latency_p99_ms', '-')} ms"
-        )
-    store = st.get("store")
-    if store:
-        con.print(
-            f"[bold]store[/]: {store.get('records', 0)} records ingested"
-            + (
-                f"; {store['clamped_times']} times past 2262 stored as 2262-04-11"
-                if store.get("clamped_times")
-                else ""
-            )
-            + (
-                f"; [bold red]writes failing[/] ({store['write_failures']} in a row, retrying)"
-                if store.get("write_failures")
-                else ""
-            )
-        )

@@ -761,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--home", help="the emp-fastbuf home (default: $EMP_FASTBUF_HOME)")
     p.add_argument("--ring", help="the ring name")
-    p.set_defaults(handler=_delegate("emp_fastbuf.agent.runner", "status"))
+    p.set_defaults(handler=_delegate("emp_fastbuf.cli.status", "run"))
 
     p = sub.add_parser("demo", help="run simulated GPU workers through the pipeline")
     p.add_argument("--workers", type=int, default=4, metavar="N")

@@ -39,7 +39,7 @@ from typing import Any
 
 import emp_fastbuf as fastbuf
 from emp_fastbuf import paths
-from emp_fastbuf.agent.runner import read_status
+from emp_fastbuf.agent.status import read_status
 from emp_fastbuf.errors import HomeError, RingError
 from emp_fastbuf.paths import STORE_FILE
 from emp_fastbuf.producer import _codec
