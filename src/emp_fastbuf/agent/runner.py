@@ -31,7 +31,7 @@ from emp_fastbuf import paths
 from emp_fastbuf._version import __version__
 from emp_fastbuf.agent import status as status_file
 from emp_fastbuf.agent.batch import Batch
-from emp_fastbuf.agent.config import AgentConfig, ConfigError
+from emp_fastbuf.agent.config import SPAWNED_IDLE_EXIT_S, AgentConfig, ConfigError
 from emp_fastbuf.agent.machine import collect_machine_metrics, machine_resource
 from emp_fastbuf.agent.sinks import Sink
 from emp_fastbuf.agent.spool import CorruptSpoolFile, Spool
@@ -660,7 +660,7 @@ def config_from_args(args: Any) -> AgentConfig:
     if idle is not None:
         overrides["idle_exit"] = idle
     elif getattr(args, "spawned", False):
-        overrides["idle_exit"] = 30.0
+        overrides["idle_exit"] = SPAWNED_IDLE_EXIT_S
     return AgentConfig.from_env(os.environ, overrides)
 
 
