@@ -216,7 +216,7 @@ class _StagedRing:
 
     def decoded_batch(self, n: int) -> list[Any]:
         """``n`` freshly staged records, decoded: ``(Resource, [Record])`` groups."""
-        from emp_fastbuf.agent.runner import decode_batch
+        from emp_fastbuf.agent.batch import decode_batch
 
         self.fill(n)
         groups = decode_batch(self.read_batch(n))
@@ -342,7 +342,7 @@ class _AgentPath:
 
     def deliver_native(self, file_id: str) -> int:
         """``Agent._deliver`` for an export-only agent; returns the log records sent."""
-        from emp_fastbuf.agent.runner import decode_batch
+        from emp_fastbuf.agent.batch import decode_batch
         from emp_fastbuf.agent.transcode import _transcode
         from emp_fastbuf.records import METRIC, LaneChunk
 
@@ -366,8 +366,8 @@ class _AgentPath:
 
     def deliver_python(self, file_id: str) -> int:
         """The same with the Python encoder: decode every record, build, serialize."""
+        from emp_fastbuf.agent.batch import decode_batch
         from emp_fastbuf.agent.otlp.reference import iter_logs_requests, iter_traces_requests
-        from emp_fastbuf.agent.runner import decode_batch
         from emp_fastbuf.records import METRIC
 
         groups = decode_batch(self.spool.read(file_id))
@@ -591,7 +591,7 @@ def agent_store() -> Scenario:
     ``BATCH`` LOG records: the drain (read the lanes, spool the batch fsynced, acknowledge)
     and the delivery (read the spool file back, rows built natively, ``Store.ingest_rows``,
     the file marked done and deleted), as ``Agent`` runs them, minus its threads."""
-    from emp_fastbuf.agent.runner import store_groups
+    from emp_fastbuf.agent.batch import store_groups
     from emp_fastbuf.agent.spool import Spool
     from emp_fastbuf.store import Store
 
@@ -649,7 +649,7 @@ def store_ingest_mixed() -> Scenario:
 
 
 def _agent_rows_scenario(tag: str, *, mixed: bool) -> Scenario:
-    from emp_fastbuf.agent.runner import store_groups
+    from emp_fastbuf.agent.batch import store_groups
 
     staged = _StagedRing(tag)
     try:
@@ -987,8 +987,8 @@ def breakdown(batches: int = 20, compression: str = "gzip") -> dict[str, dict[st
     """
     import zstandard
 
+    from emp_fastbuf.agent.batch import decode_batch
     from emp_fastbuf.agent.otlp.reference import build_logs_request
-    from emp_fastbuf.agent.runner import decode_batch
     from emp_fastbuf.agent.transcode import _transcode
     from emp_fastbuf.records import METRIC, LaneChunk
 

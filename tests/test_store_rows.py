@@ -439,7 +439,8 @@ def test_agent_store_groups_build_what_the_python_path_builds(tmp_path: Path) ->
     """``agent.main.store_groups`` (native rows, Python for what is declined) against
     ``decode_batch`` + ``Store.ingest``'s rows: the same rows per resource, the corrupt
     record counted once, a corrupt resource blob flagged as the Python path flags it."""
-    from emp_fastbuf.agent.runner import Counters, decode_batch, store_groups
+    from emp_fastbuf.agent.batch import decode_batch, store_groups
+    from emp_fastbuf.agent.runner import Counters
     from emp_fastbuf.records import Resource
     from emp_fastbuf.store import Store, rows_by_kind
 

@@ -147,7 +147,8 @@ def test_a_spool_file_that_keeps_failing_is_quarantined_and_the_rest_goes_out(
     assert agent.health()["agent_errors"] == 3 if hasattr(agent, "health") else True
     assert agent.agent_errors == 3
     assert agent.counters.store_records == 22
-    agent.store.close()
+    for sink in agent.sinks:
+        sink.close()
 
 
 def test_a_failing_destination_never_costs_a_file(
@@ -165,7 +166,114 @@ def test_a_failing_destination_never_costs_a_file(
             agent._deliver_pending(None)
     assert agent.spool.pending() == ids  # nothing quarantined, order kept
     assert agent.spool.stats()["quarantined_files"] == 0
-    agent.store.close()
+    for sink in agent.sinks:
+        sink.close()
+
+
+# ---- sinks: one that is down never holds another back ------------------------------------
+
+
+def _copying_agent(home: Path, ring_name: str) -> tuple[Agent, Any, Any]:
+    """An agent that exports (to an address nobody is asked: export is replaced) and
+    keeps a local copy; returns it with its store and OTLP sinks."""
+    env = {"EMP_FASTBUF_HOME": str(home)}
+    config = AgentConfig.from_env(env, {"endpoint": "http://127.0.0.1:9", "local_copy": True})
+    agent = Agent(config, ring_name)
+    sinks = {sink.name: sink for sink in agent.sinks}
+    assert [sink.name for sink in agent.sinks] == ["store", "export"]
+    return agent, sinks["store"], sinks["export"]
+
+
+def test_an_endpoint_that_is_down_never_holds_the_store_back(
+    tmp_path: Path, ring_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from emp_fastbuf.agent.otlp.http import ExportResult
+
+    agent, _store, otlp = _copying_agent(tmp_path / "home", ring_name)
+    ids = [agent.spool.write(_batch(tag, 4)) for tag in ("a", "b", "c")]
+    sent: list[str] = []
+    up = False
+
+    def export(signal: str, payload: bytes) -> ExportResult:
+        sent.append(signal)
+        return ExportResult("ok") if up else ExportResult("retry_later", message="down")
+
+    monkeypatch.setattr(otlp.exporter, "export", export)
+    assert agent._deliver_pending(None) is True
+    assert agent.counters.store_records == 12  # every file reached the store
+    assert sent == ["logs"]  # the endpoint was asked once, then sat the round out
+    assert agent.spool.pending() == ids  # each stays for the export
+    up = True
+    agent._deliver_pending(None)
+    assert agent.spool.pending() == []
+    assert sent == ["logs"] * 4
+    assert agent.counters.store_records == 12  # stored once
+    for sink in agent.sinks:
+        sink.close()
+
+
+def test_a_store_that_is_down_never_holds_the_export_back_across_rounds(
+    tmp_path: Path, ring_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from emp_fastbuf.agent.otlp.http import ExportResult
+
+    agent, store, otlp = _copying_agent(tmp_path / "home", ring_name)
+    sent: list[bytes] = []
+
+    def export(signal: str, payload: bytes) -> ExportResult:
+        sent.append(payload)
+        return ExportResult("ok")
+
+    monkeypatch.setattr(otlp.exporter, "export", export)
+    store_down = True
+    monkeypatch.setattr(store, "retry_in", lambda: 5.0 if store_down else 0.0)
+    read: list[str] = []
+    real_read = agent.spool.read
+
+    def spool_read(file_id: str) -> list[LaneChunk]:
+        read.append(file_id)
+        return real_read(file_id)
+
+    monkeypatch.setattr(agent.spool, "read", spool_read)
+    first = [agent.spool.write(_batch(tag, 3)) for tag in ("a", "b")]
+    assert agent._deliver_pending(None) is True
+    assert len(sent) == 2 and read == first
+    # A later file goes out although the older ones still wait for the store, and those
+    # are not even read again while the store backs off.
+    later = agent.spool.write(_batch("c", 3))
+    assert agent._deliver_pending(None) is True
+    assert len(sent) == 3 and read == [*first, later]
+    assert agent.spool.pending() == [*first, later]
+    store_down = False
+    agent._deliver_pending(None)
+    assert agent.spool.pending() == []
+    assert agent.counters.store_records == 9 and len(sent) == 3
+    for sink in agent.sinks:
+        sink.close()
+
+
+def test_a_sink_can_be_driven_without_an_agent(tmp_path: Path) -> None:
+    """What bench does: a batch read from the spool, handed to the store sink."""
+    from emp_fastbuf.agent.batch import Batch
+    from emp_fastbuf.agent.sinks.store import StoreSink
+    from emp_fastbuf.agent.spool import Spool
+    from emp_fastbuf.store import Store
+
+    sink = StoreSink(Store(tmp_path / "store.sqlite"))
+    spool = Spool(tmp_path / "spool", destinations=sink.destinations)
+    chunks = _batch("d", 5)
+    chunks[0].records.append(chunks[0].records[0][:-3])  # one corrupt record
+    file_id = spool.write(chunks)
+    assert sink.retry_in() == 0.0
+    batch = Batch.read(spool, file_id)
+    delivery = sink.deliver(batch)
+    assert (delivery.done, delivery.taken, delivery.later) == (("store",), True, False)
+    assert (delivery.records, delivery.corrupt) == (5, 1)
+    for destination in delivery.done:
+        spool.mark_done(file_id, destination)
+    assert spool.pending() == []
+    assert sink.tick(stopping=True) == [] and sink.status()["write_failures"] == 0
+    sink.close()
 
 
 # ---- liveness -------------------------------------------------------------------------------

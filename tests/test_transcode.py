@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from emp_fastbuf.agent.batch import decode_batch
 from emp_fastbuf.agent.otlp import reference as otlp
-from emp_fastbuf.agent.runner import decode_batch
 from emp_fastbuf.agent.transcode import _transcode
 from emp_fastbuf.records import (
     COUNTER,

@@ -466,11 +466,6 @@ class AgentConfig:
         return any(self.endpoint(s) is not None for s in SIGNALS)
 
     @property
-    def has_endpoint(self) -> bool:
-        """Alias of :attr:`exporting`."""
-        return self.exporting
-
-    @property
     def mode(self) -> Literal["otlp", "local"]:
         """``otlp`` when exporting, ``local`` when only the embedded store is written."""
         return "otlp" if self.exporting else "local"

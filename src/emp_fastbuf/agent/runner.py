@@ -1,12 +1,13 @@
-"""The agent: drain the ring into the durable spool, then deliver the spool to the OTLP
-endpoint and/or the embedded store, losing nothing.
+"""The agent: drain the ring into the durable spool, then deliver the spool to its sinks
+(the OTLP endpoints and/or the embedded store), losing nothing.
 
 Two threads:
 - the drain loop (main thread) reads every lane, cuts batches by time, size and lane
   pressure (producers close to dropping cut one at once), writes each batch to the spool
   as one group commit (one fsynced file) and acknowledges it on the ring right after;
-- the delivery loop sends spool files oldest first, marks each destination done, and the
-  spool deletes a file once every destination has it.
+- the delivery loop offers spool files, oldest first, to every sink (``agent.sinks``) that
+  still needs them and marks each destination done; the spool deletes a file once every
+  destination has it.
 
 SIGTERM or SIGINT: drain what is left, spool it, try to deliver for a bounded time,
 exit 0. Whatever is not delivered stays in the spool for the next start.
@@ -14,9 +15,7 @@ exit 0. Whatever is not delivered stays in the spool for the next start.
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
-import json
 import logging
 import os
 import signal
@@ -24,45 +23,39 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from emp_fastbuf import paths
 from emp_fastbuf._version import __version__
-from emp_fastbuf.agent.config import AgentConfig, ConfigError
+from emp_fastbuf.agent import status as status_file
+from emp_fastbuf.agent.batch import Batch
+from emp_fastbuf.agent.config import SPAWNED_IDLE_EXIT_S, AgentConfig, ConfigError
 from emp_fastbuf.agent.machine import collect_machine_metrics, machine_resource
-from emp_fastbuf.agent.otlp.metrics import MetricsAggregator
+from emp_fastbuf.agent.sinks import Sink
 from emp_fastbuf.agent.spool import CorruptSpoolFile, Spool
-from emp_fastbuf.agent.transcode import _transcode
+from emp_fastbuf.agent.status import DROP_REASONS
 from emp_fastbuf.errors import (
-    HomeError,
     RingBusy,
     RingCorrupt,
     RingError,
     RingNotFound,
     RingVersionError,
 )
-from emp_fastbuf.records import GAUGE, METRIC, LaneChunk, Record, Resource, reference
+from emp_fastbuf.records import GAUGE, METRIC, LaneChunk, Record, reference
 from emp_fastbuf.ring import shm
-from emp_fastbuf.ring._ring import Consumer, Ring, default_ring_name, process_alive
+from emp_fastbuf.ring._ring import Consumer, Ring, default_ring_name
 from emp_fastbuf.ring.segments import CREATION_GRACE_S, creation_in_progress, sweep_stale
 
 log = logging.getLogger("emp_fastbuf.agent")
 
 READ_CHUNK = 8192
 STATUS_INTERVAL_S = 1.0
-RETENTION_INTERVAL_S = 60.0
 # Consumer.pressure() at which a batch is cut at once: half the lanes producers may chain
 # into are taken, or (where a producer cannot chain) its lane is half full.
 PRESSURE_CUT = 0.5
 PRESSURE_CHECK_S = 0.002
-DROP_REASONS = ("full", "no_lane", "too_large")
-MAX_PRODUCERS_SHOWN = 256
-# Supervision: a loop that has not come round for this long is stalled (fastbuf status
-# says unhealthy). The delivery loop waits on exports, each bounded by the retry policy.
-STALL_S = {"drain": 30.0, "delivery": 300.0}
 FILE_FAILURES_TO_QUARANTINE = 3  # a spool file that fails delivery this often in a row
 LOOP_ERRORS_TO_GIVE_UP = 100  # consecutive unexpected errors: the loop cannot continue
 SPOOL_RETRY_MAX_S = 5.0
@@ -73,92 +66,20 @@ class Counters:
     drained_records: int = 0
     drained_bytes: int = 0
     batches: int = 0
+    # Records each sink took, by sink name ("export", "store").
     delivered_records: dict[str, int] = field(default_factory=dict)
     corrupt_records: int = 0
     corrupt_spool_files: int = 0
-    store_records: int = 0
     # Why batches were cut: by time, by size, by lane pressure, at the end.
     cuts: dict[str, int] = field(
         default_factory=lambda: {"time": 0, "size": 0, "pressure": 0, "final": 0}
     )
     started_ns: int = field(default_factory=time.time_ns)
 
-
-def _resource(meta: bytes, cache: dict[bytes, Resource]) -> Resource:
-    res = cache.get(meta)
-    if res is None:
-        try:
-            res = reference.decode_resource(meta) if meta else Resource()
-        except ValueError:
-            res = Resource(attributes={"emp.resource_corrupt": True})
-        cache[meta] = res
-    return res
-
-
-def decode_batch(
-    batch: Iterable[LaneChunk], counters: Counters | None = None
-) -> list[tuple[Resource, list[Record]]]:
-    """Raw lane chunks -> (resource, records) groups. Untrusted bytes: a record or a
-    resource blob that does not decode is counted and skipped, never fatal."""
-    groups: list[tuple[Resource, list[Record]]] = []
-    cache: dict[bytes, Resource] = {}
-    for chunk in batch:
-        res = _resource(chunk.meta, cache)
-        recs: list[Record] = []
-        for raw in chunk.records:
-            try:
-                recs.append(reference.decode_record(raw))
-            except ValueError:
-                if counters is not None:
-                    counters.corrupt_records += 1
-        if recs:
-            groups.append((res, recs))
-    return groups
-
-
-def store_groups(
-    batch: Iterable[LaneChunk], counters: Counters | None = None
-) -> list[tuple[Resource, list[list[tuple[Any, ...]]]]]:
-    """Raw lane chunks -> the store's rows (``Store.ingest_rows``), built natively. The
-    records the native path leaves (a corrupt record, text that is not UTF-8 and must be
-    repaired...) go through the Python decoder, which counts the corrupt ones."""
-    from emp_fastbuf.store import store_row
-
-    groups: list[tuple[Resource, list[list[tuple[Any, ...]]]]] = []
-    cache: dict[bytes, Resource] = {}
-    for chunk in batch:
-        logs, events, spans, metrics, declined = _transcode.store_rows(chunk.records)
-        by_kind = [logs, events, spans, metrics]
-        for raw in declined:
-            try:
-                built = store_row(reference.decode_record(raw))
-            except ValueError:
-                if counters is not None:
-                    counters.corrupt_records += 1
-                continue
-            if built is not None:
-                by_kind[built[0]].append(built[1])
-        if logs or events or spans or metrics:
-            groups.append((_resource(chunk.meta, cache), by_kind))
-    return groups
-
-
-# store_groups' row lists per signal: logs and events are the logs signal.
-_STORE_ROW_KINDS = {"logs": (0, 1), "traces": (2,), "metrics": (3,)}
-
-
-def _only_signals(
-    groups: list[tuple[Resource, list[list[tuple[Any, ...]]]]], signals: tuple[str, ...]
-) -> list[tuple[Resource, list[list[tuple[Any, ...]]]]]:
-    """The store's rows of ``signals`` only (the others go to their OTLP endpoints)."""
-    if len(signals) == len(_STORE_ROW_KINDS):
-        return groups
-    keep = {kind for signal in signals for kind in _STORE_ROW_KINDS[signal]}
-    kept = [
-        (res, [rows if kind in keep else [] for kind, rows in enumerate(by_kind)])
-        for res, by_kind in groups
-    ]
-    return [(res, by_kind) for res, by_kind in kept if any(by_kind)]
+    @property
+    def store_records(self) -> int:
+        """Records the store ingested (``status --json``: ``store.records``)."""
+        return self.delivered_records.get("store", 0)
 
 
 class Agent:
@@ -173,42 +94,31 @@ class Agent:
         self.stop_event = threading.Event()
         self.stop_requested = False  # set by the signal handler, which takes no lock
         self.counters = Counters()
-        self.exporter: Any = None
-        self.store: Any = None
-        destinations: list[str] = []
-        if config.has_endpoint:
-            from emp_fastbuf.agent.otlp.http import OTLPHttpExporter
+        # Sinks in delivery order: the store first (local, and it finds the corrupt
+        # records of every signal), then the OTLP endpoints. Imported only when used.
+        export: Sink | None = None
+        store: Sink | None = None
+        if config.exporting:
+            from emp_fastbuf.agent.sinks.otlp import OTLPSink
 
-            self.exporter = OTLPHttpExporter(config)
-            destinations.append("export")  # logs, events and spans
-            if config.endpoint("metrics") is not None:
-                # Apart from "export": a file's logs are done (and never sent again after a
-                # restart) as soon as they are sent, while its metric updates wait for the
-                # next export of the aggregate.
-                destinations.append("metrics")
+            export = OTLPSink(config)
         # A signal with no OTLP endpoint goes to the store, never nowhere.
-        self.stored_signals = config.stored_signals()
-        if self.stored_signals:
-            from emp_fastbuf.store import Store
+        if config.stored_signals():
+            from emp_fastbuf.agent.sinks.store import StoreSink
 
-            self.store = Store(
-                self.home / "store.sqlite",
-                retention_s=config.store_retention_s,
-                max_bytes=config.store_max_bytes,
-                recover=True,  # a damaged file is moved aside, not fatal
-            )
-            destinations.append("store")
+            store = StoreSink.for_agent(config)
+        self.sinks: list[Sink] = [s for s in (store, export) if s is not None]
         self.spool = Spool(
             self.home / paths.SPOOL_DIR,
             limit_bytes=config.spool_limit_bytes,
-            destinations=tuple(destinations),
+            # Named in the order status has always shown: export, metrics, store.
+            destinations=tuple(d for s in (export, store) if s is not None for d in s.destinations),
             codec=config.spool_codec,
         )
-        stored_in = f" (store: {self.home / 'store.sqlite'})" if self.store is not None else ""
+        stored_in = f" (store: {paths.store_path(self.home)})" if store is not None else ""
         log.info("signals: %s%s", config.routes_text(), stored_in)
-        self.aggregator = MetricsAggregator()
-        self.awaiting_metrics: list[str] = []  # spool files whose metrics await export
-        self.last_metrics_export = time.monotonic()
+        # Sinks that could not take a file in the current delivery round: offered no more.
+        self._down: set[str] = set()
         self.machine_id = os.environ.get("EMP_MACHINE_ID") or socket.gethostname()
         self.agent_meta = reference.encode_resource(machine_resource(self.machine_id))
         self.ring: Ring | None = None
@@ -216,9 +126,7 @@ class Agent:
         self.delivery_wake = threading.Event()
         self.status_path = paths.status_path(self.home, ring_name)
         self.lane_meta: dict[int, bytes] = {}  # lane -> the resource blob last read there
-        # pid -> who it is and what it dropped; kept after the process is gone
-        self.producers: dict[int, dict[str, Any]] = {}
-        self.resources: dict[bytes, Resource] = {}
+        self.producers = status_file.Producers()
         # Supervision (docs/architecture.md): each loop's last round, errors caught at the
         # loops, a spool that cannot be written (disk full, read-only), why a loop gave up.
         self.beats = {"drain": time.time_ns(), "delivery": time.time_ns()}
@@ -307,10 +215,8 @@ class Agent:
             self.consumer.close()
             if self.ring is not None:
                 self.ring.close()
-            if self.exporter is not None:
-                self.exporter.close()
-            if self.store is not None:
-                self.store.close()
+            for sink in self.sinks:
+                sink.close()
         if self.fatal is not None:
             log.error("agent stops: %s; what it acknowledged is in the spool", self.fatal)
             return 1
@@ -551,8 +457,8 @@ class Agent:
             ("fastbuf.agent.drained", self.counters.drained_records, GAUGE, ()),
             ("fastbuf.agent.corrupt_records", self.counters.corrupt_records, GAUGE, ()),
         ]
-        if self.exporter is not None:
-            ex = self.exporter.stats()
+        ex = self._sink_status("export")
+        if ex is not None:
             out += [
                 ("fastbuf.export.requests", ex.get("requests", 0), GAUGE, ()),
                 ("fastbuf.export.bytes_on_wire", ex.get("bytes_on_wire", 0), GAUGE, ()),
@@ -565,7 +471,6 @@ class Agent:
 
     def _delivery_loop(self) -> None:
         deadline: float | None = None
-        next_retention = time.monotonic() + RETENTION_INTERVAL_S
         errors_in_a_row = 0
         while True:
             self.beats["delivery"] = time.time_ns()
@@ -574,13 +479,9 @@ class Agent:
                 deadline = time.monotonic() + self.config.shutdown_timeout_s
             try:
                 progressed = self._deliver_pending(deadline)
-                self._maybe_export_metrics(force=stopping)
-                if self.store is not None and time.monotonic() >= next_retention:
-                    next_retention = time.monotonic() + RETENTION_INTERVAL_S
-                    try:
-                        self.store.enforce(time.time_ns())
-                    except Exception as exc:  # retention must never stop delivery
-                        log.warning("store retention failed: %s", exc)
+                for sink in self.sinks:
+                    for file_id, destination in sink.tick(stopping):
+                        self.spool.mark_done(file_id, destination)
                 errors_in_a_row = 0
             except Exception as exc:  # caught at the loop: counted, logged once, goes on
                 errors_in_a_row += 1
@@ -602,24 +503,27 @@ class Agent:
     def _deliver_pending(self, deadline: float | None) -> bool:
         """Deliver the spool oldest first; True when a file went out.
 
-        A file whose delivery raises is skipped for the next one: when that one goes out,
-        the destination works and the file is the culprit, quarantined once that happened
-        ``FILE_FAILURES_TO_QUARANTINE`` times; when it raises too, the fault is the
-        destination's and the round ends (the loop backs off). One bad file never stops the
-        others, and a failing destination never costs a file."""
+        A sink that cannot take a file sits the rest of the round out (each sink gets the
+        files in order), and the others go on with the next files; the round ends when
+        every sink is down. A file whose delivery raises is skipped for the next one: when
+        that one goes out, the sinks work and the file is the culprit, quarantined once
+        that happened ``FILE_FAILURES_TO_QUARANTINE`` times; when it raises too, the fault
+        is a sink's and the round ends (the loop backs off). One bad file never stops the
+        others, and a failing sink never costs a file."""
         progressed = False
         suspect: str | None = None
+        self._down = set()
         for file_id in self.spool.pending():
             self.beats["delivery"] = time.time_ns()
             if deadline is not None and time.monotonic() > deadline:
                 break
-            if file_id in self.awaiting_metrics:
+            if self._held(file_id):
                 continue
             try:
                 delivered = self._deliver(file_id)
             except Exception as exc:
                 if suspect is not None:
-                    raise  # two in a row: the destination fails, not a file (counted there)
+                    raise  # two in a row: a sink fails, not a file (counted there)
                 self._loop_error("delivery", exc)
                 suspect = file_id
                 continue
@@ -627,7 +531,9 @@ class Agent:
                 self._file_failed(suspect)
                 suspect = None
             if not delivered:
-                break  # the endpoint is failing: keep order, retry later
+                if len(self._down) >= len(self.sinks):
+                    break  # every sink is down: keep order, retry later
+                continue  # what this file still needs is down; the others go on
             progressed = True
         return progressed
 
@@ -641,174 +547,63 @@ class Agent:
         if self.spool.quarantine(file_id, reason) is not None:
             self.counters.corrupt_spool_files += 1
 
+    def _held(self, file_id: str) -> bool:
+        """A sink took the file and completes it later: it is not offered again."""
+        return any(sink.holds(file_id) for sink in self.sinks)
+
     def _undelivered(self) -> bool:
-        return any(f not in self.awaiting_metrics for f in self.spool.pending())
+        return any(not self._held(f) for f in self.spool.pending())
 
     def _deliver(self, file_id: str) -> bool:
+        """Offer ``file_id`` to each sink that still needs it and is not down this round.
+        True when a sink took its part now (or nothing was left to take); False when
+        what it still needs is down (the file is then not even read)."""
+        done = self.spool.done_for(file_id)
+        wanted = [sink for sink in self.sinks if not done.issuperset(sink.destinations)]
+        for sink in wanted:
+            if sink.name not in self._down and sink.retry_in() > 0:
+                self._down.add(sink.name)  # backing off: its turn comes after the pause
+        ready = [sink for sink in wanted if sink.name not in self._down]
+        if not ready:
+            return not wanted
         try:
-            batch = self.spool.read(file_id)
+            batch = Batch(file_id, self.spool.read(file_id), done)
         except CorruptSpoolFile as exc:
             self.counters.corrupt_spool_files += 1
             log.error("spool file quarantined: %s", exc)
             return True
         except FileNotFoundError:
             return True  # evicted meanwhile (counted by the spool)
-        done = self.spool.done_for(file_id)
-        counted = False  # corrupt records of this batch counted already
-        # Each destination backs off on its own: a failing store never holds the export
-        # back (the file stays in the spool until the store has it too), and a failing
-        # endpoint never holds the store back.
-        store_ok = True
-        sent = False  # an endpoint took part of this file in this call
-        if self.store is not None and "store" not in done:
-            store_ok = self._deliver_to_store(file_id, batch)
-            counted = store_ok
-        if self.exporter is not None and "export" not in done:
-            # Logs, events and spans go from raw records straight to OTLP bytes (native);
-            # only metric records are decoded here, for the aggregator.
-            max_bytes = self.config.request_max_bytes
-            rejected = 0
-            for signal_name in ("logs", "traces"):
-                if self.config.endpoint(signal_name) is None:
-                    continue  # only some per-signal endpoints are configured
-                if signal_name == "logs":
-                    payloads, _n, bad = _transcode.logs_requests(batch, time.time_ns(), max_bytes)
-                else:
-                    payloads, _n, bad = _transcode.spans_requests(batch, max_bytes)
-                rejected += bad
-                for payload in payloads:
-                    result = self.exporter.export(signal_name, payload)
-                    if result.status == "retry_later":
-                        return False
-            if not counted:
-                # Counted once, after the export succeeded (a retried file is not recounted).
-                self.counters.corrupt_records += rejected
-            self.spool.mark_done(file_id, "export")
-            sent = True
-        if "metrics" in self.spool.destinations and "metrics" not in done:
-            metric_chunks = [
-                LaneChunk(c.meta, [r for r in c.records if len(r) > 1 and r[1] == METRIC])
-                for c in batch
-            ]
-            groups = decode_batch(metric_chunks, None if counted else self.counters)
-            has_metrics = False
-            for res, recs in groups:
-                for rec in recs:
-                    if rec.kind == METRIC:
-                        try:
-                            self.aggregator.feed(res, rec)
-                        except (TypeError, ValueError) as exc:
-                            self.counters.corrupt_records += 1
-                            log.debug("metric record skipped: %s", exc)
-                        has_metrics = True
-            if has_metrics:
-                # Done for metrics once the aggregate that includes these updates is sent.
-                self.awaiting_metrics.append(file_id)
-            else:
-                self.spool.mark_done(file_id, "metrics")
-            sent = True
-        # With the store backing off, the round goes on only when an endpoint took part of
-        # this file now (the store gets it, oldest first, once it works again).
-        return store_ok or sent
+        took = False
+        counted = False  # a file's corrupt records count once: the first taker's
+        for sink in ready:
+            delivery = sink.deliver(batch)
+            for destination in delivery.done:
+                self.spool.mark_done(file_id, destination)
+            self.counters.corrupt_records += delivery.refused
+            if delivery.later:
+                self._down.add(sink.name)
+            elif delivery.taken:
+                took = True
+                delivered = self.counters.delivered_records
+                delivered[sink.name] = delivered.get(sink.name, 0) + delivery.records
+                if not counted:
+                    self.counters.corrupt_records += delivery.corrupt
+                    counted = True
+        return took or not any(sink.name in self._down for sink in wanted)
 
-    def _deliver_to_store(self, file_id: str, batch: list[LaneChunk]) -> bool:
-        """The store's part of ``file_id``: True once stored, False while the store fails
-        or backs off (the file stays in the spool for it)."""
-        from emp_fastbuf.store import StoreDamaged, StoreError
-
-        assert self.store is not None
-        # Until the store takes the file it stays in the spool: a write that fails
-        # (another process holds the write lock, a full disk...) is tried again after
-        # a growing pause; a damaged file is moved aside and a new store started.
-        if self.store.retry_in() > 0:
-            return False
-        failed_before = self.store.write_failures
-        declined = Counters()  # corrupt records: counted once, when the file is stored
-        try:
-            stored = self.store.ingest_rows(
-                _only_signals(store_groups(batch, declined), self.stored_signals)
-            )
-        except StoreDamaged:
-            try:
-                self.store.quarantine()  # logs the one ERROR line
-            except StoreError as exc:
-                if self.store.write_failures == 1:
-                    log.error("%s", exc)
-            return False
-        except StoreError as exc:
-            if self.store.write_failures == 1:
-                log.warning("%s; retrying, the spool keeps the records meanwhile", exc)
-            return False
-        if failed_before:
-            log.info("the store takes records again (after %d failed writes)", failed_before)
-        self.counters.store_records += stored
-        self.counters.corrupt_records += declined.corrupt_records
-        self.spool.mark_done(file_id, "store")
-        return True
-
-    def _maybe_export_metrics(self, force: bool = False) -> None:
-        if "metrics" not in self.spool.destinations:
-            return
-        now = time.monotonic()
-        if not force and now - self.last_metrics_export < self.config.metrics_interval_s:
-            return
-        if not self.awaiting_metrics and not force:
-            self.last_metrics_export = now
-            return
-        request = self.aggregator.collect(time.time_ns())
-        if request is not None:
-            result = self.exporter.export("metrics", request.SerializeToString())
-            if result.status == "retry_later":
-                return
-        self.last_metrics_export = now
-        # Series idle for 6 h would carry timestamps backends reject: stop reporting them.
-        self.aggregator.forget_idle(time.time_ns() - 6 * 3600 * 10**9)
-        for file_id in self.awaiting_metrics:
-            self.spool.mark_done(file_id, "metrics")
-        self.awaiting_metrics.clear()
+    def _sink_status(self, name: str) -> dict[str, Any] | None:
+        for sink in self.sinks:
+            if sink.name == name:
+                return sink.status()
+        return None
 
     # ---- status ----------------------------------------------------------------------
 
-    def _update_producers(self, ring_stats: dict[str, Any]) -> list[dict[str, Any]]:
-        """Who writes into the ring and what each process dropped (its own totals, which
-        it publishes into its lane), kept after the process is gone. Processes with drops
-        come first."""
-        for lane in ring_stats.get("lanes", []):
-            pid = lane.get("owner_pid")
-            if not pid:
-                continue
-            entry = self.producers.get(pid)
-            if entry is None:
-                entry = {"pid": pid, "service": None, "worker_id": None, "lanes": 0}
-                entry.update({f"dropped_{r}": 0 for r in DROP_REASONS})
-                self.producers[pid] = entry
-            meta = self.lane_meta.get(lane["lane"])
-            if meta is not None and entry["service"] is None:
-                attrs = _resource(meta, self.resources).attributes
-                entry["service"] = attrs.get("service.name")
-                entry["worker_id"] = attrs.get("emp.worker_id")
-            for reason in DROP_REASONS:
-                key = f"dropped_{reason}"
-                entry[key] = max(entry[key], int(lane.get(f"owner_{key}", 0)))
-        live = {lane.get("owner_pid") for lane in ring_stats.get("lanes", [])}
-        for pid, entry in self.producers.items():
-            entry["alive"] = pid in live and any(
-                ln.get("alive") for ln in ring_stats.get("lanes", []) if ln.get("owner_pid") == pid
-            )
-            entry["lanes"] = sum(
-                1 for ln in ring_stats.get("lanes", []) if ln.get("owner_pid") == pid
-            )
-            entry["dropped"] = sum(entry[f"dropped_{r}"] for r in DROP_REASONS)
-        if len(self.producers) > MAX_PRODUCERS_SHOWN:
-            # Forget gone processes that dropped nothing first, then the oldest.
-            keep = sorted(
-                self.producers.values(), key=lambda e: e["alive"] or e["dropped"] > 0, reverse=True
-            )[:MAX_PRODUCERS_SHOWN]
-            self.producers = {e["pid"]: e for e in keep}
-        return sorted(self.producers.values(), key=lambda e: (-e["dropped"], e["pid"]))
-
     def status(self) -> dict[str, Any]:
+        """What the status file holds (``fastbuf status --json``)."""
         ring_stats = self.ring.stats() if self.ring is not None and not self.ring.closed else {}
+        store = self._sink_status("store")
         out: dict[str, Any] = {
             "agent": {
                 "pid": os.getpid(),
@@ -829,62 +624,23 @@ class Agent:
                 "corrupt_spool_files": self.counters.corrupt_spool_files,
             },
             "spool": self.spool.stats(),
-            "store": {
-                "records": self.counters.store_records,
-                "clamped_times": self.store.clamped_times,
-                "write_failures": self.store.write_failures,
-            }
-            if self.store is not None
-            else None,
-            "export": self.exporter.stats() if self.exporter is not None else None,
+            "store": None if store is None else {"records": self.counters.store_records, **store},
+            "export": self._sink_status("export"),
             "ring": ring_stats,
-            "producers": self._update_producers(ring_stats),
-            "health": self._health(),
+            "producers": self.producers.update(ring_stats, self.lane_meta),
+            "health": status_file.loop_health(
+                self.beats, self.agent_errors, self.spool_error, self.fatal
+            ),
         }
         return out
 
-    def _health(self) -> dict[str, Any]:
-        """Each loop's last round and whether it is stalled, the errors caught at the
-        loops, a spool that cannot be written. ``fastbuf status`` exits 3 when unhealthy."""
-        now = time.time_ns()
-        loops = {
-            name: {
-                "last_beat_ns": beat,
-                "stalled": (now - beat) / 1e9 > STALL_S[name],
-                "stall_after_s": STALL_S[name],
-            }
-            for name, beat in self.beats.items()
-        }
-        problems = [f"the {name} loop is stalled" for name, lp in loops.items() if lp["stalled"]]
-        if self.spool_error is not None:
-            problems.append(f"the spool cannot be written: {self.spool_error['message']}")
-        if self.fatal is not None:
-            problems.append(self.fatal)
-        return {
-            "loops": loops,
-            "agent_errors": self.agent_errors,
-            "spool_error": dict(self.spool_error) if self.spool_error else None,
-            "problems": problems,
-            "healthy": not problems,
-        }
-
     def _write_status(self) -> None:
-        # A temporary file of this process's own (O_EXCL | O_NOFOLLOW: a planted
-        # status-<ring>.tmp symlink is neither followed nor reused), then renamed over the
-        # status file (rename replaces a planted symlink, never writes through it).
-        tmp = self.status_path.with_name(f".{self.status_path.name}.{os.getpid()}.tmp")
         try:
-            data = json.dumps(self.status(), default=str)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-            with os.fdopen(fd, "w") as f:
-                f.write(data)
-            os.replace(tmp, self.status_path)
+            current = self.status()
         except OSError as exc:
             log.warning("cannot write status file: %s", exc)
+            return
+        status_file.write_status(self.status_path, current)
 
 
 def config_from_args(args: Any) -> AgentConfig:
@@ -904,7 +660,7 @@ def config_from_args(args: Any) -> AgentConfig:
     if idle is not None:
         overrides["idle_exit"] = idle
     elif getattr(args, "spawned", False):
-        overrides["idle_exit"] = 30.0
+        overrides["idle_exit"] = SPAWNED_IDLE_EXIT_S
     return AgentConfig.from_env(os.environ, overrides)
 
 
@@ -944,226 +700,3 @@ def run_agent(args: Any) -> int:
     except RingError as exc:
         print(f"fastbuf agent: {exc}", file=sys.stderr)
         return 1
-
-
-def read_status(home: Path, ring_name: str) -> dict[str, Any] | None:
-    path = paths.status_path(home, ring_name)
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    pid = data.get("agent", {}).get("pid")
-    data.setdefault("agent", {})["alive"] = bool(pid) and process_alive(int(pid))
-    return data
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-def status(args: Any) -> int:
-    """``fastbuf status``: the agent, the ring's lanes, the spool and the export.
-    Exit 1 when neither a ring nor an agent status exists."""
-    try:
-        home = paths.home(getattr(args, "home", None))
-    except HomeError as exc:
-        print(f"fastbuf status: {exc}", file=sys.stderr)
-        return 2
-    ring_name = getattr(args, "ring", None) or default_ring_name()
-    data = read_status(home, ring_name)
-    ring_stats: dict[str, Any] | None = None
-    try:
-        ring = Ring.open(ring_name)
-    except RingNotFound:
-        ring = None
-    except RingError as exc:
-        print(f"fastbuf status: {exc}", file=sys.stderr)
-        return 1
-    if ring is not None:
-        try:
-            ring_stats = ring.stats()
-        finally:
-            ring.close()
-    if data is None and ring_stats is None:
-        print(
-            f"fastbuf status: no ring {ring_name!r} and no agent status in {home}", file=sys.stderr
-        )
-        return 1
-    out = dict(data or {"agent": {"alive": False, "ring": ring_name}})
-    if ring_stats is not None:
-        out["ring"] = ring_stats
-        if not out.get("producers"):
-            out["producers"] = _producers_from_ring(ring_stats)
-    healthy = _judge_health(out)
-    if getattr(args, "json", False):
-        print(json.dumps(out, default=str))
-    else:
-        _print_status(out)
-    return 0 if healthy else 3
-
-
-def _producers_from_ring(ring_stats: dict[str, Any]) -> list[dict[str, Any]]:
-    """Without an agent's status: each lane owner's own drop totals, from the ring."""
-    by_pid: dict[int, dict[str, Any]] = {}
-    for lane in ring_stats.get("lanes", []):
-        pid = lane.get("owner_pid")
-        if not pid:
-            continue
-        entry = by_pid.setdefault(
-            pid, {"pid": pid, "service": None, "worker_id": None, "alive": False, "lanes": 0}
-        )
-        entry["lanes"] += 1
-        entry["alive"] = entry["alive"] or bool(lane.get("alive"))
-        for reason in DROP_REASONS:
-            key = f"dropped_{reason}"
-            entry[key] = max(entry.get(key, 0), int(lane.get(f"owner_{key}", 0)))
-    for entry in by_pid.values():
-        entry["dropped"] = sum(entry[f"dropped_{r}"] for r in DROP_REASONS)
-    return sorted(by_pid.values(), key=lambda e: (-e["dropped"], e["pid"]))
-
-
-def _judge_health(st: dict[str, Any]) -> bool:
-    """A live agent is unhealthy when a loop is stalled (judged now, from the last round
-    each reported; a drain loop that stopped also stops writing the status file), when
-    its spool cannot be written, or when a loop gave up. Sets ``st["health"]``."""
-    agent = st.get("agent") or {}
-    health = st.get("health")
-    if not agent.get("alive") or not isinstance(health, dict):
-        return True
-    now = time.time_ns()
-    problems = [p for p in health.get("problems", []) if "stalled" not in p]
-    loops = health.get("loops") or {}
-    updated = int(agent.get("updated_ns") or 0)
-    for name, limit in STALL_S.items():
-        beat = int((loops.get(name) or {}).get("last_beat_ns") or updated)
-        if name == "drain":
-            beat = max(beat, updated)
-        idle_s = (now - beat) / 1e9
-        stalled = idle_s > limit
-        loops.setdefault(name, {})["stalled"] = stalled
-        if stalled:
-            problems.append(f"the {name} loop is stalled: no round for {idle_s:.0f} s")
-    health["problems"] = problems
-    health["healthy"] = not problems
-    return not problems
-
-
-def _print_status(st: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console()
-    agent = st.get("agent", {})
-    health = st.get("health") or {}
-    if agent.get("alive") and health.get("problems"):
-        con.print("[bold red]unhealthy[/]: " + "; ".join(health["problems"]))
-    loops = health.get("loops") or {}
-    if agent.get("alive") and loops:
-        now = time.time_ns()
-        con.print(
-            "[bold]loops[/]: "
-            + ", ".join(
-                f"{name} {'[bold red]stalled[/], ' if lp.get('stalled') else ''}last round "
-                f"{max(0.0, (now - int(lp.get('last_beat_ns') or now)) / 1e9):.1f} s ago"
-                for name, lp in loops.items()
-            )
-        )
-    if health.get("agent_errors"):
-        con.print(
-            f"[bold]agent errors[/]: {health['agent_errors']} caught at the loops (the agent "
-            f"carried on; the first of each kind is in its log)"
-        )
-    ring = st.get("ring") or {}
-    lease = ring.get("consumer", {})
-    pid = agent.get("pid")
-    con.print(
-        f"[bold]agent[/]: {'alive' if agent.get('alive') else 'not running'}"
-        f"{f' (pid {pid})' if pid else ''}; "
-        f"ring {ring.get('name', agent.get('ring'))!r}; lease holder: "
-        f"{lease.get('pid') or 'none'}{' (alive)' if lease.get('alive') else ''}"
-    )
-    dropping = [p for p in st.get("producers") or [] if p.get("dropped")]
-    if dropping:
-        con.print(
-            f"[bold red]dropped records[/]: {len(dropping)} producer process(es) lost records "
-            f"(the agent did not keep up, or the ring is too small):"
-        )
-        drops = Table("pid", "service", "worker", "alive", "ring full", "no lane", "too large")
-        for p in dropping[:20]:
-            drops.add_row(
-                str(p["pid"]),
-                str(p.get("service") or "-"),
-                str(p.get("worker_id") or "-"),
-                "yes" if p.get("alive") else "no",
-                str(p.get("dropped_full", 0)),
-                str(p.get("dropped_no_lane", 0)),
-                str(p.get("dropped_too_large", 0)),
-            )
-        con.print(drops)
-    if ring:
-        con.print(
-            f"[bold]ring[/]: written {ring['written']}, acked {ring['acked']}, dropped "
-            f"{ring['dropped']} (full {ring['dropped_full']}, no lane "
-            f"{ring['dropped_no_lane']}, too large {ring['dropped_too_large']}), in flight "
-            f"{ring['in_flight']}"
-        )
-        table = Table("lane", "pid", "alive", "written", "dropped", "occupancy")
-        for lane in ring.get("lanes", []):
-            dropped = lane["dropped_full"] + lane["dropped_too_large"]
-            occ = lane["occupancy"] / lane["capacity"] if lane["capacity"] else 0.0
-            table.add_row(
-                str(lane["lane"]),
-                str(lane["owner_pid"] or "-"),
-                "yes" if lane["alive"] else "no",
-                str(lane["written"]),
-                str(dropped),
-                f"{occ:.1%}",
-            )
-        if ring.get("lanes"):
-            con.print(table)
-    drained = st.get("drained")
-    if drained:
-        con.print(
-            f"[bold]drained[/]: {drained['records']} records, "
-            f"{_fmt_bytes(drained['bytes'])}, {drained['batches']} batches, "
-            f"{drained['corrupt_records']} corrupt"
-        )
-    spool = st.get("spool")
-    if spool:
-        con.print(
-            f"[bold]spooled[/]: {spool.get('files', 0)} files, "
-            f"{_fmt_bytes(spool.get('bytes', 0))}; evicted "
-            f"{spool.get('evicted_files', 0)} files, quarantined "
-            f"{spool.get('quarantined_files', 0)}"
-        )
-    ex = st.get("export")
-    if ex:
-        wire = ex.get("bytes_on_wire", 0)
-        raw = ex.get("bytes_uncompressed", 0)
-        ratio = f"{raw / wire:.1f}x" if wire else "-"
-        con.print(
-            f"[bold]exported[/]: {ex.get('requests', 0)} requests, {_fmt_bytes(wire)} on "
-            f"the wire (compression {ratio}); retries {ex.get('retries', 0)}, "
-            f"dead-lettered {ex.get('dead_lettered', 0)}, rejected by partial success "
-            f"{ex.get('partial_rejected', 0)}; export latency p50 "
-            f"{ex.get('latency_p50_ms', '-')} ms, p99 {ex.get('latency_p99_ms', '-')} ms"
-        )
-    store = st.get("store")
-    if store:
-        con.print(
-            f"[bold]store[/]: {store.get('records', 0)} records ingested"
-            + (
-                f"; {store['clamped_times']} times past 2262 stored as 2262-04-11"
-                if store.get("clamped_times")
-                else ""
-            )
-            + (
-                f"; [bold red]writes failing[/] ({store['write_failures']} in a row, retrying)"
-                if store.get("write_failures")
-                else ""
-            )
-        )

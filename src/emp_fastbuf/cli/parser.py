@@ -132,7 +132,7 @@ COMMANDS = (
     Command(
         "status",
         "the agent's status",
-        delegate("emp_fastbuf.agent.runner", "status"),
+        delegate("emp_fastbuf.cli.status", "run"),
         (_arg("--json", action="store_true", help="print JSON"), _HOME, _RING),
     ),
     Command(

@@ -37,7 +37,7 @@ from typing import Any
 
 import emp_fastbuf as fastbuf
 from emp_fastbuf import paths
-from emp_fastbuf.agent.runner import read_status
+from emp_fastbuf.agent.status import read_status
 from emp_fastbuf.demo.report import RunState, print_summary, read_back, wire_bytes, write_side_file
 from emp_fastbuf.demo.worker import KINDS, SERVICE, DemoSettings, JobSpec, worker_main
 from emp_fastbuf.errors import HomeError, RingError

@@ -3,7 +3,7 @@
 Several workers may start at once: each may spawn an agent, exactly one takes the ring's
 consumer role and the others exit at once (a spawned agent that finds the role taken
 exits 0 quietly). A spawned agent exits by itself once no producer is attached and
-everything is delivered or spooled (``--idle-exit``, default 30 s).
+everything is delivered or spooled (``--idle-exit``; the agent's default for ``--spawned``).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def ensure_agent(ring_name: str) -> int | None:
             log_path = home / paths.AGENT_LOG
             fd = _open_log(log_path)
             argv = [sys.executable, "-m", "emp_fastbuf", "agent", "--ring", ring_name, "--spawned"]
-            idle = os.environ.get("EMP_FASTBUF_AGENT_IDLE_EXIT")  # seconds; default 30
+            idle = os.environ.get("EMP_FASTBUF_AGENT_IDLE_EXIT")  # seconds, or the agent's default
             if idle:
                 argv += ["--idle-exit", idle]
             try:

@@ -52,6 +52,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from emp_fastbuf import paths
 from emp_fastbuf._version import __version__
 from emp_fastbuf.agent.config import REDACTED, SIGNALS, AgentConfig, Signal, redact_url
+from emp_fastbuf.values import percentile
 
 log = logging.getLogger("emp_fastbuf.agent")
 
@@ -130,6 +131,14 @@ class ExportResult:
     def ok(self) -> bool:
         """True when the endpoint accepted the request."""
         return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """An attempt that may be retried: why it failed, and the server's ``Retry-After``."""
+
+    reason: str
+    retry_after: float | None = None
 
 
 def _per_signal() -> dict[str, int]:
@@ -410,83 +419,38 @@ class OTLPHttpExporter:
         deadline = time.monotonic() + self.policy.max_elapsed_s
         attempts = 0
         while True:
-            with self._lock:
-                allowed = self._breaker.allow()
-                not_before = self._not_before
-            if not allowed:
-                return self._later(signal, "circuit breaker open", attempts)
-            pause = not_before - time.monotonic()
-            if pause > 0:
-                if time.monotonic() + pause > deadline:
-                    self._release_probe()
-                    return self._later(signal, "endpoint asked to wait (Retry-After)", attempts)
-                if not self._sleep(pause):
-                    self._release_probe()
-                    return self._later(signal, "exporter closed", attempts)
-
+            refused = self._wait_turn(signal, deadline, attempts)
+            if refused is not None:
+                return refused
             attempts += 1
-            timeout = max(0.05, min(self.config.timeout_for(signal), deadline - time.monotonic()))
-            with self._lock:
-                self._stats.requests[signal] += 1
-                self._stats.bytes_uncompressed[signal] += len(data)
-                self._stats.bytes_on_wire[signal] += len(body)
-            started = time.monotonic()
-            retry_after: float | None = None
-            try:
-                response, full_body = self._post(
-                    url, body, headers, timeout, self.config.timeout_for(signal)
-                )
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                reason = self._scrub(f"{signal}: {_describe_exception(exc)}")
-                self._failed(signal, reason)
-            except BaseException:
-                # Not a verdict on the endpoint: a half-open probe must not stay taken.
-                self._release_probe()
-                raise
-            else:
-                elapsed = time.monotonic() - started
-                status = response.status
-                resp_body = full_body[:_BODY_KEEP]
-                with self._lock:
-                    self._stats.last_latency_s = elapsed
-                    self._stats.latencies.append(elapsed)
-                if 200 <= status < 300:
-                    return self._succeeded(signal, status, resp_body, attempts)
-                if status not in RETRYABLE_STATUSES:
-                    # The endpoint answered: it is up, whatever it thinks of this request.
-                    with self._lock:
-                        self._breaker.success()
-                    message = f"HTTP {status}: {_body_text(resp_body)}"
-                    return self._dead_letter(
-                        signal, data, url, status, resp_body, message, attempts
-                    )
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                if retry_after is not None:
-                    retry_after = min(retry_after, self.policy.max_retry_after_s)
-                    with self._lock:
-                        self._not_before = max(self._not_before, time.monotonic() + retry_after)
-                reason = self._scrub(f"{signal}: HTTP {status}: {_body_text(resp_body)}")
-                self._failed(signal, reason)
-
+            outcome = self._attempt(signal, url, data, body, headers, deadline, attempts)
+            if isinstance(outcome, ExportResult):
+                return outcome
             with self._lock:
                 opened = self._breaker.failure()
                 if opened:
                     self._stats.breaker_opened += 1
             if opened:
                 log.warning(
-                    "OTLP endpoint for %s failing: circuit breaker open (%s)", signal, reason
+                    "OTLP endpoint for %s failing: circuit breaker open (%s)",
+                    signal,
+                    outcome.reason,
                 )
-                return self._later(signal, f"circuit breaker opened after: {reason}", attempts)
+                return self._later(
+                    signal, f"circuit breaker opened after: {outcome.reason}", attempts
+                )
             wait = self.policy.backoff(attempts)
-            if retry_after is not None:
-                wait = max(wait, retry_after)
+            if outcome.retry_after is not None:
+                wait = max(wait, outcome.retry_after)
             if time.monotonic() + wait > deadline:
                 return self._later(
-                    signal, f"retry deadline reached; last error: {reason}", attempts
+                    signal, f"retry deadline reached; last error: {outcome.reason}", attempts
                 )
             with self._lock:
                 self._stats.retries[signal] += 1
-            log.info("export %s failed (%s); retry %d in %.2f s", signal, reason, attempts, wait)
+            log.info(
+                "export %s failed (%s); retry %d in %.2f s", signal, outcome.reason, attempts, wait
+            )
             if not self._sleep(wait):
                 return self._later(signal, "exporter closed", attempts)
 
@@ -533,8 +497,8 @@ class OTLPHttpExporter:
                 last_error=s.last_error,
                 latency_s={
                     "last": s.last_latency_s,
-                    "p50": _quantile(latencies, 0.50),
-                    "p99": _quantile(latencies, 0.99),
+                    "p50": percentile(latencies, 50),
+                    "p99": percentile(latencies, 99),
                     "samples": len(latencies),
                 },
             )
@@ -557,6 +521,78 @@ class OTLPHttpExporter:
         self.close()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _wait_turn(self, signal: Signal, deadline: float, attempts: int) -> ExportResult | None:
+        """Before an attempt: the circuit breaker's leave and a pending ``Retry-After``
+        pause, slept here. None when the attempt may go out; else why not."""
+        with self._lock:
+            allowed = self._breaker.allow()
+            not_before = self._not_before
+        if not allowed:
+            return self._later(signal, "circuit breaker open", attempts)
+        pause = not_before - time.monotonic()
+        if pause > 0:
+            if time.monotonic() + pause > deadline:
+                self._release_probe()
+                return self._later(signal, "endpoint asked to wait (Retry-After)", attempts)
+            if not self._sleep(pause):
+                self._release_probe()
+                return self._later(signal, "exporter closed", attempts)
+        return None
+
+    def _attempt(
+        self,
+        signal: Signal,
+        url: str,
+        data: bytes,
+        body: bytes,
+        headers: dict[str, str],
+        deadline: float,
+        attempts: int,
+    ) -> ExportResult | _Failure:
+        """One POST of ``body`` (``data`` compressed). An :class:`ExportResult` when the
+        endpoint gave its verdict (accepted, or refused for good: dead-lettered); a
+        :class:`_Failure` when it may be retried (counted; a ``Retry-After`` is kept)."""
+        timeout = max(0.05, min(self.config.timeout_for(signal), deadline - time.monotonic()))
+        with self._lock:
+            self._stats.requests[signal] += 1
+            self._stats.bytes_uncompressed[signal] += len(data)
+            self._stats.bytes_on_wire[signal] += len(body)
+        started = time.monotonic()
+        try:
+            response, full_body = self._post(
+                url, body, headers, timeout, self.config.timeout_for(signal)
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            reason = self._scrub(f"{signal}: {_describe_exception(exc)}")
+            self._failed(signal, reason)
+            return _Failure(reason)
+        except BaseException:
+            # Not a verdict on the endpoint: a half-open probe must not stay taken.
+            self._release_probe()
+            raise
+        elapsed = time.monotonic() - started
+        status = response.status
+        resp_body = full_body[:_BODY_KEEP]
+        with self._lock:
+            self._stats.last_latency_s = elapsed
+            self._stats.latencies.append(elapsed)
+        if 200 <= status < 300:
+            return self._succeeded(signal, status, resp_body, attempts)
+        if status not in RETRYABLE_STATUSES:
+            # The endpoint answered: it is up, whatever it thinks of this request.
+            with self._lock:
+                self._breaker.success()
+            message = f"HTTP {status}: {_body_text(resp_body)}"
+            return self._dead_letter(signal, data, url, status, resp_body, message, attempts)
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if retry_after is not None:
+            retry_after = min(retry_after, self.policy.max_retry_after_s)
+            with self._lock:
+                self._not_before = max(self._not_before, time.monotonic() + retry_after)
+        reason = self._scrub(f"{signal}: HTTP {status}: {_body_text(resp_body)}")
+        self._failed(signal, reason)
+        return _Failure(reason, retry_after)
 
     def _post(
         self, url: str, body: bytes, headers: dict[str, str], timeout: float, total: float
@@ -793,10 +829,3 @@ def _body_text(body: bytes) -> str:
     text = body[:512].decode("utf-8", "replace")
     text = "".join(c if c.isprintable() else " " for c in text).strip()
     return text or "(empty body)"
-
-
-def _quantile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
-    return sorted_values[index]
