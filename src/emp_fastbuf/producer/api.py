@@ -28,7 +28,15 @@ from emp_fastbuf._version import __version__
 from emp_fastbuf.errors import RingCorrupt, RingError, RingNotFound
 from emp_fastbuf.producer import _codec
 from emp_fastbuf.producer._codec import Instrument, Log, scope_var
-from emp_fastbuf.records import COUNTER, STATUS_ERROR, STATUS_OK, STATUS_UNSET
+from emp_fastbuf.records import (
+    COUNTER,
+    GAUGE,
+    HISTOGRAM,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_UNSET,
+    UPDOWNCOUNTER,
+)
 from emp_fastbuf.ring import shm
 from emp_fastbuf.ring._ring import DEFAULT_SIZE, Ring, default_ring_name, layout_for
 
@@ -633,15 +641,15 @@ class Metrics:
 
     def counter(self, name: str, unit: str = "", description: str = "") -> Instrument:
         """A monotonic sum: ``.inc(amount=1, **attrs)``."""
-        return self._get(1, name, unit, description)
+        return self._get(COUNTER, name, unit, description)
 
     def updowncounter(self, name: str, unit: str = "", description: str = "") -> Instrument:
         """A sum that can go down: ``.add(amount, **attrs)``."""
-        return self._get(2, name, unit, description)
+        return self._get(UPDOWNCOUNTER, name, unit, description)
 
     def gauge(self, name: str, unit: str = "", description: str = "") -> Instrument:
         """The last value wins: ``.set(value, **attrs)``."""
-        return self._get(3, name, unit, description)
+        return self._get(GAUGE, name, unit, description)
 
     def histogram(
         self,
@@ -652,7 +660,7 @@ class Metrics:
     ) -> Instrument:
         """Explicit-bucket histogram (OpenTelemetry default bounds unless ``bounds``):
         ``.record(value, **attrs)``, ``.record_many(values, **attrs)``."""
-        return self._get(4, name, unit, description, bounds)
+        return self._get(HISTOGRAM, name, unit, description, bounds)
 
 
 metrics = Metrics()
