@@ -59,65 +59,8 @@ cdef extern from "_proc.h" nogil:
     void efb_sleep_ns(long ns)
 
 
-# ---- layout (docs/ring-layout.md) -------------------------------------------------
-cdef uint64_t MAGIC = 0x474E5242465F4D45  # "EM_FBRNG" little-endian
-cdef uint32_t VERSION = 2
-cdef uint64_t HEADER_SIZE = 4096
-cdef uint64_t DESC_SIZE = 256
-LAYOUT_VERSION = 2
-
-# header offsets
-cdef enum:
-    H_MAGIC = 0
-    H_VERSION = 8
-    H_HEADER_SIZE = 12
-    H_SEGMENT_SIZE = 16
-    H_LANE_COUNT = 24
-    H_META_SIZE = 28
-    H_LANE_SIZE = 32
-    H_MAX_RECORD = 40
-    H_FLAGS = 44
-    H_CREATED_NS = 48
-    H_CREATOR_UID = 56
-    H_CREATOR_PID = 60
-    H_CREATOR_START = 64
-    H_LEASE_PID = 128
-    H_LEASE_START = 136
-    H_LEASE_HEARTBEAT = 144
-    H_LEASE_EPOCH = 152
-    H_NO_LANE = 192
-    H_CORRUPT = 200
-    H_FREE_LANES = 208
-    H_REREAD = 216
-
-# lane descriptor offsets
-cdef enum:
-    L_OWNER = 0
-    L_OWNER_START = 8
-    L_GENERATION = 16
-    L_META_LEN = 24
-    L_STATE = 32
-    L_HEAD = 64
-    L_WRITTEN = 72
-    L_ACCEPTED = 80
-    L_BYTES = 88
-    L_DROP_FULL = 96
-    L_DROP_TOO_LARGE = 104
-    L_TAIL = 128
-    L_ACKED = 136
-    L_BYTES_ACKED = 144
-    L_READ = 152  # the consumer's read position, for counting what a successor reads again
-    L_CHAIN_SEQ = 192
-    L_OWN_DROPS = 200  # three u64: full, too large, no lane (the owner process's totals)
-
-cdef enum:
-    STATE_RELEASED = 1
-
-cdef enum:
-    FLAG_CHAIN = 1
-
-# frame header: u32 tag (bit 31: padding to the lane's end), u32 check = ~tag
-cdef uint32_t PAD_BIT = 0x80000000u
+# ---- layout: the numbers are in _ring.pxd (docs/ring-layout.md) -------------------
+LAYOUT_VERSION = VERSION
 
 DEFAULT_SIZE = 128 << 20
 DEFAULT_MAX_RECORD = 64 << 10
