@@ -428,6 +428,7 @@ def test_resource_round_trip() -> None:
     assert reference.decode_resource(memoryview(bytearray(buf))) == res
 
 
+@pytest.mark.native
 def test_resource_bytes_match_the_native_encoder() -> None:
     """Parity: the Cython producer's resource blob is byte-identical to the reference."""
     native = pytest.importorskip("emp_fastbuf.producer._codec")
