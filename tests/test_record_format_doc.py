@@ -141,10 +141,21 @@ TAGS = same("T_NONE", "T_STR", "T_INT", "T_DOUBLE", "T_BOOL", "T_BYTES", "T_ARRA
 INSTRUMENTS = {n: f"I_{n}" for n in ("COUNTER", "UPDOWNCOUNTER", "GAUGE", "HISTOGRAM")}
 SEVERITIES = same(*(f"SEVERITY_{n}" for n in ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")))
 STATUSES = same("STATUS_UNSET", "STATUS_OK", "STATUS_ERROR")
+SPAN_KIND_NAMES = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
+SPAN_KINDS = same(*(f"SPAN_KIND_{n}" for n in SPAN_KIND_NAMES))
 BOUNDS = same(
     "FORMAT_VERSION", "MAX_SEVERITY", "MAX_STATUS_CODE", "MAX_SPAN_KIND", "MAX_HISTOGRAM_VALUES"
 )
-PXD_NAME = {**KINDS, **FLAGS, **TAGS, **INSTRUMENTS, **SEVERITIES, **STATUSES, **BOUNDS}
+PXD_NAME = {
+    **KINDS,
+    **FLAGS,
+    **TAGS,
+    **INSTRUMENTS,
+    **SEVERITIES,
+    **STATUSES,
+    **SPAN_KINDS,
+    **BOUNDS,
+}
 
 # The doc's third column, where it is a name: the table that name comes from.
 NAMES: dict[tuple[str, str], Mapping[int, str]] = {

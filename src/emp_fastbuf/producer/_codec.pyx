@@ -46,6 +46,7 @@ from emp_fastbuf.records._format cimport (
     SEVERITY_FATAL,
     SEVERITY_INFO,
     SEVERITY_WARN,
+    SPAN_KIND_INTERNAL,
     STATUS_ERROR,
     STATUS_OK,
     STATUS_UNSET,
@@ -1048,7 +1049,7 @@ cdef class Span:
 
     def __cinit__(self):
         self.status = STATUS_UNSET
-        self.kind = 1  # INTERNAL
+        self.kind = SPAN_KIND_INTERNAL
         self.message = ""
 
     def __init__(self, name, **attrs):

@@ -32,6 +32,11 @@ from emp_fastbuf.records import (
     COUNTER,
     GAUGE,
     HISTOGRAM,
+    SPAN_KIND_CLIENT,
+    SPAN_KIND_CONSUMER,
+    SPAN_KIND_INTERNAL,
+    SPAN_KIND_PRODUCER,
+    SPAN_KIND_SERVER,
     STATUS_ERROR,
     STATUS_OK,
     STATUS_UNSET,
@@ -409,7 +414,13 @@ log = Log()
 span = _codec.span
 
 # OTLP numbering of span kinds and status codes, by the names the API takes.
-_SPAN_KINDS = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
+_SPAN_KINDS = {
+    "internal": SPAN_KIND_INTERNAL,
+    "server": SPAN_KIND_SERVER,
+    "client": SPAN_KIND_CLIENT,
+    "producer": SPAN_KIND_PRODUCER,
+    "consumer": SPAN_KIND_CONSUMER,
+}
 _SPAN_STATUSES = {"unset": STATUS_UNSET, "ok": STATUS_OK, "error": STATUS_ERROR}
 _MAX_NS = (1 << 64) - 1
 

@@ -46,6 +46,14 @@ cdef enum:
     STATUS_OK = 1
     STATUS_ERROR = 2
 
+    # span kinds (OTLP numbering)
+    SPAN_KIND_UNSPECIFIED = 0
+    SPAN_KIND_INTERNAL = 1
+    SPAN_KIND_SERVER = 2
+    SPAN_KIND_CLIENT = 3
+    SPAN_KIND_PRODUCER = 4
+    SPAN_KIND_CONSUMER = 5
+
     # what the format itself bounds (the decoder enforces these)
     MAX_SEVERITY = 24
     MAX_STATUS_CODE = 2
