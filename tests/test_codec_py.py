@@ -17,9 +17,12 @@ from emp_fastbuf.records import (
     COUNTER,
     DEFAULT_HISTOGRAM_BOUNDS,
     EVENT,
+    FLAG_HAS_LIMITS,
+    FLAG_HAS_TRACE,
     GAUGE,
     HISTOGRAM,
     LOG,
+    MAX_HISTOGRAM_VALUES,
     METRIC,
     SPAN,
     STATUS_ERROR,
@@ -200,7 +203,7 @@ def test_log_round_trip_with_trace_and_limits() -> None:
         body="boom: ünïcödé ✓ 🚀\n" * 3,
     )
     buf = reference.encode_record(rec)
-    assert buf[:4] == bytes([1, LOG, reference.FLAG_HAS_TRACE | reference.FLAG_HAS_LIMITS, 0])
+    assert buf[:4] == bytes([1, LOG, FLAG_HAS_TRACE | FLAG_HAS_LIMITS, 0])
     assert buf[12:28] == TRACE and buf[28:36] == SPAN_ID
     assert struct.unpack_from("<HH", buf, 36) == (3, 65535)
     out = roundtrip(rec)
@@ -425,6 +428,7 @@ def test_resource_round_trip() -> None:
     assert reference.decode_resource(memoryview(bytearray(buf))) == res
 
 
+@pytest.mark.native
 def test_resource_bytes_match_the_native_encoder() -> None:
     """Parity: the Cython producer's resource blob is byte-identical to the reference."""
     native = pytest.importorskip("emp_fastbuf.producer._codec")
@@ -555,13 +559,13 @@ def test_encode_rejects(rec: Record, exc: type[Exception], match: str) -> None:
 
 
 def test_encode_rejects_too_many_histogram_values() -> None:
-    rec = _metric(instrument=HISTOGRAM, values=[0.0] * (reference.MAX_HISTOGRAM_VALUES + 1))
+    rec = _metric(instrument=HISTOGRAM, values=[0.0] * (MAX_HISTOGRAM_VALUES + 1))
     with pytest.raises(ValueError, match=r"1\.\.1048576"):
         reference.encode_record(rec)
 
 
 def test_encode_largest_histogram_round_trips() -> None:
-    values = [float(i) for i in range(reference.MAX_HISTOGRAM_VALUES)]
+    values = [float(i) for i in range(MAX_HISTOGRAM_VALUES)]
     out = roundtrip(_metric(instrument=HISTOGRAM, values=values))
     assert out.values == values
 
@@ -821,10 +825,8 @@ def test_generated_records_round_trip(rec: Record) -> None:
     out = roundtrip(rec)
     assert same(out, rec)
     buf = reference.encode_record(rec)
-    assert bool(buf[2] & reference.FLAG_HAS_TRACE) == (rec.trace_id is not None)
-    assert bool(buf[2] & reference.FLAG_HAS_LIMITS) == bool(
-        rec.dropped_attributes or rec.truncated_values
-    )
+    assert bool(buf[2] & FLAG_HAS_TRACE) == (rec.trace_id is not None)
+    assert bool(buf[2] & FLAG_HAS_LIMITS) == bool(rec.dropped_attributes or rec.truncated_values)
 
 
 @FUZZ

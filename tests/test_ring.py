@@ -32,6 +32,7 @@ from emp_fastbuf.errors import (
 )
 from emp_fastbuf.ring._ring import DEFAULT_MAX_RECORD, MAX_LANES, Consumer, Ring
 
+pytestmark = pytest.mark.native
 needs_shm = pytest.mark.skipif(not w.SHM_DIR.is_dir(), reason="needs /dev/shm (Linux)")
 TESTS_DIR = Path(__file__).resolve().parent
 

@@ -30,6 +30,8 @@ from test_volume import (
     store_seqs,
 )
 
+pytestmark = pytest.mark.native
+
 MiB = 1 << 20
 
 

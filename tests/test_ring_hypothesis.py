@@ -26,6 +26,8 @@ import ring_workers as w
 from emp_fastbuf.errors import RecordTooLarge
 from emp_fastbuf.ring._ring import Consumer, Ring
 
+pytestmark = pytest.mark.native
+
 LANES = 3
 LANE_SIZE = 4096
 PRODUCERS = 2

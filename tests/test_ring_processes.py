@@ -23,7 +23,7 @@ import ring_workers as w
 from emp_fastbuf.errors import RingBusy, RingExists
 from emp_fastbuf.ring._ring import Consumer, Ring
 
-pytestmark = pytest.mark.stress
+pytestmark = [pytest.mark.stress, pytest.mark.native]
 
 CTX = mp.get_context("spawn")
 LINUX_PROC = os.path.isdir("/proc/self")

@@ -8,8 +8,6 @@ from typing_extensions import disjoint_base
 from emp_fastbuf.ring._ring import Ring
 
 COUNTER_NAMES: dict[str, int]
-SEVERITY_TEXT: dict[int, str]
-INSTRUMENT_KINDS: dict[int, str]
 INSTRUMENT_METHODS: dict[int, str]
 
 def counter_values() -> dict[str, int]: ...
@@ -51,7 +49,6 @@ def make_scope(
 scope_var: ContextVar[Scope]
 
 def current() -> Scope: ...
-def new_trace_id() -> bytes: ...
 def new_span_id() -> bytes: ...
 def bind(
     ring: Ring | None,
@@ -59,7 +56,6 @@ def bind(
     after_fork: Callable[[], None] | None = None,
     disabled: bool = False,
 ) -> None: ...
-def bound_ring() -> Ring | None: ...
 def emit(name: str, /, **attributes: Any) -> None: ...
 def log_record(
     severity: int,

@@ -22,6 +22,42 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.float cimport DBL_MAX
 from libc.string cimport memcpy, memmove
 
+# The one severity table and instrument names (private here: records is where they live).
+from emp_fastbuf.records import INSTRUMENT_NAMES as _INSTRUMENT_NAMES
+from emp_fastbuf.records import SEVERITY_TEXT as _SEVERITY_TEXT
+from emp_fastbuf.records._format cimport (
+    F_HAS_LIMITS,
+    F_HAS_TRACE,
+    FORMAT_VERSION,
+    I_COUNTER,
+    I_GAUGE,
+    I_HISTOGRAM,
+    I_UPDOWNCOUNTER,
+    K_EVENT,
+    K_LOG,
+    K_METRIC,
+    K_RESOURCE,
+    K_SPAN,
+    MAX_SEVERITY,
+    MAX_SPAN_KIND,
+    MAX_STATUS_CODE,
+    SEVERITY_DEBUG,
+    SEVERITY_ERROR,
+    SEVERITY_FATAL,
+    SEVERITY_INFO,
+    SEVERITY_WARN,
+    SPAN_KIND_INTERNAL,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_UNSET,
+    T_ARRAY,
+    T_BOOL,
+    T_BYTES,
+    T_DOUBLE,
+    T_INT,
+    T_NONE,
+    T_STR,
+)
 from emp_fastbuf.ring._ring cimport (
     DROP_FULL,
     DROP_TOO_LARGE,
@@ -40,23 +76,6 @@ cdef extern from "Python.h":
 cdef extern from "_proc.h" nogil:
     uint64_t efb_now_ns(int realtime)
 
-
-# ---- format constants (docs/record-format.md) -------------------------------------
-cdef uint8_t FORMAT_VERSION = 1
-cdef enum:
-    K_LOG = 1
-    K_EVENT = 2
-    K_SPAN = 3
-    K_METRIC = 4
-    F_HAS_TRACE = 1
-    F_HAS_LIMITS = 2
-    T_NONE = 0
-    T_STR = 1
-    T_INT = 2
-    T_DOUBLE = 3
-    T_BOOL = 4
-    T_BYTES = 5
-    T_ARRAY = 6
 
 # Counters kept per process (fastbuf.stats()).
 cdef enum:
@@ -566,10 +585,6 @@ cdef bytes new_id(int n):
     return (<char *>parts)[:n]
 
 
-def new_trace_id():
-    return new_id(16)
-
-
 def new_span_id():
     return new_id(8)
 
@@ -590,10 +605,6 @@ def bind(ring, attach=None, after_fork=None, disabled=False):
     _after_fork = after_fork
     _disabled = bool(disabled)
     _fork_gen = fork_generation()
-
-
-def bound_ring():
-    return _ring
 
 
 cdef int ensure_ring() except -1:
@@ -836,7 +847,7 @@ cdef Py_ssize_t body_metric(Enc *e, char *start, Call *c, Scope sc, uint64_t t,
     put_header(e, K_METRIC, sc, t)
     put_raw(e, PyBytes_AS_STRING(ins.head), PyBytes_GET_SIZE(ins.head))
     e.truncated += ins.head_cut
-    if ins.kind == 4:
+    if ins.kind == I_HISTOGRAM:
         values = <list?>(<object>c.value)
         n = len(values)
         put_u32(e, <uint32_t>n)
@@ -934,16 +945,12 @@ cdef int _log(int severity, object sev_text, object msg, PyObject *attrs, PyObje
     return 0
 
 
-INSTRUMENT_KINDS = {1: "counter", 2: "updowncounter", 3: "gauge", 4: "histogram"}
-SEVERITY_TEXT = {5: "DEBUG", 9: "INFO", 13: "WARN", 17: "ERROR", 21: "FATAL"}
-
-
 cdef object log_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
     # self is the severity number (a Python int) the function was made with.
     if nargs != 1:
         raise TypeError(f"log methods take 1 positional argument (the message), {nargs} given")
     cdef int sev = self
-    _log(sev, SEVERITY_TEXT[sev], <object>args[0], NULL, kwnames,
+    _log(sev, _SEVERITY_TEXT[sev], <object>args[0], NULL, kwnames,
          args + 1 if kwnames != NULL else NULL)
     return None
 
@@ -951,8 +958,8 @@ cdef object log_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *k
 def log_record(int severity, str severity_text, msg, dict attrs, uint64_t time_unix_nano=0):
     """A log record with an explicit severity and, optionally, its original time in ns
     (0: now). Used by the logging bridges."""
-    if not 0 <= severity <= 24:
-        raise ValueError(f"severity must be 0..24, got {severity}")
+    if not 0 <= severity <= MAX_SEVERITY:
+        raise ValueError(f"severity must be 0..{MAX_SEVERITY}, got {severity}")
     _log(severity, severity_text, msg, <PyObject *>attrs, NULL, NULL, time_unix_nano)
 
 
@@ -968,13 +975,16 @@ cdef class Log:
     cdef readonly object critical
 
     def __cinit__(self):
-        self.debug = efb_make_fastcall("debug", <void *>log_fast, 5, "debug(msg, **attributes)")
-        self.info = efb_make_fastcall("info", <void *>log_fast, 9, "info(msg, **attributes)")
-        self.warning = efb_make_fastcall("warning", <void *>log_fast, 13,
+        self.debug = efb_make_fastcall("debug", <void *>log_fast, SEVERITY_DEBUG,
+                                       "debug(msg, **attributes)")
+        self.info = efb_make_fastcall("info", <void *>log_fast, SEVERITY_INFO,
+                                      "info(msg, **attributes)")
+        self.warning = efb_make_fastcall("warning", <void *>log_fast, SEVERITY_WARN,
                                          "warning(msg, **attributes)")
         self.warn = self.warning
-        self.error = efb_make_fastcall("error", <void *>log_fast, 17, "error(msg, **attributes)")
-        self.critical = efb_make_fastcall("critical", <void *>log_fast, 21,
+        self.error = efb_make_fastcall("error", <void *>log_fast, SEVERITY_ERROR,
+                                       "error(msg, **attributes)")
+        self.critical = efb_make_fastcall("critical", <void *>log_fast, SEVERITY_FATAL,
                                           "critical(msg, **attributes)")
 
     def exception(self, msg, **attrs):
@@ -988,7 +998,7 @@ cdef class Log:
             attrs.setdefault("exception.message", str(exc))
             attrs.setdefault("exception.stacktrace",
                              "".join(traceback.format_exception(exc)))
-        _log(17, "ERROR", msg, <PyObject *>attrs, NULL, NULL)
+        _log(SEVERITY_ERROR, _SEVERITY_TEXT[SEVERITY_ERROR], msg, <PyObject *>attrs, NULL, NULL)
 
 
 def write_span(str name, bytes trace_id, bytes span_id, bytes parent_span_id,
@@ -1000,8 +1010,9 @@ def write_span(str name, bytes trace_id, bytes span_id, bytes parent_span_id,
     if len(trace_id) != 16 or len(span_id) != 8 or (
             parent_span_id is not None and len(parent_span_id) != 8):
         raise ValueError("trace_id must be 16 bytes, span ids 8 bytes")
-    if not 0 <= status <= 2 or not 0 <= kind <= 5:
-        raise ValueError("status must be 0..2 and kind 0..5 (OTLP numbering)")
+    if not 0 <= status <= MAX_STATUS_CODE or not 0 <= kind <= MAX_SPAN_KIND:
+        raise ValueError(f"status must be 0..{MAX_STATUS_CODE} and kind 0..{MAX_SPAN_KIND} "
+                         f"(OTLP numbering)")
     if ensure_ring():
         return
     cdef Span s = Span.__new__(Span)
@@ -1037,8 +1048,8 @@ cdef class Span:
     cdef bint ended
 
     def __cinit__(self):
-        self.status = 0
-        self.kind = 1
+        self.status = STATUS_UNSET
+        self.kind = SPAN_KIND_INTERNAL
         self.message = ""
 
     def __init__(self, name, **attrs):
@@ -1060,8 +1071,8 @@ cdef class Span:
 
     def __exit__(self, exc_type, exc, tb):
         cdef uint64_t end_ns = efb_now_ns(1)
-        if exc is not None and self.status != 1:
-            self.status = 2
+        if exc is not None and self.status != STATUS_OK:
+            self.status = STATUS_ERROR
             try:
                 self.message = f"{type(exc).__name__}: {exc}"
             except Exception:
@@ -1111,7 +1122,7 @@ cdef class Span:
 
     def set_status(self, str status, str message not None=""):
         """``"ok"``, ``"error"`` or ``"unset"``."""
-        codes = {"unset": 0, "ok": 1, "error": 2}
+        codes = {"unset": STATUS_UNSET, "ok": STATUS_OK, "error": STATUS_ERROR}
         if status not in codes:
             raise ValueError(f"status must be one of {sorted(codes)}, got {status!r}")
         self.status = codes[status]
@@ -1176,7 +1187,8 @@ span = efb_make_fastcall(
     "span(name, /, **attributes)\n--\n\n``with fastbuf.span(\"denoise\", steps=30) as s: ...``")
 
 
-INSTRUMENT_METHODS = {1: "inc", 2: "add", 3: "set", 4: "record"}
+INSTRUMENT_METHODS = {I_COUNTER: "inc", I_UPDOWNCOUNTER: "add", I_GAUGE: "set",
+                      I_HISTOGRAM: "record"}
 
 
 cdef double int_to_double(object v) except? -1.0:
@@ -1191,21 +1203,21 @@ cdef double int_to_double(object v) except? -1.0:
 
 cdef object _metric_call(object self, PyObject **args, Py_ssize_t nargs,
                          PyObject *kwnames, int op):
-    # op: 1 inc (COUNTER), 2 add (UPDOWNCOUNTER), 3 set (GAUGE), 4 record (HISTOGRAM):
-    # the instrument kind it belongs to.
+    # op: the instrument the method belongs to (inc: COUNTER, add: UPDOWNCOUNTER, set:
+    # GAUGE, record: HISTOGRAM); a counter also takes add.
     cdef Instrument ins = <Instrument>self
     cdef Call c
     cdef object value
     cdef int overflow = 0
     cdef long long iv
-    if op != ins.kind and not (op == 1 and ins.kind == 2):
-        raise TypeError(f"{ins.name!r} is a {INSTRUMENT_KINDS[ins.kind]}: use "
+    if op != ins.kind and not (op == I_COUNTER and ins.kind == I_UPDOWNCOUNTER):
+        raise TypeError(f"{ins.name!r} is a {_INSTRUMENT_NAMES[ins.kind]}: use "
                         f"{INSTRUMENT_METHODS[ins.kind]}(), not {INSTRUMENT_METHODS[op]}()")
     if nargs > 1:
         raise TypeError(f"takes at most 1 positional argument (the value), {nargs} given")
     init_call(&c)
     if nargs == 0:
-        if op != 1:
+        if op != I_COUNTER:
             raise TypeError("missing the value")
         c.vtag = T_INT
         c.ival = 1
@@ -1224,12 +1236,13 @@ cdef object _metric_call(object self, PyObject **args, Py_ssize_t nargs,
             else:
                 c.vtag = T_INT
                 c.ival = iv
-    if op == 1 and ins.kind == 1 and (c.ival < 0 if c.vtag == T_INT else not c.dval >= 0):
+    if op == I_COUNTER and ins.kind == I_COUNTER and (
+            c.ival < 0 if c.vtag == T_INT else not c.dval >= 0):
         counters[C_COERCED] += 1  # a counter never goes down: ignored, counted
         return None
     if ensure_ring():
         return None
-    if op == 4:
+    if op == I_HISTOGRAM:
         value = [c.dval if c.vtag == T_DOUBLE else <double>c.ival]
         c.value = <PyObject *>value
     c.obj = <PyObject *>ins
@@ -1244,19 +1257,19 @@ cdef object _metric_call(object self, PyObject **args, Py_ssize_t nargs,
 
 
 cdef object inc_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
-    return _metric_call(self, args, nargs, kwnames, 1)
+    return _metric_call(self, args, nargs, kwnames, I_COUNTER)
 
 
 cdef object add_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
-    return _metric_call(self, args, nargs, kwnames, 2)
+    return _metric_call(self, args, nargs, kwnames, I_UPDOWNCOUNTER)
 
 
 cdef object set_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
-    return _metric_call(self, args, nargs, kwnames, 3)
+    return _metric_call(self, args, nargs, kwnames, I_GAUGE)
 
 
 cdef object record_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
-    return _metric_call(self, args, nargs, kwnames, 4)
+    return _metric_call(self, args, nargs, kwnames, I_HISTOGRAM)
 
 
 cdef void *INC_DEF = efb_new_def("inc", <void *>inc_fast,
@@ -1288,8 +1301,8 @@ cdef class Instrument:
     def __cinit__(self, int kind, str name, str unit="", str description="", bounds=None):
         cdef char buf[4096]
         cdef Enc e
-        if not 1 <= kind <= 4:
-            raise ValueError(f"instrument kind must be 1..4, got {kind}")
+        if not I_COUNTER <= kind <= I_HISTOGRAM:
+            raise ValueError(f"instrument kind must be {I_COUNTER}..{I_HISTOGRAM}, got {kind}")
         self.kind = kind
         self.name = name
         self.unit = unit
@@ -1362,8 +1375,8 @@ cdef class Instrument:
     def record_many(self, values, **attrs):
         """HISTOGRAM: many observations in one call (a numpy array or a sequence),
         split over several records only when they exceed the record size."""
-        if self.kind != 4:
-            raise TypeError(f"{self.name!r} is a {INSTRUMENT_KINDS[self.kind]}: "
+        if self.kind != I_HISTOGRAM:
+            raise TypeError(f"{self.name!r} is a {_INSTRUMENT_NAMES[self.kind]}: "
                             f"record_many() is for histograms")
         try:
             if hasattr(values, "tolist"):
@@ -1390,7 +1403,7 @@ def encode_resource(dict attrs, str scope_name="emp_fastbuf", str scope_version=
     cdef Enc e
     begin(&e, buf, sizeof(buf))
     put_u8(&e, FORMAT_VERSION)
-    put_u8(&e, 5)
+    put_u8(&e, K_RESOURCE)
     put_text(&e, scope_name, 2, 256)
     put_text(&e, scope_version, 2, 256)
     put_attrs(&e, attrs)

@@ -28,7 +28,20 @@ from emp_fastbuf._version import __version__
 from emp_fastbuf.errors import RingCorrupt, RingError, RingNotFound
 from emp_fastbuf.producer import _codec
 from emp_fastbuf.producer._codec import Instrument, Log, scope_var
-from emp_fastbuf.records import COUNTER, STATUS_ERROR, STATUS_OK, STATUS_UNSET
+from emp_fastbuf.records import (
+    COUNTER,
+    GAUGE,
+    HISTOGRAM,
+    SPAN_KIND_CLIENT,
+    SPAN_KIND_CONSUMER,
+    SPAN_KIND_INTERNAL,
+    SPAN_KIND_PRODUCER,
+    SPAN_KIND_SERVER,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_UNSET,
+    UPDOWNCOUNTER,
+)
 from emp_fastbuf.ring import shm
 from emp_fastbuf.ring._ring import DEFAULT_SIZE, Ring, default_ring_name, layout_for
 
@@ -401,7 +414,13 @@ log = Log()
 span = _codec.span
 
 # OTLP numbering of span kinds and status codes, by the names the API takes.
-_SPAN_KINDS = {"internal": 1, "server": 2, "client": 3, "producer": 4, "consumer": 5}
+_SPAN_KINDS = {
+    "internal": SPAN_KIND_INTERNAL,
+    "server": SPAN_KIND_SERVER,
+    "client": SPAN_KIND_CLIENT,
+    "producer": SPAN_KIND_PRODUCER,
+    "consumer": SPAN_KIND_CONSUMER,
+}
 _SPAN_STATUSES = {"unset": STATUS_UNSET, "ok": STATUS_OK, "error": STATUS_ERROR}
 _MAX_NS = (1 << 64) - 1
 
@@ -633,15 +652,15 @@ class Metrics:
 
     def counter(self, name: str, unit: str = "", description: str = "") -> Instrument:
         """A monotonic sum: ``.inc(amount=1, **attrs)``."""
-        return self._get(1, name, unit, description)
+        return self._get(COUNTER, name, unit, description)
 
     def updowncounter(self, name: str, unit: str = "", description: str = "") -> Instrument:
         """A sum that can go down: ``.add(amount, **attrs)``."""
-        return self._get(2, name, unit, description)
+        return self._get(UPDOWNCOUNTER, name, unit, description)
 
     def gauge(self, name: str, unit: str = "", description: str = "") -> Instrument:
         """The last value wins: ``.set(value, **attrs)``."""
-        return self._get(3, name, unit, description)
+        return self._get(GAUGE, name, unit, description)
 
     def histogram(
         self,
@@ -652,7 +671,7 @@ class Metrics:
     ) -> Instrument:
         """Explicit-bucket histogram (OpenTelemetry default bounds unless ``bounds``):
         ``.record(value, **attrs)``, ``.record_many(values, **attrs)``."""
-        return self._get(4, name, unit, description, bounds)
+        return self._get(HISTOGRAM, name, unit, description, bounds)
 
 
 metrics = Metrics()

@@ -16,13 +16,39 @@ AttrScalar = None | str | int | float | bool | bytes
 AttrValue = AttrScalar | list[AttrScalar]
 Attributes = dict[str, AttrValue]
 
-# Kinds (record byte 1).
+# The format's numbers (docs/record-format.md). The native modules cimport the same values
+# from _format.pxd; tests/test_record_format_doc.py checks that file, these names and the
+# doc agree.
+FORMAT_VERSION = 1  # record byte 0
+
+# Kinds (record byte 1). RESOURCE is the lane's resource blob, never a ring record.
 LOG = 1
 EVENT = 2
 SPAN = 3
 METRIC = 4
 RESOURCE = 5
 KIND_NAMES = {LOG: "log", EVENT: "event", SPAN: "span", METRIC: "metric"}
+
+# Flags (record byte 2); any other bit is malformed.
+FLAG_HAS_TRACE = 0x01
+FLAG_HAS_LIMITS = 0x02
+KNOWN_FLAGS = FLAG_HAS_TRACE | FLAG_HAS_LIMITS
+
+# Attribute value tags.
+T_NONE = 0
+T_STR = 1
+T_INT = 2
+T_DOUBLE = 3
+T_BOOL = 4
+T_BYTES = 5
+T_ARRAY = 6
+
+# What the format itself bounds (the decoder enforces these; the encoder's limits are
+# settings, not format).
+MAX_SEVERITY = 24
+MAX_STATUS_CODE = 2
+MAX_SPAN_KIND = 5
+MAX_HISTOGRAM_VALUES = 1_048_576
 
 # Metric instruments.
 COUNTER = 1
@@ -66,6 +92,14 @@ def severity_name(number: int) -> str:
 STATUS_UNSET = 0
 STATUS_OK = 1
 STATUS_ERROR = 2
+
+# Span kinds (OTLP numbering).
+SPAN_KIND_UNSPECIFIED = 0
+SPAN_KIND_INTERNAL = 1
+SPAN_KIND_SERVER = 2
+SPAN_KIND_CLIENT = 3
+SPAN_KIND_PRODUCER = 4
+SPAN_KIND_CONSUMER = 5
 
 DEFAULT_HISTOGRAM_BOUNDS: tuple[float, ...] = (
     0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0,
@@ -130,10 +164,6 @@ class Record:
     value: int | float = 0  # COUNTER, UPDOWNCOUNTER, GAUGE
     values: list[float] = field(default_factory=list)  # HISTOGRAM
     bounds: list[float] = field(default_factory=list)  # HISTOGRAM; empty = default bounds
-
-    @property
-    def kind_name(self) -> str:
-        return KIND_NAMES.get(self.kind, "unknown")
 
     @property
     def job_id(self) -> str | None:

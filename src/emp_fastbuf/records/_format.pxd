@@ -33,6 +33,27 @@ cdef enum:
     I_GAUGE = 3
     I_HISTOGRAM = 4
 
+    # severity numbers (OpenTelemetry numbering; byte 0 of a LOG body)
+    SEVERITY_TRACE = 1
+    SEVERITY_DEBUG = 5
+    SEVERITY_INFO = 9
+    SEVERITY_WARN = 13
+    SEVERITY_ERROR = 17
+    SEVERITY_FATAL = 21
+
+    # span status codes (OTLP numbering)
+    STATUS_UNSET = 0
+    STATUS_OK = 1
+    STATUS_ERROR = 2
+
+    # span kinds (OTLP numbering)
+    SPAN_KIND_UNSPECIFIED = 0
+    SPAN_KIND_INTERNAL = 1
+    SPAN_KIND_SERVER = 2
+    SPAN_KIND_CLIENT = 3
+    SPAN_KIND_PRODUCER = 4
+    SPAN_KIND_CONSUMER = 5
+
     # what the format itself bounds (the decoder enforces these)
     MAX_SEVERITY = 24
     MAX_STATUS_CODE = 2

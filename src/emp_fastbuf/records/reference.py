@@ -21,12 +21,27 @@ from collections.abc import Mapping
 from emp_fastbuf.records import (
     COUNTER,
     EVENT,
+    FLAG_HAS_LIMITS,
+    FLAG_HAS_TRACE,
+    FORMAT_VERSION,
     GAUGE,
     HISTOGRAM,
+    KNOWN_FLAGS,
     LOG,
+    MAX_HISTOGRAM_VALUES,
+    MAX_SEVERITY,
+    MAX_SPAN_KIND,
+    MAX_STATUS_CODE,
     METRIC,
     RESOURCE,
     SPAN,
+    T_ARRAY,
+    T_BOOL,
+    T_BYTES,
+    T_DOUBLE,
+    T_INT,
+    T_NONE,
+    T_STR,
     UPDOWNCOUNTER,
     Attributes,
     AttrScalar,
@@ -39,10 +54,6 @@ from emp_fastbuf.records import (
 )
 
 __all__ = [
-    "FLAG_HAS_LIMITS",
-    "FLAG_HAS_TRACE",
-    "FORMAT_VERSION",
-    "MAX_HISTOGRAM_VALUES",
     "decode_attrs",
     "decode_record",
     "decode_resource",
@@ -50,25 +61,6 @@ __all__ = [
     "encode_record",
     "encode_resource",
 ]
-
-FORMAT_VERSION = 1
-FLAG_HAS_TRACE = 0x01
-FLAG_HAS_LIMITS = 0x02
-_KNOWN_FLAGS = FLAG_HAS_TRACE | FLAG_HAS_LIMITS
-
-# Attribute value tags.
-T_NONE = 0
-T_STR = 1
-T_INT = 2
-T_DOUBLE = 3
-T_BOOL = 4
-T_BYTES = 5
-T_ARRAY = 6
-
-MAX_HISTOGRAM_VALUES = 1_048_576
-MAX_SEVERITY = 24
-MAX_STATUS_CODE = 2
-MAX_SPAN_KIND = 5
 
 _KINDS = (LOG, EVENT, SPAN, METRIC)
 _INSTRUMENTS = (COUNTER, UPDOWNCOUNTER, GAUGE, HISTOGRAM)
@@ -388,9 +380,9 @@ def _decode_record(data: bytes) -> Record:
         if kind == RESOURCE:
             raise CorruptRecord("kind 5 is a resource blob, not a record")
         raise CorruptRecord(f"unknown record kind {kind}")
-    if flags & ~_KNOWN_FLAGS:
+    if flags & ~KNOWN_FLAGS:
         raise CorruptRecord(
-            f"unknown flag bits 0x{flags & ~_KNOWN_FLAGS:02x} in flags 0x{flags:02x}"
+            f"unknown flag bits 0x{flags & ~KNOWN_FLAGS:02x} in flags 0x{flags:02x}"
         )
     if reserved:
         raise CorruptRecord(f"reserved byte is {reserved}, must be 0")

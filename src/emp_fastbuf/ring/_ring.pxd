@@ -17,6 +17,78 @@ cdef extern from "_atomics.h":
     bint EFB_UNLIKELY(bint) nogil
 
 
+# ---- layout (docs/ring-layout.md; tests/test_ring_layout_doc.py checks the doc against
+# this text) --------------------------------------------------------------------------
+# Two numbers do not fit a C enum (an int), so they are macros.
+cdef extern from *:
+    """
+    #define EFB_RING_MAGIC 0x474E5242465F4D45ULL
+    #define EFB_FRAME_PAD_BIT 0x80000000u
+    """
+    # header word 0: "EM_FBRNG" little-endian, written last at creation
+    const uint64_t MAGIC "EFB_RING_MAGIC"
+    # frame header: u32 tag (bit 31: padding to the lane's end), u32 check = ~tag
+    const uint32_t PAD_BIT "EFB_FRAME_PAD_BIT"
+
+cdef enum:
+    VERSION = 2  # the layout version (LAYOUT_VERSION in Python)
+    HEADER_SIZE = 4096
+    DESC_SIZE = 256  # one lane descriptor
+
+# header offsets
+cdef enum:
+    H_MAGIC = 0
+    H_VERSION = 8
+    H_HEADER_SIZE = 12
+    H_SEGMENT_SIZE = 16
+    H_LANE_COUNT = 24
+    H_META_SIZE = 28
+    H_LANE_SIZE = 32
+    H_MAX_RECORD = 40
+    H_FLAGS = 44
+    H_CREATED_NS = 48
+    H_CREATOR_UID = 56
+    H_CREATOR_PID = 60
+    H_CREATOR_START = 64
+    H_LEASE_PID = 128
+    H_LEASE_START = 136
+    H_LEASE_HEARTBEAT = 144
+    H_LEASE_EPOCH = 152
+    H_NO_LANE = 192
+    H_CORRUPT = 200
+    H_FREE_LANES = 208
+    H_REREAD = 216
+
+# lane descriptor offsets; the producer's words and the consumer's (from L_TAIL) are on
+# separate cache lines. L_WRITTEN .. L_DROP_TOO_LARGE are consecutive u64 counters (the
+# write path bumps them by index from L_WRITTEN).
+cdef enum:
+    L_OWNER = 0
+    L_OWNER_START = 8
+    L_GENERATION = 16
+    L_META_LEN = 24
+    L_STATE = 32
+    L_HEAD = 64
+    L_WRITTEN = 72
+    L_ACCEPTED = 80
+    L_BYTES = 88
+    L_DROP_FULL = 96
+    L_DROP_TOO_LARGE = 104
+    L_TAIL = 128
+    L_ACKED = 136
+    L_BYTES_ACKED = 144
+    L_READ = 152  # the consumer's read position, for counting what a successor reads again
+    L_CHAIN_SEQ = 192
+    L_OWN_DROPS = 200  # three u64: full, too large, no lane (the owner process's totals)
+
+# lane state (L_STATE)
+cdef enum:
+    STATE_RELEASED = 1
+
+# header flags (H_FLAGS)
+cdef enum:
+    FLAG_CHAIN = 1
+
 # Drop reasons (index into the lane's dropped counters).
 cdef enum:
     DROP_FULL = 0

@@ -59,65 +59,8 @@ cdef extern from "_proc.h" nogil:
     void efb_sleep_ns(long ns)
 
 
-# ---- layout (docs/ring-layout.md) -------------------------------------------------
-cdef uint64_t MAGIC = 0x474E5242465F4D45  # "EM_FBRNG" little-endian
-cdef uint32_t VERSION = 2
-cdef uint64_t HEADER_SIZE = 4096
-cdef uint64_t DESC_SIZE = 256
-LAYOUT_VERSION = 2
-
-# header offsets
-cdef enum:
-    H_MAGIC = 0
-    H_VERSION = 8
-    H_HEADER_SIZE = 12
-    H_SEGMENT_SIZE = 16
-    H_LANE_COUNT = 24
-    H_META_SIZE = 28
-    H_LANE_SIZE = 32
-    H_MAX_RECORD = 40
-    H_FLAGS = 44
-    H_CREATED_NS = 48
-    H_CREATOR_UID = 56
-    H_CREATOR_PID = 60
-    H_CREATOR_START = 64
-    H_LEASE_PID = 128
-    H_LEASE_START = 136
-    H_LEASE_HEARTBEAT = 144
-    H_LEASE_EPOCH = 152
-    H_NO_LANE = 192
-    H_CORRUPT = 200
-    H_FREE_LANES = 208
-    H_REREAD = 216
-
-# lane descriptor offsets
-cdef enum:
-    L_OWNER = 0
-    L_OWNER_START = 8
-    L_GENERATION = 16
-    L_META_LEN = 24
-    L_STATE = 32
-    L_HEAD = 64
-    L_WRITTEN = 72
-    L_ACCEPTED = 80
-    L_BYTES = 88
-    L_DROP_FULL = 96
-    L_DROP_TOO_LARGE = 104
-    L_TAIL = 128
-    L_ACKED = 136
-    L_BYTES_ACKED = 144
-    L_READ = 152  # the consumer's read position, for counting what a successor reads again
-    L_CHAIN_SEQ = 192
-    L_OWN_DROPS = 200  # three u64: full, too large, no lane (the owner process's totals)
-
-cdef enum:
-    STATE_RELEASED = 1
-
-cdef enum:
-    FLAG_CHAIN = 1
-
-# frame header: u32 tag (bit 31: padding to the lane's end), u32 check = ~tag
-cdef uint32_t PAD_BIT = 0x80000000u
+# ---- layout: the numbers are in _ring.pxd (docs/ring-layout.md) -------------------
+LAYOUT_VERSION = VERSION
 
 DEFAULT_SIZE = 128 << 20
 DEFAULT_MAX_RECORD = 64 << 10
@@ -161,6 +104,16 @@ cdef inline uint64_t align8(uint64_t n) noexcept nogil:
 
 cdef inline uint64_t align_page(uint64_t n) noexcept nogil:
     return (n + 4095) & ~(<uint64_t>4095)
+
+
+cdef inline uint64_t meta_offset(uint64_t lanes) noexcept nogil:
+    """Where the lane metadata slots start: after the header and the descriptors."""
+    return align_page(HEADER_SIZE + lanes * DESC_SIZE)
+
+
+cdef inline uint64_t data_offset(uint64_t lanes, uint64_t meta_size) noexcept nogil:
+    """Where the lane data starts: after the metadata slots."""
+    return align_page(meta_offset(lanes) + lanes * meta_size)
 
 
 def default_ring_name():
@@ -239,10 +192,79 @@ def layout_for(size=DEFAULT_SIZE, lanes=None, max_record=DEFAULT_MAX_RECORD):
         )
     if lane_size > (1 << 34):
         raise ValueError(f"lanes of {lane_size} bytes are too large (16 GiB max)")
-    meta_off = align_page(HEADER_SIZE + lanes * DESC_SIZE)
-    data_off = align_page(meta_off + lanes * DEFAULT_META_SIZE)
     return dict(lanes=lanes, lane_size=lane_size,
-                segment_size=data_off + lanes * lane_size)
+                segment_size=data_offset(lanes, DEFAULT_META_SIZE) + lanes * lane_size)
+
+
+# ---- creation -------------------------------------------------------------------------
+cdef struct Plan:
+    uint32_t lanes
+    uint64_t lane_size
+    uint32_t meta_size
+    uint32_t max_record
+    uint64_t segment_size
+    bint chain
+
+
+cdef Plan plan_layout(size, lanes, max_record, chain):
+    """The layout of a new segment (``layout_for``, which validates the arguments) and
+    whether its producers chain: by default when the lanes follow from the size."""
+    lay = layout_for(size, lanes, max_record)
+    cdef Plan plan
+    plan.lanes = lay["lanes"]
+    plan.lane_size = lay["lane_size"]
+    plan.meta_size = DEFAULT_META_SIZE
+    plan.max_record = max_record
+    plan.segment_size = lay["segment_size"]
+    plan.chain = (lanes is None) if chain is None else bool(chain)
+    return plan
+
+
+cdef Ring map_new_segment(int fd, bytes shm, uint64_t total):
+    """Size the segment just created on ``fd``, reserve its pages and map it. Closes
+    ``fd``; on failure the segment is removed again."""
+    cdef Ring ring
+    try:
+        fchmod(fd, 0o600)  # the umask may have cleared bits; never widened
+        if ftruncate(fd, <off_t>total) != 0:
+            raise OSError(errno, f"cannot size ring segment to {total} bytes: "
+                                 f"{os.strerror(errno)}")
+        # Reserve the pages now: touching a page tmpfs cannot back is a SIGBUS.
+        err = efb_reserve(fd, total)
+        if err != 0:
+            raise OSError(
+                err,
+                f"cannot reserve {total} bytes of shared memory for ring "
+                f"{shm[1:].decode()!r}: {os.strerror(err)} (is /dev/shm large enough? "
+                f"in a container, raise --shm-size or pass a smaller size)",
+            )
+        ring = Ring.__new__(Ring)
+        ring._map(fd, total, shm)
+    except BaseException:
+        close(fd)
+        shm_unlink(shm)
+        raise
+    close(fd)
+    return ring
+
+
+cdef void write_header(char *b, const Plan *plan) noexcept:
+    """The header of a new, zeroed segment: its layout and creator, then the magic."""
+    U32(b, H_VERSION)[0] = VERSION
+    U32(b, H_HEADER_SIZE)[0] = HEADER_SIZE
+    U64(b, H_SEGMENT_SIZE)[0] = plan.segment_size
+    U32(b, H_LANE_COUNT)[0] = plan.lanes
+    U32(b, H_META_SIZE)[0] = plan.meta_size
+    U64(b, H_LANE_SIZE)[0] = plan.lane_size
+    U32(b, H_MAX_RECORD)[0] = plan.max_record
+    U32(b, H_FLAGS)[0] = FLAG_CHAIN if plan.chain else 0
+    U64(b, H_FREE_LANES)[0] = plan.lanes
+    U64(b, H_CREATED_NS)[0] = efb_now_ns(1)
+    U32(b, H_CREATOR_UID)[0] = geteuid()
+    U32(b, H_CREATOR_PID)[0] = getpid()
+    U64(b, H_CREATOR_START)[0] = _my_start()
+    # The magic goes last: a segment without it is one whose creator died mid-way.
+    efb_store_release(U64(b, H_MAGIC), MAGIC)
 
 
 cdef class Ring:
@@ -286,15 +308,7 @@ cdef class Ring:
         says who created it and whether they are alive.
         """
         cdef bytes shm = _shm_name(name)
-        lay = layout_for(size, lanes, max_record)
-        if chain is None:
-            chain = lanes is None
-        lanes = lay["lanes"]
-        cdef uint64_t lane_size = lay["lane_size"]
-        cdef uint64_t desc_end = HEADER_SIZE + <uint64_t>lanes * DESC_SIZE
-        cdef uint64_t meta_off = align_page(desc_end)
-        cdef uint64_t data_off = align_page(meta_off + <uint64_t>lanes * DEFAULT_META_SIZE)
-        cdef uint64_t total = data_off + <uint64_t>lanes * lane_size
+        cdef Plan plan = plan_layout(size, lanes, max_record, chain)
         cdef int fd = shm_open(shm, O_RDWR | O_CREAT | O_EXCL, 0o600)
         if fd < 0:
             if errno == EEXIST:
@@ -302,46 +316,10 @@ cdef class Ring:
                     return Ring.open(name)
                 raise RingExists(_describe_existing(name, shm))
             raise OSError(errno, f"shm_open({shm.decode()!r}) failed: {os.strerror(errno)}")
-        cdef Ring self
-        try:
-            fchmod(fd, 0o600)  # the umask may have cleared bits; never widened
-            if ftruncate(fd, <off_t>total) != 0:
-                raise OSError(errno, f"cannot size ring segment to {total} bytes: "
-                                     f"{os.strerror(errno)}")
-            # Reserve the pages now: touching a page tmpfs cannot back is a SIGBUS.
-            err = efb_reserve(fd, total)
-            if err != 0:
-                raise OSError(
-                    err,
-                    f"cannot reserve {total} bytes of shared memory for ring "
-                    f"{shm[1:].decode()!r}: {os.strerror(err)} (is /dev/shm large enough? "
-                    f"in a container, raise --shm-size or pass a smaller size)",
-                )
-            self = Ring.__new__(Ring)
-            self._map(fd, total, shm)
-        except BaseException:
-            close(fd)
-            shm_unlink(shm)
-            raise
-        close(fd)
-        cdef char *b = self.base
+        cdef Ring self = map_new_segment(fd, shm, plan.segment_size)
         # Pre-fault every page now so that no producer takes a page fault on the hot path.
-        memset(b, 0, total)
-        U32(b, H_VERSION)[0] = VERSION
-        U32(b, H_HEADER_SIZE)[0] = <uint32_t>HEADER_SIZE
-        U64(b, H_SEGMENT_SIZE)[0] = total
-        U32(b, H_LANE_COUNT)[0] = lanes
-        U32(b, H_META_SIZE)[0] = DEFAULT_META_SIZE
-        U64(b, H_LANE_SIZE)[0] = lane_size
-        U32(b, H_MAX_RECORD)[0] = max_record
-        U32(b, H_FLAGS)[0] = FLAG_CHAIN if chain else 0
-        U64(b, H_FREE_LANES)[0] = lanes
-        U64(b, H_CREATED_NS)[0] = efb_now_ns(1)
-        U32(b, H_CREATOR_UID)[0] = geteuid()
-        U32(b, H_CREATOR_PID)[0] = getpid()
-        U64(b, H_CREATOR_START)[0] = _my_start()
-        # The magic goes last: a segment without it is one whose creator died mid-way.
-        efb_store_release(U64(b, H_MAGIC), MAGIC)
+        memset(self.base, 0, plan.segment_size)
+        write_header(self.base, &plan)
         self._setup()
         return self
 
@@ -432,9 +410,7 @@ cdef class Ring:
                 or lane_size < 2 * align8(max_record + 8)
                 or not 0 < meta_size <= (1 << 20) or meta_size % 8):
             raise RingCorrupt(f"ring {name!r} has an inconsistent header")
-        meta_off = align_page(HEADER_SIZE + lanes * DESC_SIZE)
-        data_off = align_page(meta_off + lanes * meta_size)
-        total = data_off + lanes * lane_size
+        total = data_offset(lanes, meta_size) + lanes * lane_size
         if seg != total:
             raise RingCorrupt(
                 f"ring {name!r} has an inconsistent header (segment size {seg}, layout "
@@ -454,9 +430,8 @@ cdef class Ring:
         self.max_record = U32(b, H_MAX_RECORD)[0]
         self.meta_size = U32(b, H_META_SIZE)[0]
         self.lanes_desc = b + HEADER_SIZE
-        cdef uint64_t meta_off = align_page(HEADER_SIZE + self.lane_count * DESC_SIZE)
-        self.meta_base = b + meta_off
-        self.data_base = b + align_page(meta_off + self.lane_count * self.meta_size)
+        self.meta_base = b + meta_offset(self.lane_count)
+        self.data_base = b + data_offset(self.lane_count, self.meta_size)
         self.closed = False
         self.lane = -1
         self.fork_gen = efb_fork_gen()
