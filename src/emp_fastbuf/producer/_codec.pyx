@@ -109,6 +109,12 @@ def counter_values():
     return {name: int(counters[i]) for name, i in COUNTER_NAMES.items()}
 
 
+def count_coerced(n=1):
+    """Count ``n`` values that Python-level API code coerced (``fastbuf.record_span``'s
+    clamped times), where ``fastbuf.stats()`` reads them."""
+    counters[C_COERCED] += <uint64_t>n
+
+
 def reset_counters():
     cdef int i
     for i in range(C_COUNT):

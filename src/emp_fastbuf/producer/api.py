@@ -424,12 +424,6 @@ _SPAN_KINDS = {
 _SPAN_STATUSES = {"unset": STATUS_UNSET, "ok": STATUS_OK, "error": STATUS_ERROR}
 _MAX_NS = (1 << 64) - 1
 
-# The encoder's counters are native. A monotonic counter's negative increment is the
-# encoder's own "ignored, counted" path: it counts one coerced value and writes nothing,
-# so the values this module coerces are counted where fastbuf.stats() reads them.
-_coerce_counter = Instrument(COUNTER, "emp_fastbuf.coerced")
-
-
 def _time_ns(label: str, value: object) -> int:
     """``value`` as ns since the epoch: an int (or an integer type such as numpy's), else
     TypeError; outside the record's 64 bits, the nearest end, counted as coerced."""
@@ -440,7 +434,7 @@ def _time_ns(label: str, value: object) -> int:
     ns = operator.index(value)  # type: ignore[arg-type]
     if 0 <= ns <= _MAX_NS:
         return ns
-    _coerce_counter.inc(-1)
+    _codec.count_coerced()
     return 0 if ns < 0 else _MAX_NS
 
 
@@ -506,7 +500,7 @@ def record_span(
     if not isinstance(message, str):
         raise TypeError(f"message must be a str, not {type(message).__name__}")
     if end < start:
-        _coerce_counter.inc(-1)
+        _codec.count_coerced()
         end = start
     sc = _codec.current()
     span_id = _random_id(8)
