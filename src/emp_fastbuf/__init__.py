@@ -34,7 +34,7 @@ from emp_fastbuf.producer.api import (
     traceparent,
 )
 from emp_fastbuf.records import CorruptRecord
-from emp_fastbuf.ring._ring import Consumer, Ring, default_ring_name
+from emp_fastbuf.ring import Consumer, Ring, default_ring_name
 
 __all__ = [
     "Consumer",

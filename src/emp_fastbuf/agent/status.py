@@ -19,7 +19,7 @@ from typing import Any
 from emp_fastbuf import paths
 from emp_fastbuf.agent.batch import resource_of
 from emp_fastbuf.records import Resource
-from emp_fastbuf.ring._ring import process_alive
+from emp_fastbuf.ring import process_alive
 
 log = logging.getLogger("emp_fastbuf.agent")
 

@@ -15,7 +15,7 @@ from typing import Any
 from emp_fastbuf import paths
 from emp_fastbuf.agent.status import judge_health, producers_from_ring, read_status
 from emp_fastbuf.errors import HomeError, RingError, RingNotFound
-from emp_fastbuf.ring._ring import Ring, default_ring_name
+from emp_fastbuf.ring import Ring, default_ring_name
 
 
 def run(args: Any) -> int:

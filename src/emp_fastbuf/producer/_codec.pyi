@@ -5,7 +5,7 @@ from typing import Any
 
 from typing_extensions import disjoint_base
 
-from emp_fastbuf.ring._ring import Ring
+from emp_fastbuf.ring import Ring
 
 COUNTER_NAMES: dict[str, int]
 INSTRUMENT_METHODS: dict[int, str]

@@ -43,7 +43,7 @@ from emp_fastbuf.records import (
     UPDOWNCOUNTER,
 )
 from emp_fastbuf.ring import shm
-from emp_fastbuf.ring._ring import DEFAULT_SIZE, Ring, default_ring_name, layout_for
+from emp_fastbuf.ring import DEFAULT_SIZE, Ring, default_ring_name, layout_for
 
 _logger = logging.getLogger("emp_fastbuf")
 

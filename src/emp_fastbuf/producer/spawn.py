@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from emp_fastbuf import paths
-from emp_fastbuf.ring._ring import Ring
+from emp_fastbuf.ring import Ring
 
 _log = logging.getLogger("emp_fastbuf")
 
