@@ -44,8 +44,7 @@ from emp_fastbuf.errors import (
     RingVersionError,
 )
 from emp_fastbuf.records import GAUGE, METRIC, LaneChunk, Record, reference
-from emp_fastbuf.ring import shm
-from emp_fastbuf.ring import Consumer, Ring, default_ring_name
+from emp_fastbuf.ring import Consumer, Ring, default_ring_name, shm
 from emp_fastbuf.ring.segments import CREATION_GRACE_S, creation_in_progress, sweep_stale
 
 log = logging.getLogger("emp_fastbuf.agent")

@@ -42,8 +42,7 @@ from emp_fastbuf.records import (
     STATUS_UNSET,
     UPDOWNCOUNTER,
 )
-from emp_fastbuf.ring import shm
-from emp_fastbuf.ring import DEFAULT_SIZE, Ring, default_ring_name, layout_for
+from emp_fastbuf.ring import DEFAULT_SIZE, Ring, default_ring_name, layout_for, shm
 
 _logger = logging.getLogger("emp_fastbuf")
 
@@ -423,6 +422,7 @@ _SPAN_KINDS = {
 }
 _SPAN_STATUSES = {"unset": STATUS_UNSET, "ok": STATUS_OK, "error": STATUS_ERROR}
 _MAX_NS = (1 << 64) - 1
+
 
 def _time_ns(label: str, value: object) -> int:
     """``value`` as ns since the epoch: an int (or an integer type such as numpy's), else
