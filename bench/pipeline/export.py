@@ -10,8 +10,8 @@ export of the same records.
   another process, its metric records looked for, the file marked done for ``export`` and
   ``metrics`` (deleted). The process CPU time of every call and the exporter's wire bytes
   are kept (``pipeline_measurements()``) for the cost per million events.
-- ``agent.export.py``: the same with the Python encoder (``bench.pipeline.sinks.
-  ReferenceOTLPSink``: the agent's path before the transcoder).
+- ``agent.export.py``: the same with the Python encoder, the agent's path before the
+  transcoder (``ReferenceOTLPSink`` of ``bench.pipeline.sinks``).
 - ``otel.export``: the SDK's own encoder (``encode_logs`` + serialize) and gzip level 1 on
   the same logical records (same resource, body, attributes), same batch.
 - ``otel.export.http``: the SDK's ``OTLPLogExporter.export`` (its gzip, then HTTP) to the
