@@ -496,18 +496,26 @@ def received_counts(rx: OTLPReceiver) -> dict[str, int]:
 
 def _serve_in_child(conn: Connection, decode: bool, summary: Callable[[OTLPReceiver], Any]) -> None:
     """The child of :class:`ReceiverProcess`: serve and answer the parent's commands."""
+
+    def summarized(rx: OTLPReceiver) -> tuple[bool, Any]:
+        # A summary that fails is the parent's error to raise, not the end of the child.
+        try:
+            return True, summary(rx)
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+
     try:
         with OTLPReceiver(decode=decode) as rx:
             conn.send(rx.url)
             while True:
                 command, path = conn.recv()
                 if command == "received":
-                    conn.send(rx.received(path))
+                    conn.send((True, rx.received(path)))
                 elif command == "collect":
-                    conn.send(summary(rx))
+                    conn.send(summarized(rx))
                     rx.clear()
                 elif command == "stop":
-                    conn.send(summary(rx))
+                    conn.send(summarized(rx))
                     break
                 else:  # "exit": no summary wanted
                     break
@@ -563,11 +571,14 @@ class ReceiverProcess:
     def _ask(self, command: str, path: str = "") -> Any:
         try:
             self._conn.send((command, path))
-            if self._conn.poll(self.timeout_s):
-                return self._conn.recv()
+            if not self._conn.poll(self.timeout_s):
+                raise RuntimeError(f"the OTLP receiver process did not answer {command!r}")
+            ok, answer = self._conn.recv()
         except (EOFError, OSError) as exc:
             raise RuntimeError(f"the OTLP receiver process is gone ({exc!r})") from exc
-        raise RuntimeError(f"the OTLP receiver process did not answer {command!r}")
+        if not ok:
+            raise RuntimeError(f"the OTLP receiver's summary failed: {answer}")
+        return answer
 
     def received(self, path: str = "/v1/logs") -> tuple[int, int]:
         """Requests to ``path`` and their body bytes since the last :meth:`collect`."""
