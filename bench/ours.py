@@ -436,7 +436,7 @@ add_budget("p50_ns(logging.queue_handler) / p50_ns(fastbuf.log.info) >= 10")
 set_cost_scenario("fastbuf.emit")
 
 import bench.ours_integrations as ours_integrations  # noqa: E402 - after our own rows
-import bench.ours_pipeline as ours_pipeline  # noqa: E402
+import bench.pipeline as pipeline  # noqa: E402
 
 ours_integrations.register_all()
-ours_pipeline.register_all()
+pipeline.register_all()

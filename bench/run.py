@@ -40,7 +40,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DEFAULT_USD_PER_CORE_HOUR = 0.05
 DEFAULT_USD_PER_EGRESS_GB = 0.09
 # The agent's CPU per record and the bytes on the wire come from this scenario of
-# bench.ours_pipeline (gzip: the agent's default compression).
+# bench.pipeline.export (gzip: the agent's default compression).
 AGENT_COST_SCENARIO = "agent.export"
 SURVIVAL_SPANS = 10_000
 SUSTAINED = "sustained"  # the name --only matches to select the sustained-load sweep
@@ -134,10 +134,10 @@ def _worker_ns_per_item(results: Sequence[Result]) -> float | None:
 
 
 def _agent_measurement(results: Sequence[Result]) -> dict[str, Any] | None:
-    """What ``bench.ours_pipeline`` measured around the agent cost scenario's calls."""
+    """What ``bench.pipeline.export`` measured around the agent cost scenario's calls."""
     if not any(r.name == AGENT_COST_SCENARIO for r in results):
         return None
-    module = sys.modules.get("bench.ours_pipeline")
+    module = sys.modules.get("bench.pipeline.export")
     if module is None:
         return None
     measured: dict[str, Any] | None = module.pipeline_measurements().get(AGENT_COST_SCENARIO)
@@ -164,7 +164,7 @@ def cost_model(
       and read, OTLP transcoding, compression, HTTP), per record;
     - egress: the bytes ``agent.export`` put on the wire (compressed bodies), per record.
 
-    ``agent`` is ``bench.ours_pipeline``'s measurement (looked up when None). Parts that did
+    ``agent`` is ``bench.pipeline.export``'s measurement (looked up when None). Parts that did
     not run are listed in ``missing``; ``total_usd`` sums the others. None when no part ran.
 
     ``sustained`` (the sweep of ``bench.sustained``) adds ``agent_cpu_s_sustained``: the

@@ -212,14 +212,14 @@ def _arrived(rx: Any, n: int) -> int:
 
 def _survival_fastbuf(n: int) -> dict[str, Any]:
     from emp_fastbuf import Ring
+    from emp_fastbuf.testing.receiver import OTLPReceiver
 
     name = f"bench-sv-{os.getpid()}-{time.monotonic_ns() % 10**9}"  # <= 31 chars (macOS)
     home = Path(tempfile.mkdtemp(prefix="bench-survival-"))
     os.chmod(home, 0o700)
     ring = Ring.create(name, _ring_size_for(n), lanes=1)
-    receiver_class = _load_receiver()
     try:
-        with receiver_class() as rx:
+        with OTLPReceiver() as rx:
             agent = _start_agent(ring, rx.url, home)
             try:
                 killed = _run_and_kill("fastbuf", name, n)
@@ -252,15 +252,6 @@ def _survival_fastbuf(n: int) -> dict[str, Any]:
     }
 
 
-def _load_receiver() -> Any:
-    tests = str(_REPO / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    from emp_fastbuf.testing.receiver import OTLPReceiver
-
-    return OTLPReceiver
-
-
 def _settled_count(rx: Any) -> int:
     """The span count once it has not moved for ``_SETTLE_S`` (in-flight requests landed)."""
     deadline = time.monotonic() + _SETTLE_MAX_S
@@ -282,8 +273,9 @@ def _survival_otel(n: int) -> dict[str, Any]:
         import opentelemetry.sdk.trace  # noqa: F401
     except ImportError as exc:
         return {"ended": n, "skipped": f"OpenTelemetry SDK/exporter not importable: {exc}"}
-    receiver_class = _load_receiver()
-    with receiver_class() as rx:
+    from emp_fastbuf.testing.receiver import OTLPReceiver
+
+    with OTLPReceiver() as rx:
         killed = _run_and_kill("otel", f"{rx.url}/v1/traces", n)
         received = _settled_count(rx)
         requests = rx.attempt_count()

@@ -20,7 +20,8 @@ Three systems, each at every load of ``loads()`` (one producer at 10k, 50k, 100k
   ``BatchLogRecordProcessor`` and the OTLP/HTTP log exporter at their defaults, the same
   records, the same receiver, the same environment (gzip).
 
-The receiver answers every request at once and keeps the bodies; they are decoded with
+The receiver (``emp_fastbuf.testing.receiver``, the tests' own, in a process of its own with
+``decode=False``) answers every request at once and keeps the bodies; they are decoded with
 opentelemetry-proto after each run (off the clock, so its decoding takes no CPU from the
 agent on a small machine); an undecodable body fails the run.
 
@@ -35,11 +36,9 @@ settled), its peak RSS (``VmHWM``), the ring's shared memory and the producers' 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import itertools
 import json
 import math
-import multiprocessing
 import os
 import select
 import shutil
@@ -48,15 +47,15 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from emp_fastbuf.testing.receiver import OTLPReceiver, ReceiverProcess
 
 __all__ = [
     "DURATION_S",
@@ -65,11 +64,13 @@ __all__ = [
     "Load",
     "budget_rows",
     "count_log_bodies",
+    "count_received",
     "loads",
     "markdown_lines",
     "register_budgets",
     "run_all",
     "run_one",
+    "start_receiver",
     "write_chart",
     "zero_loss_rate",
 ]
@@ -286,73 +287,13 @@ def _producer_main(kind: str, target: str, index: int, rate: int, duration: floa
 # ---- the loopback receiver (a process of its own) ----------------------------------------
 
 
-class _Sink:
-    """An OTLP/HTTP endpoint on 127.0.0.1 that answers 200 at once and keeps the bodies."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.bodies: list[tuple[str, str, bytes]] = []  # (path, content-encoding, body)
-        self.log_requests = 0
-        self.log_bytes = 0
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                try:
-                    length = int(self.headers.get("Content-Length", ""))
-                except ValueError:
-                    self.send_error(411)
-                    return
-                raw = self.rfile.read(length)
-                path = self.path.split("?", 1)[0]
-                encoding = self.headers.get("Content-Encoding", "identity").strip().lower()
-                with sink.lock:
-                    sink.bodies.append((path, encoding, raw))
-                    if path == "/v1/logs":
-                        sink.log_requests += 1
-                        sink.log_bytes += len(raw)
-                # An empty Export*ServiceResponse: full success.
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # a client closing its connection at exit
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-
-    def take(self) -> list[tuple[str, str, bytes]]:
-        with self.lock:
-            bodies, self.bodies = self.bodies, []
-            self.log_requests = self.log_bytes = 0
-        return bodies
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def count_log_bodies(bodies: Iterable[tuple[str, str, bytes]]) -> dict[str, int]:
     """Decode the ``/v1/logs`` bodies (gzip, zstd or none) as ``ExportLogsServiceRequest``
     and count the log records: in all, distinct by ``seq``, duplicates, without a ``seq``,
     without ``emp.job_id`` = ``JOB_ID``; plus undecodable bodies and other requests."""
-    import zstandard
-    from google.protobuf.message import DecodeError
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    from emp_fastbuf.testing.receiver import decode_body
 
     seen: dict[int, bytearray] = {}
     out = dict.fromkeys(
@@ -377,16 +318,11 @@ def count_log_bodies(bodies: Iterable[tuple[str, str, bytes]]) -> dict[str, int]
         out["requests"] += 1
         out["wire_bytes"] += len(raw)
         try:
-            if encoding == "gzip":
-                raw = gzip.decompress(raw)
-            elif encoding == "zstd":
-                raw = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
-            elif encoding not in ("identity", ""):
-                raise ValueError(f"Content-Encoding {encoding}")
-            request = ExportLogsServiceRequest.FromString(raw)
-        except (OSError, EOFError, ValueError, DecodeError, zstandard.ZstdError):
+            request = decode_body(path, encoding, raw)
+        except ValueError:
             out["undecodable"] += 1
             continue
+        assert isinstance(request, ExportLogsServiceRequest)
         for rl in request.resource_logs:
             for sl in rl.scope_logs:
                 for rec in sl.log_records:
@@ -416,65 +352,19 @@ def count_log_bodies(bodies: Iterable[tuple[str, str, bytes]]) -> dict[str, int]
     return out
 
 
-def _receiver_main(conn: Connection) -> None:
-    """Receiver process: ``progress``, ``collect`` (decode and count, then forget) or
-    ``stop`` from the parent."""
-    sink = _Sink()
-    conn.send(sink.url)
-    try:
-        while True:
-            command = conn.recv()
-            if command == "progress":
-                with sink.lock:
-                    conn.send((sink.log_requests, sink.log_bytes))
-            elif command == "collect":
-                conn.send(count_log_bodies(sink.take()))
-            else:
-                break
-    finally:
-        sink.close()
-        conn.close()
+def count_received(rx: OTLPReceiver) -> dict[str, int]:
+    """``count_log_bodies`` of what the receiver kept: the summary the receiver process
+    runs after each run (``ReceiverProcess(count_received, decode=False)``)."""
+    return count_log_bodies(rx.bodies)
 
 
-class Receiver:
-    """The sink in a spawned process, so its work is not any measured process's."""
+def start_receiver() -> ReceiverProcess:
+    """The shared OTLP receiver in a process of its own, keeping the bodies undecoded while
+    a load runs (decoding them during the run would take CPU from the agent on a small
+    machine), counted by ``count_received`` after each run."""
+    from emp_fastbuf.testing.receiver import ReceiverProcess
 
-    def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_receiver_main, args=(child,), name="bench-sustained-rx")
-        self._proc.start()
-        child.close()
-        if not self._conn.poll(_START_TIMEOUT_S):
-            self.close()
-            raise RuntimeError("the OTLP receiver process did not start")
-        self.url: str = self._conn.recv()
-
-    def _ask(self, command: str, timeout: float) -> Any:
-        self._conn.send(command)
-        if not self._conn.poll(timeout):
-            raise RuntimeError(f"the OTLP receiver did not answer {command!r}")
-        return self._conn.recv()
-
-    def progress(self) -> tuple[int, int]:
-        """(log requests, their bytes) since the last ``collect``."""
-        got: tuple[int, int] = tuple(self._ask("progress", 30.0))
-        return got
-
-    def collect(self) -> dict[str, int]:
-        """Decode and count what arrived since the last ``collect``."""
-        counts: dict[str, int] = self._ask("collect", _RECEIVER_TIMEOUT_S)
-        return counts
-
-    def close(self) -> None:
-        """Stop the process (terminate it if it does not stop)."""
-        with contextlib.suppress(OSError, ValueError):
-            self._conn.send("stop")
-        self._conn.close()
-        self._proc.join(timeout=_KILL_WAIT_S)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(timeout=_KILL_WAIT_S)
+    return ReceiverProcess(count_received, decode=False, timeout_s=_RECEIVER_TIMEOUT_S)
 
 
 # ---- processes: CPU, memory, stopping ------------------------------------------------------
@@ -598,11 +488,11 @@ def _shm_bytes(ring: Any) -> int:
     """The ring segment's size: ``/dev/shm/<name>`` where it exists, else the lane data plus
     the descriptors and header rounded to pages (what ``Ring.create`` maps)."""
     stats = ring.stats()
-    path = Path("/dev/shm") / stats["name"]
+    path = Path("/dev/shm") / str(stats["name"])
     try:
         return path.stat().st_size
     except OSError:
-        header = 4096 + 4096 * math.ceil(stats["lane_count"] * 256 / 4096)
+        header = 4096 + 4096 * math.ceil(int(stats["lane_count"]) * 256 / 4096)
         return int(stats["size"]) + header
 
 
@@ -734,7 +624,7 @@ def run_one(
     system: str,
     load: Load,
     duration: float,
-    receiver: Receiver | None = None,
+    receiver: ReceiverProcess | None = None,
     spool_codec: str | None = None,
 ) -> dict[str, Any]:
     """One run of ``system`` at ``load`` for ``duration`` seconds; everything it started is
@@ -781,7 +671,7 @@ def run_one(
                 time.sleep(0.05)
             store = home / "store.sqlite"
             progress: Callable[[], object] = (
-                receiver.progress if receiver is not None else lambda: _store_progress(store)
+                receiver.received if receiver is not None else lambda: _store_progress(store)
             )
             row["settle_s"] = round(_settle(progress, max(_SETTLE_MAX_S, 3 * duration)), 2)
             cpu1 = _proc_cpu_s(agent.pid)
@@ -897,7 +787,7 @@ def run_all(
     if duration is None:
         duration = QUICK_DURATION_S if quick else DURATION_S
     rows: list[dict[str, Any]] = []
-    receiver = Receiver() if any(s != "fastbuf.store" for s in systems) else None
+    receiver = start_receiver() if any(s != "fastbuf.store" for s in systems) else None
     codec_rows: list[dict[str, Any]] = []
     try:
         for system in systems:

@@ -10,20 +10,33 @@ Usage::
 Responses come from the script queue first, then from ``rx.default`` (200 with an empty
 ``Export*ServiceResponse``). ``rx.down()`` closes the listening socket and every open
 connection; ``rx.up()`` listens again on the same port.
+
+Under load (bench), ``OTLPReceiver(decode=False)`` keeps each body as it came and answers at
+once: nothing is decompressed or parsed while requests arrive, so the receiver costs the
+client next to nothing; the bodies are decoded after the run. :class:`ReceiverProcess` runs
+a receiver in a child process of its own, so that its work is not the measured process's::
+
+    with ReceiverProcess(decode=False) as rx:
+        ...  # point an exporter at rx.url
+        counts = rx.collect()  # received_counts(receiver) in the child, then forgotten
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import multiprocessing
 import socket
 import ssl
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from multiprocessing.connection import Connection
+from typing import Any, NamedTuple
 
 import zstandard
 from google.protobuf.message import DecodeError, Message
@@ -93,6 +106,41 @@ class Attempt:
     status: int  # what the receiver answered (or was about to answer)
     headers: dict[str, str]
     error: str | None = None
+    size: int = 0  # body bytes read, as sent (compressed)
+
+
+class Body(NamedTuple):
+    """A request body as it arrived (``OTLPReceiver(decode=False)``): neither decompressed
+    nor parsed."""
+
+    path: str
+    encoding: str  # Content-Encoding, lowercased; "identity" when the request had none
+    raw: bytes
+
+
+def decode_body(path: str, encoding: str, raw: bytes) -> Message:
+    """The ``Export*ServiceRequest`` of one request body to ``path`` (``/v1/logs``...),
+    decompressed (``gzip``, ``zstd`` or ``identity``) and parsed. Raises ``ValueError``
+    saying why for an unknown path or encoding and for a body that does not decompress
+    or parse."""
+    kinds = _SIGNALS.get(path)
+    if kinds is None:
+        raise ValueError(f"unknown path {path}")
+    try:
+        if encoding == "gzip":
+            raw = gzip.decompress(raw)
+        elif encoding == "zstd":
+            raw = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+        elif encoding not in ("identity", ""):
+            raise ValueError(f"unsupported Content-Encoding {encoding}")
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
+        raise ValueError(f"cannot decompress: {exc}") from exc
+    message: Message = kinds[0]()
+    try:
+        message.ParseFromString(raw)
+    except DecodeError as exc:
+        raise ValueError(f"cannot decode protobuf: {exc}") from exc
+    return message
 
 
 def attr_value(value: AnyValue) -> Any:
@@ -115,14 +163,22 @@ def attrs_dict(attributes: Any) -> dict[str, Any]:
 class OTLPReceiver:
     """A threaded OTLP/HTTP server on 127.0.0.1 with scripted answers."""
 
-    def __init__(self, port: int = 0, tls: tuple[str, str] | None = None) -> None:
-        """``tls=(certfile, keyfile)`` serves HTTPS instead of HTTP."""
+    def __init__(
+        self, port: int = 0, tls: tuple[str, str] | None = None, *, decode: bool = True
+    ) -> None:
+        """``tls=(certfile, keyfile)`` serves HTTPS instead of HTTP. ``decode=False`` keeps
+        every body to a known path in ``bodies`` as it came, and parses none while
+        requests arrive (``requests`` stays empty; ``logs()``, ``spans()`` and
+        ``metrics()`` decode the kept bodies when called)."""
         self._tls = tls
+        self.decode = decode
         self._lock = threading.Lock()
         self._script: deque[Response] = deque()
         self.default = Response()
         self.requests: list[tuple[str, dict[str, str], Message]] = []
         self._accepted: list[bool] = []  # parallel to requests: answered with 2xx
+        self.bodies: list[Body] = []  # decode=False: every body, as it came
+        self._bodies_accepted: list[bool] = []  # parallel to bodies
         self.attempts: list[Attempt] = []
         self._port = port
         self._server: ThreadingHTTPServer | None = None
@@ -207,6 +263,15 @@ class OTLPReceiver:
         with self._lock:
             return self._script.popleft() if self._script else self.default
 
+    def clear(self) -> None:
+        """Forget every request, body and attempt received so far (not the script)."""
+        with self._lock:
+            self.requests.clear()
+            self._accepted.clear()
+            self.bodies.clear()
+            self._bodies_accepted.clear()
+            self.attempts.clear()
+
     # -- inspection ------------------------------------------------------------------------
 
     def logs(self) -> list[tuple[dict[str, Any], LogRecord]]:
@@ -243,11 +308,25 @@ class OTLPReceiver:
         # What a backend keeps: requests it answered with success (a 429 or 503 answer
         # means the data was not taken, and the client sends it again).
         with self._lock:
-            return [
-                req
-                for (p, _, req), ok in zip(self.requests, self._accepted, strict=True)
-                if p == path and ok
+            if self.decode:
+                return [
+                    req
+                    for (p, _, req), ok in zip(self.requests, self._accepted, strict=True)
+                    if p == path and ok
+                ]
+            kept = [
+                body
+                for body, ok in zip(self.bodies, self._bodies_accepted, strict=True)
+                if body.path == path and ok
             ]
+        return [decode_body(*body) for body in kept]  # outside the lock: it takes a while
+
+    def received(self, path: str) -> tuple[int, int]:
+        """Requests to ``path`` that arrived, decodable or not, and their body bytes as
+        sent: cheap enough to poll while a load runs."""
+        with self._lock:
+            sizes = [a.size for a in self.attempts if a.path == path]
+        return len(sizes), sum(sizes)
 
     def attempt_times(self, path: str | None = None) -> list[float]:
         """Arrival times (monotonic) of every attempt, optionally for one path."""
@@ -278,20 +357,34 @@ class OTLPReceiver:
         kinds = _SIGNALS.get(path)
         error: str | None = None
         decoded: Message | None = None
+        kept: Body | None = None
+        size = 0
         if handler.command != "POST":
             status, error = 405, "method not allowed"
         elif kinds is None:
             status, error = 404, f"unknown path {path}"
         else:
-            status, decoded, error = self._decode(handler, headers, kinds[0])
+            status, raw, error = self._read_body(handler, headers)
+            size = len(raw)
+            encoding = headers.get("content-encoding", "identity").strip().lower()
+            if error is None and self.decode:
+                try:
+                    decoded = decode_body(path, encoding, raw)
+                except ValueError as exc:
+                    status, error = 400, str(exc)
+            elif error is None:
+                kept = Body(path, encoding, raw)
         answer = self._next_response() if error is None else Response(status)
         if error is None:
             status = answer.status
         with self._lock:
-            self.attempts.append(Attempt(path, arrived, status, headers, error))
+            self.attempts.append(Attempt(path, arrived, status, headers, error, size))
             if decoded is not None:
                 self.requests.append((path, headers, decoded))
                 self._accepted.append(200 <= status < 300)
+            if kept is not None:
+                self.bodies.append(kept)
+                self._bodies_accepted.append(200 <= status < 300)
         if answer.delay_s > 0 and self._stopping.wait(answer.delay_s):
             handler.close_connection = True
             return
@@ -314,34 +407,19 @@ class OTLPReceiver:
         handler.wfile.write(body)
         handler.wfile.flush()
 
-    def _decode(
-        self, handler: BaseHTTPRequestHandler, headers: dict[str, str], request_type: Any
-    ) -> tuple[int, Message | None, str | None]:
+    @staticmethod
+    def _read_body(
+        handler: BaseHTTPRequestHandler, headers: dict[str, str]
+    ) -> tuple[int, bytes, str | None]:
         try:
             length = int(headers.get("content-length", ""))
         except ValueError:
             handler.close_connection = True
-            return 411, None, "Content-Length required"
+            return 411, b"", "Content-Length required"
         if length < 0 or length > _MAX_BODY:
             handler.close_connection = True
-            return 413, None, "body too large"
-        raw = handler.rfile.read(length)
-        encoding = headers.get("content-encoding", "identity").strip().lower()
-        try:
-            if encoding == "gzip":
-                raw = gzip.decompress(raw)
-            elif encoding == "zstd":
-                raw = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
-            elif encoding not in ("identity", ""):
-                return 400, None, f"unsupported Content-Encoding {encoding}"
-        except (OSError, EOFError, zstandard.ZstdError) as exc:
-            return 400, None, f"cannot decompress: {exc}"
-        message = request_type()
-        try:
-            message.ParseFromString(raw)
-        except DecodeError as exc:
-            return 400, None, f"cannot decode protobuf: {exc}"
-        return 200, message, None
+            return 413, b"", "body too large"
+        return 200, handler.rfile.read(length), None
 
 
 def _response_body(kinds: tuple[Any, Any, Any, str] | None, answer: Response) -> bytes:
@@ -395,3 +473,136 @@ def _make_handler(receiver: OTLPReceiver) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+# ---- a receiver in a child process ----------------------------------------------------------
+
+
+def received_counts(rx: OTLPReceiver) -> dict[str, int]:
+    """What ``rx`` took: ``attempts`` (every request), ``failed`` (answered with an error),
+    ``log_records``, ``spans`` and ``metrics``: :class:`ReceiverProcess`'s default
+    summary."""
+    with rx._lock:
+        attempts = len(rx.attempts)
+        failed = sum(1 for a in rx.attempts if a.error is not None)
+    return {
+        "attempts": attempts,
+        "failed": failed,
+        "log_records": len(rx.logs()),
+        "spans": len(rx.spans()),
+        "metrics": len(rx.metrics()),
+    }
+
+
+def _serve_in_child(conn: Connection, decode: bool, summary: Callable[[OTLPReceiver], Any]) -> None:
+    """The child of :class:`ReceiverProcess`: serve and answer the parent's commands."""
+
+    def summarized(rx: OTLPReceiver) -> tuple[bool, Any]:
+        # A summary that fails is the parent's error to raise, not the end of the child.
+        try:
+            return True, summary(rx)
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+
+    try:
+        with OTLPReceiver(decode=decode) as rx:
+            conn.send(rx.url)
+            while True:
+                command, path = conn.recv()
+                if command == "received":
+                    conn.send((True, rx.received(path)))
+                elif command == "collect":
+                    conn.send(summarized(rx))
+                    rx.clear()
+                elif command == "stop":
+                    conn.send(summarized(rx))
+                    break
+                else:  # "exit": no summary wanted
+                    break
+    except EOFError:
+        pass  # the parent went away: nothing left to answer
+    finally:
+        conn.close()
+
+
+class ReceiverProcess:
+    """An :class:`OTLPReceiver` in a spawned child process, answering 200 to every request:
+    its HTTP parsing (and decoding, with ``decode=True``) runs on another core, never in
+    the process being measured.
+
+    ``summary`` runs in the child, on the receiver, for :meth:`collect` and :meth:`stop`;
+    it must be a module-level function (the child imports it by its name) returning a
+    picklable value. ``decode=False`` keeps the bodies undecoded while requests arrive,
+    for loads of hundreds of thousands of records a second: ``summary`` decodes them
+    afterwards (``rx.bodies``, :func:`decode_body`).
+    """
+
+    def __init__(
+        self,
+        summary: Callable[[OTLPReceiver], Any] = received_counts,
+        *,
+        decode: bool = True,
+        timeout_s: float = 60.0,
+    ) -> None:
+        """``timeout_s`` bounds the start and every answer of the child (a summary that
+        decodes millions of records takes a while)."""
+        self.timeout_s = timeout_s
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_serve_in_child, args=(child, decode, summary), name="otlp-receiver"
+        )
+        self._proc.start()
+        child.close()
+        try:
+            if not self._conn.poll(timeout_s):
+                raise RuntimeError("the OTLP receiver process did not start")
+            self.url: str = self._conn.recv()
+        except (EOFError, RuntimeError) as exc:
+            self.close()
+            raise RuntimeError(f"the OTLP receiver process did not start: {exc!r}") from exc
+
+    def __enter__(self) -> ReceiverProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _ask(self, command: str, path: str = "") -> Any:
+        try:
+            self._conn.send((command, path))
+            if not self._conn.poll(self.timeout_s):
+                raise RuntimeError(f"the OTLP receiver process did not answer {command!r}")
+            ok, answer = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            raise RuntimeError(f"the OTLP receiver process is gone ({exc!r})") from exc
+        if not ok:
+            raise RuntimeError(f"the OTLP receiver's summary failed: {answer}")
+        return answer
+
+    def received(self, path: str = "/v1/logs") -> tuple[int, int]:
+        """Requests to ``path`` and their body bytes since the last :meth:`collect`."""
+        count, size = self._ask("received", path)
+        return int(count), int(size)
+
+    def collect(self) -> Any:
+        """``summary`` of what arrived since the last ``collect``, which is then forgotten."""
+        return self._ask("collect")
+
+    def stop(self) -> Any:
+        """``summary`` of what arrived since the last ``collect``; the child then exits."""
+        try:
+            return self._ask("stop")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End the child (terminated if it does not stop on its own); idempotent."""
+        with contextlib.suppress(OSError, ValueError):
+            if self._proc.is_alive():
+                self._conn.send(("exit", ""))
+        self._conn.close()
+        self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout=10)
