@@ -64,8 +64,7 @@ def breakdown(batches: int = 20, compression: str = "gzip") -> dict[str, dict[st
             return out
 
         def done(file_id: str) -> None:
-            for destination in sink.destinations:
-                spool.mark_done(file_id, destination)
+            spool.mark_done(file_id, *sink.destinations)
 
         for b in range(batches + 1):
             chunks = timed("read", partial(staged.read_batch, BATCH))

@@ -182,15 +182,14 @@ def spool_for(config: AgentConfig, sink: Sink) -> Spool:
 def deliver(sink: Sink, spool: Spool, file_id: str) -> Delivery:
     """``file_id`` through ``sink`` as the agent's delivery loop offers it (the recipe of
     ``emp_fastbuf.agent.sinks``): read once into a ``Batch``, delivered, each destination
-    the sink completed marked done in that order (the last deletes the file). Anything but
+    the sink completed marked done together, as the agent does (that deletes the file). Anything but
     the whole file taken now, without a corrupt record, fails the scenario."""
     from emp_fastbuf.agent.batch import Batch
 
     if sink.retry_in() > 0:
         raise RuntimeError(f"the {sink.name} sink is backing off")
     delivery = sink.deliver(Batch.read(spool, file_id))
-    for destination in delivery.done:
-        spool.mark_done(file_id, destination)
+    spool.mark_done(file_id, *delivery.done)
     if not delivery.taken or delivery.later or set(delivery.done) != set(sink.destinations):
         raise RuntimeError(f"the {sink.name} sink did not take {file_id}: {delivery}")
     if delivery.corrupt or delivery.refused:

@@ -577,8 +577,8 @@ class Agent:
         counted = False  # a file's corrupt records count once: the first taker's
         for sink in ready:
             delivery = sink.deliver(batch)
-            for destination in delivery.done:
-                self.spool.mark_done(file_id, destination)
+            if delivery.done:
+                self.spool.mark_done(file_id, *delivery.done)
             self.counters.corrupt_records += delivery.refused
             if delivery.later:
                 self._down.add(sink.name)

@@ -893,36 +893,41 @@ class Spool:
             log.error("spool file %s quarantined to %s: %s", name, target, reason)
         return target
 
-    def mark_done(self, file_id: str, destination: str) -> None:
-        """Record durably that ``destination`` accepted ``file_id``; the file is deleted
-        once every destination has. A file no longer in the spool is ignored."""
+    def mark_done(self, file_id: str, *destinations: str) -> None:
+        """Record durably that each of ``destinations`` accepted ``file_id``; the file is
+        deleted once every destination has. Destinations one delivery completed are marked
+        together: one directory fsync for all their markers, and none at all when they
+        finish the file (deleting it is then the durable record). A file no longer in the
+        spool is ignored."""
         self._check_id(file_id)
-        if destination not in self.destinations:
-            raise ValueError(f"unknown destination {destination!r}")
+        for destination in destinations:
+            if destination not in self.destinations:
+                raise ValueError(f"unknown destination {destination!r}")
         with self._lock:
             if file_id not in self._index:
                 self._reconcile()
                 if file_id not in self._index:
                     return
             done = self._done.setdefault(file_id, set())
-            if destination in done:
+            new = [d for d in dict.fromkeys(destinations) if d not in done]
+            if not new:
                 return
-            if done | {destination} >= set(self.destinations):
-                # The last destination: deleting the file is the durable record.
+            if done.union(new) >= set(self.destinations):
+                # The last destinations: deleting the file is the durable record.
                 self._delete(file_id)
                 self._counters["deleted_files"] += 1
                 self._fsync_dir()
                 return
-            marker = self._marker_path(file_id, destination)
             flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-            fd = os.open(marker, flags, 0o600)
-            try:
-                os.fchmod(fd, 0o600)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            for destination in new:
+                fd = os.open(self._marker_path(file_id, destination), flags, 0o600)
+                try:
+                    os.fchmod(fd, 0o600)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             self._fsync_dir()
-            done.add(destination)
+            done.update(new)
 
     def done_for(self, file_id: str) -> set[str]:
         """Destinations that have accepted ``file_id`` (empty once it left the spool)."""

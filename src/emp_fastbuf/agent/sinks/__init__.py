@@ -18,8 +18,7 @@ A sink needs no agent around it; driving one by hand::
     if sink.retry_in() == 0:
         batch = Batch.read(spool, file_id)
         delivery = sink.deliver(batch)
-        for destination in delivery.done:
-            spool.mark_done(file_id, destination)
+        spool.mark_done(file_id, *delivery.done)  # together: one fsync at most
     for file_id, destination in sink.tick(stopping=False):
         spool.mark_done(file_id, destination)
     ...
