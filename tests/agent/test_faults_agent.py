@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import emp_fastbuf as fastbuf
-from test_segments import WRITTEN_LATE, mapped_by_another_process
+from support.segments import WRITTEN_LATE, mapped_by_another_process
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /dev/shm and /proc")
 

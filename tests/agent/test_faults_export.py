@@ -21,20 +21,17 @@ import pytest
 from emp_fastbuf.agent.config import AgentConfig
 from emp_fastbuf.agent.otlp.http import OTLPHttpExporter, RetryPolicy
 from emp_fastbuf.testing.receiver import OTLPReceiver, Response
-from test_agent import AgentProc, run_worker, seqs
-from test_exporter import logs_payload
+from support.agent import AgentProc, run_worker, seqs
+from support.otlp import logs_payload
 
 TOKEN = "auth_faults-T0ken-value-4242"
 
 
 @pytest.fixture
-def home(monkeypatch: pytest.MonkeyPatch, fastbuf_home: Path) -> Path:
-    """A private home and an environment without OTLP or Dash0 variables."""
-    for var in list(os.environ):
-        if var.startswith(("OTEL_", "DASH0_")) or var == "EMP_FASTBUF_LOG_LEVEL":
-            monkeypatch.delenv(var)
-    monkeypatch.setenv("EMP_FASTBUF_AGENT", "external")
-    return fastbuf_home
+def home(env_clean: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private home and an environment without OTLP, Dash0 or log-level variables."""
+    monkeypatch.delenv("EMP_FASTBUF_LOG_LEVEL", raising=False)
+    return env_clean
 
 
 def fastbuf_cli(

@@ -30,12 +30,13 @@ from emp_fastbuf.agent.runner import config_from_args
 from emp_fastbuf.agent.spool import CorruptSpoolFile, LaneChunk, Spool
 from emp_fastbuf.cli import build_parser
 from emp_fastbuf.testing.receiver import OTLPReceiver
-from test_agent import AgentProc, run_worker, seqs
+from support import ROOT
+from support.agent import AgentProc, run_worker, seqs
 
 HEADER = struct.Struct("<8sHBBIQQQ")  # docs/spool-format.md
 ID_FORMAT = "[0-9]{12}-[0-9]{19}"
 T0 = 1_700_000_000_000_000_000
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(ROOT / "src")
 
 
 def batch(tag: int, n: int = 3) -> list[LaneChunk]:
@@ -248,12 +249,12 @@ def test_non_regular_marker_and_temporary_names_do_not_stop_the_spool(tmp_path: 
 
 
 @pytest.fixture
-def agent_home(fastbuf_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def agent_home(env_clean: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``env_clean`` without spool settings in the environment either."""
     for var in list(os.environ):
-        if var.startswith(("OTEL_", "DASH0_", "EMP_FASTBUF_SPOOL_")):
+        if var.startswith("EMP_FASTBUF_SPOOL_"):
             monkeypatch.delenv(var)
-    monkeypatch.setenv("EMP_FASTBUF_AGENT", "external")
-    return fastbuf_home
+    return env_clean
 
 
 def test_agent_with_a_fifo_in_its_spool_starts_and_delivers(

@@ -23,7 +23,8 @@ from emp_fastbuf.agent.runner import Agent
 from emp_fastbuf.records import LOG, LaneChunk, Record, Resource
 from emp_fastbuf.records.reference import encode_record, encode_resource
 from emp_fastbuf.testing.receiver import OTLPReceiver, attrs_dict
-from test_volume import _env, can_mount_tmpfs, finish, start_worker, store_seqs
+from support.agent import AgentProc
+from support.volume import can_mount_tmpfs, finish, start_worker, store_seqs, worker_env
 
 
 @pytest.mark.skipif(not can_mount_tmpfs(), reason="needs a private mount namespace")
@@ -35,7 +36,7 @@ def test_a_full_spool_disk_keeps_records_in_the_ring_and_delivery_resumes(
     fastbuf.Ring.create(ring_name, 64 << 20).close()
     with OTLPReceiver() as rx:
         rx.down()  # an outage: the spool fills its 256 KiB disk
-        env = _env(home, ring_name)
+        env = worker_env(home, ring_name)
         mount = f"mount -t tmpfs -o size=256k,mode=0700 tmpfs {home / 'spool'}"
         agent_cmd = f"{sys.executable} -m emp_fastbuf agent --ring {ring_name} --endpoint {rx.url}"
         log = open(home / "agent-test.log", "wb")  # noqa: SIM115 - closed below
@@ -303,7 +304,7 @@ def test_status_reports_a_stalled_loop_as_unhealthy_and_exits_3(
     home.mkdir(mode=0o700)
     # A live agent (this process's pid) whose drain loop last came round 40 s ago.
     _write_status(home, ring_name)
-    env = _env(home, ring_name)
+    env = worker_env(home, ring_name)
     out = subprocess.run(
         [sys.executable, "-m", "emp_fastbuf", "status", "--ring", ring_name],
         capture_output=True,
@@ -331,8 +332,6 @@ def test_status_reports_a_stalled_loop_as_unhealthy_and_exits_3(
 def test_a_healthy_agent_reports_its_loops(tmp_path: Path, ring_name: str) -> None:
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
-    from test_agent import AgentProc
-
     agent = AgentProc(ring_name, home)
     agent.wait_ready()
     try:
@@ -343,7 +342,7 @@ def test_a_healthy_agent_reports_its_loops(tmp_path: Path, ring_name: str) -> No
             capture_output=True,
             text=True,
             timeout=60,
-            env=_env(home, ring_name),
+            env=worker_env(home, ring_name),
         )
     finally:
         assert agent.stop() == 0
@@ -371,7 +370,7 @@ def test_planted_symlinks_never_overwrite_their_targets(tmp_path: Path, ring_nam
         capture_output=True,
         text=True,
         timeout=120,
-        env=_env(home, ring_name, EMP_FASTBUF_AGENT_IDLE_EXIT="1"),
+        env=worker_env(home, ring_name, EMP_FASTBUF_AGENT_IDLE_EXIT="1"),
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"  # the spawned agent took the record
@@ -387,8 +386,6 @@ def test_planted_symlinks_never_overwrite_their_targets(tmp_path: Path, ring_nam
 def test_the_agent_creates_its_ring_at_emp_fastbuf_ring_size(
     tmp_path: Path, ring_name: str
 ) -> None:
-    from test_agent import AgentProc
-
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     agent = AgentProc(ring_name, home, env={"EMP_FASTBUF_RING_SIZE": str(8 << 20)})
@@ -414,8 +411,6 @@ conn.execute("ROLLBACK")
 
 
 def test_a_locked_store_never_holds_the_export_back(tmp_path: Path, ring_name: str) -> None:
-    from test_agent import AgentProc
-
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     with OTLPReceiver() as rx:
@@ -465,8 +460,6 @@ def test_sigterm_at_any_moment_stops_the_agent(tmp_path: Path, ring_name: str) -
     inside an Event's wait (its lock held) once deadlocked the agent in Event.set()."""
     import random
     import signal
-
-    from test_agent import AgentProc
 
     rng = random.Random()
     for k in range(12):

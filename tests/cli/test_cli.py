@@ -20,7 +20,7 @@ import pytest
 from emp_fastbuf import cli
 from emp_fastbuf.cli.commands import delegate
 from emp_fastbuf.store import SCHEMA_VERSION, Store
-from test_store import (
+from support.store import (
     T0,
     TRACE_A,
     TRACE_B,

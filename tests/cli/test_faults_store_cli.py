@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from emp_fastbuf.store import MAX_TIME_UNIX_NANO, Store, StoredRecord, StoreError
-from test_agent import AgentProc, env_clean, ring, run_worker  # noqa: F401 - fixtures
-from test_store import TRACE_A, damage_pages, sample_groups
+from support.agent import AgentProc, run_worker
+from support.store import TRACE_A, damage_pages, sample_groups
 
 QUERIES = [["logs"], ["trace", TRACE_A.hex()], ["metrics"], ["correlate", "job-a"], ["tail"]]
 
@@ -118,11 +118,11 @@ def error_lines(agent: AgentProc) -> list[str]:
 
 
 def test_records_after_2262_are_stored_at_the_latest_time_with_the_rest(
-    env_clean: Path,  # noqa: F811
-    ring: str,  # noqa: F811
+    env_clean: Path,
+    agent_ring: str,
 ) -> None:
     out = subprocess.run(
-        [sys.executable, "-c", POISON_WORKER, ring],
+        [sys.executable, "-c", POISON_WORKER, agent_ring],
         capture_output=True,
         text=True,
         timeout=120,
@@ -130,12 +130,12 @@ def test_records_after_2262_are_stored_at_the_latest_time_with_the_rest(
     )
     assert out.returncode == 0, out.stderr
     trace_id = out.stdout.strip()
-    agent = AgentProc(ring, env_clean)
+    agent = AgentProc(agent_ring, env_clean)
     try:
         assert wait_for(lambda: len(stored_logs(env_clean, "job-poison")) == 4)
     finally:
         assert agent.stop() == 0
-    status = json.loads((env_clean / f"status-{ring}.json").read_text())
+    status = json.loads((env_clean / f"status-{agent_ring}.json").read_text())
     assert status["spool"]["files"] == 0  # nothing left behind for the next start
     assert "Traceback" not in agent.output()
 
@@ -158,10 +158,10 @@ def test_records_after_2262_are_stored_at_the_latest_time_with_the_rest(
 
 
 def test_a_write_lock_held_by_another_process_delays_the_store_and_loses_nothing(
-    env_clean: Path,  # noqa: F811
-    ring: str,  # noqa: F811
+    env_clean: Path,
+    agent_ring: str,
 ) -> None:
-    agent = AgentProc(ring, env_clean)
+    agent = AgentProc(agent_ring, env_clean)
     try:
         agent.wait_ready()
         locker = subprocess.Popen(
@@ -171,7 +171,7 @@ def test_a_write_lock_held_by_another_process_delays_the_store_and_loses_nothing
         )
         assert locker.stdout is not None
         assert locker.stdout.readline().strip() == "locked"
-        run_worker(ring, 30, "lock")  # drained and spooled while the lock is held
+        run_worker(agent_ring, 30, "lock")  # drained and spooled while the lock is held
         assert locker.wait(timeout=60) == 0
         locker.stdout.close()
         assert wait_for(lambda: len(stored_logs(env_clean, "job-lock")) == 31)  # + the event
@@ -189,13 +189,13 @@ def test_a_write_lock_held_by_another_process_delays_the_store_and_loses_nothing
 
 
 def test_a_store_file_that_is_not_sqlite_is_moved_aside_by_the_agent(
-    env_clean: Path,  # noqa: F811
-    ring: str,  # noqa: F811
+    env_clean: Path,
+    agent_ring: str,
 ) -> None:
     garbage = b"\x13\x37 not a database " * 500
     (env_clean / "store.sqlite").write_bytes(garbage)
-    run_worker(ring, 20, "nd")
-    agent = AgentProc(ring, env_clean)
+    run_worker(agent_ring, 20, "nd")
+    agent = AgentProc(agent_ring, env_clean)
     try:
         assert wait_for(lambda: len(stored_logs(env_clean, "job-nd")) == 20 + 1)  # + event
     finally:
@@ -207,18 +207,18 @@ def test_a_store_file_that_is_not_sqlite_is_moved_aside_by_the_agent(
 
 
 def test_damaged_pages_are_moved_aside_and_the_spooled_records_stored_anew(
-    env_clean: Path,  # noqa: F811
-    ring: str,  # noqa: F811
+    env_clean: Path,
+    agent_ring: str,
 ) -> None:
-    run_worker(ring, 200, "old")
-    first = AgentProc(ring, env_clean)
+    run_worker(agent_ring, 200, "old")
+    first = AgentProc(agent_ring, env_clean)
     try:
         assert wait_for(lambda: len(stored_logs(env_clean, "job-old")) == 201)
     finally:
         assert first.stop() == 0
     damage_pages(env_clean / "store.sqlite")
-    run_worker(ring, 40, "new")
-    agent = AgentProc(ring, env_clean)
+    run_worker(agent_ring, 40, "new")
+    agent = AgentProc(agent_ring, env_clean)
     try:
         assert wait_for(lambda: len(stored_logs(env_clean, "job-new")) == 41)
         assert agent.proc.poll() is None

@@ -17,16 +17,13 @@ import pytest
 import emp_fastbuf as fastbuf
 from emp_fastbuf.producer import api
 from emp_fastbuf.testing.receiver import OTLPReceiver, attrs_dict
-from test_agent import AgentProc
-from test_integrations import _WORKER, emit_sample
+from support.agent import AgentProc
+from support.integrations import SPAN_WORKER, emit_sample
 
 
 @pytest.fixture
-def attached(ring_name: str, fastbuf_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    for var in list(os.environ):
-        if var.startswith(("OTEL_", "DASH0_")):
-            monkeypatch.delenv(var)
-    monkeypatch.setenv("EMP_FASTBUF_AGENT", "external")
+def attached(ring_name: str, env_clean: Path) -> Iterator[str]:
+    """This process configured on a new 8-lane ring, for an agent the test starts."""
     fastbuf.Ring.create(ring_name, 8 << 20, lanes=8).close()
     fastbuf.configure(service="e2e-svc", ring=ring_name)
     yield ring_name
@@ -100,7 +97,7 @@ def test_sigkilled_sdk_worker_has_all_1000_spans_delivered(
         agent = AgentProc(attached, fastbuf_home, "--endpoint", rx.url)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", _WORKER, attached],
+                [sys.executable, "-c", SPAN_WORKER, attached],
                 stdout=subprocess.PIPE,
                 text=True,
                 env={**os.environ, "EMP_FASTBUF_AGENT": "external"},

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 import emp_fastbuf as fastbuf
 from emp_fastbuf.producer import api
 from emp_fastbuf.testing.receiver import OTLPReceiver, attrs_dict
-from test_agent import AgentProc
+from support.agent import AgentProc
 
 OURS_ONLY = ("emp.", "telemetry.sdk.", "service.instance.id", "host.name", "process.")
 
@@ -55,12 +54,6 @@ def log_shape(res: dict[str, Any], rec: Any) -> dict[str, Any]:
         "in_span": (len(rec.trace_id), len(rec.span_id)),
         "timed": rec.time_unix_nano > 0,
     }
-
-
-@pytest.fixture
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as rx:
-        yield rx
 
 
 def sdk_side(url: str) -> None:

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 import emp_fastbuf as fastbuf
-from api_fixtures import drain, records
 from emp_fastbuf.producer import _codec, api
 from emp_fastbuf.records import (
     COUNTER,
@@ -31,6 +30,7 @@ from emp_fastbuf.records import (
     STATUS_ERROR,
     UPDOWNCOUNTER,
 )
+from support.api import drain, records
 
 
 def test_emit_round_trip_every_attribute_type(ring: fastbuf.Ring) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT
+
 WORKFLOWS = ROOT / ".github" / "workflows"
 EXPECTED = ("ci.yml", "wheels.yml", "bench.yml")
 CHECKER = Path(sys.executable).parent / "check-jsonschema"

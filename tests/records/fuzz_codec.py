@@ -2,10 +2,10 @@
 
 Run by hand (pytest does not collect this file; it needs ``pip install atheris``)::
 
-    python tests/fuzz_codec.py -runs=500000
-    python tests/fuzz_codec.py -max_total_time=600 -max_len=4096
+    python tests/records/fuzz_codec.py -runs=500000
+    python tests/records/fuzz_codec.py -max_total_time=600 -max_len=4096
 
-It starts from a scratch copy of ``tests/corpus/records`` (libFuzzer writes new inputs
+It starts from a scratch copy of ``tests/records/corpus/records`` (libFuzzer writes new inputs
 into its first corpus folder, and the committed corpus must stay as it is). A crash is any
 exception other than ``CorruptRecord``, a ``CorruptRecord`` from the decoder's internal
 safety net, or a decoded record that the encoder cannot encode back.

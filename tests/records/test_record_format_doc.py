@@ -24,8 +24,8 @@ import pytest
 
 from emp_fastbuf import records
 from emp_fastbuf.records import COUNTER, HISTOGRAM, METRIC, Record, Resource, reference
+from support import ROOT
 
-ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
 DOC = ROOT / "docs" / "record-format.md"
 PXD = Path(records.__file__).with_name("_format.pxd")
 ROW = re.compile(r"^\| (\d+) \| `([0-9a-f]{2}(?: [0-9a-f]{2})*)` \| (.+) \|$")

@@ -14,12 +14,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import ring_workers as w
+import support.ring_workers as w
 from emp_fastbuf.errors import (
     RecordTooLarge,
     RingBusy,
@@ -31,19 +30,10 @@ from emp_fastbuf.errors import (
     RingVersionError,
 )
 from emp_fastbuf.ring._ring import DEFAULT_MAX_RECORD, MAX_LANES, Consumer, Ring
+from support import TESTS
 
 pytestmark = pytest.mark.native
 needs_shm = pytest.mark.skipif(not w.SHM_DIR.is_dir(), reason="needs /dev/shm (Linux)")
-TESTS_DIR = Path(__file__).resolve().parent
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_leaked_segments() -> Iterator[None]:
-    """Every segment a test of this module created is unlinked by the end of it."""
-    before = w.shm_names(w.name_prefix())
-    yield
-    left = w.shm_names(w.name_prefix()) - before
-    assert not left, f"segments left in /dev/shm: {sorted(left)}"
 
 
 @pytest.fixture
@@ -649,9 +639,9 @@ def test_create_without_room_in_shm_raises_instead_of_crashing() -> None:
 @pytest.mark.parametrize("case", w.CORRUPTIONS)
 def test_damaged_lane_is_skipped_and_counted(ring_name: str, case: str) -> None:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, str(TESTS_DIR / "ring_workers.py"), "corrupt", ring_name, case],
+        [sys.executable, "-m", "support.ring_workers", "corrupt", ring_name, case],
         env=env,
         capture_output=True,
         text=True,

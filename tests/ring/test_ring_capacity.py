@@ -20,14 +20,14 @@ import emp_fastbuf as fastbuf
 from emp_fastbuf.producer import _codec, api
 from emp_fastbuf.ring._ring import DEFAULT_SIZE, MAX_LANES, Ring, layout_for
 from emp_fastbuf.testing.receiver import OTLPReceiver, attrs_dict
-from test_agent import AgentProc
-from test_volume import (
-    _env,
+from support.agent import AgentProc
+from support.volume import (
     assert_all_once_or_more,
     can_mount_tmpfs,
     finish,
     start_worker,
     store_seqs,
+    worker_env,
 )
 
 pytestmark = pytest.mark.native
@@ -89,7 +89,7 @@ def test_a_bad_ring_size_variable_warns_and_uses_the_default(
         capture_output=True,
         text=True,
         timeout=60,
-        env=_env(
+        env=worker_env(
             tmp_path, ring_name, EMP_FASTBUF_RING_SIZE=str(2**69), EMP_FASTBUF_AGENT="external"
         ),
     )
@@ -121,7 +121,7 @@ def test_a_64_mb_dev_shm_gets_a_smaller_ring_and_one_warning_never_disabled_tele
 ) -> None:
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
-    env = _env(home, ring_name, EMP_FASTBUF_AGENT_IDLE_EXIT="1")
+    env = worker_env(home, ring_name, EMP_FASTBUF_AGENT_IDLE_EXIT="1")
     if can_mount_tmpfs():
         # A container's /dev/shm: a 64 MB tmpfs in a mount namespace of its own. The worker,
         # and the agent it spawns, see only that.
@@ -158,7 +158,9 @@ def test_no_room_at_all_turns_telemetry_off_with_one_warning(
         capture_output=True,
         text=True,
         timeout=60,
-        env=_env(tmp_path, ring_name, EMP_FASTBUF_SHM_FREE="100000", EMP_FASTBUF_AGENT="external"),
+        env=worker_env(
+            tmp_path, ring_name, EMP_FASTBUF_SHM_FREE="100000", EMP_FASTBUF_AGENT="external"
+        ),
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "False"]  # off, and flush() says so
@@ -322,7 +324,7 @@ def test_a_bad_on_full_variable_warns_and_drops(tmp_path: Path, ring_name: str) 
         capture_output=True,
         text=True,
         timeout=60,
-        env=_env(
+        env=worker_env(
             tmp_path, ring_name, EMP_FASTBUF_ON_FULL="sometimes", EMP_FASTBUF_AGENT="external"
         ),
     )
@@ -358,7 +360,7 @@ def test_drops_are_visible_in_stderr_status_flush_and_the_agents_metrics(
         capture_output=True,
         text=True,
         timeout=60,
-        env=_env(home, ring_name),
+        env=worker_env(home, ring_name),
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
@@ -377,14 +379,14 @@ def test_drops_are_visible_in_stderr_status_flush_and_the_agents_metrics(
             capture_output=True,
             text=True,
             timeout=60,
-            env=_env(home, ring_name),
+            env=worker_env(home, ring_name),
         )
         human = subprocess.run(
             [sys.executable, "-m", "emp_fastbuf", "status", "--ring", ring_name],
             capture_output=True,
             text=True,
             timeout=60,
-            env={**_env(home, ring_name), "COLUMNS": "200"},
+            env={**worker_env(home, ring_name), "COLUMNS": "200"},
         )
         assert agent.stop() == 0, agent.output()
         producers = json.loads(status.stdout)["producers"]

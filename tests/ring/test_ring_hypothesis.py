@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import random
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +21,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-import ring_workers as w
+import support.ring_workers as w
 from emp_fastbuf.errors import RecordTooLarge
 from emp_fastbuf.ring._ring import Consumer, Ring
 
@@ -31,15 +30,6 @@ pytestmark = pytest.mark.native
 LANES = 3
 LANE_SIZE = 4096
 PRODUCERS = 2
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_leaked_segments() -> Iterator[None]:
-    """Every segment a test of this module created is unlinked by the end of it."""
-    before = w.shm_names(w.name_prefix())
-    yield
-    left = w.shm_names(w.name_prefix()) - before
-    assert not left, f"segments left in /dev/shm: {sorted(left)}"
 
 
 def align8(n: int) -> int:

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 
-ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())
+from support import ROOT, TESTS
+
 DOC = ROOT / "docs" / "ring-layout.md"
 RING = ROOT / "src" / "emp_fastbuf" / "ring"
 PXD = RING / "_ring.pxd"
 PYX = RING / "_ring.pyx"
-WORKERS = next((ROOT / "tests").rglob("ring_workers.py"))
+WORKERS = TESTS / "support" / "ring_workers.py"
 
 # The .pxd's constants that are not part of the shared segment: a process's own indexes.
 PROCESS_LOCAL = {"DROP_FULL", "DROP_TOO_LARGE", "DROP_NO_LANE", "AT_HEAD", "AT_START", "NEW_LANE"}

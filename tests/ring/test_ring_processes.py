@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-import ring_workers as w
+import support.ring_workers as w
 from emp_fastbuf.errors import RingBusy, RingExists
 from emp_fastbuf.ring._ring import Consumer, Ring
 
@@ -27,15 +27,6 @@ pytestmark = [pytest.mark.stress, pytest.mark.native]
 
 CTX = mp.get_context("spawn")
 LINUX_PROC = os.path.isdir("/proc/self")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_leaked_segments() -> Iterator[None]:
-    """Every segment a test of this module created is unlinked by the end of it."""
-    before = w.shm_names(w.name_prefix())
-    yield
-    left = w.shm_names(w.name_prefix()) - before
-    assert not left, f"segments left in /dev/shm: {sorted(left)}"
 
 
 @pytest.fixture

@@ -533,7 +533,7 @@ def corruption_case(name: str, case: str) -> None:
     Ring.unlink(name)
 
 
-if __name__ == "__main__":  # python ring_workers.py corrupt NAME CASE
+if __name__ == "__main__":  # python -m support.ring_workers corrupt NAME CASE
     if sys.argv[1] == "corrupt":
         corruption_case(sys.argv[2], sys.argv[3])
 

@@ -1,7 +1,8 @@
 """Writes the replay corpus in ``records/`` (run from the repository root:
-``python tests/corpus/make_corpus.py``). The files are committed; ``test_codec_py.py``
-replays them: every ``valid_*.bin`` decodes (and re-encodes to the same bytes), every
-``bad_*.bin`` raises ``CorruptRecord``. Regenerate only for a deliberate format change."""
+``python tests/records/corpus/make_corpus.py``). The files are committed;
+``tests/records/test_reference.py`` replays them: every ``valid_*.bin`` decodes (and
+re-encodes to the same bytes), every ``bad_*.bin`` raises ``CorruptRecord``. Regenerate
+only for a deliberate format change."""
 
 from __future__ import annotations
 
