@@ -51,6 +51,7 @@ from emp_fastbuf.records import (
     SpanEvent,
     SpanLink,
 )
+from support.strategies import api_attr_dicts
 
 T0 = 1_700_000_000_000_000_000
 TID = bytes(range(1, 17))
@@ -270,21 +271,8 @@ def test_values_that_compare_equal_keep_their_own_type() -> None:
         assert attrs(lr.attributes)["k"] == ("string_value", "same")
 
 
-_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=20),
-    st.binary(max_size=20),
-)
-_values = st.one_of(_scalars, st.lists(_scalars, max_size=4))
-_keys = st.sampled_from(["job_id", "emp.job_id", "a", "b", "\u00e9t\u00e9", ""])
-_attr_dicts = st.dictionaries(_keys, _values, max_size=5)
-
-
 @settings(max_examples=150, deadline=None)
-@given(pairs=st.lists(st.tuples(_attr_dicts, _attr_dicts), min_size=1, max_size=6))
+@given(pairs=st.lists(st.tuples(api_attr_dicts, api_attr_dicts), min_size=1, max_size=6))
 def test_fast_attribute_encoding_matches_the_generated_classes(
     pairs: list[tuple[dict[str, Any], dict[str, Any]]],
 ) -> None:

@@ -34,14 +34,12 @@ from emp_fastbuf.records import (
     reference,
 )
 from emp_fastbuf.store import store_row
-from test_codec_py import records as codec_records
-from test_transcode import mutated
-from test_transcode import records as transcode_records
+from support import CORPUS
+from support.strategies import damaged, mutated, valid_records
 
 T0 = 1_700_000_000_000_000_000
 TRACE = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
 SPAN_ID = bytes.fromhex("00f067aa0ba902b7")
-CORPUS = Path(__file__).parent / "corpus" / "records"
 Rows = tuple[list[Any], list[Any], list[Any], list[Any], list[Any]]
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -137,11 +135,9 @@ def raw_log(context: bytes, attributes: bytes) -> bytes:
 
 # ---- equivalence -----------------------------------------------------------------------
 
-valid = st.one_of(codec_records().map(enc), transcode_records().map(enc))
-
 
 @FAST
-@given(st.lists(valid, max_size=8))
+@given(st.lists(valid_records, max_size=8))
 def test_valid_records_match_the_python_path(raws: list[bytes]) -> None:
     out = check(raws)
     assert out[4] == []  # every valid record is handled natively
@@ -195,35 +191,11 @@ def test_many_floats_print_as_repr() -> None:
 
 
 @FAST
-@given(st.lists(st.one_of(valid, mutated(), mutated()), max_size=8))
+@given(st.lists(st.one_of(valid_records, mutated(), mutated()), max_size=8))
 def test_mutated_records_are_declined_exactly_when_python_rejects_them(
     raws: list[bytes],
 ) -> None:
     check(raws)
-
-
-@st.composite
-def damaged(draw: st.DrawFn) -> bytes:
-    """Several edits of a valid record: flips, overwrites, cuts, splices, insertions."""
-    raw = bytearray(draw(valid))
-    for _ in range(draw(st.integers(1, 4))):
-        if not raw:
-            break
-        i = draw(st.integers(0, len(raw) - 1))
-        how = draw(st.sampled_from(["flip", "byte", "cut", "insert", "delete", "len"]))
-        if how == "flip":
-            raw[i] ^= 1 << draw(st.integers(0, 7))
-        elif how == "byte":
-            raw[i] = draw(st.integers(0, 255))
-        elif how == "cut":
-            del raw[i:]
-        elif how == "insert":
-            raw[i:i] = draw(st.binary(min_size=1, max_size=4))
-        elif how == "delete":
-            del raw[i : i + draw(st.integers(1, 4))]
-        else:  # a length or count field pushed to an extreme
-            raw[i : i + 2] = draw(st.sampled_from([b"\xff\xff", b"\x00\x00", b"\xff\x7f"]))
-    return bytes(raw)
 
 
 @FAST

@@ -20,7 +20,6 @@ from emp_fastbuf.agent.transcode import _transcode
 from emp_fastbuf.records import (
     COUNTER,
     EVENT,
-    HISTOGRAM,
     LOG,
     METRIC,
     SPAN,
@@ -28,14 +27,12 @@ from emp_fastbuf.records import (
     LaneChunk,
     Record,
     Resource,
-    SpanEvent,
-    SpanLink,
     reference,
 )
+from support.strategies import Chunks, batches, mutated, scalars, valid_records
 
 OBSERVED = 1_700_000_000_123_456_789
 T0 = 1_700_000_000_000_000_000
-Chunks = list[tuple[bytes, list[bytes]]]
 
 # ---- reference ------------------------------------------------------------------------
 
@@ -88,141 +85,6 @@ def check_spans(chunks: Chunks) -> None:
         assert payload == b""
     else:
         assert ExportTraceServiceRequest.FromString(payload) == expected
-
-
-# ---- strategies -----------------------------------------------------------------------
-
-# A small key pool makes context/own conflicts, the job_id rename and repeated keys likely.
-keys = st.one_of(
-    st.sampled_from(["job_id", "emp.job_id", "a", "b", "", "ключ", "k" * 40]),
-    st.text(max_size=12),
-)
-scalars = st.one_of(
-    st.none(),
-    st.text(max_size=30),
-    st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.booleans(),
-    st.binary(max_size=20),
-)
-values: st.SearchStrategy[AttrValue] = st.one_of(scalars, st.lists(scalars, max_size=5))
-attr_dicts = st.dictionaries(keys, values, max_size=6)
-ids16 = st.binary(min_size=16, max_size=16).filter(any)
-ids8 = st.binary(min_size=8, max_size=8).filter(any)
-u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
-u16 = st.integers(min_value=0, max_value=0xFFFF)
-names = st.text(max_size=20)
-
-
-@st.composite
-def records(draw: st.DrawFn) -> Record:
-    kind = draw(st.sampled_from([LOG, LOG, EVENT, SPAN, METRIC]))
-    traced = kind == SPAN or draw(st.booleans())
-    common = {
-        "time_unix_nano": draw(u64),
-        "trace_id": draw(ids16) if traced else None,
-        "span_id": draw(ids8) if traced else None,
-        "dropped_attributes": draw(st.sampled_from([0, 0, 1, 300, 0xFFFF])),
-        "truncated_values": draw(st.sampled_from([0, 0, 2])),
-        "context": draw(attr_dicts),
-        "attributes": draw(attr_dicts),
-    }
-    if kind == LOG:
-        return Record(
-            kind=LOG,
-            severity_number=draw(st.integers(0, 24)),
-            severity_text=draw(st.text(max_size=8)),
-            body=draw(st.text(max_size=60)),
-            **common,  # type: ignore[arg-type]
-        )
-    if kind == EVENT:
-        return Record(kind=EVENT, name=draw(names), **common)  # type: ignore[arg-type]
-    if kind == SPAN:
-        return Record(
-            kind=SPAN,
-            name=draw(names),
-            parent_span_id=draw(st.one_of(st.none(), ids8)),
-            start_unix_nano=draw(u64),
-            status_code=draw(st.integers(0, 2)),
-            span_kind=draw(st.integers(0, 5)),
-            trace_flags=draw(st.integers(0, 255)),
-            status_message=draw(st.text(max_size=10)),
-            events=draw(
-                st.lists(st.builds(SpanEvent, names, u64, attr_dicts), max_size=3),
-            ),
-            links=draw(
-                st.lists(
-                    st.builds(
-                        SpanLink,
-                        st.binary(min_size=16, max_size=16),
-                        st.binary(min_size=8, max_size=8),
-                        attr_dicts,
-                    ),
-                    max_size=2,
-                )
-            ),
-            **common,  # type: ignore[arg-type]
-        )
-    if draw(st.booleans()):
-        return Record(METRIC, 1, instrument=COUNTER, name="n", value=draw(st.integers(0, 9)))
-    return Record(METRIC, 1, instrument=HISTOGRAM, name="h", values=[1.0, 2.0])
-
-
-resource_attrs = st.dictionaries(
-    st.sampled_from(["service.name", "host.name", "process.pid", "x", "emp.resource_corrupt"]),
-    st.one_of(
-        st.sampled_from(["a", "b"]),
-        st.integers(0, 2),
-        st.sampled_from([0.0, -0.0, float("nan"), 1.0]),
-        st.booleans(),
-        st.lists(st.sampled_from([0.0, -0.0, float("nan"), 1, True]), max_size=2),
-    ),
-    max_size=3,
-)
-
-
-@st.composite
-def metas(draw: st.DrawFn) -> bytes:
-    choice = draw(st.integers(0, 9))
-    if choice == 0:
-        return b""
-    if choice == 1:
-        return draw(st.binary(max_size=12))  # almost always corrupt
-    attributes: dict[str, AttrValue] = {**draw(resource_attrs)}
-    res = Resource(
-        attributes=attributes,
-        scope_name=draw(st.sampled_from(["emp_fastbuf", "", "other"])),
-        scope_version=draw(st.sampled_from(["0.1.0", "", "0.2"])),
-    )
-    return reference.encode_resource(res)
-
-
-@st.composite
-def batches(draw: st.DrawFn, record_bytes: st.SearchStrategy[bytes]) -> Chunks:
-    pool = draw(st.lists(metas(), min_size=1, max_size=4))
-    return [
-        (draw(st.sampled_from(pool)), draw(st.lists(record_bytes, max_size=6)))
-        for _ in range(draw(st.integers(0, 5)))
-    ]
-
-
-valid_records = records().map(reference.encode_record)
-
-
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    raw = bytearray(draw(valid_records))
-    how = draw(st.sampled_from(["truncate", "flip", "byte", "extend", "keep"]))
-    if how == "truncate":
-        del raw[draw(st.integers(0, len(raw) - 1)) :]
-    elif how == "flip":
-        i = draw(st.integers(0, len(raw) - 1))
-        raw[i] ^= 1 << draw(st.integers(0, 7))
-    elif how == "byte":
-        raw[draw(st.integers(0, len(raw) - 1))] = draw(st.integers(0, 255))
-    elif how == "extend":
-        raw += draw(st.binary(min_size=1, max_size=3))
-    return bytes(raw)
 
 
 # ---- equivalence ----------------------------------------------------------------------

@@ -34,8 +34,9 @@ from emp_fastbuf.records import (
     SpanLink,
     reference,
 )
+from support import CORPUS
+from support.strategies import keys, records, values
 
-CORPUS = Path(__file__).parent / "corpus" / "records"
 TRACE = bytes(range(1, 17))
 SPAN_ID = bytes(range(0xA1, 0xA9))
 PARENT = bytes(range(0xB1, 0xB9))
@@ -715,82 +716,6 @@ def test_decode_never_reads_past_a_memoryview_slice() -> None:
 
 
 # ---- hypothesis --------------------------------------------------------------------------
-
-keys = st.text(max_size=12)
-scalars = st.one_of(
-    st.none(),
-    st.text(max_size=24),
-    st.integers(min_value=INT64_MIN, max_value=INT64_MAX),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.booleans(),
-    st.binary(max_size=24),
-)
-values = st.one_of(scalars, st.lists(scalars, max_size=5))
-attr_dicts = st.dictionaries(keys, values, max_size=5)
-u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
-nonzero16 = st.binary(min_size=16, max_size=16).filter(lambda b: any(b))
-nonzero8 = st.binary(min_size=8, max_size=8).filter(lambda b: any(b))
-names = st.text(max_size=30)
-sorted_bounds = st.lists(
-    st.floats(allow_nan=False, allow_infinity=True), max_size=8, unique=True
-).map(sorted)
-
-
-@st.composite
-def records(draw: st.DrawFn) -> Record:
-    kind = draw(st.sampled_from([LOG, EVENT, SPAN, METRIC]))
-    has_trace = kind == SPAN or draw(st.booleans())
-    base: dict[str, Any] = {
-        "kind": kind,
-        "time_unix_nano": draw(u64),
-        "trace_id": draw(nonzero16) if has_trace else None,
-        "span_id": draw(nonzero8) if has_trace else None,
-        "dropped_attributes": draw(st.integers(0, 65535)),
-        "truncated_values": draw(st.integers(0, 65535)),
-        "context": draw(attr_dicts),
-        "attributes": draw(attr_dicts),
-    }
-    if kind == LOG:
-        base["severity_number"] = draw(st.integers(0, 24))
-        base["severity_text"] = draw(st.text(max_size=10))
-        base["body"] = draw(st.text(max_size=200))
-    elif kind == EVENT:
-        base["name"] = draw(names)
-    elif kind == SPAN:
-        base["name"] = draw(names)
-        base["parent_span_id"] = draw(st.none() | nonzero8)
-        base["start_unix_nano"] = draw(u64)
-        base["status_code"] = draw(st.integers(0, 2))
-        base["span_kind"] = draw(st.integers(0, 5))
-        base["trace_flags"] = draw(st.integers(0, 255))
-        base["status_message"] = draw(names)
-        base["events"] = draw(st.lists(st.builds(SpanEvent, names, u64, attr_dicts), max_size=3))
-        base["links"] = draw(
-            st.lists(
-                st.builds(
-                    SpanLink,
-                    st.binary(min_size=16, max_size=16),
-                    st.binary(min_size=8, max_size=8),
-                    attr_dicts,
-                ),
-                max_size=3,
-            )
-        )
-    else:
-        instrument = draw(st.sampled_from([COUNTER, UPDOWNCOUNTER, GAUGE, HISTOGRAM]))
-        base["instrument"] = instrument
-        base["name"] = draw(names)
-        base["unit"] = draw(st.text(max_size=8))
-        base["description"] = draw(names)
-        if instrument == HISTOGRAM:
-            base["values"] = draw(st.lists(st.floats(), min_size=1, max_size=20))
-            base["bounds"] = draw(sorted_bounds)
-        else:
-            base["value"] = draw(
-                st.integers(min_value=INT64_MIN, max_value=INT64_MAX) | st.floats()
-            )
-    return Record(**base)
-
 
 PREFIXES = [
     b"",
