@@ -37,6 +37,8 @@ from emp_fastbuf.store import store_row
 from support import CORPUS
 from support.strategies import damaged, mutated, valid_records
 
+pytestmark = pytest.mark.native
+
 T0 = 1_700_000_000_000_000_000
 TRACE = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
 SPAN_ID = bytes.fromhex("00f067aa0ba902b7")

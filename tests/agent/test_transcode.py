@@ -31,6 +31,8 @@ from emp_fastbuf.records import (
 )
 from support.strategies import Chunks, batches, mutated, scalars, valid_records
 
+pytestmark = pytest.mark.native
+
 OBSERVED = 1_700_000_000_123_456_789
 T0 = 1_700_000_000_000_000_000
 

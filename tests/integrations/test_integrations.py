@@ -44,6 +44,8 @@ from support.integrations import (
     tracer_provider,
 )
 
+pytestmark = pytest.mark.native
+
 
 def test_sample_through_every_bridge(ring: fastbuf.Ring) -> None:
     sample = emit_sample("job-7")

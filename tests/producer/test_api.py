@@ -32,6 +32,8 @@ from emp_fastbuf.records import (
 )
 from support.api import drain, records
 
+pytestmark = pytest.mark.native
+
 
 def test_emit_round_trip_every_attribute_type(ring: fastbuf.Ring) -> None:
     fastbuf.emit(

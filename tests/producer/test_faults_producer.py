@@ -19,6 +19,8 @@ from emp_fastbuf.agent.transcode import _transcode
 from emp_fastbuf.producer import _codec
 from emp_fastbuf.records import EVENT, LOG, METRIC, SPAN, Record, reference
 
+pytestmark = pytest.mark.native
+
 OBSERVED = 1_700_000_000_000_000_000
 DBL_MAX = sys.float_info.max
 

@@ -17,7 +17,10 @@ from emp_fastbuf.ring import segments
 from emp_fastbuf.ring.segments import list_segments, sweep_stale
 from support.segments import mapped_by_another_process
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="lists /dev/shm")
+pytestmark = [
+    pytest.mark.native,
+    pytest.mark.skipif(sys.platform != "linux", reason="lists /dev/shm"),
+]
 
 
 def _create_and_exit(name: str, records: int) -> None:
