@@ -4,7 +4,6 @@ same logical spans and logs to the same receiver; both decode to the same struct
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -98,19 +97,15 @@ def ours_side(ring_name: str) -> None:
 # what its OTLP log exporter is used with here.
 @pytest.mark.filterwarnings("ignore:.*LoggingHandler.*:DeprecationWarning")
 def test_sdk_exporter_and_agent_agree_at_the_receiver(
-    receiver: OTLPReceiver, ring_name: str, fastbuf_home: Path, monkeypatch: pytest.MonkeyPatch
+    receiver: OTLPReceiver, ring_name: str, env_clean: Path
 ) -> None:
-    for var in list(os.environ):
-        if var.startswith(("OTEL_", "DASH0_")):
-            monkeypatch.delenv(var)
-    monkeypatch.setenv("EMP_FASTBUF_AGENT", "external")
     sdk_side(receiver.url)
     sdk_spans = [span_shape(r, s) for r, s in receiver.spans()]
     sdk_logs = [log_shape(r, rec) for r, rec in receiver.logs()]
     assert len(sdk_spans) == 1 and len(sdk_logs) == 1
     fastbuf.Ring.create(ring_name, 4 << 20, lanes=4).close()
     ours_side(ring_name)
-    agent = AgentProc(ring_name, fastbuf_home, "--endpoint", receiver.url)
+    agent = AgentProc(ring_name, env_clean, "--endpoint", receiver.url)
     assert agent.stop() == 0
     ours_spans = [span_shape(r, s) for r, s in receiver.spans()][1:]
     ours_logs = [log_shape(r, rec) for r, rec in receiver.logs()][1:]
