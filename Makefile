@@ -32,13 +32,13 @@ test: build
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The stress tests 20 times, then the soak once (EMP_FASTBUF_SOAK_S seconds, default 60;
-# tests/test_soak.py lists its other settings).
+# tests/system/test_soak.py lists its other settings).
 stress: build
 	for i in $$(seq 1 20); do \
 		echo "stress run $$i/20"; \
-		$(PY) -m pytest -q -p no:cacheprovider -m stress -x --ignore=tests/test_soak.py || exit 1; \
+		$(PY) -m pytest -q -p no:cacheprovider -m stress -x --ignore=tests/system/test_soak.py || exit 1; \
 	done
-	$(PY) -m pytest -q -p no:cacheprovider -m stress -x -s tests/test_soak.py
+	$(PY) -m pytest -q -p no:cacheprovider -m stress -x -s tests/system/test_soak.py
 
 lint: build
 	$(VENV)/bin/ruff check src tests bench

@@ -1,5 +1,5 @@
-"""Shared fixtures. Helper modules in this folder (e.g. ``otlp_receiver``) are imported
-by the tests that need them."""
+"""Fixtures every stage's tests use. Each stage folder's conftest.py holds the ones its own
+tests share; helpers that are not fixtures are in the ``support`` package."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def ring(ring_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[fastbuf.Ri
 
 @pytest.fixture
 def receiver() -> Iterator[Any]:
-    """A loopback OTLP/HTTP receiver (``otlp_receiver.OTLPReceiver``), up for the test."""
+    """A loopback OTLP/HTTP receiver (``emp_fastbuf.testing.receiver``), up for the test."""
     from emp_fastbuf.testing.receiver import OTLPReceiver
 
     with OTLPReceiver() as rx:
@@ -68,3 +68,14 @@ def fastbuf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir(mode=0o700)
     monkeypatch.setenv("EMP_FASTBUF_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def env_clean(monkeypatch: pytest.MonkeyPatch, fastbuf_home: Path) -> Path:
+    """``fastbuf_home``, with no OTLP or Dash0 variable in the environment and no agent
+    spawned by the producer API: what an agent started by the test sees."""
+    for var in list(os.environ):
+        if var.startswith(("OTEL_", "DASH0_")):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("EMP_FASTBUF_AGENT", "external")
+    return fastbuf_home
