@@ -469,6 +469,33 @@ def test_mark_done_needs_every_destination_and_survives_reopen(tmp_path: Path) -
     assert list(spool_dir.iterdir()) == []
 
 
+def test_destinations_marked_together_write_one_marker_each_or_none(tmp_path: Path) -> None:
+    """What one delivery completes is marked in one call: markers for a part of the
+    destinations (durable across a reopen), and no marker at all when they finish the
+    file, which is deleted at once."""
+    spool_dir = tmp_path / "spool"
+    dests = ("export", "metrics", "store")
+    spool = Spool(spool_dir, destinations=dests)
+    a = spool.write(sample_batch())
+    b = spool.write(sample_batch())
+    spool.mark_done(a, "export", "metrics", "export")  # a repeat counts once
+    assert spool.done_for(a) == {"export", "metrics"}
+    assert sorted(p.name for p in spool_dir.iterdir()) == sorted(
+        [f"{a}.spool", f"{a}.export.done", f"{a}.metrics.done", f"{b}.spool"]
+    )
+    assert Spool(spool_dir, destinations=dests).done_for(a) == {"export", "metrics"}
+    spool.mark_done(b, *dests)
+    assert spool.pending() == [a]
+    assert not any(p.name.startswith(b) for p in spool_dir.iterdir())
+    spool.mark_done(a, "metrics", "store")
+    assert spool.pending() == []
+    assert list(spool_dir.iterdir()) == []
+    assert spool.stats()["deleted_files"] == 2
+    spool.mark_done(a)  # nothing to mark: a no-op
+    with pytest.raises(ValueError, match="destination"):
+        spool.mark_done(spool.write(sample_batch()), "store", "elsewhere")
+
+
 def test_interrupted_completion_is_finished_on_open(tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     spool = Spool(spool_dir, destinations=("export", "store"))
