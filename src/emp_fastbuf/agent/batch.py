@@ -1,10 +1,10 @@
 """One spool file, parsed once for every sink.
 
 A spool file holds raw lane chunks: untrusted bytes. Each sink needs its own view of them:
-the OTLP sink transcodes logs and spans natively from the raw chunks and feeds the decoded
-metric records to its aggregator; the store sink ingests rows built natively. A
-:class:`Batch` builds each view the first time a sink asks for it, keeps it for the
-others, and decodes each distinct resource blob once. A record or a resource blob that
+the OTLP sink transcodes logs and spans natively from the raw chunks and feeds the metric
+records, parsed natively into points, to its aggregator; the store sink ingests rows built
+natively. A :class:`Batch` builds each view the first time a sink asks for it, keeps it
+for the others, and decodes each distinct resource blob once. A record or a resource blob that
 does not parse is counted and skipped, never fatal.
 """
 
@@ -16,14 +16,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from emp_fastbuf.agent.config import Signal
 from emp_fastbuf.agent.transcode import _transcode
-from emp_fastbuf.records import METRIC, LaneChunk, Record, Resource, reference
+from emp_fastbuf.records import LaneChunk, Record, Resource, reference
 
 if TYPE_CHECKING:
+    from emp_fastbuf.agent.otlp.metrics import MetricPoint
     from emp_fastbuf.agent.spool import Spool
 
 # Store rows per resource: one list per kind, in the order of ``Store.ingest_rows``.
 StoreGroups = list[tuple[Resource, list[list[tuple[Any, ...]]]]]
 RecordGroups = list[tuple[Resource, list[Record]]]
+PointGroups = list[tuple[Resource, list["MetricPoint"]]]
 
 # The store's row lists per signal: logs and events are the logs signal.
 STORE_ROW_KINDS: dict[Signal, tuple[int, ...]] = {"logs": (0, 1), "traces": (2,), "metrics": (3,)}
@@ -131,7 +133,7 @@ class Batch:
         self.done = frozenset(done)
         self._resources: dict[bytes, Resource] = {}
         self._store: tuple[StoreGroups, int] | None = None
-        self._metrics: tuple[RecordGroups, int] | None = None
+        self._metrics: tuple[PointGroups, int] | None = None
 
     @classmethod
     def read(cls, spool: Spool, file_id: str) -> Batch:
@@ -151,15 +153,17 @@ class Batch:
         groups, corrupt = self._store
         return only_signals(groups, signals), corrupt
 
-    def metric_records(self) -> tuple[RecordGroups, int]:
-        """The METRIC records, decoded (for the metrics aggregator), and how many METRIC
-        records did not decode. The other kinds are not decoded."""
+    def metric_records(self) -> tuple[PointGroups, int]:
+        """The METRIC records, parsed natively into points for the metrics aggregator
+        (``_transcode.metric_points``), per resource, and how many METRIC records are
+        malformed. The other kinds are not parsed."""
         if self._metrics is None:
-            metric_chunks = [
-                LaneChunk(c.meta, [r for r in c.records if len(r) > 1 and r[1] == METRIC])
-                for c in self.chunks
-            ]
-            tally = _Tally()
-            groups = decode_batch(metric_chunks, tally, self._resources)
-            self._metrics = (groups, tally.corrupt_records)
+            groups: PointGroups = []
+            corrupt = 0
+            for chunk in self.chunks:
+                points, bad = _transcode.metric_points(chunk.records)
+                corrupt += bad
+                if points:
+                    groups.append((resource_of(chunk.meta, self._resources), points))
+            self._metrics = (groups, corrupt)
         return self._metrics

@@ -1,5 +1,9 @@
 """Cumulative aggregation of METRIC records into OTLP data points.
 
+The aggregator takes metric points (:data:`MetricPoint`): the agent has them parsed
+natively from raw records (``agent.transcode._transcode.metric_points``), and
+:func:`metric_point` makes the same point from a decoded :class:`~emp_fastbuf.records.Record`.
+
 A series is identified by its resource (attributes and scope), metric name, instrument,
 unit and attribute set (context attributes included, ``job_id`` exported as
 ``emp.job_id``, see :func:`emp_fastbuf.agent.otlp.reference.record_attributes`). Every series keeps
@@ -33,7 +37,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import Any, TypeAlias
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -55,13 +59,49 @@ from emp_fastbuf.records import (
     value_sum,
 )
 
-__all__ = ["MetricsAggregator"]
+__all__ = ["MetricPoint", "MetricsAggregator", "metric_point"]
 
 _CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
 
 _SeriesKey = tuple[object, ...]
+
+MetricPoint: TypeAlias = tuple[
+    int,
+    int,
+    str,
+    str,
+    str,
+    Attributes,
+    tuple[tuple[str, object], ...],
+    int | float | list[float],
+    tuple[float, ...] | None,
+]
+"""One METRIC record: ``(time_unix_nano, instrument, name, unit, description, attributes,
+attributes_key, value, bounds)``. ``attributes`` are the exported ones
+(``record_attributes``) and ``attributes_key`` their ``freeze_attributes``, the series
+key's part; ``value`` is a sum's or a gauge's number or a histogram's list of values;
+``bounds`` is a histogram's explicit bounds (empty for the default ones), None for the
+other instruments."""
+
+
+def metric_point(record: Record) -> MetricPoint:
+    """The point of a decoded METRIC record: what ``_transcode.metric_points`` parses
+    from its bytes."""
+    attributes = record_attributes(record)
+    histogram = record.instrument == HISTOGRAM
+    return (
+        record.time_unix_nano,
+        record.instrument,
+        record.name,
+        record.unit,
+        record.description,
+        attributes,
+        freeze_attributes(attributes),
+        record.values if histogram else record.value,
+        tuple(record.bounds) if histogram else None,
+    )
 
 
 @dataclass(slots=True)
@@ -112,10 +152,10 @@ def _number(value: object, what: str) -> int | float:
     return value
 
 
-def _histogram_bounds(record: Record) -> tuple[float, ...]:
-    if not record.bounds:
+def _histogram_bounds(given: Sequence[object] | None) -> tuple[float, ...]:
+    if not given:
         return DEFAULT_HISTOGRAM_BOUNDS
-    bounds = tuple(float(_number(b, "a histogram bound")) for b in record.bounds)
+    bounds = tuple(float(_number(b, "a histogram bound")) for b in given)
     if not all(math.isfinite(b) for b in bounds) or any(a >= b for a, b in pairwise(bounds)):
         raise ValueError(f"histogram bounds must be finite and strictly increasing: {bounds}")
     return bounds
@@ -167,49 +207,67 @@ class MetricsAggregator:
         """
         if record.kind != METRIC:
             raise ValueError(f"not a METRIC record: kind {record.kind}")
-        instrument = record.instrument
+        self._feed(_resource_key(resource), resource, metric_point(record))
+
+    def feed_points(self, resource: Resource, points: Iterable[MetricPoint]) -> int:
+        """Add the METRIC records of one producer, as points (``_transcode.metric_points``
+        of its raw records); returns how many were skipped as ``feed`` would refuse them
+        (histogram bounds that are not finite, say)."""
+        rkey = _resource_key(resource)
+        skipped = 0
+        for point in points:
+            try:
+                self._feed(rkey, resource, point)
+            except (TypeError, ValueError):
+                skipped += 1
+        return skipped
+
+    def _feed(self, rkey: _SeriesKey, resource: Resource, point: MetricPoint) -> None:
+        t, instrument, value = point[0], point[1], point[7]
         if instrument == HISTOGRAM:
-            self._feed_histogram(resource, record)
+            self._feed_histogram(rkey, resource, point)
             return
         if instrument not in (COUNTER, UPDOWNCOUNTER, GAUGE):
             raise ValueError(f"unknown metric instrument {instrument}")
-        value = _number(record.value, "a metric value")
+        number = _number(value, "a metric value")
         if instrument != GAUGE:
-            if type(value) is float and not math.isfinite(value):
+            if type(number) is float and not math.isfinite(number):
                 self._ignored_non_finite += 1
                 return
-            if instrument == COUNTER and value < 0:
+            if instrument == COUNTER and number < 0:
                 self._ignored_negative += 1
                 return
-        series = self._series_for(resource, record)
-        now = record.time_unix_nano
+        series = self._series_for(rkey, resource, point)
         if instrument == GAUGE:
-            if now >= series.time_ns:  # last value by time; ties go to the later record
-                series.gauge_value = value
-                series.time_ns = now
+            if t >= series.time_ns:  # last value by time; ties go to the later record
+                series.gauge_value = number
+                series.time_ns = t
             return
-        if isinstance(value, float):
-            series.float_total += value
+        if isinstance(number, float):
+            series.float_total += number
             series.saw_float = True
         else:
-            series.int_total += value
-        if now > series.time_ns:
-            series.time_ns = now
+            series.int_total += number
+        if t > series.time_ns:
+            series.time_ns = t
 
-    def _feed_histogram(self, resource: Resource, record: Record) -> None:
-        bounds = _histogram_bounds(record)
+    def _feed_histogram(self, rkey: _SeriesKey, resource: Resource, point: MetricPoint) -> None:
+        t, given = point[0], point[7]
+        bounds = _histogram_bounds(point[8])
+        if not isinstance(given, list | tuple):
+            raise TypeError(f"histogram values must be a list, got {type(given).__name__}")
         values: list[float] = []
-        for v in record.values:
-            x = float(_number(v, "a histogram value"))
+        for v in given:
+            x = v if type(v) is float else float(_number(v, "a histogram value"))
             if math.isfinite(x):
                 values.append(x)
             else:
                 self._ignored_non_finite += 1
         if not values:
             return
-        series = self._series_for(resource, record, bounds)
+        series = self._series_for(rkey, resource, point, bounds)
         if series.bounds != bounds:
-            series = self._restart(series, record, bounds)
+            series = self._restart(series, t, bounds)
         counts = series.bucket_counts
         for x in values:
             # OTLP: bucket i holds (bounds[i-1], bounds[i]], so a value equal to a bound
@@ -223,22 +281,18 @@ class MetricsAggregator:
                 series.max = x
         series.count += len(values)
         series.total += value_sum(values)
-        if record.time_unix_nano > series.time_ns:
-            series.time_ns = record.time_unix_nano
+        if t > series.time_ns:
+            series.time_ns = t
 
     def _series_for(
-        self, resource: Resource, record: Record, bounds: tuple[float, ...] = ()
+        self,
+        rkey: _SeriesKey,
+        resource: Resource,
+        point: MetricPoint,
+        bounds: tuple[float, ...] = (),
     ) -> _Series:
-        attributes = record_attributes(record)
-        key = (
-            freeze_attributes(resource.attributes),
-            resource.scope_name,
-            resource.scope_version,
-            record.name,
-            record.instrument,
-            record.unit,
-            freeze_attributes(attributes),
-        )
+        t, instrument, name, unit, description, attributes, attributes_key = point[:7]
+        key = (*rkey, name, instrument, unit, attributes_key)
         series = self._series.get(key)
         if series is None:
             series = _Series(
@@ -246,22 +300,22 @@ class MetricsAggregator:
                 resource_attributes=dict(resource.attributes),
                 scope_name=resource.scope_name,
                 scope_version=resource.scope_version,
-                name=record.name,
-                instrument=record.instrument,
-                unit=record.unit,
-                description=record.description,
+                name=name,
+                instrument=instrument,
+                unit=unit,
+                description=description,
                 attributes=dict(attributes),
-                start_ns=record.time_unix_nano,
-                time_ns=record.time_unix_nano,
+                start_ns=t,
+                time_ns=t,
                 bounds=bounds,
                 bucket_counts=[0] * (len(bounds) + 1) if bounds else [],
             )
             self._series[key] = series
-        elif record.description:
-            series.description = record.description
+        elif description:
+            series.description = description
         return series
 
-    def _restart(self, old: _Series, record: Record, bounds: tuple[float, ...]) -> _Series:
+    def _restart(self, old: _Series, t: int, bounds: tuple[float, ...]) -> _Series:
         new = _Series(
             key=old.key,
             resource_attributes=old.resource_attributes,
@@ -272,8 +326,8 @@ class MetricsAggregator:
             unit=old.unit,
             description=old.description,
             attributes=old.attributes,
-            start_ns=record.time_unix_nano,
-            time_ns=record.time_unix_nano,
+            start_ns=t,
+            time_ns=t,
             bounds=bounds,
             bucket_counts=[0] * (len(bounds) + 1),
         )
@@ -392,6 +446,11 @@ class MetricsAggregator:
         for key in idle:
             del self._series[key]
         return len(idle)
+
+
+def _resource_key(resource: Resource) -> _SeriesKey:
+    """The resource's part of a series key (the first three items)."""
+    return (freeze_attributes(resource.attributes), resource.scope_name, resource.scope_version)
 
 
 def _copy_attributes(attributes: Attributes) -> Attributes:

@@ -19,7 +19,6 @@ from emp_fastbuf.agent.otlp.http import OTLPHttpExporter
 from emp_fastbuf.agent.otlp.metrics import MetricsAggregator
 from emp_fastbuf.agent.sinks import Delivery
 from emp_fastbuf.agent.transcode import _transcode
-from emp_fastbuf.records import METRIC
 
 log = logging.getLogger("emp_fastbuf.agent")
 
@@ -80,16 +79,13 @@ class OTLPSink:
             groups, bad = batch.metric_records()
             corrupt += bad
             has_metrics = False
-            for res, recs in groups:
-                for rec in recs:
-                    if rec.kind == METRIC:
-                        try:
-                            self.aggregator.feed(res, rec)
-                        except (TypeError, ValueError) as exc:
-                            refused += 1
-                            log.debug("metric record skipped: %s", exc)
-                        records += 1
-                        has_metrics = True
+            for res, points in groups:
+                skipped = self.aggregator.feed_points(res, points)
+                if skipped:
+                    refused += skipped
+                    log.debug("%d metric records skipped (invalid histogram bounds)", skipped)
+                records += len(points)
+                has_metrics = True
             if has_metrics:
                 # Done for metrics once the aggregate that includes these updates is sent.
                 self.awaiting_metrics.append(batch.file_id)

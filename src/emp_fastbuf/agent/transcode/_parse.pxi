@@ -421,9 +421,9 @@ cdef int merge_record_attrs(State *s) noexcept:
 # ---- parsing LOG, EVENT and SPAN records -------------------------------------------
 # One parser per record shape, shared by the OTLP writers (_otlp.pxi) and ``_Rows`` (the
 # store's rows, _rows.pxi), so that both accept and reject exactly what
-# ``reference.decode_record`` does. They return R_OK, R_BAD or R_NOMEM, and leave the
-# context and the record's own attributes in ``s.ctx`` and ``s.own``; the fields point
-# into the record's bytes.
+# ``reference.decode_record`` does; METRIC's (``parse_metric``) is in _metrics.pxi. They
+# return R_OK, R_BAD or R_NOMEM, and leave the context and the record's own attributes
+# in ``s.ctx`` and ``s.own``; the fields point into the record's bytes.
 # ``parse_log`` and ``parse_span`` are inline: called once per record, out of line they
 # cost the exporter a few percent.
 
@@ -595,3 +595,63 @@ cdef list py_array(const uint8_t *q, Py_ssize_t n):
         q = elem(q, &etag, &ev, &elen)
         out.append(py_scalar(etag, ev, elen))
     return out
+
+
+# ---- the state of one call over many records ----------------------------------------
+# The fields ``_Parser.cached`` keeps the last str of.
+cdef enum:
+    S_JOB = 0
+    S_TEXT = 1
+    S_NAME = 2
+    S_UNIT = 3
+    S_DESC = 4
+
+
+cdef class _Parser:
+    """The parsing state of one call, and the last str made for a few fields:
+    consecutive records mostly repeat these."""
+    cdef State st
+    cdef str c_job
+    cdef str c_text
+    cdef str c_name
+    cdef str c_unit
+    cdef str c_desc
+
+    def __dealloc__(self):
+        ent_free(&self.st.ctx)
+        ent_free(&self.st.own)
+        ent_free(&self.st.merged)
+        ent_free(&self.st.tmp)
+
+    cdef inline str cached(self, int which, const uint8_t *p, Py_ssize_t n):
+        """The ``n`` bytes of validated UTF-8 at ``p`` as a str; the previous one of
+        field ``which`` (S_*) when equal."""
+        cdef str prev
+        cdef const char *u
+        cdef Py_ssize_t ul
+        if which == S_JOB:
+            prev = self.c_job
+        elif which == S_TEXT:
+            prev = self.c_text
+        elif which == S_NAME:
+            prev = self.c_name
+        elif which == S_UNIT:
+            prev = self.c_unit
+        else:
+            prev = self.c_desc
+        if prev is not None:
+            u = PyUnicode_AsUTF8AndSize(prev, &ul)
+            if ul == n and memcmp(u, p, n) == 0:
+                return prev
+        prev = PyUnicode_DecodeUTF8(<const char *>p, n, NULL)
+        if which == S_JOB:
+            self.c_job = prev
+        elif which == S_TEXT:
+            self.c_text = prev
+        elif which == S_NAME:
+            self.c_name = prev
+        elif which == S_UNIT:
+            self.c_unit = prev
+        else:
+            self.c_desc = prev
+        return prev

@@ -264,50 +264,13 @@ cdef inline object opt_bytes(const uint8_t *p, Py_ssize_t n):
     return None if p == NULL else PyBytes_FromStringAndSize(<const char *>p, n)
 
 
-cdef class _Rows:
+cdef class _Rows(_Parser):
     """The parsing state and small caches of one ``store_rows`` call."""
-    cdef State st
     cdef Buf js  # JSON is written here
-    # The last str made for a field: consecutive records mostly repeat these.
-    cdef str c_job
-    cdef str c_text
-    cdef str c_name
-    cdef str c_unit
 
     def __dealloc__(self):
-        ent_free(&self.st.ctx)
-        ent_free(&self.st.own)
-        ent_free(&self.st.merged)
-        ent_free(&self.st.tmp)
         free(self.js.data)
         self.js.data = NULL
-
-    cdef inline str cached(self, int which, const uint8_t *p, Py_ssize_t n):
-        cdef str prev
-        cdef const char *u
-        cdef Py_ssize_t ul
-        if which == 0:
-            prev = self.c_job
-        elif which == 1:
-            prev = self.c_text
-        elif which == 2:
-            prev = self.c_name
-        else:
-            prev = self.c_unit
-        if prev is not None:
-            u = PyUnicode_AsUTF8AndSize(prev, &ul)
-            if ul == n and memcmp(u, p, n) == 0:
-                return prev
-        prev = PyUnicode_DecodeUTF8(<const char *>p, n, NULL)
-        if which == 0:
-            self.c_job = prev
-        elif which == 1:
-            self.c_text = prev
-        elif which == 2:
-            self.c_name = prev
-        else:
-            self.c_unit = prev
-        return prev
 
     cdef object job(self):
         """``store._job_and_attributes``'s job: the context's ``job_id`` as text."""
@@ -317,7 +280,7 @@ cdef class _Rows:
             return None
         e = &self.st.ctx.items[i]
         if e.tag == T_STR:
-            return self.cached(0, e.val, e.vlen)
+            return self.cached(S_JOB, e.val, e.vlen)
         if e.tag == T_NONE:
             return None
         if e.tag == T_BYTES:
@@ -365,7 +328,7 @@ cdef class _Rows:
         job = self.job()
         return (
             row_time(h.time), job, PyUnicode_DecodeUTF8(<const char *>f.body, f.bl, NULL), f.sev,
-            self.cached(1, f.text, f.tl) if f.tl else None,
+            self.cached(S_TEXT, f.text, f.tl) if f.tl else None,
             opt_bytes(h.trace, 16), opt_bytes(h.trace + 16 if h.trace else NULL, 8),
             self.attributes(),
         )
@@ -376,7 +339,7 @@ cdef class _Rows:
             return None
         job = self.job()
         return (
-            row_time(h.time), job, self.cached(2, f.name, f.nl),
+            row_time(h.time), job, self.cached(S_NAME, f.name, f.nl),
             opt_bytes(h.trace, 16), opt_bytes(h.trace + 16 if h.trace else NULL, 8),
             self.attributes(),
         )
@@ -434,7 +397,7 @@ cdef class _Rows:
             put1(b, 93)
             links = take_ascii(b)
         return (
-            row_time(h.time), job, self.cached(2, f.name, f.nl),
+            row_time(h.time), job, self.cached(S_NAME, f.name, f.nl),
             PyBytes_FromStringAndSize(<const char *>h.trace, 16),
             PyBytes_FromStringAndSize(<const char *>h.trace + 16, 8),
             None if all_zero(f.parent, 8)
@@ -445,68 +408,18 @@ cdef class _Rows:
         )
 
     cdef tuple metric(self, const uint8_t *p, Py_ssize_t n, const Head *h):
-        cdef Py_ssize_t pos = h.pos, nl = 0, ul, dl = 0, count = 0, nb = 0, i, kept
-        cdef const uint8_t *name = NULL
-        cdef const uint8_t *unit
-        cdef const uint8_t *desc = NULL
-        cdef const uint8_t *vals = NULL
-        cdef const uint8_t *bounds = NULL
-        cdef uint8_t instrument, tag = 0
-        cdef double d, prev = 0.0, lo = 0.0, hi = 0.0
+        cdef MetricFields f
+        cdef Py_ssize_t i, kept
+        cdef double d, lo = 0.0, hi = 0.0
         cdef Buf *b = &self.js
-        if pos >= n:
-            return None
-        instrument = p[pos]
-        if instrument < I_COUNTER or instrument > I_HISTOGRAM:
-            return None
-        pos = str16(p, pos + 1, n, &name, &nl)
-        if pos < 0 or pos >= n:
-            return None
-        ul = p[pos]
-        pos += 1
-        if ul > n - pos or not utf8_ok(p + pos, ul):
-            return None
-        unit = p + pos
-        pos = str16(p, pos + ul, n, &desc, &dl)
-        if pos < 0:
-            return None
-        if instrument != I_HISTOGRAM:
-            if pos + 9 > n:
-                return None
-            tag = p[pos]
-            if tag != T_INT and tag != T_DOUBLE:
-                return None
-            vals = p + pos + 1
-            pos += 9
-        else:
-            if pos + 4 > n:
-                return None
-            count = rd32(p + pos)
-            pos += 4
-            if count < 1 or count > MAX_HISTOGRAM_VALUES or count * 8 > n - pos:
-                return None
-            vals = p + pos
-            pos += count * 8
-            if pos + 2 > n:
-                return None
-            nb = rd16(p + pos)
-            pos += 2
-            if nb * 8 > n - pos:
-                return None
-            bounds = p + pos
-            for i in range(nb):
-                d = rdf64(bounds + 8 * i)
-                if d != d or (i and not prev < d):
-                    return None
-                prev = d
-            pos += nb * 8
-        if not self.accepted(parse_tail(p, pos, n, &self.st)):
+        if not self.accepted(parse_metric(p, n, h, &self.st, &f)):
             return None
         job = self.job()
-        if instrument != I_HISTOGRAM:
+        if f.instrument != I_HISTOGRAM:
             return (
-                row_time(h.time), job, self.cached(2, name, nl), instrument,
-                self.cached(3, unit, ul), <int64_t>rd64(vals) if tag == T_INT else rdf64(vals),
+                row_time(h.time), job, self.cached(S_NAME, f.name, f.nl), f.instrument,
+                self.cached(S_UNIT, f.unit, f.ul),
+                <int64_t>rd64(f.vals) if f.tag == T_INT else rdf64(f.vals),
                 None, None, None, None, None, None, self.attributes(),
             )
         # store._metric_row: NaN values are dropped; min/max as Python's (the first of
@@ -514,8 +427,8 @@ cdef class _Rows:
         values = []
         b.len = 0
         kept = 0
-        for i in range(count):
-            d = rdf64(vals + 8 * i)
+        for i in range(f.count):
+            d = rdf64(f.vals + 8 * i)
             if d != d:
                 continue
             if kept == 0:
@@ -525,25 +438,25 @@ cdef class _Rows:
             elif d > hi:
                 hi = d
             values.append(d)
-            put_raw(b, vals + 8 * i, 8)  # the record's f64 is little-endian, as the blob
+            put_raw(b, f.vals + 8 * i, 8)  # the record's f64 is little-endian, as the blob
             kept += 1
         if b.oom:
             raise MemoryError()
         blob = PyBytes_FromStringAndSize(<const char *>b.data, b.len)
         total = _value_sum(values) if kept else 0.0
         bounds_json = None
-        if nb:
+        if f.nb:
             b.len = 0
             put1(b, 91)
-            for i in range(nb):
+            for i in range(f.nb):
                 if i:
                     put1(b, 44)
-                json_f64(b, rdf64(bounds + 8 * i))
+                json_f64(b, rdf64(f.bounds + 8 * i))
             put1(b, 93)
             bounds_json = take_ascii(b)
         return (
-            row_time(h.time), job, self.cached(2, name, nl), instrument,
-            self.cached(3, unit, ul), None, kept, total, lo if kept else None,
+            row_time(h.time), job, self.cached(S_NAME, f.name, f.nl), f.instrument,
+            self.cached(S_UNIT, f.unit, f.ul), None, kept, total, lo if kept else None,
             hi if kept else None, blob, bounds_json, self.attributes(),
         )
 

@@ -1,6 +1,7 @@
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
+from emp_fastbuf.agent.otlp.metrics import MetricPoint
 from emp_fastbuf.records import LaneChunk
 
 _Chunk = tuple[bytes, Iterable[bytes]] | LaneChunk
@@ -22,3 +23,4 @@ def spans_requests(
 def store_rows(
     records: Iterable[_Raw],
 ) -> tuple[list[_Row], list[_Row], list[_Row], list[_Row], list[_Raw]]: ...
+def metric_points(records: Iterable[bytes]) -> tuple[list[MetricPoint], int]: ...

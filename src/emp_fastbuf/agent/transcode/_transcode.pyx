@@ -18,12 +18,14 @@ length is not known before its content is written, so two bytes are reserved for
 the content is moved when the length needs one or three-plus bytes (``begin``/``finish``).
 
 ``store_rows`` reuses the same parsing to build the embedded store's row tuples (what
-``store.store_row`` builds from a ``reference``-decoded record), attribute JSON included.
+``store.store_row`` builds from a ``reference``-decoded record), attribute JSON included,
+and ``metric_points`` to give the agent's metrics aggregation its METRIC records.
 
 One extension module, its source split by topic into include files (in this order, each
 using only those before it): _protobuf.pxi (the output buffer and protobuf's wire
 format), _parse.pxi (the parser of untrusted records), _otlp.pxi (the logs and traces
-requests), _rows.pxi (the store's rows; its float formatter is floatfmt.h).
+requests), _metrics.pxi (the METRIC parser and the metric points), _rows.pxi (the
+store's rows; its float formatter is floatfmt.h).
 """
 
 from cpython.bytes cimport (
@@ -78,4 +80,5 @@ from emp_fastbuf.records import value_sum as _value_sum
 include "_protobuf.pxi"
 include "_parse.pxi"
 include "_otlp.pxi"
+include "_metrics.pxi"
 include "_rows.pxi"
