@@ -17,7 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource as SdkResource
 
-from emp_fastbuf.agent.otlp.metrics import MetricsAggregator
+from emp_fastbuf.agent.otlp.metrics import MetricsAggregator, metric_point
 from emp_fastbuf.records import (
     COUNTER,
     DEFAULT_HISTOGRAM_BOUNDS,
@@ -437,6 +437,45 @@ def test_feed_groups_takes_only_metric_records() -> None:
     ]
     assert agg.feed_groups(groups) == 2
     assert number(metrics_by_name(collect(agg))["a"].sum.data_points[0]) == ("as_int", 3)
+
+
+# --- points -----------------------------------------------------------------------------
+
+
+def test_points_aggregate_as_records() -> None:
+    """``feed_points`` (the agent's path: points parsed from raw records) and ``feed``
+    (decoded records) build the same series."""
+    recs = [
+        metric(COUNTER, "jobs", 1, 2, context={"job_id": "j"}, attributes={"a": 1}),
+        metric(COUNTER, "jobs", 2, 0.5, attributes={"a": 1}, context={"job_id": "j"}),
+        metric(GAUGE, "temp", 3, 70, description="degrees"),
+        hist("lat", 4, [1.0, 7.0, math.nan], bounds=[5.0], unit="ms"),
+        hist("lat", 5, [3.0], bounds=[5.0], unit="ms"),
+        hist("default", 6, [0.5]),
+    ]
+    by_record, by_points = MetricsAggregator(), MetricsAggregator()
+    for rec in recs:
+        by_record.feed(RES, rec)
+    assert by_points.feed_points(RES, [metric_point(r) for r in recs]) == 0
+    assert by_points.snapshot() == by_record.snapshot()
+    assert by_points.stats() == by_record.stats()
+    assert collect(by_points) == collect(by_record)
+    assert [s["name"] for s in by_points.snapshot()] == ["jobs", "temp", "lat", "default"]
+
+
+def test_feed_points_skips_and_counts_what_feed_refuses() -> None:
+    good = metric(COUNTER, "c", 1, 1)
+    refused = [
+        hist("h", 2, [1.0], bounds=[1.0, math.inf]),  # decodes: a bound may be infinite
+        metric(9, "x", 3, 1),
+        metric(COUNTER, "x", 4, "3"),
+    ]
+    for rec in refused:
+        with pytest.raises((TypeError, ValueError)):
+            MetricsAggregator().feed(RES, rec)
+    agg = MetricsAggregator()
+    assert agg.feed_points(RES, [metric_point(r) for r in [good, *refused, good]]) == 3
+    assert [(s["name"], s["value"]) for s in agg.snapshot()] == [("c", 2)]
 
 
 # --- against the OpenTelemetry SDK --------------------------------------------------------

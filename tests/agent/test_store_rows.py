@@ -35,7 +35,8 @@ from emp_fastbuf.records import (
 )
 from emp_fastbuf.store import store_row
 from support import CORPUS
-from support.strategies import damaged, mutated, valid_records
+from support.parsers import GOOD_METRIC, MALFORMED_METRICS, Implementation
+from support.strategies import damaged, mutated, valid_metrics, valid_records
 
 pytestmark = pytest.mark.native
 
@@ -201,6 +202,16 @@ def test_mutated_records_are_declined_exactly_when_python_rejects_them(
 
 
 @FAST
+@given(
+    st.lists(st.one_of(valid_metrics, mutated(valid_metrics), mutated(valid_metrics)), max_size=8)
+)
+def test_metric_records_match_the_python_path(raws: list[bytes]) -> None:
+    """Every instrument, value type, unit and description, bounds and attributes, valid
+    and mutated: the rows of ``parse_metric``, which the agent's metric points share."""
+    check(raws)
+
+
+@FAST
 @given(st.lists(st.one_of(damaged(), st.binary(max_size=80)), max_size=8))
 def test_damaged_and_garbage_records_never_crash(raws: list[bytes]) -> None:
     check(raws)
@@ -283,6 +294,15 @@ def test_metric_rows() -> None:
     assert row[11:] == ('[10.0,100.0,"Infinity"]', None)
     only_nan = enc(Record(METRIC, T0, instrument=HISTOGRAM, name="h", values=[math.nan]))
     assert only_row(only_nan)[5:] == (None, 0, 0.0, None, None, b"", None, None)
+
+
+@pytest.mark.parametrize("raw", MALFORMED_METRICS.values(), ids=MALFORMED_METRICS.keys())
+def test_malformed_metric_records_are_declined(implementation: Implementation, raw: bytes) -> None:
+    """As the metric points reject them (the METRIC parser is theirs too)."""
+    logs, events, spans, metrics, declined = implementation.store_rows([GOOD_METRIC, raw])
+    assert (logs, events, spans) == ([], [], [])
+    assert [tuple(row[:6]) for row in metrics] == [(T0, None, "m", COUNTER, "", 1)]
+    assert declined == [raw] and declined[0] is raw
 
 
 @pytest.mark.parametrize(
@@ -410,7 +430,7 @@ def test_wrong_element_types_raise_type_error(element: Any) -> None:
 
 
 def test_agent_store_groups_build_what_the_python_path_builds(tmp_path: Path) -> None:
-    """``agent.main.store_groups`` (native rows, Python for what is declined) against
+    """``agent.batch.store_groups`` (native rows, Python for what is declined) against
     ``decode_batch`` + ``Store.ingest``'s rows: the same rows per resource, the corrupt
     record counted once, a corrupt resource blob flagged as the Python path flags it."""
     from emp_fastbuf.agent.batch import decode_batch, store_groups

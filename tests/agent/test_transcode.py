@@ -1,12 +1,18 @@
 """The native transcoder (agent.transcode._transcode): raw records -> OTLP request bytes,
 checked against the Python path (reference.decode_record + agent.otlp) by parsing both
 with the official opentelemetry-proto classes. Inputs are generated (valid, mutated,
-garbage); the Python decoder's verdict on each record is the reference for what is rejected."""
+garbage); the Python decoder's verdict on each record is the reference for what is rejected.
+
+The metric points (``metric_points``) are checked the same way against
+``metrics.metric_point`` of decoded records, and behaviour both parsers must share runs
+against each of them through the ``implementation`` fixture."""
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,20 +22,33 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from emp_fastbuf.agent.batch import decode_batch
 from emp_fastbuf.agent.otlp import reference as otlp
+from emp_fastbuf.agent.otlp.metrics import MetricPoint, MetricsAggregator
 from emp_fastbuf.agent.transcode import _transcode
 from emp_fastbuf.records import (
     COUNTER,
     EVENT,
+    GAUGE,
+    HISTOGRAM,
     LOG,
     METRIC,
     SPAN,
+    UPDOWNCOUNTER,
     AttrValue,
+    CorruptRecord,
     LaneChunk,
     Record,
     Resource,
     reference,
 )
-from support.strategies import Chunks, batches, mutated, scalars, valid_records
+from support.parsers import (
+    GOOD_METRIC,
+    MALFORMED_METRICS,
+    Implementation,
+    Points,
+    reference_metric_points,
+    same_value,
+)
+from support.strategies import Chunks, batches, mutated, scalars, valid_metrics, valid_records
 
 pytestmark = pytest.mark.native
 
@@ -329,3 +348,179 @@ def test_bad_max_bytes(max_bytes: object) -> None:
         _transcode.logs_requests([], OBSERVED, max_bytes)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         _transcode.spans_requests([], max_bytes)  # type: ignore[arg-type]
+
+
+# ---- metric points: native against reference -----------------------------------------
+
+
+def check_metric_points(raws: list[bytes]) -> Points:
+    got = _transcode.metric_points(raws)
+    want = reference_metric_points(raws)
+    metric_kind = [r for r in raws if len(r) > 1 and r[1] == METRIC]
+    assert got[1] == want[1] == sum(1 for r in metric_kind if not _decodes(r))
+    assert len(got[0]) == len(want[0])
+    for g, w in zip(got[0], want[0], strict=True):
+        assert same_value(g, w), (g, w)
+        assert g[6] == otlp.freeze_attributes(g[5])
+    return got
+
+
+@FAST
+@given(st.lists(valid_metrics, max_size=8))
+def test_metric_points_match_the_reference(raws: list[bytes]) -> None:
+    points, rejected = check_metric_points(raws)
+    assert rejected == 0 and len(points) == len(raws)
+
+
+@FAST
+@given(
+    st.lists(
+        st.one_of(valid_metrics, mutated(valid_metrics), mutated(valid_metrics), valid_records),
+        max_size=8,
+    )
+)
+def test_mutated_metric_records_are_rejected_like_the_reference(raws: list[bytes]) -> None:
+    check_metric_points(raws)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(max_size=60).map(lambda b: b"\x01\x04" + b), max_size=6))
+def test_metric_garbage_never_crashes(raws: list[bytes]) -> None:
+    check_metric_points(raws)
+
+
+@FAST
+@given(st.lists(st.one_of(valid_metrics, mutated(valid_metrics)), max_size=10))
+def test_native_points_aggregate_as_decoded_records(raws: list[bytes]) -> None:
+    """The agent's metric path (native points, ``feed_points``) against decoded records
+    fed one by one: the same series, values, skips and request."""
+    res = Resource({"service.name": "w"}, "emp_fastbuf", "1")
+    by_record, by_points = MetricsAggregator(), MetricsAggregator()
+    refused = 0
+    for raw in raws:
+        try:
+            rec = reference.decode_record(raw)
+        except CorruptRecord:
+            continue
+        try:
+            by_record.feed(res, rec)
+        except (TypeError, ValueError):
+            refused += 1
+    assert by_points.feed_points(res, _transcode.metric_points(raws)[0]) == refused
+    assert same_value(by_points.snapshot(), by_record.snapshot())
+    assert by_points.stats() == by_record.stats()
+    want, got = by_record.collect(T0), by_points.collect(T0)
+    assert (got is None) == (want is None)
+    if got is not None and want is not None:
+        assert got.SerializeToString() == want.SerializeToString()
+
+
+# ---- metric points: what both implementations do --------------------------------------
+
+
+def test_the_malformed_metric_records_are_malformed() -> None:
+    assert _decodes(GOOD_METRIC)
+    assert not any(_decodes(raw) for raw in MALFORMED_METRICS.values())
+
+
+def test_metric_points_of_each_instrument(implementation: Implementation) -> None:
+    nan = math.nan
+    raws = [
+        reference.encode_record(
+            Record(
+                METRIC, T0, instrument=COUNTER, name="tokens", unit="{t}", description="d",
+                value=512, context={"job_id": "j", "rank": 0}, attributes={"rank": 1, "g": "a"},
+            )
+        ),
+        reference.encode_record(Record(METRIC, T0 + 1, instrument=UPDOWNCOUNTER, value=-(2**63))),
+        reference.encode_record(Record(METRIC, T0 + 2, instrument=GAUGE, name="t", value=nan)),
+        reference.encode_record(
+            Record(
+                METRIC, T0 + 3, instrument=HISTOGRAM, name="ms", values=[1.5, nan, -0.0],
+                bounds=[10.0, math.inf], attributes={"l": [1, None, b"x"], "f": nan},
+            )
+        ),
+        reference.encode_record(Record(METRIC, T0 + 4, instrument=HISTOGRAM, values=[2.0])),
+    ]  # fmt: skip
+    points, rejected = implementation.metric_points(raws)
+    want: list[MetricPoint] = [
+        (
+            T0, COUNTER, "tokens", "{t}", "d", {"emp.job_id": "j", "rank": 1, "g": "a"},
+            (("emp.job_id", ("str", "j")), ("g", ("str", "a")), ("rank", ("int", 1))),
+            512, None,
+        ),
+        (T0 + 1, UPDOWNCOUNTER, "", "", "", {}, (), -(2**63), None),
+        (T0 + 2, GAUGE, "t", "", "", {}, (), nan, None),
+        (
+            T0 + 3, HISTOGRAM, "ms", "", "", {"l": [1, None, b"x"], "f": nan},
+            (
+                ("f", ("float", "nan")),
+                ("l", ("list", (("int", 1), ("none", None), ("bytes", b"x")))),
+            ),
+            [1.5, nan, -0.0], (10.0, math.inf),
+        ),
+        (T0 + 4, HISTOGRAM, "", "", "", {}, (), [2.0], ()),
+    ]  # fmt: skip
+    assert rejected == 0
+    assert same_value(points, want), points
+
+
+@pytest.mark.parametrize("raw", MALFORMED_METRICS.values(), ids=MALFORMED_METRICS.keys())
+def test_malformed_metric_records_are_counted_and_skipped(
+    implementation: Implementation, raw: bytes
+) -> None:
+    points, rejected = implementation.metric_points([GOOD_METRIC, raw, GOOD_METRIC])
+    assert rejected == 1
+    assert [p[:5] for p in points] == [(T0, COUNTER, "m", "", "")] * 2
+
+
+def test_other_kinds_are_skipped_unchecked(implementation: Implementation) -> None:
+    log = reference.encode_record(Record(kind=LOG, time_unix_nano=T0, body="x"))
+    others = [b"", b"\x01", b"\x01\x01garbage", b"\x09\x03", b"\x01\x05resource", log]
+    assert implementation.metric_points(others) == ([], 0)
+    points, rejected = implementation.metric_points([*others, GOOD_METRIC, *others])
+    assert (len(points), rejected) == (1, 0)
+    assert implementation.metric_points([]) == ([], 0)
+
+
+@pytest.mark.parametrize(
+    ("context", "own", "want"),
+    [
+        ({"job_id": "j"}, {}, {"emp.job_id": "j"}),
+        ({"job_id": "j", "a": 1}, {"a": 2, "b": 3}, {"emp.job_id": "j", "a": 2, "b": 3}),
+        ({"emp.job_id": 1, "job_id": "j"}, {}, {"emp.job_id": "j"}),
+        ({"job_id": "j", "emp.job_id": 1}, {"x": 0}, {"emp.job_id": 1, "x": 0}),
+        ({"a": 1, "job_id": "j"}, {"emp.job_id": 2}, {"a": 1, "emp.job_id": 2}),
+        ({}, {"job_id": "own"}, {"job_id": "own"}),
+    ],
+)
+def test_context_first_with_job_id_renamed_then_own_attributes(
+    implementation: Implementation,
+    context: dict[str, AttrValue],
+    own: dict[str, AttrValue],
+    want: dict[str, AttrValue],
+) -> None:
+    raw = reference.encode_record(
+        Record(METRIC, T0, instrument=COUNTER, value=1, context=context, attributes=own)
+    )
+    points, rejected = implementation.metric_points([raw, raw])
+    assert rejected == 0 and len(points) == 2
+    assert same_value(points[0][5], want) and same_value(points[1][5], want)
+    assert points[0][6] == points[1][6] == otlp.freeze_attributes(want)
+
+
+def test_equal_attribute_sets_have_one_key_whatever_their_order(
+    implementation: Implementation,
+) -> None:
+    raws = [
+        reference.encode_record(Record(METRIC, T0, instrument=GAUGE, value=1, attributes=a))
+        for a in ({"a": 1, "b": 0.0}, {"b": -0.0, "a": 1}, {"a": True, "b": 0.0}, {"a": 1.0})
+    ]
+    keys = [p[6] for p in implementation.metric_points(raws)[0]]
+    assert keys[0] == keys[1] and len({keys[0], keys[2], keys[3]}) == 3
+
+
+@pytest.mark.parametrize("element", ["text", 1, None, bytearray(b"\x01\x04"), [b"x"]])
+def test_metric_points_take_bytes_only(implementation: Implementation, element: Any) -> None:
+    with pytest.raises(TypeError, match="records must be bytes"):
+        implementation.metric_points([GOOD_METRIC, element])

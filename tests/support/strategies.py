@@ -6,6 +6,8 @@ all draw from these."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from hypothesis import strategies as st
 
 from emp_fastbuf.records import (
@@ -74,10 +76,10 @@ api_attr_dicts = st.dictionaries(
 
 
 @st.composite
-def records(draw: st.DrawFn) -> Record:
-    """A valid record of any kind, every field over its whole range (logs twice as likely
-    as each other kind, as in real traffic)."""
-    kind = draw(st.sampled_from([LOG, LOG, EVENT, SPAN, METRIC]))
+def records(draw: st.DrawFn, kinds: Sequence[int] = (LOG, LOG, EVENT, SPAN, METRIC)) -> Record:
+    """A valid record of one of ``kinds``, every field over its whole range (by default
+    logs twice as likely as each other kind, as in real traffic)."""
+    kind = draw(st.sampled_from(kinds))
     traced = kind == SPAN or draw(st.booleans())
     common = {
         "time_unix_nano": draw(u64),
@@ -139,13 +141,14 @@ def records(draw: st.DrawFn) -> Record:
 
 
 valid_records = records().map(reference.encode_record)
+valid_metrics = records(kinds=(METRIC,)).map(reference.encode_record)
 
 
 @st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    """A valid encoding with one edit (or none): cut short, a bit flipped, a byte
-    overwritten, or bytes appended."""
-    raw = bytearray(draw(valid_records))
+def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes] = valid_records) -> bytes:
+    """A valid encoding (of ``base``) with one edit (or none): cut short, a bit flipped, a
+    byte overwritten, or bytes appended."""
+    raw = bytearray(draw(base))
     how = draw(st.sampled_from(["truncate", "flip", "byte", "extend", "keep"]))
     if how == "truncate":
         del raw[draw(st.integers(0, len(raw) - 1)) :]
