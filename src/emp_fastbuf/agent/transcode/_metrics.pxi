@@ -19,8 +19,8 @@ ctypedef struct MetricFields:
     Py_ssize_t tail        # where the context and the attributes start
 
 
-cdef inline int parse_metric(const uint8_t *p, Py_ssize_t n, const Head *h, State *s,
-                             MetricFields *f) noexcept:
+cdef int parse_metric(const uint8_t *p, Py_ssize_t n, const Head *h, State *s,
+                      MetricFields *f) noexcept:
     """A METRIC record past its header ``h``, as ``parse_log`` and ``parse_span`` parse
     theirs; the values and bounds are left in the record's bytes (little-endian f64s)."""
     cdef Py_ssize_t pos = h.pos, i
