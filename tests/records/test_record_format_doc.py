@@ -168,6 +168,11 @@ NAMES: dict[tuple[str, str], Mapping[int, str]] = {
 USERS = [
     ROOT / "src" / "emp_fastbuf" / "records" / "reference.py",
     ROOT / "src" / "emp_fastbuf" / "producer" / "_codec.pyx",
+    *sorted(
+        p
+        for p in (ROOT / "src" / "emp_fastbuf" / "agent" / "transcode").iterdir()
+        if p.suffix in (".pyx", ".pxi")
+    ),
 ]
 
 PXD_CONST = re.compile(r"^ +([A-Z][A-Z0-9_]*) = (0x[0-9A-Fa-f]+|\d+)(?: +#.*)?$")
