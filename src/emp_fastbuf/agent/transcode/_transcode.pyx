@@ -11,7 +11,7 @@ winning on a conflict.
 
 Input is untrusted: every read is bounds-checked and the accept/reject rules are those of
 ``reference.decode_record``. A malformed record is skipped and counted; a malformed
-resource blob becomes ``{"emp.resource_corrupt": True}``, like ``agent.runner.decode_batch``.
+resource blob becomes ``{"emp.resource_corrupt": True}``, like ``agent.batch.resource_of``.
 
 The protobuf wire format is written by hand into growable buffers. A nested message's
 length is not known before its content is written, so two bytes are reserved for it and
