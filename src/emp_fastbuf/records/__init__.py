@@ -17,7 +17,7 @@ AttrValue = AttrScalar | list[AttrScalar]
 Attributes = dict[str, AttrValue]
 
 # The format's numbers (docs/record-format.md). The native modules cimport the same values
-# from _format.pxd; tests/test_record_format_doc.py checks that file, these names and the
+# from _format.pxd; tests/records/test_record_format_doc.py checks that file, these names and the
 # doc agree.
 FORMAT_VERSION = 1  # record byte 0
 

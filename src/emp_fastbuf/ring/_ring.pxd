@@ -17,7 +17,7 @@ cdef extern from "_atomics.h":
     bint EFB_UNLIKELY(bint) nogil
 
 
-# ---- layout (docs/ring-layout.md; tests/test_ring_layout_doc.py checks the doc against
+# ---- layout (docs/ring-layout.md; tests/ring/test_ring_layout_doc.py checks the doc against
 # this text) --------------------------------------------------------------------------
 # Two numbers do not fit a C enum (an int), so they are macros.
 cdef extern from *:

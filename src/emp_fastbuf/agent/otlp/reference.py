@@ -182,7 +182,7 @@ class _AttrEncoder:
     from the generated descriptors), and the encoded pairs except floats are cached for one
     request: job ids, model names and GPU ids repeat across records. Every other value
     (lists, ``None``, subclasses, big ints) goes through the generated ``KeyValue`` class.
-    ``tests/test_otlp.py`` checks both paths give the same bytes.
+    ``tests/agent/test_otlp.py`` checks both paths give the same bytes.
     """
 
     __slots__ = ("_cache", "_keys", "_tag")

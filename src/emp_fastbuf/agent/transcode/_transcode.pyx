@@ -3,7 +3,7 @@
 objects.
 
 The output means exactly what ``agent.otlp.build_logs_request`` /
-``build_traces_request`` build from ``reference``-decoded records (tests/test_transcode.py
+``build_traces_request`` build from ``reference``-decoded records (tests/agent/test_transcode.py
 parses both and compares): same resource grouping (equal attribute sets share one
 resource, first-seen order), one scope per (scope_name, scope_version), context
 attributes first with ``job_id`` renamed ``emp.job_id`` and the record's own attributes
