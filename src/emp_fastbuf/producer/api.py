@@ -188,17 +188,6 @@ def parse_on_full(value: object) -> int:
     )
 
 
-def _create_size(size: int) -> int:
-    """The size to create the ring with: ``size``, or less where /dev/shm is short (one
-    warning naming --shm-size). Raises RingError when not even the smallest ring fits."""
-    fitted, warning = shm.fit_ring_size(size, shm.shm_free_bytes())
-    if warning is not None:
-        _logger.warning("emp_fastbuf: %s", warning)
-    if fitted is None:
-        raise RingError(warning or "no room for a ring in /dev/shm")
-    return fitted
-
-
 def _open_ring(name: str, create: bool, size: int) -> Ring:
     last: Exception | None = None
     for _ in range(50):
@@ -209,7 +198,8 @@ def _open_ring(name: str, create: bool, size: int) -> Ring:
             if not create:
                 raise
             try:
-                return Ring.create(name, _create_size(size), exist_ok=True)
+                fitted = shm.create_size(size, lambda w: _logger.warning("emp_fastbuf: %s", w))
+                return Ring.create(name, fitted, exist_ok=True)
             except RingCorrupt as exc2:  # another process is creating it right now
                 last = exc2
         except RingCorrupt as exc:
