@@ -516,9 +516,10 @@ def record_span(
 
 
 @contextmanager
-def context(**attrs: Any) -> Iterator[None]:
-    """Every record inside carries these attributes (``job_id`` becomes ``emp.job_id``)."""
-    token = scope_var.set(_codec.current().with_attrs(attrs))
+def _scope(scope: _codec.Scope) -> Iterator[None]:
+    """``scope`` is the current scope inside. Left in another context than the one it was
+    entered in (a generator finished elsewhere), it leaves that context's scope alone."""
+    token = scope_var.set(scope)
     try:
         yield
     finally:
@@ -526,6 +527,13 @@ def context(**attrs: Any) -> Iterator[None]:
             scope_var.reset(token)
         except ValueError:
             pass
+
+
+@contextmanager
+def context(**attrs: Any) -> Iterator[None]:
+    """Every record inside carries these attributes (``job_id`` becomes ``emp.job_id``)."""
+    with _scope(_codec.current().with_attrs(attrs)):
+        yield
 
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
@@ -563,14 +571,8 @@ def continue_trace(header: str | None) -> Iterator[None]:
         yield
         return
     trace_id, span_id, flags = parsed
-    token = scope_var.set(_codec.current().with_span(trace_id, span_id, flags, True))
-    try:
+    with _scope(_codec.current().with_span(trace_id, span_id, flags, True)):
         yield
-    finally:
-        try:
-            scope_var.reset(token)
-        except ValueError:
-            pass
 
 
 @overload
