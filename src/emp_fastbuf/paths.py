@@ -21,7 +21,7 @@ def home(
     override: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Path:
     """The home: ``override`` (``--home``), else ``$EMP_FASTBUF_HOME``, else
-    ``~/.local/share/emp-fastbuf``. An empty variable counts as unset. Raises HomeError
+    ``~/.local/share/emp-fastbuf``. An empty or blank variable counts as unset. Raises HomeError
     for an empty override or when there is no user home directory to put it in (no
     ``$HOME`` and no passwd entry). Does not check the directory: ``check_home`` does."""
     env = os.environ if env is None else env
@@ -29,7 +29,7 @@ def home(
         if not isinstance(override, str | os.PathLike):
             raise HomeError(f"--home: expected a path, got {type(override).__name__}")
         raw, source = os.fspath(override), "--home"
-        if not raw.strip():
+        if not isinstance(raw, str) or not raw.strip():  # a PathLike may give bytes
             raise HomeError("--home: the path is empty")
     else:
         raw, source = env.get(HOME_ENV, ""), HOME_ENV
@@ -39,7 +39,7 @@ def home(
         except RuntimeError:  # "~" with no user home
             raise HomeError(f"{source}: cannot expand {raw!r} (no user home directory)") from None
     try:
-        user_home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+        user_home = Path(env["HOME"]) if env.get("HOME", "").strip() else Path.home()
     except (RuntimeError, KeyError, OSError):
         raise HomeError(
             "cannot find the user's home directory (no $HOME and no passwd entry):"

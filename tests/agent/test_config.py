@@ -20,6 +20,8 @@ from emp_fastbuf.agent.config import (
     redact_url,
     signal_url,
 )
+from emp_fastbuf.errors import HomeError
+from emp_fastbuf.paths import home
 
 TOKEN = "auth_s3cr3tT0kenValue"
 HOME = {"HOME": "/home/someone"}
@@ -317,6 +319,39 @@ def test_home_ring_local_copy_idle_exit(tmp_path: Path) -> None:
     )
     assert d.home == tmp_path / "x" and d.ring == "r2" and d.local_copy is False
     assert d.idle_exit_s == 30.0
+
+
+class _BytesPath:
+    def __fspath__(self) -> bytes:
+        return b"/tmp/somewhere"
+
+
+DEFAULT_HOME = Path("/home/someone/.local/share/emp-fastbuf")
+
+
+@pytest.mark.parametrize(
+    ("override", "env", "expected"),
+    [
+        (None, {"EMP_FASTBUF_HOME": " "}, DEFAULT_HOME),  # blank: unset
+        (None, {"HOME": " "}, Path.home() / ".local/share/emp-fastbuf"),  # the passwd entry's
+        ("", {}, "--home: the path is empty"),
+        (5, {}, "--home: expected a path, got int"),
+        (_BytesPath(), {}, "--home: the path is empty"),
+    ],
+)
+def test_home_is_the_one_paths_home(
+    override: object, env: dict[str, str], expected: Path | str
+) -> None:
+    """The agent's home is ``paths.home``'s, its HomeError the same words as a ConfigError."""
+    try:
+        from_paths: Path | str = home(override, {**HOME, **env})  # type: ignore[arg-type]
+    except HomeError as exc:
+        from_paths = str(exc)
+    try:
+        from_config: Path | str = cfg({"home": override}, **env).home
+    except ConfigError as exc:
+        from_config = str(exc)
+    assert from_paths == from_config == expected
 
 
 @pytest.mark.parametrize(

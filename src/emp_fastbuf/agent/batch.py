@@ -10,7 +10,7 @@ does not parse is counted and skipped, never fatal.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -66,16 +66,23 @@ def decode_batch(
     cache: dict[bytes, Resource] = {} if resources is None else resources
     for chunk in chunks:
         res = resource_of(chunk.meta, cache)
-        recs: list[Record] = []
-        for raw in chunk.records:
-            try:
-                recs.append(reference.decode_record(raw))
-            except ValueError:
-                if counters is not None:
-                    counters.corrupt_records += 1
+        recs = list(_decoded(chunk.records, counters))
         if recs:
             groups.append((res, recs))
     return groups
+
+
+def _decoded(raws: Iterable[bytes], counters: CorruptCounter | None) -> Iterator[Record]:
+    """``raws`` decoded by the reference decoder; a record that does not decode is counted
+    in ``counters`` and skipped."""
+    for raw in raws:
+        try:
+            rec = reference.decode_record(raw)
+        except ValueError:
+            if counters is not None:
+                counters.corrupt_records += 1
+            continue
+        yield rec
 
 
 def store_groups(
@@ -93,13 +100,8 @@ def store_groups(
     for chunk in chunks:
         logs, events, spans, metrics, declined = _transcode.store_rows(chunk.records)
         by_kind = [logs, events, spans, metrics]
-        for raw in declined:
-            try:
-                built = store_row(reference.decode_record(raw))
-            except ValueError:
-                if counters is not None:
-                    counters.corrupt_records += 1
-                continue
+        for rec in _decoded(declined, counters):
+            built = store_row(rec)
             if built is not None:
                 by_kind[built[0]].append(built[1])
         if logs or events or spans or metrics:

@@ -44,7 +44,7 @@ from urllib.parse import unquote, urlsplit
 
 from emp_fastbuf.errors import ConfigError as ConfigError
 from emp_fastbuf.errors import HomeError
-from emp_fastbuf.paths import check_home
+from emp_fastbuf.paths import checked_home
 
 if TYPE_CHECKING:
     from urllib3.util import Url
@@ -682,40 +682,12 @@ def _timeouts(env: Mapping[str, str], override: object) -> dict[str, Any]:
 
 
 def _home(env: Mapping[str, str], override: object) -> Path:
-    if override is not None:
-        if not isinstance(override, str | os.PathLike):
-            raise ConfigError(f"--home: expected a path, got {type(override).__name__}")
-        raw = os.fspath(override)
-        source = "--home"
-    else:
-        value = _env(env, "EMP_FASTBUF_HOME")
-        if value is None:
-            user_home = _env(env, "HOME")
-            try:
-                base = Path(user_home) if user_home is not None else Path.home()
-            except (RuntimeError, KeyError, OSError):
-                raise ConfigError(
-                    "cannot find the user's home directory (no $HOME and no passwd entry):"
-                    " set EMP_FASTBUF_HOME or pass --home"
-                ) from None
-            return _checked_home(base / ".local" / "share" / "emp-fastbuf")
-        raw, source = value, "EMP_FASTBUF_HOME"
-    if not isinstance(raw, str) or not raw.strip():
-        raise ConfigError(f"{source}: the path is empty")
+    """``paths.home`` (``--home``, else EMP_FASTBUF_HOME, else the default) after
+    ``check_home``; its HomeError is the configuration's error here."""
     try:
-        path = Path(raw).expanduser()
-    except RuntimeError:  # "~" with no user home
-        raise ConfigError(f"{source}: cannot expand {raw!r} (no user home directory)") from None
-    return _checked_home(path)
-
-
-def _checked_home(path: Path) -> Path:
-    """A home that is a file, belongs to another user or is world-writable is refused."""
-    try:
-        check_home(path)
+        return checked_home(cast("str | os.PathLike[str] | None", override), env)
     except HomeError as exc:
         raise ConfigError(str(exc)) from None
-    return path
 
 
 # -- spool settings ----------------------------------------------------------------------

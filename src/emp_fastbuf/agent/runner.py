@@ -175,12 +175,7 @@ class Agent:
         size, warning = shm.ring_size_from_env(os.environ)
         if warning is not None:
             log.warning("%s", warning)
-        fitted, warning = shm.fit_ring_size(size, shm.shm_free_bytes())
-        if warning is not None:
-            log.warning("%s", warning)
-        if fitted is None:
-            raise RingError(warning or "no room for a ring in /dev/shm")
-        return fitted
+        return shm.create_size(size, lambda w: log.warning("%s", w))
 
     def run(self) -> int:
         if not self._attach():

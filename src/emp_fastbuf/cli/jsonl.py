@@ -9,16 +9,20 @@ from typing import Any, TextIO
 from emp_fastbuf.store import MetricSeries, StoredRecord
 from emp_fastbuf.values import dumps_safe
 
+_RFC3339 = "%Y-%m-%dT%H:%M:%S.{ns:09d}Z"
 
-def format_time(unix_nano: int) -> str:
-    """RFC 3339 in UTC with nanoseconds: ``2024-05-01T12:00:00.123456789Z``. A time no
-    calendar date can show (only a damaged store holds one) is the number of ns."""
+
+def format_time(unix_nano: int, template: str = _RFC3339) -> str:
+    """The time in UTC as ``template`` says: strftime codes, then ``{ns}`` and ``{ms}``
+    for the nanoseconds and milliseconds into the second. By default RFC 3339 with
+    nanoseconds: ``2024-05-01T12:00:00.123456789Z``. A time no calendar date can show
+    (only a damaged store holds one) is the number of ns."""
     seconds, nanos = divmod(unix_nano, 10**9)
     try:
-        stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        stamp = datetime.fromtimestamp(seconds, UTC).strftime(template)
     except (ValueError, OverflowError, OSError):
         return f"{unix_nano}ns"
-    return f"{stamp}.{nanos:09d}Z"
+    return stamp.format(ns=nanos, ms=nanos // 10**6)
 
 
 def record_json(rec: StoredRecord) -> dict[str, Any]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
+from emp_fastbuf.cli.jsonl import format_time
 from emp_fastbuf.records import SEVERITY_ERROR, SEVERITY_FATAL, SEVERITY_TEXT, SEVERITY_WARN
 from emp_fastbuf.store import MetricSeries, SpanNode, StoredRecord, TraceView
 
@@ -31,12 +31,7 @@ def make_console() -> Any:
 
 
 def _short_time(unix_nano: int) -> str:
-    seconds, nanos = divmod(unix_nano, 10**9)
-    try:
-        stamp = datetime.fromtimestamp(seconds, UTC).strftime("%m-%d %H:%M:%S")
-    except (ValueError, OverflowError, OSError):
-        return f"{unix_nano}ns"
-    return f"{stamp}.{nanos // 10**6:03d}"
+    return format_time(unix_nano, "%m-%d %H:%M:%S.{ms:03d}")
 
 
 def duration(ns: int) -> str:

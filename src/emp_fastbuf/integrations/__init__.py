@@ -15,6 +15,10 @@ nothing private of the producer. See docs/integrations.md.
 
 from __future__ import annotations
 
+import traceback
+from types import TracebackType
+from typing import Any
+
 from emp_fastbuf.producer import bridge
 
 
@@ -31,3 +35,22 @@ def clip_trace(text: str) -> str:
     if not sep or keep <= 0:
         return text[-limit:]
     return head + sep + marker + text[-keep:]
+
+
+def add_exception_attributes(
+    attrs: dict[str, Any],
+    exc_type: type[BaseException],
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> None:
+    """``exception.type``, ``exception.message`` and ``exception.stacktrace`` (clipped)
+    of an exception into ``attrs``. An exception whose ``str()`` raises still gets a
+    message: ``<unprintable TYPE>``."""
+    attrs["exception.type"] = getattr(exc_type, "__qualname__", str(exc_type))
+    try:
+        attrs["exception.message"] = str(exc)
+    except Exception:
+        attrs["exception.message"] = f"<unprintable {type(exc).__name__}>"
+    attrs["exception.stacktrace"] = clip_trace(
+        "".join(traceback.format_exception(exc_type, exc, tb))
+    )

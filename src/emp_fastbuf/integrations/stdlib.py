@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import traceback
 from typing import Any
 
-from emp_fastbuf.integrations import clip_trace
+from emp_fastbuf.integrations import add_exception_attributes, clip_trace
 from emp_fastbuf.producer.bridge import write_log
 
 __all__ = ["FastbufHandler", "instrument_logging", "severity_number"]
@@ -46,14 +45,7 @@ def _exception_attributes(exc_info: Any, attrs: dict[str, Any]) -> None:
     exc_type, exc, tb = exc_info
     if exc_type is None:
         return
-    attrs["exception.type"] = getattr(exc_type, "__qualname__", str(exc_type))
-    try:
-        attrs["exception.message"] = str(exc)
-    except Exception:
-        attrs["exception.message"] = f"<unprintable {type(exc).__name__}>"
-    attrs["exception.stacktrace"] = clip_trace(
-        "".join(traceback.format_exception(exc_type, exc, tb))
-    )
+    add_exception_attributes(attrs, exc_type, exc, tb)
 
 
 class FastbufHandler(logging.Handler):

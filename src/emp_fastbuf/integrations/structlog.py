@@ -8,13 +8,12 @@ the only destination.
 from __future__ import annotations
 
 import sys
-import traceback
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
-from emp_fastbuf.integrations import clip_trace
+from emp_fastbuf.integrations import add_exception_attributes, clip_trace
 from emp_fastbuf.producer.bridge import write_log
 
 __all__ = ["FastbufProcessor"]
@@ -53,15 +52,7 @@ def _exc_info(value: Any) -> tuple[Any, Any, Any] | None:
 def _add_exception(event_dict: MutableMapping[str, Any], attrs: dict[str, Any]) -> None:
     info = _exc_info(event_dict.get("exc_info"))
     if info is not None:
-        exc_type, exc, tb = info
-        attrs["exception.type"] = getattr(exc_type, "__qualname__", str(exc_type))
-        try:
-            attrs["exception.message"] = str(exc)
-        except Exception:
-            attrs["exception.message"] = f"<unprintable {type(exc).__name__}>"
-        attrs["exception.stacktrace"] = clip_trace(
-            "".join(traceback.format_exception(exc_type, exc, tb))
-        )
+        add_exception_attributes(attrs, *info)
     rendered = event_dict.get("exception")
     if isinstance(rendered, str) and rendered and "exception.stacktrace" not in attrs:
         # format_exc_info already turned exc_info into text.

@@ -188,17 +188,6 @@ def parse_on_full(value: object) -> int:
     )
 
 
-def _create_size(size: int) -> int:
-    """The size to create the ring with: ``size``, or less where /dev/shm is short (one
-    warning naming --shm-size). Raises RingError when not even the smallest ring fits."""
-    fitted, warning = shm.fit_ring_size(size, shm.shm_free_bytes())
-    if warning is not None:
-        _logger.warning("emp_fastbuf: %s", warning)
-    if fitted is None:
-        raise RingError(warning or "no room for a ring in /dev/shm")
-    return fitted
-
-
 def _open_ring(name: str, create: bool, size: int) -> Ring:
     last: Exception | None = None
     for _ in range(50):
@@ -209,7 +198,8 @@ def _open_ring(name: str, create: bool, size: int) -> Ring:
             if not create:
                 raise
             try:
-                return Ring.create(name, _create_size(size), exist_ok=True)
+                fitted = shm.create_size(size, lambda w: _logger.warning("emp_fastbuf: %s", w))
+                return Ring.create(name, fitted, exist_ok=True)
             except RingCorrupt as exc2:  # another process is creating it right now
                 last = exc2
         except RingCorrupt as exc:
@@ -526,9 +516,10 @@ def record_span(
 
 
 @contextmanager
-def context(**attrs: Any) -> Iterator[None]:
-    """Every record inside carries these attributes (``job_id`` becomes ``emp.job_id``)."""
-    token = scope_var.set(_codec.current().with_attrs(attrs))
+def _scope(scope: _codec.Scope) -> Iterator[None]:
+    """``scope`` is the current scope inside. Left in another context than the one it was
+    entered in (a generator finished elsewhere), it leaves that context's scope alone."""
+    token = scope_var.set(scope)
     try:
         yield
     finally:
@@ -536,6 +527,13 @@ def context(**attrs: Any) -> Iterator[None]:
             scope_var.reset(token)
         except ValueError:
             pass
+
+
+@contextmanager
+def context(**attrs: Any) -> Iterator[None]:
+    """Every record inside carries these attributes (``job_id`` becomes ``emp.job_id``)."""
+    with _scope(_codec.current().with_attrs(attrs)):
+        yield
 
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
@@ -573,14 +571,8 @@ def continue_trace(header: str | None) -> Iterator[None]:
         yield
         return
     trace_id, span_id, flags = parsed
-    token = scope_var.set(_codec.current().with_span(trace_id, span_id, flags, True))
-    try:
+    with _scope(_codec.current().with_span(trace_id, span_id, flags, True)):
         yield
-    finally:
-        try:
-            scope_var.reset(token)
-        except ValueError:
-            pass
 
 
 @overload

@@ -400,6 +400,7 @@ def _decode_record(data: bytes) -> Record:
         dropped, truncated = _LIMITS.unpack_from(data, pos)
         pos += 4
 
+    fields: dict[str, object]
     if kind == LOG:
         if pos + 2 > end:
             raise _short("log severity_number and severity_text length", pos, 2, end)
@@ -414,51 +415,26 @@ def _decode_record(data: bytes) -> Record:
             raise _short("log body length", pos, 4, end)
         (n,) = _u32_from(data, pos)
         body = _text(data, pos + 4, n, end, "log body")
-        context, pos = _attrs(data, pos + 4 + n, end, "context")
-        attributes, pos = _attrs(data, pos, end, "attributes")
-        rec = Record(
-            kind=LOG,
-            time_unix_nano=t,
-            trace_id=trace_id,
-            span_id=span_id,
-            dropped_attributes=dropped,
-            truncated_values=truncated,
-            context=context,
-            attributes=attributes,
-            severity_number=severity,
-            severity_text=severity_text,
-            body=body,
-        )
+        pos += 4 + n
+        fields = {"severity_number": severity, "severity_text": severity_text, "body": body}
     elif kind == EVENT:
         name, pos = _str16(data, pos, end, "event name")
-        context, pos = _attrs(data, pos, end, "context")
-        attributes, pos = _attrs(data, pos, end, "attributes")
-        rec = Record(
-            kind=EVENT,
-            time_unix_nano=t,
-            trace_id=trace_id,
-            span_id=span_id,
-            dropped_attributes=dropped,
-            truncated_values=truncated,
-            context=context,
-            attributes=attributes,
-            name=name,
-        )
+        fields = {"name": name}
     else:
         fields, pos = (_span_body if kind == SPAN else _metric_body)(data, pos, end)
-        context, pos = _attrs(data, pos, end, "context")
-        attributes, pos = _attrs(data, pos, end, "attributes")
-        rec = Record(
-            kind,
-            t,
-            trace_id=trace_id,
-            span_id=span_id,
-            dropped_attributes=dropped,
-            truncated_values=truncated,
-            context=context,
-            attributes=attributes,
-            **fields,  # type: ignore[arg-type]
-        )
+    context, pos = _attrs(data, pos, end, "context")
+    attributes, pos = _attrs(data, pos, end, "attributes")
+    rec = Record(
+        kind,
+        t,
+        trace_id=trace_id,
+        span_id=span_id,
+        dropped_attributes=dropped,
+        truncated_values=truncated,
+        context=context,
+        attributes=attributes,
+        **fields,  # type: ignore[arg-type]
+    )
     if pos != end:
         raise CorruptRecord(f"{end - pos} trailing bytes after the record (at offset {pos})")
     return rec
@@ -566,27 +542,19 @@ def _utf8(value: object, what: str) -> bytes:
         raise ValueError(f"{what} cannot be encoded as UTF-8 ({exc.reason})") from None
 
 
-def _put_str8(out: bytearray, value: object, what: str) -> None:
+# The length prefix of a str8, str16 and str32, by its bits.
+_pack_length = {8: struct.Struct("<B").pack, 16: _U16.pack, 32: _U32.pack}
+
+
+def _put_str(out: bytearray, value: object, bits: int, what: str) -> None:
+    """A str8, str16 or str32 (``bits`` of length prefix): ``value`` as UTF-8."""
     b = _utf8(value, what)
-    if len(b) > 0xFF:
-        raise ValueError(f"{what} is {len(b)} bytes of UTF-8, a str8 holds at most 255")
-    out.append(len(b))
-    out += b
-
-
-def _put_str16(out: bytearray, value: object, what: str) -> None:
-    b = _utf8(value, what)
-    if len(b) > 0xFFFF:
-        raise ValueError(f"{what} is {len(b)} bytes of UTF-8, a str16 holds at most 65535")
-    out += _U16.pack(len(b))
-    out += b
-
-
-def _put_str32(out: bytearray, value: object, what: str) -> None:
-    b = _utf8(value, what)
-    if len(b) > 0xFFFFFFFF:
-        raise ValueError(f"{what} is {len(b)} bytes of UTF-8, too long for a str32")
-    out += _U32.pack(len(b))
+    n = len(b)
+    if n >> bits:
+        raise ValueError(
+            f"{what} is {n} bytes of UTF-8, a str{bits} holds at most {(1 << bits) - 1}"
+        )
+    out += _pack_length[bits](n)
     out += b
 
 
@@ -610,13 +578,13 @@ def _put_value(out: bytearray, value: object, what: str, in_array: bool) -> None
             out += _I64.pack(value)
         else:  # the format keeps ints beyond 64 bits exactly, as decimal strings
             out.append(T_STR)
-            _put_str32(out, str(int(value)), what)
+            _put_str(out, str(int(value)), 32, what)
     elif isinstance(value, float):
         out.append(T_DOUBLE)
         out += _F64.pack(value)
     elif isinstance(value, str):
         out.append(T_STR)
-        _put_str32(out, value, what)
+        _put_str(out, value, 32, what)
     elif isinstance(value, (bytes, bytearray, memoryview)):
         b = bytes(value)
         if len(b) > 0xFFFFFFFF:
@@ -645,7 +613,7 @@ def _put_attrs(out: bytearray, attrs: object, what: str) -> None:
     for key, value in attrs.items():
         if not isinstance(key, str):
             raise TypeError(f"{what}: key {key!r} is not a str")
-        _put_str16(out, key, f"{what} key {key!r}")
+        _put_str(out, key, 16, f"{what} key {key!r}")
         _put_value(out, value, f"{what}[{key!r}]", False)
 
 
@@ -659,19 +627,19 @@ def _float(value: object, what: str) -> float:
 
 
 def _put_span(out: bytearray, rec: Record) -> None:
-    _put_str16(out, rec.name, "span name")
+    _put_str(out, rec.name, 16, "span name")
     parent = rec.parent_span_id
     out += _ZERO8 if parent is None else _id_bytes(parent, 8, "parent_span_id", allow_zero=True)
     out += _U64.pack(_uint(rec.start_unix_nano, 64, "start_unix_nano"))
     out.append(_in_range(rec.status_code, 0, MAX_STATUS_CODE, "status_code"))
     out.append(_in_range(rec.span_kind, 0, MAX_SPAN_KIND, "span_kind"))
     out.append(_uint(rec.trace_flags, 8, "trace_flags"))
-    _put_str16(out, rec.status_message, "status_message")
+    _put_str(out, rec.status_message, 16, "status_message")
     _put_count(out, len(rec.events), "span events")
     for i, ev in enumerate(rec.events):
         if not isinstance(ev, SpanEvent):
             raise TypeError(f"span event {i} must be a SpanEvent, not {type(ev).__name__}")
-        _put_str16(out, ev.name, f"span event {i} name")
+        _put_str(out, ev.name, 16, f"span event {i} name")
         out += _U64.pack(_uint(ev.time_unix_nano, 64, f"span event {i} time_unix_nano"))
         _put_attrs(out, ev.attributes, f"span event {i} attributes")
     _put_count(out, len(rec.links), "span links")
@@ -686,9 +654,9 @@ def _put_span(out: bytearray, rec: Record) -> None:
 def _put_metric(out: bytearray, rec: Record) -> None:
     instrument = _in_range(rec.instrument, COUNTER, HISTOGRAM, "instrument")
     out.append(instrument)
-    _put_str16(out, rec.name, "metric name")
-    _put_str8(out, rec.unit, "metric unit")
-    _put_str16(out, rec.description, "metric description")
+    _put_str(out, rec.name, 16, "metric name")
+    _put_str(out, rec.unit, 8, "metric unit")
+    _put_str(out, rec.description, 16, "metric description")
     if instrument != HISTOGRAM:
         value = rec.value
         if isinstance(value, bool):
@@ -750,10 +718,10 @@ def encode_record(rec: Record) -> bytes:
         out += _LIMITS.pack(dropped, truncated)
     if kind == LOG:
         out.append(_in_range(rec.severity_number, 0, MAX_SEVERITY, "severity_number"))
-        _put_str8(out, rec.severity_text, "severity_text")
-        _put_str32(out, rec.body, "log body")
+        _put_str(out, rec.severity_text, 8, "severity_text")
+        _put_str(out, rec.body, 32, "log body")
     elif kind == EVENT:
-        _put_str16(out, rec.name, "event name")
+        _put_str(out, rec.name, 16, "event name")
     elif kind == SPAN:
         _put_span(out, rec)
     else:
@@ -771,8 +739,8 @@ def encode_resource(res: Resource) -> bytes:
     if not isinstance(res, Resource):
         raise TypeError(f"expected a records.Resource, not {type(res).__name__}")
     out = bytearray(_RES_HEAD.pack(FORMAT_VERSION, RESOURCE))
-    _put_str16(out, res.scope_name, "scope_name")
-    _put_str16(out, res.scope_version, "scope_version")
+    _put_str(out, res.scope_name, 16, "scope_name")
+    _put_str(out, res.scope_version, 16, "scope_version")
     _put_attrs(out, res.attributes, "resource attributes")
     return bytes(out)
 

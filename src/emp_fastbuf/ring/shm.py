@@ -10,7 +10,9 @@ ring takes at most half of the free space, so the worker's own users of ``/dev/s
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
+from emp_fastbuf.errors import RingError
 from emp_fastbuf.ring._ring import DEFAULT_SIZE, layout_for
 
 SHM_DIR = "/dev/shm"
@@ -86,3 +88,15 @@ def fit_ring_size(size: int, free: int | None) -> tuple[int | None, str | None]:
         f"({lay['lanes']} lanes) instead of {asked >> 20} MiB, so bursts and the number of "
         f"processes it holds are smaller; {advice}"
     )
+
+
+def create_size(size: int, warn: Callable[[str], None]) -> int:
+    """The size to create a ring with: ``size``, or less where ``/dev/shm`` is short, with
+    ``fit_ring_size``'s warning (naming ``--shm-size``) passed to ``warn``. Raises
+    RingError when not even the smallest ring fits."""
+    fitted, warning = fit_ring_size(size, shm_free_bytes())
+    if warning is not None:
+        warn(warning)
+    if fitted is None:
+        raise RingError(warning or "no room for a ring in /dev/shm")
+    return fitted

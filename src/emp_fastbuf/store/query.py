@@ -83,6 +83,20 @@ class Queries(StoreConnection):
         except (ValueError, TypeError, AttributeError) as exc:
             raise self._bad_row(exc) from None
 
+    def _read_error(self, exc: sqlite3.Error) -> StoreError:
+        return schema.db_error(exc, f"cannot read the store at {self.path}")
+
+    def _origin(self, sid: int, attrs: str | None) -> dict[str, Any]:
+        """The fields every row read back has: its source's service, machine and worker,
+        and its attributes."""
+        service, machine, worker = self._source(sid)
+        return {
+            "service": service,
+            "machine_id": machine,
+            "worker_id": worker,
+            "attributes": json.loads(attrs) if attrs else {},
+        }
+
     def _bad_row(self, exc: Exception) -> StoreDamaged:
         """A row SQLite returned but that cannot be what the store wrote: damage that
         SQLite's own checks did not see."""
@@ -96,7 +110,6 @@ class Queries(StoreConnection):
             rid, t, kind, sid, job, name, body, sev_num, sev_text, trace, span, parent,
             start, status, status_msg, span_kind, attrs, events, links,
         ) = row  # fmt: skip
-        service, machine, worker = self._source(sid)
         return StoredRecord(
             id=rid,
             kind=_KIND_BY_CODE.get(kind, "unknown"),
@@ -109,16 +122,13 @@ class Queries(StoreConnection):
             span_id=span.hex() if span is not None else None,
             parent_span_id=parent.hex() if parent is not None else None,
             job_id=job,
-            service=service,
-            machine_id=machine,
-            worker_id=worker,
-            attributes=json.loads(attrs) if attrs else {},
             start_unix_nano=start,
             status_code=status,
             status_message=status_msg,
             span_kind=span_kind,
             events=json.loads(events) if events else [],
             links=json.loads(links) if links else [],
+            **self._origin(sid, attrs),
         )
 
     def _metric_record(self, row: Sequence[Any]) -> StoredRecord:
@@ -129,17 +139,13 @@ class Queries(StoreConnection):
 
     def _make_metric_record(self, row: Sequence[Any]) -> StoredRecord:
         rid, t, sid, job, name, instrument, unit, value, count, s, lo, hi, attrs = row
-        service, machine, worker = self._source(sid)
         return StoredRecord(
             id=rid,
             kind="metric",
             time_unix_nano=t,
             name=name,
             job_id=job,
-            service=service,
-            machine_id=machine,
-            worker_id=worker,
-            attributes=json.loads(attrs) if attrs else {},
+            **self._origin(sid, attrs),
             instrument=INSTRUMENT_NAMES.get(instrument, "unknown"),
             unit=unit,
             value=value,
@@ -160,7 +166,7 @@ class Queries(StoreConnection):
             try:
                 self._conn.execute("BEGIN")
             except sqlite3.Error as exc:
-                raise schema.db_error(exc, f"cannot read the store at {self.path}") from None
+                raise self._read_error(exc) from None
             try:
                 yield
             except BaseException:
@@ -171,14 +177,14 @@ class Queries(StoreConnection):
             try:
                 self._conn.execute("COMMIT")  # nothing was written: ends the snapshot
             except sqlite3.Error as exc:
-                raise schema.db_error(exc, f"cannot read the store at {self.path}") from None
+                raise self._read_error(exc) from None
 
     def _query(self, sql: str, params: Sequence[Any]) -> list[Any]:
         with self._lock:
             try:
                 return self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise schema.db_error(exc, f"cannot read the store at {self.path}") from None
+                raise self._read_error(exc) from None
 
     @staticmethod
     def _log_filters(
@@ -479,11 +485,11 @@ class Queries(StoreConnection):
                 totals = self._conn.execute(agg.format(sum="sum"), params).fetchall()
         except sqlite3.OperationalError as exc:
             if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED):
-                raise schema.db_error(exc, f"cannot read the store at {self.path}") from None
+                raise self._read_error(exc) from None
             # integer overflow in sum(): float totals instead
             totals = self._query(agg.format(sum="total"), params)
         except sqlite3.Error as exc:
-            raise schema.db_error(exc, f"cannot read the store at {self.path}") from None
+            raise self._read_error(exc) from None
         last = self._query(
             "SELECT name, instrument, unit, source_id, attrs, value FROM ("
             " SELECT m.name AS name, m.instrument AS instrument, m.unit AS unit,"
@@ -499,7 +505,6 @@ class Queries(StoreConnection):
         out: list[MetricSeries] = []
         for name, instrument, unit, sid, attrs, total, n, t in totals:
             values = recents.get((name, instrument, unit, sid, attrs), [])
-            service, machine, worker = self._source(sid)
             if instrument == GAUGE:
                 value = values[-1] if values else None
                 spark = [v for v in values if v is not None]
@@ -517,10 +522,7 @@ class Queries(StoreConnection):
                     name=name,
                     instrument=INSTRUMENT_NAMES.get(instrument, "unknown"),
                     unit=unit,
-                    service=service,
-                    machine_id=machine,
-                    worker_id=worker,
-                    attributes=json.loads(attrs) if attrs else {},
+                    **self._origin(sid, attrs),
                     time_unix_nano=t,
                     updates=n,
                     value=value,
@@ -554,16 +556,12 @@ class Queries(StoreConnection):
                 else list(DEFAULT_HISTOGRAM_BOUNDS)
             )
             ordered = sorted(values)
-            service, machine, worker = self._source(sid)
             out.append(
                 MetricSeries(
                     name=name,
                     instrument="histogram",
                     unit=unit,
-                    service=service,
-                    machine_id=machine,
-                    worker_id=worker,
-                    attributes=json.loads(attrs) if attrs else {},
+                    **self._origin(sid, attrs),
                     time_unix_nano=t,
                     updates=n,
                     count=len(values),

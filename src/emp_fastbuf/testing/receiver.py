@@ -276,32 +276,28 @@ class OTLPReceiver:
 
     def logs(self) -> list[tuple[dict[str, Any], LogRecord]]:
         """Every log record received, with its resource attributes."""
-        out: list[tuple[dict[str, Any], LogRecord]] = []
-        for request in self._decoded("/v1/logs"):
-            for rl in request.resource_logs:
-                resource = attrs_dict(rl.resource.attributes)
-                for sl in rl.scope_logs:
-                    out.extend((resource, record) for record in sl.log_records)
-        return out
+        return self._items("/v1/logs", "resource_logs", "scope_logs", "log_records")
 
     def spans(self) -> list[tuple[dict[str, Any], Span]]:
         """Every span received, with its resource attributes."""
-        out: list[tuple[dict[str, Any], Span]] = []
-        for request in self._decoded("/v1/traces"):
-            for rs in request.resource_spans:
-                resource = attrs_dict(rs.resource.attributes)
-                for ss in rs.scope_spans:
-                    out.extend((resource, span) for span in ss.spans)
-        return out
+        return self._items("/v1/traces", "resource_spans", "scope_spans", "spans")
 
     def metrics(self) -> list[tuple[dict[str, Any], Metric]]:
         """Every metric received, with its resource attributes."""
-        out: list[tuple[dict[str, Any], Metric]] = []
-        for request in self._decoded("/v1/metrics"):
-            for rm in request.resource_metrics:
-                resource = attrs_dict(rm.resource.attributes)
-                for sm in rm.scope_metrics:
-                    out.extend((resource, metric) for metric in sm.metrics)
+        return self._items("/v1/metrics", "resource_metrics", "scope_metrics", "metrics")
+
+    def _items(
+        self, path: str, resource_field: str, scope_field: str, item_field: str
+    ) -> list[tuple[dict[str, Any], Any]]:
+        """The items (``item_field``) of every scope (``scope_field``) of every resource
+        (``resource_field``) in the accepted requests to ``path``, each with its
+        resource's attributes."""
+        out: list[tuple[dict[str, Any], Any]] = []
+        for request in self._decoded(path):
+            for res in getattr(request, resource_field):
+                resource = attrs_dict(res.resource.attributes)
+                for scope in getattr(res, scope_field):
+                    out.extend((resource, item) for item in getattr(scope, item_field))
         return out
 
     def _decoded(self, path: str) -> list[Any]:

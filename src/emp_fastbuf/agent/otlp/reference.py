@@ -282,6 +282,16 @@ class _Grouper:
             self._scopes[skey] = scope_msg
         return scope_msg
 
+    def scoped(
+        self, groups: Groups, kinds: tuple[int, ...], items_field: str
+    ) -> Iterator[tuple[Any, list[Record]]]:
+        """For each group with records of ``kinds``: the ``add`` of ``items_field`` (log
+        records, spans) in the group's scope, made on first use, and those records."""
+        for resource, records in groups:
+            wanted = [record for record in records if record.kind in kinds]
+            if wanted:
+                yield getattr(self.scope_for(resource), items_field).add, wanted
+
 
 def _check_id(value: bytes, size: int, what: str) -> bytes:
     if type(value) is not bytes or len(value) != size:
@@ -305,15 +315,9 @@ def build_logs_request(
     grouper = _Grouper(request.resource_logs.add, "scope_logs")
     encode_attributes = _AttrEncoder(LogRecord).encode
     count = 0
-    for resource, records in groups:
-        add_record: Any = None
+    for add_record, records in grouper.scoped(groups, (LOG, EVENT), "log_records"):
         for record in records:
-            kind = record.kind
-            if kind != LOG and kind != EVENT:
-                continue
-            if add_record is None:
-                add_record = grouper.scope_for(resource).log_records.add
-            if kind == LOG:
+            if record.kind == LOG:
                 msg = add_record(
                     time_unix_nano=record.time_unix_nano,
                     observed_time_unix_nano=observed,
@@ -341,7 +345,7 @@ def build_logs_request(
                 msg.span_id = span_id
             if record.context or record.attributes:
                 msg.MergeFromString(encode_attributes(record))
-            count += 1
+        count += len(records)
     return request if count else None
 
 
@@ -358,13 +362,8 @@ def build_traces_request(groups: Groups) -> ExportTraceServiceRequest | None:
     grouper = _Grouper(request.resource_spans.add, "scope_spans")
     encode_attributes = _AttrEncoder(Span).encode
     count = 0
-    for resource, records in groups:
-        add_span: Any = None
+    for add_span, records in grouper.scoped(groups, (SPAN,), "spans"):
         for record in records:
-            if record.kind != SPAN:
-                continue
-            if add_span is None:
-                add_span = grouper.scope_for(resource).spans.add
             if record.trace_id is None or record.span_id is None:
                 raise ValueError("a SPAN record needs trace_id and span_id")
             parent = record.parent_span_id
@@ -395,7 +394,7 @@ def build_traces_request(groups: Groups) -> ExportTraceServiceRequest | None:
                 )
                 if link.attributes:
                     fill_attributes(ln.attributes, link.attributes)
-            count += 1
+        count += len(records)
     return request if count else None
 
 
