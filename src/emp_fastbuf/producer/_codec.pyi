@@ -58,6 +58,13 @@ def bind(
     disabled: bool = False,
 ) -> None: ...
 def emit(name: str, /, **attributes: Any) -> None: ...
+def set_span_exception_hook(
+    hook: Callable[
+        [type[BaseException] | None, BaseException | None, TracebackType | None],
+        dict[str, Any] | None,
+    ]
+    | None,
+) -> None: ...
 def log_record(
     severity: int,
     severity_text: str,

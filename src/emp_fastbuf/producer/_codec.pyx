@@ -1007,6 +1007,20 @@ cdef class Log:
         _log(SEVERITY_ERROR, _SEVERITY_TEXT[SEVERITY_ERROR], msg, <PyObject *>attrs, NULL, NULL)
 
 
+# Called by Span.__exit__ for an exception leaving the span, while the span's scope is
+# still current: ``hook(exc_type, exc, tb)`` returns the exception event's attributes, or
+# None for the default ones (set by ``producer.crash``; None: no hook).
+cdef object _span_exception_hook = None
+
+
+def set_span_exception_hook(hook):
+    """Set (or, with None, clear) the hook ``Span.__exit__`` calls for an exception."""
+    global _span_exception_hook
+    if hook is not None and not callable(hook):
+        raise TypeError("the span exception hook must be callable or None")
+    _span_exception_hook = hook
+
+
 def write_span(str name, bytes trace_id, bytes span_id, bytes parent_span_id,
                uint64_t start_ns, uint64_t end_ns, int status, int kind, str message,
                dict attrs, list events=None, list links=None, int trace_flags=1):
@@ -1083,10 +1097,19 @@ cdef class Span:
                 self.message = f"{type(exc).__name__}: {exc}"
             except Exception:
                 self.message = type(exc).__name__
-            self.add_event("exception", **{
-                "exception.type": type(exc).__qualname__,
-                "exception.message": self.message,
-            })
+            event = None
+            hook = _span_exception_hook
+            if hook is not None:
+                try:
+                    event = hook(exc_type, exc, tb)  # under this span's scope, still current
+                except Exception:
+                    event = None
+            if type(event) is not dict:
+                event = {
+                    "exception.type": type(exc).__qualname__,
+                    "exception.message": self.message,
+                }
+            self.add_event("exception", **event)
         if self.token is not None:
             try:
                 PyContextVar_Reset(_scope_var, self.token)

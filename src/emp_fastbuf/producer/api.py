@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 from emp_fastbuf._version import __version__
 from emp_fastbuf.errors import RingCorrupt, RingError, RingNotFound
-from emp_fastbuf.producer import _codec
+from emp_fastbuf.producer import _codec, crash
 from emp_fastbuf.producer._codec import Instrument, Log, scope_var
 from emp_fastbuf.records import (
     COUNTER,
@@ -236,6 +236,8 @@ def configure(
     room, the GIL released, then drops).
     ``agent``: ``"spawn"`` (default, from ``EMP_FASTBUF_AGENT``) starts a drainer when none
     holds the ring; ``"external"`` leaves that to the operator.
+    Uncaught exceptions (main thread, threads, asyncio loops) become ERROR records from
+    then on, unless ``EMP_FASTBUF_CAPTURE_EXCEPTIONS=false`` (``producer.crash``).
     """
     _check_str(service=service, machine_id=machine_id, worker_id=worker_id, ring=ring)
     env = os.environ
@@ -253,6 +255,7 @@ def configure(
         _set_identity(service, machine_id, worker_id, resource_attributes, env)
         name = _ring_name(ring, env)
         _attach(name, create, ring_size, block_ns, env)
+    crash.install(_attached)
     _ensure_drainer(agent, name, env)
 
 
@@ -343,6 +346,10 @@ def _ensure_drainer(agent: str | None, name: str, env: Mapping[str, str]) -> Non
         from emp_fastbuf.producer.spawn import ensure_agent
 
         ensure_agent(name)
+
+
+def _attached() -> bool:
+    return _state.ring is not None and not _state.disabled
 
 
 def auto_attach() -> None:
@@ -522,6 +529,9 @@ def _scope(scope: _codec.Scope) -> Iterator[None]:
     token = scope_var.set(scope)
     try:
         yield
+    except BaseException as exc:
+        crash.stash_scope(exc)  # an uncaught one is recorded under the scope it left
+        raise
     finally:
         try:
             scope_var.reset(token)
