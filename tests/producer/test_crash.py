@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -328,23 +329,66 @@ def test_one_exception_is_one_record_whichever_hooks_see_it(ring: fastbuf.Ring) 
     assert len(records(ring)) == 1
 
 
-def test_a_long_stack_trace_is_cut_in_the_middle_at_the_value_limit(ring: fastbuf.Ring) -> None:
-    _codec.set_limits(value_length=600)
+def _chained(levels: int) -> KeyError:
+    """A KeyError with ``levels`` causes: a long traceback of distinct frames."""
 
-    def deep(n: int) -> None:
-        if n == 0:
-            raise KeyError("bottom")
-        deep(n - 1)
+    def chain(n: int) -> None:
+        try:
+            if n == 0:
+                raise KeyError("bottom")
+            chain(n - 1)
+        except KeyError as exc:
+            raise KeyError(f"level {n}") from exc
 
     try:
-        deep(40)
+        chain(levels)
     except KeyError as exc:
-        assert crash.record(exc)
+        return exc
+    raise AssertionError("unreachable")
+
+
+def test_a_crash_record_keeps_a_stack_trace_longer_than_the_value_limit(
+    ring: fastbuf.Ring,
+) -> None:
+    exc = _chained(40)
+    full = "".join(traceback.format_exception(exc))
+    assert 4096 < len(full) < crash.STACKTRACE_MAX_CHARS
+    assert crash.record(exc)
+    (rec,) = records(ring)
+    assert rec.attributes["exception.stacktrace"] == full
+    assert _codec.get_limits()["max_value_length"] == 4096  # back after the record
+    assert rec.attributes["exception.message"] == "'level 40'"
+
+
+def test_a_longer_stack_trace_is_cut_in_the_middle(ring: fastbuf.Ring) -> None:
+    exc = _chained(300)
+    assert crash.record(exc)
     (rec,) = records(ring)
     stack = str(rec.attributes["exception.stacktrace"])
-    assert len(stack) <= 600
+    assert len(stack) == crash.STACKTRACE_MAX_CHARS
     assert stack.startswith("Traceback (most recent call last):\n  ...\n")
-    assert stack.rstrip().endswith("KeyError: 'bottom'")
+    assert stack.rstrip().endswith("KeyError: 'level 300'")
+
+
+def test_a_ring_with_small_records_gets_a_shorter_stack_trace(
+    ring: fastbuf.Ring, ring_name: str
+) -> None:
+    small = ring_name + "-small"
+    fastbuf.Ring.create(small, 4 << 20, lanes=4, max_record=8192).close()
+    try:
+        fastbuf.configure(ring=small)
+        exc = _chained(300)
+        assert crash.record(exc)
+        r = api.ring()
+        assert r is not None
+        (rec,) = records(r)
+        stack = str(rec.attributes["exception.stacktrace"])
+        assert len(stack) == 4096  # half of 8 KiB is below the value limit: the limit
+        assert stack.rstrip().endswith("KeyError: 'level 300'")
+        assert fastbuf.stats()["dropped"] == 0
+    finally:
+        fastbuf.configure(ring=ring_name)
+        fastbuf.Ring.unlink(small)
 
 
 def test_nothing_is_written_after_shutdown(ring: fastbuf.Ring) -> None:

@@ -72,6 +72,13 @@ def log_record(
     attrs: dict[str, Any],
     time_unix_nano: int = 0,
 ) -> None: ...
+def log_record_raised(
+    severity: int,
+    severity_text: str,
+    msg: object,
+    attrs: dict[str, Any],
+    value_length: int,
+) -> None: ...
 
 @disjoint_base
 class Log:

@@ -969,6 +969,26 @@ def log_record(int severity, str severity_text, msg, dict attrs, uint64_t time_u
     _log(severity, severity_text, msg, <PyObject *>attrs, NULL, NULL, time_unix_nano)
 
 
+def log_record_raised(int severity, str severity_text, msg, dict attrs, int value_length):
+    """``log_record`` (time: now) with the string value limit raised to ``value_length``
+    characters for this one record (a crash record's stack trace); the limit in force is
+    back before this returns. No other Python code runs in between, unless an on-full
+    wait (``block:<ms>``) releases the GIL: then a record another thread writes meanwhile
+    gets the raised limit too."""
+    global max_value_length
+    if not 0 <= severity <= MAX_SEVERITY:
+        raise ValueError(f"severity must be 0..{MAX_SEVERITY}, got {severity}")
+    if not 1 <= value_length <= (1 << 24):
+        raise ValueError(f"value_length must be 1..{1 << 24}, got {value_length}")
+    cdef int saved = max_value_length
+    if value_length > saved:
+        max_value_length = value_length
+    try:
+        _log(severity, severity_text, msg, <PyObject *>attrs, NULL, NULL, 0)
+    finally:
+        max_value_length = saved
+
+
 cdef class Log:
     """``fastbuf.log``: ``debug``/``info``/``warning``/``error``/``critical`` (severity
     numbers 5, 9, 13, 17, 21) take a message and keyword attributes."""

@@ -255,7 +255,7 @@ def configure(
         _set_identity(service, machine_id, worker_id, resource_attributes, env)
         name = _ring_name(ring, env)
         _attach(name, create, ring_size, block_ns, env)
-    crash.install(_attached)
+    crash.install(_live_ring)
     _ensure_drainer(agent, name, env)
 
 
@@ -348,8 +348,9 @@ def _ensure_drainer(agent: str | None, name: str, env: Mapping[str, str]) -> Non
         ensure_agent(name)
 
 
-def _attached() -> bool:
-    return _state.ring is not None and not _state.disabled
+def _live_ring() -> Ring | None:
+    """The ring this process writes to now (None when detached or off)."""
+    return None if _state.disabled else _state.ring
 
 
 def auto_attach() -> None:

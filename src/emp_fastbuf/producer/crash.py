@@ -17,8 +17,8 @@ that was there before:
 
 The record: severity 17 (``ERROR``), body ``TYPE: message``, the attributes
 ``exception.type``, ``exception.message`` and ``exception.stacktrace`` (the traceback as
-Python prints it, cut in the middle only where it is longer than the encoder's value
-limit). It carries the trace, span and ``fastbuf.context()`` attributes current where the
+Python prints it, up to ``STACKTRACE_MAX_CHARS``, cut in the middle beyond).
+It carries the trace, span and ``fastbuf.context()`` attributes current where the
 exception was raised: the innermost ``fastbuf.span`` (or ``context``/``continue_trace``
 scope) it left, whose scope the span hook tags the exception with on the way out. It is
 written only while the process is attached (not after ``shutdown()``), and is
@@ -47,15 +47,20 @@ from emp_fastbuf.producer import _codec
 
 ENV = "EMP_FASTBUF_CAPTURE_EXCEPTIONS"
 SEVERITY_ERROR = 17
+#: A crash record's ``exception.stacktrace`` may be this long (characters), above the
+#: encoder's value limit, where it takes at most half of the ring's record size in UTF-8
+#: (32 KiB of the default 64 KiB); else, or if the record is refused as too large, the
+#: value limit applies.
+STACKTRACE_MAX_CHARS = 16384
 
 _SCOPE_ATTR = "_emp_fastbuf_scope"  # the innermost scope the exception left
 _DONE_ATTR = "_emp_fastbuf_recorded"  # an ERROR record was written for it
 
 _lock = threading.Lock()
 _installed = False
-# Whether this process writes to a ring now (set by install): a hook that runs after
+# The ring this process writes to now, or None (set by install): a hook that runs after
 # ``shutdown()`` writes nothing, rather than attaching again.
-_attached: Callable[[], bool] = lambda: False  # noqa: E731
+_ring: Callable[[], object | None] = lambda: None  # noqa: E731
 
 
 def enabled() -> bool:
@@ -65,10 +70,16 @@ def enabled() -> bool:
     return value not in ("0", "false", "no", "off")
 
 
-def clip(text: str) -> str:
-    """``text`` cut to the encoder's value limit in the middle: the first line and the
-    innermost frames with the exception line are what a reader needs."""
-    limit = int(_codec.get_limits()["max_value_length"])
+def _value_limit() -> int:
+    return int(_codec.get_limits()["max_value_length"])
+
+
+def clip(text: str, limit: int | None = None) -> str:
+    """``text`` cut in the middle to ``limit`` characters (default: the encoder's value
+    limit): the first line and the innermost frames with the exception line are what a
+    reader needs."""
+    if limit is None:
+        limit = _value_limit()
     if len(text) <= limit:
         return text
     head, sep, _ = text.partition("\n")
@@ -79,23 +90,30 @@ def clip(text: str) -> str:
     return head + sep + marker + text[-keep:]
 
 
+def _format(etype: type[BaseException], exc: BaseException, tb: TracebackType | None) -> str:
+    try:
+        return "".join(traceback.format_exception(etype, exc, tb))
+    except Exception:
+        return f"{etype.__qualname__}\n"
+
+
 def exception_attributes(
-    exc_type: type[BaseException] | None, exc: BaseException, tb: TracebackType | None
+    exc_type: type[BaseException] | None,
+    exc: BaseException,
+    tb: TracebackType | None,
+    stack_limit: int | None = None,
 ) -> dict[str, Any]:
-    """The three semantic-convention attributes of ``exc``."""
+    """The three semantic-convention attributes of ``exc``, the stack trace cut in the
+    middle to ``stack_limit`` characters (default: the encoder's value limit)."""
     etype = exc_type if exc_type is not None else type(exc)
     try:
         message = str(exc)
     except Exception:
         message = f"<unprintable {type(exc).__name__}>"
-    try:
-        stack = "".join(traceback.format_exception(etype, exc, tb))
-    except Exception:
-        stack = f"{etype.__qualname__}: {message}\n"
     return {
         "exception.type": getattr(etype, "__qualname__", str(etype)),
         "exception.message": message,
-        "exception.stacktrace": clip(stack),
+        "exception.stacktrace": clip(_format(etype, exc, tb), stack_limit),
     }
 
 
@@ -123,22 +141,51 @@ def _span_exception(
     return exception_attributes(exc_type, exc, tb)
 
 
+def _stack_budget() -> int:
+    """How many characters a crash record's stack trace may take (see
+    ``STACKTRACE_MAX_CHARS``)."""
+    ring = _ring()
+    max_record = int(getattr(ring, "max_record", 0) or 0)
+    return max(_value_limit(), min(STACKTRACE_MAX_CHARS, max_record // 2))
+
+
+def _write(body: str, attrs: dict[str, Any]) -> None:
+    stack = attrs["exception.stacktrace"]
+    limit = _value_limit()
+    if len(stack) > limit:
+        budget = _stack_budget()
+        raised = clip(stack, budget)
+        if len(raised.encode("utf-8", "replace")) <= budget:
+            attrs["exception.stacktrace"] = raised
+            before = _codec.counter_values()["dropped_too_large"]
+            _codec.log_record_raised(SEVERITY_ERROR, "ERROR", body, attrs, len(raised))
+            if _codec.counter_values()["dropped_too_large"] == before:
+                return
+        attrs["exception.stacktrace"] = clip(stack, limit)  # at the value limit, as any value
+    _codec.log_record(SEVERITY_ERROR, "ERROR", body, attrs)
+
+
 def record(exc: BaseException, tb: TracebackType | None = None, **extra: Any) -> bool:
     """Write the ERROR record of an unhandled ``exc`` (once per exception), under the
     scope it was raised in. Never raises; True when written now."""
     try:
-        if not enabled() or not _attached() or getattr(exc, _DONE_ATTR, False):
+        if not enabled() or _ring() is None or getattr(exc, _DONE_ATTR, False):
             return False
         if isinstance(exc, SystemExit | GeneratorExit):
             return False
         _tag(exc, _DONE_ATTR, True)
-        attrs = exception_attributes(type(exc), exc, tb if tb is not None else exc.__traceback__)
+        attrs = exception_attributes(
+            type(exc),
+            exc,
+            tb if tb is not None else exc.__traceback__,
+            max(STACKTRACE_MAX_CHARS, _value_limit()),
+        )
         attrs.update(extra)
         body = f"{attrs['exception.type']}: {attrs['exception.message']}".splitlines()
         scope = getattr(exc, _SCOPE_ATTR, None)
         token = _codec.scope_var.set(scope) if isinstance(scope, _codec.Scope) else None
         try:
-            _codec.log_record(SEVERITY_ERROR, "ERROR", body[0] if body else "", attrs)
+            _write(body[0] if body else "", attrs)
         finally:
             if token is not None:
                 _codec.scope_var.reset(token)
@@ -185,14 +232,14 @@ def _loop_hook(prev: Callable[..., Any]) -> Callable[..., Any]:
     return call_exception_handler
 
 
-def install(attached: Callable[[], bool]) -> None:
+def install(ring: Callable[[], object | None]) -> None:
     """Chain the three hooks (once per process; nothing when the opt-out is set); they
-    write only while ``attached()``."""
-    global _installed, _attached
+    write only while ``ring()`` (the ring this process writes to) is not None."""
+    global _installed, _ring
     if not enabled():
         return
     with _lock:
-        _attached = attached
+        _ring = ring
         if _installed:
             return
         _installed = True
