@@ -82,6 +82,16 @@ elif mode == "asyncio":
 elif mode == "nospan":
     with fastbuf.context(job_id=job_id):
         load_model("model.bin")
+elif mode == "long":
+    def chain(n):
+        try:
+            if n == 0:
+                raise KeyError("bottom")
+            chain(n - 1)
+        except KeyError as exc:
+            raise KeyError(f"level {n}") from exc
+    with fastbuf.context(job_id=job_id):
+        chain(20)
 elif mode == "handled":
     try:
         job()
@@ -242,6 +252,21 @@ def test_uncaught_exception_outside_spans_keeps_the_job_context(
         (err,) = errors(store.logs())
         assert_crash_record(err, None, None)
         assert err.job_id == "job-nospan"
+
+
+def test_a_long_stack_trace_arrives_whole_in_the_store(
+    env_clean: Path, agent_ring: str, tmp_path: Path
+) -> None:
+    out = run_crashing_worker(tmp_path, agent_ring, "long")
+    assert out.returncode == 1
+    with deliver(env_clean, agent_ring, has_job_error("job-long")) as store:
+        (err,) = errors(store.logs())
+    stack = err.attributes["exception.stacktrace"]
+    # Python's own output on stderr, after the user's hook printed its line.
+    assert stack == out.stderr
+    assert len(stack) > 4096
+    assert stack.count("The above exception was the direct cause") == 21
+    assert "KeyError: 'bottom'" in stack and stack.rstrip().endswith("KeyError: 'level 20'")
 
 
 def test_an_exception_handled_after_leaving_spans_is_no_error_record(
