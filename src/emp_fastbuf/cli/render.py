@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from emp_fastbuf.cli.jsonl import format_time
 from emp_fastbuf.records import SEVERITY_ERROR, SEVERITY_FATAL, SEVERITY_TEXT, SEVERITY_WARN
@@ -21,6 +22,35 @@ _SEVERITY_STYLE = {
     SEVERITY_TEXT[SEVERITY_FATAL]: "bold red",
     SEVERITY_TEXT[SEVERITY_WARN]: "yellow",
 }
+
+
+def piped() -> bool:
+    """Whether stdout is not a terminal (a pipe, a file): the record views then print one
+    record per line, in full, without colour."""
+    try:
+        return not sys.stdout.isatty()
+    except (AttributeError, ValueError):  # no stdout, or a closed one
+        return True
+
+
+# Control characters would break a line in two (or move the cursor): shown escaped.
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: newlines as ``\\n``, other control characters escaped too."""
+    return text.translate(_ESCAPES)
+
+
+def write_lines(recs: Sequence[StoredRecord], out: TextIO, *, offsets_from: int | None) -> None:
+    """The records as ``tail`` prints them, one line each and nothing cut: the view for a
+    pipe. With ``offsets_from`` each line starts with the time since then."""
+    for r in recs:
+        line = tail_line(r, limit=None).plain
+        if offsets_from is not None:
+            line = f"+{duration(r.sort_time - offsets_from)} " + line
+        out.write(one_line(line) + "\n")
 
 
 def make_console() -> Any:
@@ -45,12 +75,12 @@ def duration(ns: int) -> str:
     return f"{ns / 1e9:.2f} s"
 
 
-def _attrs_text(attrs: dict[str, Any], limit: int = 120) -> str:
+def _attrs_text(attrs: dict[str, Any], limit: int | None = 120) -> str:
     text = " ".join(
         f"{k}={json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}"
         for k, v in attrs.items()
     )
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
 def source_text(rec: StoredRecord | MetricSeries) -> str:
@@ -246,8 +276,9 @@ def print_metrics(series: Sequence[MetricSeries], console: Any) -> None:
     console.print(table)
 
 
-def tail_line(rec: StoredRecord) -> Any:
-    """One record as ``tail`` prints it."""
+def tail_line(rec: StoredRecord, limit: int | None = 120) -> Any:
+    """One record as ``tail`` prints it (attributes cut at ``limit`` characters; None:
+    never)."""
     from rich.text import Text
 
     line = Text.assemble(
@@ -257,7 +288,7 @@ def tail_line(rec: StoredRecord) -> Any:
         _what(rec),
     )
     if rec.attributes:
-        line.append("  " + _attrs_text(rec.attributes), "dim")
+        line.append("  " + _attrs_text(rec.attributes, limit), "dim")
     return line
 
 
