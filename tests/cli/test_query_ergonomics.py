@@ -22,9 +22,9 @@ from emp_fastbuf import cli
 from emp_fastbuf._version import __version__
 from emp_fastbuf.cli import render
 from emp_fastbuf.cli.parser import build_parser
-from emp_fastbuf.records import Resource
+from emp_fastbuf.records import GAUGE, Resource
 from emp_fastbuf.store import Store
-from support.store import T0, W1, W2, S, log
+from support.store import T0, TRACE_A, W1, W2, S, log, metric, sample_groups
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 EVAL = Resource({"service.name": "evaluator", "emp.machine_id": "m2", "emp.worker_id": "e1"})
@@ -346,3 +346,30 @@ def test_docs_name_no_flag_the_parser_lacks() -> None:
             flags.update(action.option_strings)
     documented = set(re.findall(r"`[^`]*?(?<![\w-])(--[a-z][a-z-]*)", DOCS.read_text()))
     assert documented - flags == set()
+
+
+def test_piped_trace_and_metrics_are_one_line_each_subprocess(fastbuf_home: Path) -> None:
+    """subprocess: ``trace`` and ``metrics`` piped: the tree one span or record per line
+    with its waterfall, each series on one line; long names and attributes in full."""
+    long_path = "/ckpt/" + "very-long-directory-name/" * 8 + "step-1000.pt"
+    groups = sample_groups()
+    groups.append((W1, [log("in the trace", 2.4, trace=TRACE_A, attributes={"p": long_path})]))
+    groups.append((W1, [metric("gpu.memory.used", GAUGE, 1.0, 7, attributes={"p": long_path})]))
+    with Store(fastbuf_home / "store.sqlite") as store:
+        store.ingest(groups)
+    trace = fastbuf(["trace", TRACE_A.hex()], fastbuf_home)
+    assert trace.returncode == 0, trace.stderr
+    lines = trace.stdout.splitlines()
+    assert lines[0].startswith(f"trace {TRACE_A.hex()}  4 spans")
+    names = ["job", "load", "loading data", "train", "step", "checkpoint", "slow step"]
+    positions = [next(i for i, x in enumerate(lines) if f" {n}" in x) for n in names]
+    assert positions == sorted(positions)  # tree order, records under their spans
+    bars = {n: next(x for x in lines if x.endswith(f" {n}") or f" {n} " in x) for n in names[:2]}
+    assert bars["job"].count("█") == 40 and bars["load"].count("█") == 10  # 4 s and 1 s
+    assert any(long_path in x and "in the trace" in x for x in lines)  # an orphan, in full
+    assert "\x1b" not in trace.stdout
+    metrics = fastbuf(["metrics", "--name", "gpu.*"], fastbuf_home)
+    assert metrics.returncode == 0, metrics.stderr
+    lines = metrics.stdout.splitlines()
+    assert len(lines) == 3
+    assert any(x.startswith("gpu.memory.used gauge m1/w1") and long_path in x for x in lines)

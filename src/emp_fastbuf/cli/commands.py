@@ -112,6 +112,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         rest.sort(key=lambda r: (r.time_unix_nano, r.id))
         for r in rest:
             write_line(record_json(r), sys.stdout)
+    elif render.piped():
+        render.write_trace_lines(view, sys.stdout)
     else:
         render.print_trace(view, render.make_console())
     return EXIT_OK
@@ -129,6 +131,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if args.json:
         for s in series:
             write_line(metric_json(s), sys.stdout)
+    elif render.piped():
+        render.write_metric_lines(series, sys.stdout)
     else:
         render.print_metrics(series, render.make_console())
     return EXIT_OK
