@@ -193,6 +193,13 @@ def test_attr_bad_syntax_is_exit_2(
         one_line_error(err, "--attr", "KEY=VALUE")
 
 
+def test_attr_that_is_not_utf8_is_exit_2(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    value = os.fsdecode(b"gpu=\xff")  # what Python makes of such an argv item
+    code, out, err = run(["logs", "--attr", "phase=load", "--attr", value], capsys)
+    assert (code, out) == (2, "")
+    one_line_error(err, "not valid UTF-8")
+
+
 def test_service_filter(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["logs", "--json", "--service", "evaluator"], capsys)
     assert code == 0

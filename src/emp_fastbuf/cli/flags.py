@@ -139,8 +139,11 @@ def check_utf8(args: argparse.Namespace) -> None:
     """Arguments that are not valid UTF-8 (kept by Python as lone surrogates) match no
     record and cannot be stored or sent; a path (``--home``) may be any bytes."""
     for key, value in vars(args).items():
-        if key != "home" and isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise UsageError(f"an argument is not valid UTF-8: {value!r}") from None
+        if key == "home":
+            continue
+        for text in value if isinstance(value, list) else [value]:  # --attr repeats
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UsageError(f"an argument is not valid UTF-8: {text!r}") from None
