@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from emp_fastbuf import cli
+from emp_fastbuf.cli import render
 from emp_fastbuf.cli.commands import delegate
 from emp_fastbuf.store import SCHEMA_VERSION, Store
 from support.store import (
@@ -72,6 +73,13 @@ HISTOGRAM_SERIES_FIELDS = SERIES_FIELDS | {
     "bounds",
     "bucket_counts",
 }
+
+
+@pytest.fixture(autouse=True)
+def in_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process calls show the terminal views (``COLUMNS`` sets the width); the
+    views for a pipe are tested through real processes, whose stdout is one."""
+    monkeypatch.setattr(render, "piped", lambda: False)
 
 
 @pytest.fixture
@@ -581,7 +589,7 @@ def test_delegate_shows_a_missing_dependency_as_it_is(
 
 
 @pytest.mark.parametrize(
-    "command", [["logs"], ["trace", TRACE_A.hex()], ["metrics"], ["correlate", "j"], ["tail"]]
+    "command", [["logs"], ["trace", TRACE_A.hex()], ["metrics"], ["correlate", "j"]]
 )
 def test_missing_store_is_exit_1(
     fastbuf_home: Path, capsys: pytest.CaptureFixture[str], command: list[str]

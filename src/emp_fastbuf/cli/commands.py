@@ -9,13 +9,22 @@ import importlib
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from emp_fastbuf.cli import render
-from emp_fastbuf.cli.flags import UsageError, count, hex_id, home, parse_level, parse_since
+from emp_fastbuf.cli.flags import (
+    UsageError,
+    count,
+    hex_id,
+    home,
+    parse_attr,
+    parse_level,
+    parse_since,
+)
 from emp_fastbuf.cli.jsonl import format_time, metric_json, record_json, write_line
 from emp_fastbuf.paths import STORE_FILE
-from emp_fastbuf.store import Store, StoredRecord
+from emp_fastbuf.store import Store, StoreDamaged, StoredRecord, StoreError
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -28,22 +37,33 @@ class NotFound(Exception):
     """What was asked for does not exist: exit 1."""
 
 
+def _no_store(path: Path) -> str:
+    return f"no store at {path} (the agent writes it when it runs with no endpoint)"
+
+
 def _open_store(args: argparse.Namespace) -> Store:
     path = home(args) / STORE_FILE
     if not path.exists():
-        raise NotFound(f"no store at {path} (the agent writes it when it runs with no endpoint)")
+        raise NotFound(_no_store(path))
     return Store(path, readonly=True)
 
 
 def _log_filters(args: argparse.Namespace, now_ns: int) -> dict[str, Any]:
+    since = parse_since(args.since, now_ns) if args.since is not None else None
+    until = parse_since(args.until, now_ns, "--until") if args.until is not None else None
+    if since is not None and until is not None and until < since:
+        raise UsageError(f"--until {args.until!r} is before --since {args.since!r}")
     return {
         "job": args.job,
         "trace": hex_id("--trace", args.trace, 16) if args.trace is not None else None,
         "machine": args.machine,
         "worker": args.worker,
+        "service": args.service,
         "level": parse_level(args.level) if args.level is not None else None,
-        "since_ns": parse_since(args.since, now_ns) if args.since is not None else None,
+        "since_ns": since,
+        "until_ns": until,
         "grep": args.grep,
+        "attrs": tuple(parse_attr(a) for a in args.attr or ()),
     }
 
 
@@ -52,14 +72,27 @@ def cmd_logs(args: argparse.Namespace) -> int:
     filters = _log_filters(args, time.time_ns())
     limit = count("--limit", args.limit)
     with _open_store(args) as store:
-        recs = store.logs(**filters, limit=limit or None)
+        cursor = store.last_id()  # the count and the records of one state of the store
+        recs = store.logs(**filters, limit=limit or None, max_id=cursor)
+        total = len(recs)
+        if limit and total == limit:
+            total = store.count_logs(**filters, max_id=cursor)
     if not recs:
         raise NotFound("no matching logs or events")
     if args.json:
         for r in recs:
             write_line(record_json(r), sys.stdout)
+    elif render.piped():
+        render.write_lines(recs, sys.stdout, offsets_from=None)
     else:
         render.print_records(recs, render.make_console(), offsets_from=None)
+    if total > len(recs):
+        sys.stdout.flush()
+        print(
+            f"fastbuf logs: showing the newest {len(recs):,} of {total:,};"
+            " --limit N shows more, --limit 0 all",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -79,6 +112,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         rest.sort(key=lambda r: (r.time_unix_nano, r.id))
         for r in rest:
             write_line(record_json(r), sys.stdout)
+    elif render.piped():
+        render.write_trace_lines(view, sys.stdout)
     else:
         render.print_trace(view, render.make_console())
     return EXIT_OK
@@ -96,6 +131,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if args.json:
         for s in series:
             write_line(metric_json(s), sys.stdout)
+    elif render.piped():
+        render.write_metric_lines(series, sys.stdout)
     else:
         render.print_metrics(series, render.make_console())
     return EXIT_OK
@@ -118,15 +155,19 @@ def cmd_correlate(args: argparse.Namespace) -> int:
         for r in recs:
             write_line(record_json(r), sys.stdout)
         return EXIT_OK
-    console = render.make_console()
     start = min(r.sort_time for r in recs)
     end = max(r.time_unix_nano for r in recs)
     sources = sorted({render.source_text(r) for r in recs if r.job_id == args.job})
-    console.print(
+    heading = (
         f"job {args.job}: {len(recs)} records from {format_time(start)}"
-        f" over {render.duration(end - start)} on {', '.join(sources)}",
-        markup=False,
+        f" over {render.duration(end - start)} on {', '.join(sources)}"
     )
+    if render.piped():
+        sys.stdout.write(render.one_line(heading) + "\n")
+        render.write_lines(recs, sys.stdout, offsets_from=start)
+        return EXIT_OK
+    console = render.make_console()
+    console.print(heading, markup=False)
     render.print_records(recs, console, offsets_from=start)
     return EXIT_OK
 
@@ -142,7 +183,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     if not args.interval > 0:
         raise UsageError(f"--interval: {args.interval} is not > 0")
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
-    console = None if args.json else render.make_console()
+    piped = not args.json and render.piped()
+    console = None if args.json or piped else render.make_console()
     printed = 0
 
     def emit(recs: Sequence[StoredRecord]) -> bool:
@@ -150,7 +192,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
         for r in recs:
             if most is not None and printed >= most:
                 return True
-            if console is None:
+            if piped:
+                sys.stdout.write(render.one_line(render.tail_line(r, limit=None).plain) + "\n")
+            elif console is None:
                 write_line(record_json(r), sys.stdout)
             else:
                 console.print(render.tail_line(r))
@@ -158,7 +202,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         return most is not None and printed >= most
 
-    with _open_store(args) as store:
+    try:
+        store = _wait_for_store(args, deadline, args.interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    if store is None:
+        return EXIT_OK  # --max-seconds ran out before the store appeared
+    with store:
         try:
             cursor = store.last_id()
             if lines and emit(store.logs(**filters, limit=lines, max_id=cursor)):
@@ -172,6 +222,32 @@ def cmd_tail(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass  # Ctrl-C is how tail is meant to stop
     return EXIT_OK
+
+
+def _wait_for_store(
+    args: argparse.Namespace, deadline: float | None, interval: float
+) -> Store | None:
+    """``tail``'s store: the one there, or, when there is none yet, the one the agent
+    creates, once it can be opened (None if ``deadline`` passes first)."""
+    path = home(args) / STORE_FILE
+    if path.exists():
+        return Store(path, readonly=True)
+    print(f"fastbuf tail: {_no_store(path)}; waiting for it (Ctrl-C stops)", file=sys.stderr)
+    failing_since: float | None = None
+    while deadline is None or time.monotonic() < deadline:
+        if path.exists():
+            try:
+                return Store(path, readonly=True)
+            except StoreDamaged:
+                raise
+            except StoreError:
+                # The agent may be creating it right now: give it a few seconds.
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since > 10:
+                    raise
+        time.sleep(interval)
+    return None
 
 
 def delegate(module: str, func: str) -> Handler:

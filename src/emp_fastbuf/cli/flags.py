@@ -32,15 +32,16 @@ class UsageError(ValueError):
     """A flag's value is wrong: exit 2 with one line on stderr."""
 
 
-def parse_since(value: str, now_ns: int) -> int:
+def parse_since(value: str, now_ns: int, flag: str = "--since") -> int:
     """``30s``, ``10m``, ``2h``, ``7d`` (before ``now_ns``) or an RFC 3339 time -> unix ns.
-    A time after ``store.MAX_TIME_UNIX_NANO`` (2262) or before 1678 is refused."""
+    A time after ``store.MAX_TIME_UNIX_NANO`` (2262) or before 1678 is refused; errors
+    name ``flag`` (``--until`` takes the same values)."""
     text = value.strip()
     if not text:
-        raise UsageError("--since: the value is empty")
+        raise UsageError(f"{flag}: the value is empty")
     m = _DURATION.match(text)
     if m:
-        return _in_range(value, now_ns - int(m.group(1)) * _UNIT_NS[m.group(2)])
+        return _in_range(flag, value, now_ns - int(m.group(1)) * _UNIT_NS[m.group(2)])
     m = _RFC3339.match(text)
     if m:
         date, clock, frac, offset = m.groups()
@@ -49,21 +50,29 @@ def parse_since(value: str, now_ns: int) -> int:
             dt = datetime.fromisoformat(f"{date}T{clock}{offset}")
             seconds = int(dt.timestamp())
         except (ValueError, OverflowError):
-            raise UsageError(f"--since: {value!r} is not a valid time") from None
-        return _in_range(value, seconds * 10**9 + int((frac or "0").ljust(9, "0")))
+            raise UsageError(f"{flag}: {value!r} is not a valid time") from None
+        return _in_range(flag, value, seconds * 10**9 + int((frac or "0").ljust(9, "0")))
     raise UsageError(
-        f"--since: {value!r} is neither a duration (30s, 10m, 2h, 7d) nor an RFC 3339 time"
+        f"{flag}: {value!r} is neither a duration (30s, 10m, 2h, 7d) nor an RFC 3339 time"
     )
 
 
-def _in_range(value: str, ns: int) -> int:
+def _in_range(flag: str, value: str, ns: int) -> int:
     if ns > MAX_TIME_UNIX_NANO:
         raise UsageError(
-            f"--since: {value!r} is after 2262-04-11T23:47:16Z, the latest time the store holds"
+            f"{flag}: {value!r} is after 2262-04-11T23:47:16Z, the latest time the store holds"
         )
     if ns < -MAX_TIME_UNIX_NANO - 1:
-        raise UsageError(f"--since: {value!r} is before 1677-09-21, further back than the store")
+        raise UsageError(f"{flag}: {value!r} is before 1677-09-21, further back than the store")
     return ns
+
+
+def parse_attr(value: str) -> tuple[str, str]:
+    """``KEY=VALUE`` (split at the first ``=``; the key is not empty) -> (key, value)."""
+    key, sep, rest = value.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"--attr: {value!r} is not KEY=VALUE (e.g. --attr gpu=2)")
+    return key.strip(), rest
 
 
 def _ascii_digits(text: str) -> bool:
@@ -130,8 +139,11 @@ def check_utf8(args: argparse.Namespace) -> None:
     """Arguments that are not valid UTF-8 (kept by Python as lone surrogates) match no
     record and cannot be stored or sent; a path (``--home``) may be any bytes."""
     for key, value in vars(args).items():
-        if key != "home" and isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise UsageError(f"an argument is not valid UTF-8: {value!r}") from None
+        if key == "home":
+            continue
+        for text in value if isinstance(value, list) else [value]:  # --attr repeats
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UsageError(f"an argument is not valid UTF-8: {text!r}") from None

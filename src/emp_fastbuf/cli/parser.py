@@ -7,6 +7,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
+from emp_fastbuf._version import __version__
 from emp_fastbuf.cli.commands import (
     Handler,
     cmd_correlate,
@@ -49,9 +50,21 @@ _LOG_FILTERS = (
     _arg("--trace", help="only records of this trace id (32 hex digits)"),
     _arg("--machine", help="only records from this machine id"),
     _arg("--worker", help="only records from this worker id"),
+    _arg("--service", help="only records from this service (service.name)"),
     _arg("--level", help="only logs at or above: debug, info, warn, error, fatal"),
-    _arg("--since", help=f"only records after: {_SINCE}"),
-    _arg("--grep", help="only records whose body or name contains this text"),
+    _arg("--since", help=f"only records at or after: {_SINCE}"),
+    _arg("--until", help=f"only records at or before: {_SINCE}"),
+    _arg(
+        "--attr",
+        action="append",
+        metavar="KEY=VALUE",
+        help="only records with this attribute value (repeatable: all must match)",
+    ),
+    _arg(
+        "--grep",
+        help="only records whose body, name or an attribute value (exception text"
+        " included) contains this text",
+    ),
 )
 
 COMMANDS = (
@@ -156,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fastbuf",
         description="Query the emp-fastbuf local store; run the agent or the demo.",
     )
+    parser.add_argument("--version", action="version", version=f"fastbuf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help)

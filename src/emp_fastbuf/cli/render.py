@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from emp_fastbuf.cli.jsonl import format_time
 from emp_fastbuf.records import SEVERITY_ERROR, SEVERITY_FATAL, SEVERITY_TEXT, SEVERITY_WARN
@@ -21,6 +22,35 @@ _SEVERITY_STYLE = {
     SEVERITY_TEXT[SEVERITY_FATAL]: "bold red",
     SEVERITY_TEXT[SEVERITY_WARN]: "yellow",
 }
+
+
+def piped() -> bool:
+    """Whether stdout is not a terminal (a pipe, a file): the record views then print one
+    record per line, in full, without colour."""
+    try:
+        return not sys.stdout.isatty()
+    except (AttributeError, ValueError):  # no stdout, or a closed one
+        return True
+
+
+# Control characters would break a line in two (or move the cursor): shown escaped.
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: newlines as ``\\n``, other control characters escaped too."""
+    return text.translate(_ESCAPES)
+
+
+def write_lines(recs: Sequence[StoredRecord], out: TextIO, *, offsets_from: int | None) -> None:
+    """The records as ``tail`` prints them, one line each and nothing cut: the view for a
+    pipe. With ``offsets_from`` each line starts with the time since then."""
+    for r in recs:
+        line = tail_line(r, limit=None).plain
+        if offsets_from is not None:
+            line = f"+{duration(r.sort_time - offsets_from)} " + line
+        out.write(one_line(line) + "\n")
 
 
 def make_console() -> Any:
@@ -45,12 +75,12 @@ def duration(ns: int) -> str:
     return f"{ns / 1e9:.2f} s"
 
 
-def _attrs_text(attrs: dict[str, Any], limit: int = 120) -> str:
+def _attrs_text(attrs: dict[str, Any], limit: int | None = 120) -> str:
     text = " ".join(
         f"{k}={json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}"
         for k, v in attrs.items()
     )
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
 def source_text(rec: StoredRecord | MetricSeries) -> str:
@@ -140,6 +170,61 @@ def print_records(recs: Sequence[StoredRecord], console: Any, *, offsets_from: i
     console.print(table)
 
 
+_Kids = dict[int, list[tuple[int, int, SpanNode | StoredRecord]]]
+
+
+def _children(view: TraceView) -> tuple[list[SpanNode], _Kids]:
+    """The root spans, and the children of each span (by ``id`` of its node): its child
+    spans and its logs/events, unsorted, with their sort keys."""
+    kids: _Kids = {}
+    top: list[SpanNode] = []
+    stack: list[SpanNode] = []
+    for node in view.spans:
+        del stack[node.depth :]
+        if stack:
+            kids.setdefault(id(stack[-1]), []).append((node.span.sort_time, 0, node))
+        else:
+            top.append(node)
+        stack.append(node)
+        for item in node.items:
+            kids.setdefault(id(node), []).append((item.time_unix_nano, 1, item))
+    return top, kids
+
+
+def write_trace_lines(view: TraceView, out: TextIO, bar_w: int = 40) -> None:
+    """The trace view for a pipe: the same tree, one span or record per line, nothing
+    cut: ``waterfall duration indented-name status`` for a span, ``offset indented-record
+    attributes`` under it; then the records whose span is not in the store."""
+    t0, t1 = view.start_unix_nano, view.end_unix_nano
+    total = max(t1 - t0, 1)
+    out.write(one_line(f"trace {view.trace_id}  {len(view.spans)} spans  {duration(t1 - t0)}"))
+    out.write("\n")
+    top, kids = _children(view)
+    todo: list[tuple[int, SpanNode | StoredRecord]] = [(0, n) for n in reversed(top)]
+    while todo:
+        depth, item = todo.pop()
+        indent = "  " * depth
+        if isinstance(item, SpanNode):
+            sp = item.span
+            lead = min(bar_w - 1, int((sp.sort_time - t0) / total * bar_w))
+            length = max(1, round((sp.time_unix_nano - sp.sort_time) / total * bar_w))
+            bar = (" " * lead + "█" * length)[:bar_w].ljust(bar_w)
+            status = sp.status or "unset"
+            line = f"{bar} {duration(sp.time_unix_nano - sp.sort_time):>9} {indent}{sp.name or ''}"
+            line += f" {status}" if status != "unset" else ""
+            children = sorted(kids.get(id(item), []), key=lambda k: (k[0], k[1]))
+            todo.extend((depth + 1, child) for _t, _o, child in reversed(children))
+        else:
+            offset = "+" + duration(item.time_unix_nano - t0)
+            line = f"{' ' * bar_w} {offset:>9} {indent}{_what(item).plain}"
+            if item.attributes:
+                line += "  " + _attrs_text(item.attributes, None)
+        out.write(one_line(line) + "\n")
+    if view.orphans:
+        out.write("records of this trace whose span is not in the store:\n")
+        write_lines(view.orphans, out, offsets_from=t0)
+
+
 def print_trace(view: TraceView, console: Any) -> None:
     """The span tree with a waterfall bar per span, the logs and events inside each span
     in time order, then the records whose span is not in the store."""
@@ -155,19 +240,7 @@ def print_trace(view: TraceView, console: Any) -> None:
         Text(f"trace {view.trace_id}  {len(view.spans)} spans  {duration(t1 - t0)}", "bold"),
         guide_style="dim",
     )
-    # Children of each span: its child spans and its logs/events, merged in time order.
-    kids: dict[int, list[tuple[int, int, SpanNode | StoredRecord]]] = {}
-    top: list[SpanNode] = []
-    stack: list[SpanNode] = []
-    for node in view.spans:
-        del stack[node.depth :]
-        if stack:
-            kids.setdefault(id(stack[-1]), []).append((node.span.sort_time, 0, node))
-        else:
-            top.append(node)
-        stack.append(node)
-        for item in node.items:
-            kids.setdefault(id(node), []).append((item.time_unix_nano, 1, item))
+    top, kids = _children(view)
 
     def span_label(node: SpanNode) -> Any:
         s = node.span
@@ -226,28 +299,43 @@ def print_metrics(series: Sequence[MetricSeries], console: Any) -> None:
     table.add_column("recent", no_wrap=True)
     spark = 16 if wide else 8
     for s in series:
-        if s.instrument == "histogram":
-            value = (
-                f"n={s.count} sum={_number(s.sum)} min={_number(s.min)} p50={_number(s.p50)}"
-                f" p90={_number(s.p90)} p99={_number(s.p99)} max={_number(s.max)}"
-            )
-        else:
-            value = _number(s.value)
-        if s.unit:
-            value += f" {s.unit}"
         table.add_row(
             Text(s.name),
             Text(s.instrument),
             Text(source_text(s)),
             Text(_attrs_text(s.attributes, 60), "dim"),
-            Text(value),
+            Text(_series_value(s)),
             Text(sparkline(s.recent[-spark:]), "green"),
         )
     console.print(table)
 
 
-def tail_line(rec: StoredRecord) -> Any:
-    """One record as ``tail`` prints it."""
+def _series_value(s: MetricSeries) -> str:
+    if s.instrument == "histogram":
+        value = (
+            f"n={s.count} sum={_number(s.sum)} min={_number(s.min)} p50={_number(s.p50)}"
+            f" p90={_number(s.p90)} p99={_number(s.p99)} max={_number(s.max)}"
+        )
+    else:
+        value = _number(s.value)
+    return f"{value} {s.unit}" if s.unit else value
+
+
+def write_metric_lines(series: Sequence[MetricSeries], out: TextIO) -> None:
+    """The metrics view for a pipe: one series per line, nothing cut,
+    ``name kind source [attributes] = value  sparkline``."""
+    for s in series:
+        parts = [s.name, s.instrument, source_text(s)]
+        if s.attributes:
+            parts.append(_attrs_text(s.attributes, None))
+        line = " ".join(parts) + f" = {_series_value(s)}"
+        spark = sparkline(s.recent[-16:])
+        out.write(one_line(line + (f"  {spark}" if spark else "")) + "\n")
+
+
+def tail_line(rec: StoredRecord, limit: int | None = 120) -> Any:
+    """One record as ``tail`` prints it (attributes cut at ``limit`` characters; None:
+    never)."""
     from rich.text import Text
 
     line = Text.assemble(
@@ -257,7 +345,7 @@ def tail_line(rec: StoredRecord) -> Any:
         _what(rec),
     )
     if rec.attributes:
-        line.append("  " + _attrs_text(rec.attributes), "dim")
+        line.append("  " + _attrs_text(rec.attributes, limit), "dim")
     return line
 
 

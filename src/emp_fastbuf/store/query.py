@@ -10,6 +10,7 @@ import sqlite3
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from emp_fastbuf.errors import StoreDamaged, StoreError
@@ -48,10 +49,16 @@ _METRIC_COLUMNS = (
 
 
 def _source_filters(
-    alias: str, machine: str | None, worker: str | None, where: list[str], params: list[Any]
+    alias: str,
+    machine: str | None,
+    worker: str | None,
+    where: list[str],
+    params: list[Any],
+    service: str | None = None,
 ) -> None:
-    """Restrict rows of table ``alias`` to the sources of a machine and/or a worker."""
-    for column, value in (("machine_id", machine), ("worker_id", worker)):
+    """Restrict rows of table ``alias`` to the sources of a machine, a worker and/or a
+    service."""
+    for column, value in (("machine_id", machine), ("worker_id", worker), ("service", service)):
         if value is not None:
             where.append(f"{alias}.source_id IN (SELECT id FROM sources WHERE {column} = ?)")
             params.append(value)
@@ -64,6 +71,34 @@ def _bucket_counts(values: Iterable[float], bounds: Sequence[float]) -> list[int
     for v in values:
         counts[bisect_left(bounds, v)] += 1
     return counts
+
+
+# An attribute value as text, the way ``--attr KEY=VALUE`` and ``--grep`` compare it: a
+# string as it is, a number as SQLite writes it, true/false/null as in JSON, an array or
+# object as its JSON text.
+_ATTR_TEXT = (
+    "CASE j.type WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN 'null'"
+    " ELSE CAST(j.value AS TEXT) END"
+)
+
+
+@dataclass(frozen=True)
+class LogFilters:
+    """The filters of ``logs``, ``tail`` and ``count_logs``; a record matches every one
+    given. ``attrs``: (key, value) pairs, each an attribute the record has with that value
+    as text; ``grep``: a case-sensitive substring of the body, the event name or any
+    attribute value (exception type, message and stack trace included)."""
+
+    job: str | None = None
+    trace: str | None = None
+    machine: str | None = None
+    worker: str | None = None
+    service: str | None = None
+    level: int | None = None
+    since_ns: int | None = None
+    until_ns: int | None = None
+    grep: str | None = None
+    attrs: tuple[tuple[str, str], ...] = ()
 
 
 class Queries(StoreConnection):
@@ -187,33 +222,37 @@ class Queries(StoreConnection):
                 raise self._read_error(exc) from None
 
     @staticmethod
-    def _log_filters(
-        job: str | None,
-        trace: str | None,
-        machine: str | None,
-        worker: str | None,
-        level: int | None,
-        since_ns: int | None,
-        grep: str | None,
-    ) -> tuple[list[str], list[Any]]:
+    def _log_filters(f: LogFilters) -> tuple[list[str], list[Any]]:
         where = [f"r.kind IN ({LOG}, {EVENT})"]
         params: list[Any] = []
-        if job is not None:
+        if f.job is not None:
             where.append("r.job_id = ?")
-            params.append(job)
-        if trace is not None:
+            params.append(f.job)
+        if f.trace is not None:
             where.append("r.trace_id = ?")
-            params.append(_id_bytes(trace))
-        _source_filters("r", machine, worker, where, params)
-        if level is not None:
+            params.append(_id_bytes(f.trace))
+        _source_filters("r", f.machine, f.worker, where, params, f.service)
+        if f.level is not None:
             where.append(f"r.kind = {LOG} AND r.severity_number >= ?")
-            params.append(level)
-        if since_ns is not None:
+            params.append(f.level)
+        if f.since_ns is not None:
             where.append("r.time_unix_nano >= ?")
-            params.append(since_ns)
-        if grep is not None:
-            where.append("(instr(r.body, ?) > 0 OR instr(r.name, ?) > 0)")
-            params += [grep, grep]
+            params.append(f.since_ns)
+        if f.until_ns is not None:
+            where.append("r.time_unix_nano <= ?")
+            params.append(f.until_ns)
+        for key, value in f.attrs:
+            where.append(
+                "EXISTS (SELECT 1 FROM json_each(r.attributes) j"
+                f" WHERE j.key = ? AND {_ATTR_TEXT} = ?)"
+            )
+            params += [key, value]
+        if f.grep is not None:
+            where.append(
+                "(instr(r.body, ?) > 0 OR instr(r.name, ?) > 0 OR EXISTS (SELECT 1 FROM"
+                f" json_each(r.attributes) j WHERE instr({_ATTR_TEXT}, ?) > 0))"
+            )
+            params += [f.grep, f.grep, f.grep]
         return where, params
 
     def logs(
@@ -223,17 +262,23 @@ class Queries(StoreConnection):
         trace: str | None = None,
         machine: str | None = None,
         worker: str | None = None,
+        service: str | None = None,
         level: int | None = None,
         since_ns: int | None = None,
+        until_ns: int | None = None,
         grep: str | None = None,
+        attrs: Sequence[tuple[str, str]] = (),
         limit: int | None = None,
         max_id: int | None = None,
     ) -> list[StoredRecord]:
-        """Logs and events (not spans) matching every filter given, oldest first. ``level``
-        keeps logs at or above that severity number (and drops events); ``grep`` is a
-        case-sensitive substring of the body or the event name; ``limit`` keeps the newest;
-        ``max_id`` leaves out records stored after that id (see ``last_id``)."""
-        where, params = self._log_filters(job, trace, machine, worker, level, since_ns, grep)
+        """Logs and events (not spans) matching every filter given (``LogFilters``), oldest
+        first. ``level`` keeps logs at or above that severity number (and drops events);
+        ``since_ns`` and ``until_ns`` bound the time, both included; ``limit`` keeps the
+        newest; ``max_id`` leaves out records stored after that id (see ``last_id``)."""
+        f = LogFilters(
+            job, trace, machine, worker, service, level, since_ns, until_ns, grep, tuple(attrs)
+        )
+        where, params = self._log_filters(f)
         if max_id is not None:
             where.append("r.id <= ?")
             params.append(max_id)
@@ -251,9 +296,7 @@ class Queries(StoreConnection):
                 params.append(limit)
             rows = self._query(sql, params)
         else:
-            chunk_where, chunk_params = self._chunk_filters(
-                RECORDS, job, machine, worker, since_ns, level
-            )
+            chunk_where, chunk_params = self._chunk_filters(RECORDS, f)
             with self._snapshot():  # the chunks read page by page, of one state
                 rows = self._newest(
                     _RECORD_COLUMNS, "records r", chunk_where, chunk_params, where, params, limit
@@ -261,28 +304,58 @@ class Queries(StoreConnection):
         rows.reverse()
         return [self._record(row) for row in rows]
 
-    @staticmethod
-    def _chunk_filters(
-        tbl: int,
-        job: str | None,
-        machine: str | None,
-        worker: str | None,
-        since_ns: int | None,
+    def count_logs(
+        self,
+        *,
+        job: str | None = None,
+        trace: str | None = None,
+        machine: str | None = None,
+        worker: str | None = None,
+        service: str | None = None,
         level: int | None = None,
-    ) -> tuple[list[str], list[Any]]:
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        grep: str | None = None,
+        attrs: Sequence[tuple[str, str]] = (),
+        max_id: int | None = None,
+    ) -> int:
+        """How many records ``logs`` with the same filters returns without a limit."""
+        f = LogFilters(
+            job, trace, machine, worker, service, level, since_ns, until_ns, grep, tuple(attrs)
+        )
+        where, params = self._log_filters(f)
+        if max_id is not None:
+            where.append("r.id <= ?")
+            params.append(max_id)
+        if trace is not None:
+            sql = (
+                "SELECT count(*) FROM trace_chunks t CROSS JOIN records r"
+                " ON r.id BETWEEN t.first_id AND t.last_id"
+                f" WHERE t.trace_id = ? AND {' AND '.join(where)}"
+            )
+            return int(self._query(sql, [_id_bytes(trace), *params])[0][0])
+        chunk_where, chunk_params = self._chunk_filters(RECORDS, f)
+        sql = f"SELECT count(*) {_RECORD_JOIN} WHERE {' AND '.join(chunk_where + where)}"
+        return int(self._query(sql, [*chunk_params, *params])[0][0])
+
+    @staticmethod
+    def _chunk_filters(tbl: int, f: LogFilters) -> tuple[list[str], list[Any]]:
         """Conditions on ``chunks c`` that keep the chunks which can hold matching rows."""
         where = ["c.tbl = ?"]
         params: list[Any] = [tbl]
-        if job is not None:
+        if f.job is not None:
             where.append("c.job_id = ?")
-            params.append(job)
-        _source_filters("c", machine, worker, where, params)
-        if since_ns is not None:
+            params.append(f.job)
+        _source_filters("c", f.machine, f.worker, where, params, f.service)
+        if f.since_ns is not None:
             where.append("c.max_time >= ?")
-            params.append(since_ns)
-        if level is not None:
+            params.append(f.since_ns)
+        if f.until_ns is not None:
+            where.append("c.min_time <= ?")
+            params.append(f.until_ns)
+        if f.level is not None:
             where.append("c.max_severity >= ?")
-            params.append(level)
+            params.append(f.level)
         return where, params
 
     def _newest(
@@ -360,11 +433,17 @@ class Queries(StoreConnection):
         level: int | None = None,
         since_ns: int | None = None,
         grep: str | None = None,
+        service: str | None = None,
+        until_ns: int | None = None,
+        attrs: Sequence[tuple[str, str]] = (),
         limit: int = 10_000,
     ) -> tuple[list[StoredRecord], int]:
         """Logs and events stored after record id ``after_id`` (same filters as ``logs``), in
         the order they were stored. Returns them and the cursor for the next call."""
-        where, params = self._log_filters(job, trace, machine, worker, level, since_ns, grep)
+        f = LogFilters(
+            job, trace, machine, worker, service, level, since_ns, until_ns, grep, tuple(attrs)
+        )
+        where, params = self._log_filters(f)
         where.append("r.id > ?")
         params.append(after_id)
         # The cursor must move past records that do not match too.
@@ -458,7 +537,9 @@ class Queries(StoreConnection):
         when given, else over the retained window); gauges: the last value; histograms:
         count, sum, min, max, p50/p90/p99 and bucket counts from the stored values."""
         # Only the chunks of the sources and the time asked for are read.
-        where, params = self._chunk_filters(METRICS, None, machine, worker, since_ns)
+        where, params = self._chunk_filters(
+            METRICS, LogFilters(machine=machine, worker=worker, since_ns=since_ns)
+        )
         if name is not None:
             where.append("m.name GLOB ?")
             params.append(name)
