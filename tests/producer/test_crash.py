@@ -16,7 +16,7 @@ import pytest
 
 import emp_fastbuf as fastbuf
 from emp_fastbuf.producer import _codec, api, crash
-from emp_fastbuf.store import Store, StoredRecord
+from emp_fastbuf.store import Store, StoredRecord, StoreError
 from support.agent import AgentProc
 from support.api import records
 
@@ -131,9 +131,12 @@ def deliver(home: Path, ring: str, ready: Callable[[Store], bool]) -> Store:
     try:
         while True:
             if path.exists():
-                with Store(path) as store:
-                    if ready(store):
-                        break
+                try:
+                    with Store(path, readonly=True) as store:
+                        if ready(store):
+                            break
+                except StoreError:
+                    pass  # the agent is still creating the store
             assert time.monotonic() < deadline, agent.output()[-3000:]
             time.sleep(0.1)
     finally:

@@ -44,9 +44,9 @@ from types import TracebackType
 from typing import Any
 
 from emp_fastbuf.producer import _codec
+from emp_fastbuf.records import SEVERITY_ERROR, SEVERITY_TEXT
 
 ENV = "EMP_FASTBUF_CAPTURE_EXCEPTIONS"
-SEVERITY_ERROR = 17
 #: A crash record's ``exception.stacktrace`` may be this long (characters), above the
 #: encoder's value limit, where it takes at most half of the ring's record size in UTF-8
 #: (32 KiB of the default 64 KiB); else, or if the record is refused as too large, the
@@ -158,11 +158,13 @@ def _write(body: str, attrs: dict[str, Any]) -> None:
         if len(raised.encode("utf-8", "replace")) <= budget:
             attrs["exception.stacktrace"] = raised
             before = _codec.counter_values()["dropped_too_large"]
-            _codec.log_record_raised(SEVERITY_ERROR, "ERROR", body, attrs, len(raised))
+            _codec.log_record_raised(
+                SEVERITY_ERROR, SEVERITY_TEXT[SEVERITY_ERROR], body, attrs, len(raised)
+            )
             if _codec.counter_values()["dropped_too_large"] == before:
                 return
         attrs["exception.stacktrace"] = clip(stack, limit)  # at the value limit, as any value
-    _codec.log_record(SEVERITY_ERROR, "ERROR", body, attrs)
+    _codec.log_record(SEVERITY_ERROR, SEVERITY_TEXT[SEVERITY_ERROR], body, attrs)
 
 
 def record(exc: BaseException, tb: TracebackType | None = None, **extra: Any) -> bool:
