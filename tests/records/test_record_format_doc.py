@@ -25,6 +25,7 @@ import pytest
 from emp_fastbuf import records
 from emp_fastbuf.records import COUNTER, HISTOGRAM, METRIC, Record, Resource, reference
 from support import ROOT
+from support.docs import cells, enum_members, swap
 
 DOC = ROOT / "docs" / "record-format.md"
 PXD = Path(records.__file__).with_name("_format.pxd")
@@ -175,27 +176,10 @@ USERS = [
     ),
 ]
 
-PXD_CONST = re.compile(r"^ +([A-Z][A-Z0-9_]*) = (0x[0-9A-Fa-f]+|\d+)(?: +#.*)?$")
-CELL_SPLIT = re.compile(r"(?<!\\)\|")
-
 
 def pxd_constants(text: str) -> dict[str, int]:
-    """The members of the ``cdef enum:`` blocks of a .pxd."""
-    out: dict[str, int] = {}
-    in_enum = False
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.startswith("cdef enum"):
-            in_enum = True
-            continue
-        if line and not line[0].isspace():
-            in_enum = False
-        if not in_enum or not line.strip() or line.strip().startswith("#"):
-            continue
-        m = PXD_CONST.match(line)
-        assert m, f"_format.pxd line {n}: unparsable enum member {line!r}"
-        assert m.group(1) not in out, f"_format.pxd: {m.group(1)} defined twice"
-        out[m.group(1)] = int(m.group(2), 0)
-    return out
+    """The members of the ``cdef enum:`` blocks of _format.pxd."""
+    return enum_members(text, "_format.pxd")
 
 
 @dataclass
@@ -204,10 +188,6 @@ class Row:
     constant: str
     column: str  # the header of the third column
     cell: str  # the third column
-
-
-def cells(line: str) -> list[str]:
-    return [c.strip() for c in CELL_SPLIT.split(line.strip().strip("|"))]
 
 
 def doc_number_rows(text: str) -> list[Row]:
@@ -290,11 +270,6 @@ def test_the_tables_are_whole() -> None:
     assert records.KNOWN_FLAGS == records.FLAG_HAS_TRACE | records.FLAG_HAS_LIMITS
 
 
-def _swap(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, old
-    return text.replace(old, new)
-
-
 @pytest.mark.parametrize(
     ("where", "old", "new", "caught"),
     [
@@ -322,9 +297,9 @@ def _swap(text: str, old: str, new: str) -> str:
 def test_a_tampered_copy_is_caught(where: str, old: str, new: str, caught: str) -> None:
     pxd, doc, py = PXD.read_text(), DOC.read_text(encoding="utf-8"), python_constants()
     if where == "pxd":
-        pxd = _swap(pxd, old, new)
+        pxd = swap(pxd, old, new)
     elif where == "doc":
-        doc = _swap(doc, old, new)
+        doc = swap(doc, old, new)
     else:
         py[old] = int(new)
     problems = disagreements(pxd, doc, py)
@@ -398,7 +373,7 @@ def test_limits_table_is_the_encoders_defaults() -> None:
     limits = encoder_defaults()
     assert set(limits) == set(LIMIT_ROWS.values())
     assert limit_disagreements(DOC.read_text(encoding="utf-8"), limits) == []
-    tampered = _swap(
+    tampered = swap(
         DOC.read_text(encoding="utf-8"), "| array length | 128 ", "| array length | 256 "
     )
     assert limit_disagreements(tampered, limits) == [

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from support import ROOT, TESTS
+from support.docs import cells, enum_members, swap
 
 DOC = ROOT / "docs" / "ring-layout.md"
 RING = ROOT / "src" / "emp_fastbuf" / "ring"
@@ -33,29 +34,14 @@ PROCESS_LOCAL = {"DROP_FULL", "DROP_TOO_LARGE", "DROP_NO_LANE", "AT_HEAD", "AT_S
 PYTHON_LEVEL = {"DEFAULT_META_SIZE", "MAX_LANES"}
 SIZES = {"u32": 4, "u64": 8}
 
-ENUM_MEMBER = re.compile(r"^ +([A-Z][A-Z0-9_]*) = (0x[0-9A-Fa-f]+|\d+)(?: +#.*)?$")
 DEFINE = re.compile(r"^ *#define (\w+) (0x[0-9A-Fa-f]+|\d+)[uUlL]*$", re.MULTILINE)
 EXTERN_CONST = re.compile(r'^ +const \w+ ([A-Z][A-Z0-9_]*) "(\w+)"$', re.MULTILINE)
 ACCESS = re.compile(r"\bU(32|64)\([^,()]+, *([HL]_[A-Z_]+)\b")
-CELL_SPLIT = re.compile(r"(?<!\\)\|")
 
 
 def pxd_constants(text: str) -> dict[str, int]:
     """The members of the ``cdef enum:`` blocks and the macro constants of a .pxd."""
-    out: dict[str, int] = {}
-    in_enum = False
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.startswith("cdef enum"):
-            in_enum = True
-            continue
-        if line and not line[0].isspace():
-            in_enum = False
-        if not in_enum or not line.strip() or line.strip().startswith("#"):
-            continue
-        m = ENUM_MEMBER.match(line)
-        assert m, f"_ring.pxd line {n}: unparsable enum member {line!r}"
-        assert m.group(1) not in out, f"_ring.pxd: {m.group(1)} defined twice"
-        out[m.group(1)] = int(m.group(2), 0)
+    out = enum_members(text, "_ring.pxd")
     macros = {name: int(value, 0) for name, value in DEFINE.findall(text)}
     for name, cname in EXTERN_CONST.findall(text):
         assert cname in macros, f"_ring.pxd: {name} names {cname}, which it does not define"
@@ -78,10 +64,6 @@ class Row:
     value: int
     constant: str
     type: str  # "" where the table has no type column
-
-
-def cells(line: str) -> list[str]:
-    return [c.strip() for c in CELL_SPLIT.split(line.strip().strip("|"))]
 
 
 def doc_rows(text: str) -> list[Row]:
@@ -184,11 +166,6 @@ def test_every_offset_the_ring_uses_is_in_the_pxd_and_the_doc() -> None:
     assert used <= names
 
 
-def _swap(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, old
-    return text.replace(old, new)
-
-
 @pytest.mark.parametrize(
     ("where", "old", "new", "caught"),
     [
@@ -208,15 +185,15 @@ def _swap(text: str, old: str, new: str) -> str:
 def test_a_tampered_copy_is_caught(where: str, old: str, new: str, caught: str) -> None:
     doc, pxd, pyx = read(DOC), read(PXD), read(PYX)
     if where == "doc":
-        doc = _swap(doc, old, new)
+        doc = swap(doc, old, new)
     else:
-        pxd = _swap(pxd, old, new)
+        pxd = swap(pxd, old, new)
     problems = disagreements(doc, pxd, pyx)
     assert any(caught in p for p in problems), problems
 
 
 def test_a_wrong_access_width_is_caught() -> None:
-    pyx = _swap(
+    pyx = swap(
         read(PYX),
         "U32(b, H_MAX_RECORD)[0] = plan.max_record",
         "U64(b, H_MAX_RECORD)[0] = plan.max_record",
@@ -295,7 +272,7 @@ def test_sizing_table_is_what_layout_for_makes() -> None:
     text = read(DOC)
     assert len(sizing_rows(text)) >= 5
     assert sizing_disagreements(text, layout_for) == []
-    tampered = _swap(
+    tampered = swap(
         text, "| 64 MiB | 256 | 256 KiB | 66.1 MiB |", "| 64 MiB | 256 | 256 KiB | 66.2 MiB |"
     )
     assert [p.split(":")[0] for p in sizing_disagreements(tampered, layout_for)] == ["64 MiB"]
