@@ -278,10 +278,7 @@ class Queries(StoreConnection):
         f = LogFilters(
             job, trace, machine, worker, service, level, since_ns, until_ns, grep, tuple(attrs)
         )
-        where, params = self._log_filters(f)
-        if max_id is not None:
-            where.append("r.id <= ?")
-            params.append(max_id)
+        where, params = self._log_where(f, max_id)
         if trace is not None:
             # A trace is small and has its own chunks: no paging.
             sql = (
@@ -323,10 +320,7 @@ class Queries(StoreConnection):
         f = LogFilters(
             job, trace, machine, worker, service, level, since_ns, until_ns, grep, tuple(attrs)
         )
-        where, params = self._log_filters(f)
-        if max_id is not None:
-            where.append("r.id <= ?")
-            params.append(max_id)
+        where, params = self._log_where(f, max_id)
         if trace is not None:
             sql = (
                 "SELECT count(*) FROM trace_chunks t CROSS JOIN records r"
@@ -337,6 +331,15 @@ class Queries(StoreConnection):
         chunk_where, chunk_params = self._chunk_filters(RECORDS, f)
         sql = f"SELECT count(*) {_RECORD_JOIN} WHERE {' AND '.join(chunk_where + where)}"
         return int(self._query(sql, [*chunk_params, *params])[0][0])
+
+    def _log_where(self, f: LogFilters, max_id: int | None) -> tuple[list[str], list[Any]]:
+        """The row conditions of ``logs`` and ``count_logs``: the filters, and no record
+        stored after ``max_id``."""
+        where, params = self._log_filters(f)
+        if max_id is not None:
+            where.append("r.id <= ?")
+            params.append(max_id)
+        return where, params
 
     @staticmethod
     def _chunk_filters(tbl: int, f: LogFilters) -> tuple[list[str], list[Any]]:
