@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from emp_fastbuf.cli import render
 from emp_fastbuf.cli.commands import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, NotFound
 from emp_fastbuf.cli.flags import (
     UsageError,
@@ -55,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = f"fastbuf {args.command}"
     try:
         check_utf8(args)
+        render.use_utc(getattr(args, "utc", False))
         if args.command in ("agent", "status", "demo"):
             check_ring(args)
         if args.command == "demo":

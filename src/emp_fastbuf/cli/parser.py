@@ -42,7 +42,11 @@ class Command:
 _HOME = _arg("--home", help="the emp-fastbuf home (default: $EMP_FASTBUF_HOME)")
 _RING = _arg("--ring", help="the ring name")
 # Every store command ends with these.
-_STORE = (_HOME, _arg("--json", action="store_true", help="print JSON Lines (docs/cli.md)"))
+_STORE = (
+    _HOME,
+    _arg("--json", action="store_true", help="print JSON Lines (docs/cli.md)"),
+    _arg("--utc", action="store_true", help="print times in UTC (default: local time)"),
+)
 _SINCE = "30s, 10m, 2h, 7d or an RFC 3339 time"
 # The filters of logs and tail (Store.logs and Store.tail take the same).
 _LOG_FILTERS = (

@@ -7,9 +7,9 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from emp_fastbuf.cli.jsonl import format_time
 from emp_fastbuf.records import SEVERITY_ERROR, SEVERITY_FATAL, SEVERITY_TEXT, SEVERITY_WARN
 from emp_fastbuf.store import MetricSeries, SpanNode, StoredRecord, TraceView
 
@@ -60,8 +60,39 @@ def make_console() -> Any:
     return Console(highlight=False)
 
 
-def _short_time(unix_nano: int) -> str:
-    return format_time(unix_nano, "%m-%d %H:%M:%S.{ms:03d}")
+# Human views print local time with its UTC offset, or UTC after ``use_utc(True)``
+# (``--utc``).
+_utc = False
+#: The length of a short trace id in human views (``fastbuf trace`` takes it as a prefix).
+SHORT_ID = 8
+
+
+def use_utc(on: bool) -> None:
+    """Print UTC times in the human views (``--utc``) rather than local ones."""
+    global _utc
+    _utc = on
+
+
+def human_time(unix_nano: int) -> str:
+    """The time as people read it, in full: ``2026-12-02 07:45:02.123 +01:00`` (local,
+    with the UTC offset), or ``... +00:00`` after ``use_utc(True)``. A time no calendar
+    date can show (only a damaged store holds one) is the number of ns."""
+    seconds, nanos = divmod(unix_nano, 10**9)
+    try:
+        when = datetime.fromtimestamp(seconds, UTC)
+        if not _utc:
+            when = when.astimezone()
+        offset = when.strftime("%z")  # +0100
+    except (ValueError, OverflowError, OSError):
+        return f"{unix_nano}ns"
+    stamp = when.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{stamp}.{nanos // 10**6:03d} {offset[:3]}:{offset[3:]}"
+
+
+def short_id(hex_id: str | None) -> str:
+    """The short form of a trace id for human views (its first ``SHORT_ID`` digits), or
+    ``-``."""
+    return hex_id[:SHORT_ID] if hex_id else "-"
 
 
 def duration(ns: int) -> str:
@@ -156,7 +187,7 @@ def print_records(recs: Sequence[StoredRecord], console: Any, *, offsets_from: i
     table.add_column("attributes", style="dim", overflow="fold", ratio=None if wide else 4)
     for r in recs:
         when = (
-            _short_time(r.time_unix_nano if r.kind != "span" else r.sort_time)
+            human_time(r.time_unix_nano if r.kind != "span" else r.sort_time)
             if offsets_from is None
             else "+" + duration(r.sort_time - offsets_from)
         )
@@ -339,7 +370,7 @@ def tail_line(rec: StoredRecord, limit: int | None = 120) -> Any:
     from rich.text import Text
 
     line = Text.assemble(
-        (_short_time(rec.time_unix_nano) + " ", "dim"),
+        (human_time(rec.time_unix_nano) + " ", "dim"),
         (source_text(rec) + " ", ""),
         (f"[{rec.job_id}] " if rec.job_id else "", "dim"),
         _what(rec),
