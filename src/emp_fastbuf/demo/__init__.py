@@ -7,7 +7,8 @@ The parent process is the scheduler: it creates a private ring, starts a real
 ``fastbuf agent`` (local store only), enqueues the jobs, each inside a ``job.enqueue``
 span whose ``traceparent`` travels with the job, and starts the workers (spawn start
 method). Each worker continues the job's trace and records spans, logs, metrics and
-events as a real worker would; one job in ten fails. The ids the run used go to
+events as a real worker would; two jobs in ten fail, one of them with an exception
+nobody catches. The ids the run used go to
 ``<home>/demo-<ring>.json`` for scripts and tests.
 
 The workers' side is in ``worker`` (public API only), the reading back and the summary
@@ -66,7 +67,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def _plan_jobs(
     run_id: str, n: int, rng: random.Random
-) -> list[tuple[str, int, str, str, int, int | None]]:
+) -> list[tuple[str, int, str, str, int, int | None, bool]]:
     prompts = (
         "a lighthouse in a storm, oil painting",
         "isometric city at night, neon",
@@ -77,10 +78,15 @@ def _plan_jobs(
     plan = []
     for i in range(n):
         steps = rng.randint(20, 30)
-        # One job in ten fails, the 4th of every ten: even a 4-job run shows a failure.
-        fail_at = rng.randint(steps // 3, steps - 1) if i % 10 == 3 else None
+        # Two jobs in ten fail: the 4th of every ten logs its error (a handled one), the
+        # 6th raises an exception nobody catches (crash capture records it). Even a
+        # 4-job run shows a failure, a 6-job run both kinds.
+        crash = i % 10 == 5
+        fail_at = rng.randint(steps // 3, steps - 1) if i % 10 == 3 or crash else None
         model = MODELS[1] if i % 7 == 6 else MODELS[0]
-        plan.append((f"job-{run_id}-{i:04d}", i, model, prompts[i % len(prompts)], steps, fail_at))
+        plan.append(
+            (f"job-{run_id}-{i:04d}", i, model, prompts[i % len(prompts)], steps, fail_at, crash)
+        )
     return plan
 
 
@@ -175,7 +181,9 @@ def _settings(args: Any, run: RunState, seed: int) -> DemoSettings:
 
 
 def _enqueue(run: RunState, jobs_q: Any, rng: random.Random) -> None:
-    for job_id, index, model, prompt, steps, fail_at in _plan_jobs(run.run_id, run.jobs_total, rng):
+    for job_id, index, model, prompt, steps, fail_at, crash in _plan_jobs(
+        run.run_id, run.jobs_total, rng
+    ):
         with (
             fastbuf.context(job_id=job_id),
             fastbuf.span("job.enqueue", queue="gpu", model=model) as s,
@@ -184,7 +192,16 @@ def _enqueue(run: RunState, jobs_q: Any, rng: random.Random) -> None:
             assert tp is not None and s.trace_id is not None
             jobs_q.put(
                 JobSpec(
-                    job_id, index, model, prompt, steps, fail_at, tp, s.trace_id, time.time_ns()
+                    job_id,
+                    index,
+                    model,
+                    prompt,
+                    steps,
+                    fail_at,
+                    crash,
+                    tp,
+                    s.trace_id,
+                    time.time_ns(),
                 )
             )
 

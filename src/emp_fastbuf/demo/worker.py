@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import os
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -30,7 +31,12 @@ GPU_MEMORY_ACTIVATIONS = 2_684_354_560
 
 
 class SimulatedGpuError(RuntimeError):
-    """The failure one job in ten runs into."""
+    """The failure one job in ten runs into, which the job catches and logs."""
+
+
+class SimulatedGpuCrash(RuntimeError):
+    """The failure another job in ten runs into, which nothing catches: it leaves the
+    job's spans and ends the job's thread, and only crash capture records it."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class JobSpec:
     prompt: str
     steps: int
     fail_at: int | None  # the step that raises, or None
+    crash: bool  # what raises at fail_at: SimulatedGpuCrash (uncaught), else SimulatedGpuError
     traceparent: str
     trace_id: str
     enqueued_ns: int
@@ -119,10 +126,10 @@ class _Worker:
             time.sleep(seconds)
 
     def run_job(self, job: JobSpec) -> dict[str, Any]:
-        """Run one job; returns what it did (for the side file)."""
+        """Run one job on a job thread, as a worker that keeps a job off its main loop
+        would; returns what it did (for the side file). A job whose exception nobody
+        catches ends its thread; the worker goes on with the next job."""
         before = fastbuf.stats()["by_kind"]
-        picked_ns = time.time_ns()
-        t = self.timer
         result: dict[str, Any] = {
             "job_id": job.job_id,
             "trace_id": job.trace_id,
@@ -132,8 +139,33 @@ class _Worker:
             "status": "completed",
             "steps_run": 0,
             "model_loaded": False,
+            "error": None,
         }
         spans = ["job.enqueue", "queue.wait", "job"]
+        thread = threading.Thread(
+            target=self._job, args=(job, result, spans), name=f"job-{job.index}"
+        )
+        thread.start()
+        thread.join()
+        if result["status"] == "running":  # the job's exception ended the thread
+            result["status"] = "failed"
+            with fastbuf.continue_trace(job.traceparent), fastbuf.context(job_id=job.job_id):
+                self.timer.call(
+                    fastbuf.event, "job.failed", step=result["steps_run"] - 1, reason="crash"
+                )
+            self.timer.call(self.failed.inc, 1, model=job.model, reason="crash")
+            # The CUDA context is gone with the crash: reload on the next job.
+            self.loaded = None
+            self.timer.call(self.gpu_memory.set, 0, gpu=self.index)
+        after = fastbuf.stats()["by_kind"]
+        result["spans"] = dict(Counter(spans))
+        result["emitted"] = {k: after[k] - before[k] for k in KINDS}
+        return result
+
+    def _job(self, job: JobSpec, result: dict[str, Any], spans: list[str]) -> None:
+        picked_ns = time.time_ns()
+        t = self.timer
+        result["status"] = "running"
         with fastbuf.continue_trace(job.traceparent), fastbuf.context(job_id=job.job_id):
             # The wait happened before this worker ran anything: a span with the
             # enqueue time as its start, a sibling of the job span under job.enqueue.
@@ -168,7 +200,14 @@ class _Worker:
                                 result["steps_run"] = step + 1
                                 loss = round(1.0 / (1 + step) + self.rng.uniform(0, 0.05), 4)
                                 t.call(fastbuf.log.info, "denoise step", step=step, loss=loss)
+                                if step == job.fail_at and job.crash:
+                                    result["error"] = "SimulatedGpuCrash"
+                                    raise SimulatedGpuCrash(
+                                        "CUDA error: an illegal memory access was"
+                                        f" encountered on gpu {self.index} (simulated)"
+                                    )
                                 if step == job.fail_at:
+                                    result["error"] = "SimulatedGpuError"
                                     raise SimulatedGpuError(
                                         "CUDA out of memory: tried to allocate 2.50 GiB"
                                         f" on gpu {self.index} (simulated)"
@@ -186,6 +225,7 @@ class _Worker:
                         self.work(self.settings.upload_s)
                     t.call(self.completed.inc, 1, model=job.model)
                     t.call(fastbuf.event, "job.completed", steps=job.steps, image_bytes=size)
+                    result["status"] = "completed"
                 except SimulatedGpuError as exc:
                     result["status"] = "failed"
                     job_span.set_status("error", str(exc))
@@ -197,10 +237,6 @@ class _Worker:
                     # The model's memory is gone with the error: reload on the next job.
                     self.loaded = None
                     t.call(self.gpu_memory.set, 0, gpu=self.index)
-        after = fastbuf.stats()["by_kind"]
-        result["spans"] = dict(Counter(spans))
-        result["emitted"] = {k: after[k] - before[k] for k in KINDS}
-        return result
 
 
 def worker_main(index: int, settings: DemoSettings, jobs: Any, results: Any) -> None:
@@ -210,6 +246,10 @@ def worker_main(index: int, settings: DemoSettings, jobs: Any, results: Any) -> 
     for var in ("OTEL_SDK_DISABLED", "EMP_FASTBUF_RING", "OTEL_RESOURCE_ATTRIBUTES"):
         os.environ.pop(var, None)
     worker_id = f"{settings.machine_id}-gpu{index}"
+    # A job thread's uncaught exception reaches the store as an ERROR record with its
+    # stack trace (crash capture, installed by configure, runs before this hook); the
+    # demo's terminal shows the summary, not the traceback too.
+    threading.excepthook = lambda _args: None
     fastbuf.configure(
         service=SERVICE,
         machine_id=settings.machine_id,
