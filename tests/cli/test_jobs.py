@@ -729,6 +729,29 @@ def test_a_chunk_cut_by_retention_is_counted_by_its_rows(fastbuf_home: Path) -> 
     assert (job.records, job.start_unix_nano) == (10, T0 + 5 * S)
 
 
+def test_a_failure_that_retention_deleted_is_said_so(
+    fastbuf_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The chunk still says ERROR (its highest severity), its ERROR log is gone."""
+    recs = [log(f"step {i}", float(i), context=ctx("cut")) for i in range(10)]
+    recs[2] = log("oom", 2.0, severity=17, text="ERROR", context=ctx("cut"))
+    with Store(fastbuf_home / "store.sqlite", retention_s=100) as store:
+        store.ingest([(W1, recs)])
+        store.enforce(T0 + 105 * S)
+    code, out, _ = run(["why", "--job", "cut"], capsys)
+    assert code == 0
+    assert out.splitlines()[:3] == [
+        "job cut failed: -",
+        out.splitlines()[1],
+        "  the failure record is no longer in the store",
+    ]
+    assert "what could hide evidence" in out
+    code, out, _ = run(["why", "--job", "cut", "--json"], capsys)
+    obj = json.loads(out)
+    assert (obj["status"], obj["failure"], obj["job"]["first_error"]) == ("failed", None, None)
+    assert obj["machine_metrics"]["series"] == [] and obj["evidence"] is not None
+
+
 def _vm_steps(path: Path) -> int:
     """SQLite virtual machine steps (in thousands) that ``Store.jobs`` takes: the work it
     does, without a clock."""

@@ -272,7 +272,16 @@ def why_json(
         "machine_metrics": None,
         "evidence": evidence,
     }
-    if failure is None:
+    if not job.failed:
+        return out
+    lo, hi = machine_window(job)
+    out["machine_metrics"] = {
+        "since_unix_nano": lo,
+        "until_unix_nano": hi,
+        "margin_ns": MACHINE_MARGIN_NS,
+        "series": [_series_json(s) for s in series],
+    }
+    if failure is None:  # retention deleted it since the chunk index said so
         return out
     out["failure"] = {
         "kind": failure.kind,
@@ -284,13 +293,6 @@ def why_json(
     out["span_path"] = [{**record_json(s), "depth": i} for i, s in enumerate(report.span_path)]
     out["exception"] = _exception_json(report)
     out["logs"] = [record_json(r) for r in report.logs]
-    lo, hi = machine_window(job)
-    out["machine_metrics"] = {
-        "since_unix_nano": lo,
-        "until_unix_nano": hi,
-        "margin_ns": MACHINE_MARGIN_NS,
-        "series": [_series_json(s) for s in series],
-    }
     return out
 
 
@@ -350,7 +352,7 @@ def why_lines(
     if report.failure is None:
         # The chunk index says so, but retention has deleted the record since.
         lines.append(("  the failure record is no longer in the store", "yellow"))
-        return lines + _evidence_lines(job, evidence)
+        return lines + _metric_lines(job, series) + _evidence_lines(job, evidence)
     lines.append((f"  failed at {render.human_time(report.failure.time_unix_nano)}", ""))
     lines += _path_lines(report)
     lines += _exception_lines(report)
