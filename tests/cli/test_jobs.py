@@ -249,6 +249,32 @@ def test_job_summaries_follow_the_definitions(home: Path) -> None:
     assert found["crash"].records == 3 + 25 + 1 + 3
 
 
+def test_the_first_error_line_of_a_logged_exception_is_its_cause(fastbuf_home: Path) -> None:
+    """``log.exception("job failed")``: the line names the exception, not the words."""
+    c = ctx("logexc")
+    with Store(fastbuf_home / "store.sqlite") as store:
+        store.ingest(
+            [
+                (
+                    W1,
+                    [
+                        log(
+                            "job failed",
+                            1.0,
+                            severity=17,
+                            text="ERROR",
+                            context=c,
+                            attributes=CRASH_ATTRS,
+                        ),
+                        log("later", 2.0, severity=17, text="ERROR", context=c),
+                    ],
+                )
+            ]
+        )
+        (job,) = store.jobs()
+    assert (job.status, job.first_error) == ("failed", "RuntimeError: CUDA out of memory")
+
+
 def test_jobs_newest_first_and_only_failed(home: Path) -> None:
     with Store(home / "store.sqlite", readonly=True) as store:
         assert [j.job_id for j in store.jobs()] == [

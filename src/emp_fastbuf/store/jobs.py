@@ -45,6 +45,15 @@ def _first_line(text: str | None) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def _error_line(body: str | None, exc_type: Any, exc_message: Any) -> str:
+    """An ERROR log's first error line: the cause, ``TYPE: message``, when it carries an
+    exception (``log.exception("job failed")`` says less than its exception), else its
+    body's first line."""
+    if exc_type is None:
+        return _first_line(body)
+    return _first_line(f"{exc_type}: {exc_message}" if exc_message else str(exc_type))
+
+
 def _exception_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if k.startswith("exception.")}
 
@@ -121,10 +130,14 @@ class Jobs(Queries):
         ):
             span_error.setdefault(job, _first_line(message) or name or "")
         log_error: dict[str, str] = {}
-        for job, body in self._per_jobs(
-            f"SELECT c.job_id, r.body {_ERROR_LOG_ROWS}", " ORDER BY r.time_unix_nano, r.id", named
+        for job, body, exc_type, exc_message in self._per_jobs(
+            "SELECT c.job_id, r.body, json_extract(r.attributes, '$.\"exception.type\"'),"
+            " json_extract(r.attributes, '$.\"exception.message\"')"
+            f" {_ERROR_LOG_ROWS}",
+            " ORDER BY r.time_unix_nano, r.id",
+            named,
         ):
-            log_error.setdefault(job, _first_line(body))
+            log_error.setdefault(job, _error_line(body, exc_type, exc_message))
         sources: dict[str, set[int]] = {}
         for job, sid in self._per_jobs(
             "SELECT DISTINCT c.job_id, c.source_id FROM chunks c WHERE c.job_id IS NOT NULL",
