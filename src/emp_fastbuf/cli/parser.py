@@ -17,6 +17,7 @@ from emp_fastbuf.cli.commands import (
     cmd_trace,
     delegate,
 )
+from emp_fastbuf.cli.jobs import cmd_jobs, cmd_why
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,23 @@ COMMANDS = (
             _arg("job", nargs="?", metavar="JOB", help="the job id (the same as --job)"),
             *_STORE,
         ),
+    ),
+    Command(
+        "jobs",
+        "one row per job, newest first: status, start, duration, sources, first error",
+        cmd_jobs,
+        (
+            _arg("--failed", action="store_true", help="only the failed jobs"),
+            _arg("--since", help=f"only jobs still running at or after: {_SINCE}"),
+            _arg("--until", help=f"only jobs started at or before: {_SINCE}"),
+            *_STORE,
+        ),
+    ),
+    Command(
+        "why",
+        "why a job failed: span path, exception, last logs, machine metrics, evidence",
+        cmd_why,
+        (_arg("--job", metavar="ID", help="the job id"), *_STORE),
     ),
     Command(
         "tail",

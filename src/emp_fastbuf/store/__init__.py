@@ -6,7 +6,8 @@ readers see committed batches while the writer goes on). The schema is versioned
 described in ``docs/store-schema.md``.
 
 ``Store`` is one class made of its parts: ``connection`` (opening the file, moving a
-damaged one aside), ``ingest`` (writing), ``retention`` and ``query``; ``schema`` holds
+damaged one aside), ``ingest`` (writing), ``retention``, ``query`` and ``jobs`` (the
+job summaries and failure reports, on top of ``query``); ``schema`` holds
 the tables, ``rows`` builds a record's row, ``model`` is what queries return.
 """
 
@@ -17,8 +18,16 @@ from pathlib import Path
 
 from emp_fastbuf.errors import StoreBusy, StoreDamaged, StoreError
 from emp_fastbuf.store.ingest import Ingest
-from emp_fastbuf.store.model import MetricSeries, SpanNode, StoredRecord, TraceView
-from emp_fastbuf.store.query import Queries
+from emp_fastbuf.store.jobs import Jobs
+from emp_fastbuf.store.model import (
+    JobFailure,
+    JobSummary,
+    MachineSeries,
+    MetricSeries,
+    SpanNode,
+    StoredRecord,
+    TraceView,
+)
 from emp_fastbuf.store.retention import DEFAULT_MAX_BYTES, DEFAULT_RETENTION_S, Retention
 from emp_fastbuf.store.rows import MAX_TIME_UNIX_NANO, rows_by_kind, store_row
 from emp_fastbuf.store.schema import APPLICATION_ID, SCHEMA_VERSION
@@ -29,6 +38,9 @@ __all__ = [
     "DEFAULT_RETENTION_S",
     "MAX_TIME_UNIX_NANO",
     "SCHEMA_VERSION",
+    "JobFailure",
+    "JobSummary",
+    "MachineSeries",
     "MetricSeries",
     "SpanNode",
     "Store",
@@ -42,7 +54,7 @@ __all__ = [
 ]
 
 
-class Store(Ingest, Retention, Queries):
+class Store(Ingest, Retention, Jobs):
     """The SQLite store. One writer (the agent), any number of ``readonly`` readers.
 
     ``retention_s`` and ``max_bytes`` are applied by ``enforce()``, which the owner calls

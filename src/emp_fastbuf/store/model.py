@@ -121,3 +121,75 @@ class MetricSeries:
     bounds: list[float] = field(default_factory=list)
     bucket_counts: list[int] = field(default_factory=list)
     recent: list[float] = field(default_factory=list)  # oldest first, for a sparkline
+
+
+@dataclass(slots=True)
+class JobSummary:
+    """One job: the records (logs, events, spans, metric updates) whose context has its
+    ``job_id``. Failed when one of its spans ended with status error or one of its logs is
+    at ERROR or above."""
+
+    job_id: str
+    failed: bool
+    start_unix_nano: int  # the earliest record time or span start
+    end_unix_nano: int  # the latest record time or span end
+    records: int
+    machines: list[str]  # the machine ids of its records' sources, sorted
+    workers: list[str]  # their worker ids, sorted
+    # The first line of the earliest ERROR+ log's body, else the status message (or the
+    # name) of the errored span that ended first; None for a job that did not fail.
+    first_error: str | None
+
+    @property
+    def status(self) -> str:
+        """'failed' or 'ok'."""
+        return "failed" if self.failed else "ok"
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_unix_nano - self.start_unix_nano
+
+
+@dataclass(slots=True)
+class JobFailure:
+    """What the store says about why a job failed (``Store.job_failure``). For a job that
+    did not fail only ``job`` is filled in."""
+
+    job: JobSummary
+    # The earliest ERROR+ log with exception.* attributes, else the earliest ERROR+ log,
+    # else the errored span that ended first.
+    failure: StoredRecord | None = None
+    # The failing span and its ancestors, root first (the failing span last); empty when
+    # the failure belongs to no stored span and no span errored.
+    span_path: list[StoredRecord] = field(default_factory=list)
+    # The exception.* attributes, from the failure log, else from an "exception" event of
+    # the failing span or of a span above it.
+    exception: dict[str, Any] | None = None
+    exception_source: str | None = None  # "log" or "span event"
+    # The job's last logs before the failure (not the failure itself), oldest first.
+    logs: list[StoredRecord] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class MachineSeries:
+    """One machine-level metric series over a time window, oldest value first
+    (``Store.machine_series``)."""
+
+    name: str
+    unit: str
+    machine_id: str
+    attributes: dict[str, Any]
+    times: list[int]
+    values: list[float]
+
+    @property
+    def min(self) -> float:
+        return min(self.values)
+
+    @property
+    def max(self) -> float:
+        return max(self.values)
+
+    @property
+    def last(self) -> float:
+        return self.values[-1]
