@@ -94,6 +94,20 @@ def test_demo_delivers_everything_and_prints_a_summary(run: DemoRun) -> None:
     text = run.out.stdout
     failed = side["failed_jobs"][0]
     assert "delivered to the store" in text and "p99.9" in text
+    # The failed jobs as the store has them, each with its cause, then what to try first.
+    oom, crash = side["failed_jobs"]
+    assert side["failed_in_store"] == {
+        oom: f"SimulatedGpuError: {run.jobs[oom]['message']}",
+        crash: f"SimulatedGpuCrash: {run.jobs[crash]['message']}",
+    }
+    lines = text.splitlines()
+    listed = lines.index("failed jobs (2):")
+    assert lines[listed + 1 : listed + 3] == [
+        f"  {oom}  SimulatedGpuError: {run.jobs[oom]['message']}",
+        f"  {crash}  SimulatedGpuCrash: {run.jobs[crash]['message']}",
+    ]
+    tries = lines[lines.index("try:") + 1 :]
+    assert tries[:2] == ["  fastbuf jobs --failed", f"  fastbuf why --job {failed}"]
     assert f"fastbuf logs --job {failed}" in text
     assert f"fastbuf trace {run.jobs[failed]['trace_id']}" in text
     assert f"fastbuf correlate --job {failed}" in text
@@ -199,8 +213,9 @@ def test_a_crashed_job_is_captured_with_its_stack_trace(run: DemoRun) -> None:
     assert attrs["exception.type"] == "SimulatedGpuCrash"
     assert "illegal memory access" in attrs["exception.message"]
     assert logs[0]["body"].startswith("SimulatedGpuCrash: CUDA error")
-    assert "raise SimulatedGpuCrash(" in attrs["exception.stacktrace"]
-    assert ", in _job\n" in attrs["exception.stacktrace"]  # the function that raised
+    # The raise, in the function that raised it.
+    assert "raise self._failure(job, result)" in attrs["exception.stacktrace"]
+    assert ", in _job\n" in attrs["exception.stacktrace"]
     assert logs[0]["span_id"] == failed_step["span_id"]
     assert logs[0]["worker_id"] == job["worker_id"]
     assert "Traceback" not in run.out.stderr  # the demo's terminal shows the summary only

@@ -1,7 +1,8 @@
 """``fastbuf demo``: simulated GPU workers run image-generation jobs through the whole
 pipeline (api -> ring -> agent -> spool -> local store), then a summary of what was
-emitted, delivered and dropped, the workers' own emit latency, and query commands to try
-with real ids from the run.
+emitted, delivered and dropped, the workers' own emit latency, the failed jobs with the
+first line of their cause (as ``fastbuf jobs --failed`` has them), and query commands to
+try with real ids from the run, starting with ``fastbuf jobs --failed`` and ``fastbuf why``.
 
 The parent process is the scheduler: it creates a private ring, starts a real
 ``fastbuf agent`` (local store only), enqueues the jobs, each inside a ``job.enqueue``
@@ -440,6 +441,8 @@ def _finish(
             "delivered": {k: delivered.by_kind[k] for k in KINDS},
             "agent_records": {k: delivered.agent[k] for k in KINDS},
             "dropped": ring_stats.get("dropped", 0),
+            # The failed jobs as `fastbuf jobs --failed` lists them, with their causes.
+            "failed_in_store": {j.job_id: j.first_error for j in delivered.failed},
             "complete": not run.problems,
             "problems": run.problems,
         },

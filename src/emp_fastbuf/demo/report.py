@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from emp_fastbuf.demo.worker import KINDS, SERVICE
 from emp_fastbuf.records import EVENT, LOG, SPAN, Record, Resource, SpanEvent
-from emp_fastbuf.store import Store, StoredRecord
+from emp_fastbuf.store import JobSummary, Store, StoredRecord
 from emp_fastbuf.values import percentile
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ class Delivered:
     agent: Counter[str] = field(default_factory=Counter)  # the agent's own metric updates
     logs: list[StoredRecord] = field(default_factory=list)
     spans: list[StoredRecord] = field(default_factory=list)
+    failed: list[JobSummary] = field(default_factory=list)  # the run's failed jobs, by id
 
 
 def read_back(store: Store, run: RunState) -> Delivered:
@@ -73,6 +74,10 @@ def read_back(store: Store, run: RunState) -> Delivered:
     out.by_kind["span"] += len(out.spans)
     for s in store.metrics(machine=run.machine_id):
         (out.by_kind if s.worker_id else out.agent)["metric"] += s.updates
+    # What `fastbuf jobs --failed` says of this run's jobs.
+    out.failed = sorted(
+        (j for j in store.jobs(failed=True) if j.job_id in run.jobs), key=lambda j: j.job_id
+    )
     return out
 
 
@@ -167,7 +172,7 @@ def print_summary(
     from rich.console import Console
 
     con = Console(highlight=False, soft_wrap=True)
-    failed = sorted(j for j, r in run.jobs.items() if r["status"] == "failed")
+    failed = [j.job_id for j in delivered.failed]
     con.print(
         f"\n[bold]fastbuf demo[/]: {len(run.jobs)} jobs ({len(failed)} failed) on"
         f" {run.workers} workers, machine {run.machine_id}, ring {run.ring}"
@@ -175,7 +180,17 @@ def print_summary(
     _print_counts(con, emitted, delivered, ring_stats, status)
     latencies = _print_latency(con, run)
     _print_rates(con, run, emitted, delivered, status, latencies, store_bytes, wire_bytes)
+    _print_failed(con, delivered.failed)
     _print_queries(con, run, failed, home_flag)
+
+
+def _print_failed(con: Console, failed: list[JobSummary]) -> None:
+    """The failed jobs as the store has them, each with the first line of its cause."""
+    if not failed:
+        return
+    con.print(f"\n[bold]failed jobs[/] ({len(failed)}):")
+    for job in failed:
+        con.print(f"  {job.job_id}  {job.first_error or '-'}", markup=False)
 
 
 def _print_counts(
@@ -291,7 +306,9 @@ def _print_queries(con: Console, run: RunState, failed: list[str], home_flag: st
         return
     trace_id = run.jobs[job]["trace_id"]
     con.print("\n[bold]try[/]:")
+    first = ("fastbuf jobs --failed", f"fastbuf why --job {job}") if failed else ()
     for cmd in (
+        *first,
         f"fastbuf logs --job {job}",
         f"fastbuf trace {trace_id}",
         f"fastbuf correlate --job {job}",

@@ -139,7 +139,8 @@ class _Worker:
             "status": "completed",
             "steps_run": 0,
             "model_loaded": False,
-            "error": None,
+            "error": None,  # the class of the exception that failed it
+            "message": None,  # and its message
         }
         spans = ["job.enqueue", "queue.wait", "job"]
         thread = threading.Thread(
@@ -161,6 +162,20 @@ class _Worker:
         result["spans"] = dict(Counter(spans))
         result["emitted"] = {k: after[k] - before[k] for k in KINDS}
         return result
+
+    def _failure(self, job: JobSpec, result: dict[str, Any]) -> Exception:
+        """The exception job ``job`` fails with (noted in its result)."""
+        if job.crash:
+            exc: Exception = SimulatedGpuCrash(
+                f"CUDA error: an illegal memory access was encountered on gpu {self.index}"
+                " (simulated)"
+            )
+        else:
+            exc = SimulatedGpuError(
+                f"CUDA out of memory: tried to allocate 2.50 GiB on gpu {self.index} (simulated)"
+            )
+        result["error"], result["message"] = type(exc).__name__, str(exc)
+        return exc
 
     def _job(self, job: JobSpec, result: dict[str, Any], spans: list[str]) -> None:
         picked_ns = time.time_ns()
@@ -200,18 +215,8 @@ class _Worker:
                                 result["steps_run"] = step + 1
                                 loss = round(1.0 / (1 + step) + self.rng.uniform(0, 0.05), 4)
                                 t.call(fastbuf.log.info, "denoise step", step=step, loss=loss)
-                                if step == job.fail_at and job.crash:
-                                    result["error"] = "SimulatedGpuCrash"
-                                    raise SimulatedGpuCrash(
-                                        "CUDA error: an illegal memory access was"
-                                        f" encountered on gpu {self.index} (simulated)"
-                                    )
                                 if step == job.fail_at:
-                                    result["error"] = "SimulatedGpuError"
-                                    raise SimulatedGpuError(
-                                        "CUDA out of memory: tried to allocate 2.50 GiB"
-                                        f" on gpu {self.index} (simulated)"
-                                    )
+                                    raise self._failure(job, result)
                             if step % 5 == 0:
                                 used = GPU_MEMORY_BASE + int(
                                     GPU_MEMORY_ACTIVATIONS * self.rng.uniform(0.6, 1.0)

@@ -136,8 +136,9 @@ class JobSummary:
     records: int
     machines: list[str]  # the machine ids of its records' sources, sorted
     workers: list[str]  # their worker ids, sorted
-    # The first line of the earliest ERROR+ log's body, else the status message (or the
-    # name) of the errored span that ended first; None for a job that did not fail.
+    # The first line of the earliest ERROR+ log (its exception's ``TYPE: message`` when it
+    # carries one, else its body), else the status message (or the name) of the errored
+    # span that ended first; None for a job that did not fail.
     first_error: str | None
 
     @property
