@@ -17,8 +17,8 @@ from pathlib import Path
 
 from emp_fastbuf.errors import StoreBusy, StoreDamaged, StoreError
 from emp_fastbuf.store.ingest import Ingest
-from emp_fastbuf.store.model import MetricSeries, SpanNode, StoredRecord, TraceView
-from emp_fastbuf.store.query import Queries
+from emp_fastbuf.store.model import JobView, MetricSeries, SpanNode, StoredRecord, TraceView
+from emp_fastbuf.store.query import TRACE_ID_DIGITS, Queries
 from emp_fastbuf.store.retention import DEFAULT_MAX_BYTES, DEFAULT_RETENTION_S, Retention
 from emp_fastbuf.store.rows import MAX_TIME_UNIX_NANO, rows_by_kind, store_row
 from emp_fastbuf.store.schema import APPLICATION_ID, SCHEMA_VERSION
@@ -29,6 +29,8 @@ __all__ = [
     "DEFAULT_RETENTION_S",
     "MAX_TIME_UNIX_NANO",
     "SCHEMA_VERSION",
+    "TRACE_ID_DIGITS",
+    "JobView",
     "MetricSeries",
     "SpanNode",
     "Store",
