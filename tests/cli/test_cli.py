@@ -20,8 +20,10 @@ import pytest
 from emp_fastbuf import cli
 from emp_fastbuf.cli import render
 from emp_fastbuf.cli.commands import delegate
+from emp_fastbuf.records import COUNTER, HISTOGRAM
 from emp_fastbuf.store import SCHEMA_VERSION, Store
 from support.store import (
+    JOB_A,
     T0,
     TRACE_A,
     TRACE_B,
@@ -29,6 +31,7 @@ from support.store import (
     W2,
     S,
     log,
+    metric,
     sample_groups,
 )
 
@@ -367,7 +370,7 @@ def test_trace_unknown_is_exit_1(home: Path, capsys: pytest.CaptureFixture[str])
     one_line_error(err, TRACE_B.hex())
 
 
-@pytest.mark.parametrize("bad", ["xyz", "0af7651916cd43dd", TRACE_A.hex() + "00", "g" * 32])
+@pytest.mark.parametrize("bad", ["xyz", "0af", "", TRACE_A.hex() + "00", "g" * 32, "0af7-"])
 def test_trace_malformed_id_is_exit_2(
     home: Path, capsys: pytest.CaptureFixture[str], bad: str
 ) -> None:
@@ -439,31 +442,50 @@ def test_metrics_none_is_exit_1(home: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_correlate_json(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with Store(home / "store.sqlite") as store:
+        store.ingest(
+            [
+                (W1, [metric("latency", HISTOGRAM, 3.0, values=[1.0, 2.0, 100.0], context=JOB_A)]),
+                (W1, [metric("requests", COUNTER, 3.0, 7, context={"job_id": "job-b"})]),
+            ]
+        )
     code, out, _ = run(["correlate", "--job", "job-a", "--json"], capsys)
     assert code == 0
     lines = json_lines(out)
-    assert len(lines) == 23
+    assert len(lines) == 15
     keys = [o.get("start_unix_nano", o["time_unix_nano"]) for o in lines]
     assert keys == sorted(keys)
     for o in lines:
         want = {"span": SPAN_FIELDS, "metric": METRIC_RECORD_FIELDS}.get(o["kind"], RECORD_FIELDS)
-        assert set(o) == want, o
-    cpu = [o for o in lines if o["name"] == "system.cpu.utilization"]
-    assert [(o["machine_id"], o["worker_id"], o["value"], o["instrument"]) for o in cpu] == [
-        ("m1", None, 0.5, "gauge")
-    ]
-    assert {o["worker_id"] for o in lines} == {"w1", None}
+        assert set(o) == want | {"scope"}, o
+    # The job's own records, and the machine metrics of its machine in its time window.
+    machine = [o for o in lines if o["scope"] == "machine"]
+    assert [
+        (o["name"], o["machine_id"], o["worker_id"], o["value"], o["instrument"]) for o in machine
+    ] == [("system.cpu.utilization", "m1", None, 0.5, "gauge")]
+    assert {o["job_id"] for o in lines if o["scope"] == "job"} == {"job-a"}
+    assert {o["scope"] for o in lines} == {"job", "machine"}
+    assert [o["value"] for o in lines if o["name"] == "requests"] == [1, 2, 3]  # not job-b's
     lat = next(o for o in lines if o["name"] == "latency")
-    assert (lat["value"], lat["count"], lat["max"]) == (None, 100, 100.0)
+    assert (lat["value"], lat["count"], lat["max"]) == (None, 3, 100.0)
 
 
-def test_correlate_human(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["correlate", "job-a"], capsys)
+def test_correlate_human(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run(["correlate", "job-a", "--utc"], capsys)
     assert code == 0
-    assert out.startswith("job job-a: 23 records")
+    assert out.startswith(
+        "job job-a: 13 records from 2023-11-14 22:13:21.000 +00:00 over 4.00 s on m1/w1;"
+        " 1 machine metric update of m1 in that time\n"
+    )
     order = ["job", "loading data", "train", "checkpoint", "epoch_end", "lost span"]
     positions = [out.index(n) for n in order]
     assert positions == sorted(positions)
+    (cpu,) = [line for line in out.splitlines() if "system.cpu.utilization" in line]
+    assert "machine metric system.cpu.utilization = 0.5" in cpu
+    assert "queue.depth" not in out  # w1's series in no job's context
 
 
 def test_correlate_unknown_job_is_exit_1(home: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -502,7 +502,10 @@ def test_why_report_sections_in_order(home: Path, capsys: pytest.CaptureFixture[
     assert 'File "/srv/gen/run.py", line 88, in main' in section  # the full stack trace
     logs = lines[at[2] + 1 : at[3] - 1]
     assert len(logs) == 20 and "denoise step 6" in logs[0] and "retrying allocation" in logs[-1]
-    assert "2023-11-14 22:13:31.600 +00:00 m1/w1 [crash] INFO  denoise step 6" in logs[0]
+    assert (
+        "2023-11-14 22:13:31.600 +00:00 m1/w1 [crash] trace:4bf92f35 INFO  denoise step 6"
+        in logs[0]
+    )
     metrics = [x.strip() for x in lines[at[3] + 1 : at[4] - 1]]
     # The job runs 10 s to 14 s: the window is 0 s to 24 s; the overall CPU and used
     # memory only, one line per GPU; the worker's own gauge and m2's are not m1's.

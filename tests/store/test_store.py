@@ -195,6 +195,50 @@ def test_logs_bad_trace_id_is_a_store_error(store: Store) -> None:
 # ---- trace ----------------------------------------------------------------------------------
 
 
+def test_trace_ids_by_prefix_from_the_index(tmp_path: Path) -> None:
+    """A prefix matches the trace ids that start with it, an odd number of digits too:
+    ``abc`` is not ``abb...`` nor ``abd...`` (the byte ``bc`` and ``bd`` sit either side);
+    all-``f`` prefixes have no next prefix."""
+    ids = [
+        "abbfffffffffffffffffffffffffffff",
+        "abc00000000000000000000000000000",
+        "abc7aaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "abcfffffffffffffffffffffffffffff",
+        "abd00000000000000000000000000000",
+        "ffffffffffffffffffffffffffffff00",
+        "ffffffffffffffffffffffffffffffff",
+    ]
+    with Store(tmp_path / "store.sqlite") as s:
+        s.ingest([(W1, [log(f"in {t}", 1, trace=bytes.fromhex(t)) for t in ids])])
+        assert s.trace_ids("abc") == ids[1:4]
+        assert s.trace_ids("ABC7") == [ids[2]]
+        assert s.trace_ids("abb") == [ids[0]]
+        assert s.trace_ids("ab") == ids[:5]
+        assert s.trace_ids("ab", limit=2) == ids[:2]
+        assert s.trace_ids("abd0") == [ids[4]]
+        assert s.trace_ids("fff") == ids[5:]
+        assert s.trace_ids("f" * 31) == ids[6:]
+        assert s.trace_ids(ids[3]) == [ids[3]]
+        assert s.trace_ids("abe") == []
+        # The log filters take the same prefixes (``tail --trace`` before its trace exists).
+        assert [r.body for r in s.logs(trace="abc")] == [f"in {t}" for t in ids[1:4]]
+        assert s.count_logs(trace="abc") == 3
+        assert [r.body for r in s.tail(0, trace="fff")[0]] == [f"in {t}" for t in ids[5:]]
+        with pytest.raises(StoreError, match="not a hex id"):
+            s.trace_ids("abx")
+
+
+def test_trace_ids_skip_traces_retention_deleted(tmp_path: Path) -> None:
+    """A trace whose records are gone is no match, also when its index entry stays (its
+    record was stored after one that is kept: ids are not in time order)."""
+    with Store(tmp_path / "store.sqlite", retention_s=3600) as s:
+        s.ingest([(W1, [log("new", 10_000, trace=TRACE_B)]), (W1, [log("old", 0, trace=TRACE_A)])])
+        assert s.trace_ids("") == sorted([TRACE_A.hex(), TRACE_B.hex()])
+        assert s.enforce(T0 + 10_000 * S) == 1
+        assert s.trace_ids("") == [TRACE_B.hex()]
+        assert s.trace_ids(TRACE_A.hex()[:6]) == []
+
+
 def test_trace_tree_order_depth_and_items(store: Store) -> None:
     view = store.trace(TRACE_A.hex())
     assert view is not None
@@ -360,58 +404,84 @@ def test_percentile_nearest_rank() -> None:
 
 
 def test_correlate_timeline(store: Store) -> None:
-    got = store.correlate("job-a")
+    view = store.correlate("job-a")
+    assert view is not None
+    got = view.records
     assert [r.sort_time for r in got] == sorted(r.sort_time for r in got)
     names = [
-        (r.kind, r.body if r.kind == "log" else r.name, r.machine_id, r.worker_id) for r in got
+        (r.kind, r.body if r.kind == "log" else r.name, r.machine_id, r.worker_id, r.job_id)
+        for r in got
     ]
-    # Spans sit at their start; the machine-level gauge of m1 inside the window is in, the
-    # ones before and after the window, m2's, and worker w2's counter are not.
+    # Spans sit at their start. The job's own records and metric updates are in; of the
+    # rest only the machine-level gauge of m1 inside the window: not the ones before and
+    # after it, nor m2's, nor w1's and w2's series made in no job's context.
     assert names == [
-        ("span", "job", "m1", "w1"),
-        ("span", "load", "m1", "w1"),
-        ("metric", "requests", "m1", "w1"),
-        ("metric", "queue.depth", "m1", "w1"),
-        ("log", "loading data", "m1", "w1"),
-        ("span", "train", "m1", "w1"),
-        ("metric", "gpu.temp", "m1", "w1"),
-        ("metric", "requests", "m1", "w1"),
-        ("metric", "queue.depth", "m1", "w1"),
-        ("metric", "gpu.temp", "m1", "w1"),
-        ("metric", "gpu.temp", "m1", "w1"),
-        ("metric", "system.cpu.utilization", "m1", None),
-        ("span", "step", "m1", "w1"),
-        ("metric", "latency", "m1", "w1"),
-        ("metric", "requests", "m1", "w1"),
-        ("event", "checkpoint", "m1", "w1"),  # same time as the next: records first
-        ("metric", "queue.depth", "m1", "w1"),
-        ("log", "slow step", "m1", "w1"),
-        ("metric", "sizes", "m1", "w1"),
-        ("metric", "sizes", "m1", "w1"),
-        ("event", "epoch_end", "m1", "w1"),
-        ("log", "train failed", "m1", "w1"),
-        ("log", "lost span", "m1", "w1"),
+        ("span", "job", "m1", "w1", "job-a"),
+        ("span", "load", "m1", "w1", "job-a"),
+        ("metric", "requests", "m1", "w1", "job-a"),
+        ("log", "loading data", "m1", "w1", "job-a"),
+        ("span", "train", "m1", "w1", "job-a"),
+        ("metric", "requests", "m1", "w1", "job-a"),
+        ("metric", "system.cpu.utilization", "m1", None, None),
+        ("span", "step", "m1", "w1", "job-a"),
+        ("metric", "requests", "m1", "w1", "job-a"),
+        ("event", "checkpoint", "m1", "w1", "job-a"),  # same time as the next: records first
+        ("log", "slow step", "m1", "w1", "job-a"),
+        ("event", "epoch_end", "m1", "w1", "job-a"),
+        ("log", "train failed", "m1", "w1", "job-a"),
+        ("log", "lost span", "m1", "w1", "job-a"),
     ]
-    lat = next(r for r in got if r.name == "latency")
+    assert [view.is_machine(r) for r in got].count(True) == view.machine_updates == 1
+    cpu = next(r for r in got if view.is_machine(r))
+    assert (cpu.name, cpu.instrument, cpu.value) == ("system.cpu.utilization", "gauge", 0.5)
+    assert view.machine_ids == ["m1"]
+    assert (view.start_unix_nano, view.end_unix_nano) == (T0 + 1 * S, T0 + 5 * S)  # the job span
+
+
+def test_correlate_leaves_out_what_other_jobs_tagged(store: Store) -> None:
+    """Two jobs at the same time on the same worker and machine: each one's timeline has
+    its own metric updates, never the other's, and only untagged machine metrics."""
+    other = {"job_id": "job-c"}
+    store.ingest(
+        [
+            (W1, [log("job c step", 2.0, context=other)]),
+            (W1, [metric("requests", COUNTER, 2.2, 50, context=other)]),
+            (M1, [metric("system.memory.utilization", GAUGE, 2.3, 0.4, context=other)]),
+            (W1, [metric("latency", HISTOGRAM, 2.4, values=[3.0, 4.0], context=JOB_A)]),
+        ]
+    )
+    view = store.correlate("job-a")
+    assert view is not None
+    assert {r.job_id for r in view.records} == {"job-a", None}
+    assert [r.value for r in view.records if r.name == "requests"] == [1, 2, 3]
+    assert "system.memory.utilization" not in {r.name for r in view.records}
+    lat = next(r for r in view.records if r.name == "latency")  # a tagged histogram
     assert (lat.instrument, lat.count, lat.sum, lat.min, lat.max) == (
         "histogram",
-        100,
-        5050.0,
-        1.0,
-        100.0,
+        2,
+        7.0,
+        3.0,
+        4.0,
     )
-    cpu = next(r for r in got if r.name == "system.cpu.utilization")
-    assert (cpu.instrument, cpu.value, cpu.job_id) == ("gauge", 0.5, None)
+    c = store.correlate("job-c")
+    assert c is not None
+    assert [(r.name or r.body, r.job_id) for r in c.records] == [
+        ("job c step", "job-c"),
+        ("requests", "job-c"),
+        ("system.memory.utilization", "job-c"),  # tagged with the job: the job's own
+    ]
+    assert c.machine_updates == 0  # m1's cpu gauges are at 0.5 s, 2.5 s and 6 s
 
 
 def test_correlate_other_job_and_unknown_job(store: Store) -> None:
-    got = store.correlate("job-b")
-    assert [(r.kind, r.machine_id) for r in got] == [
-        ("log", "m2"),
-        ("metric", "m2"),  # m2's machine-level gauge at 2.5 s
-        ("event", "m2"),
+    view = store.correlate("job-b")
+    assert view is not None
+    assert [(r.kind, r.machine_id, view.is_machine(r)) for r in view.records] == [
+        ("log", "m2", False),
+        ("metric", "m2", True),  # m2's machine-level gauge at 2.5 s
+        ("event", "m2", False),
     ]
-    assert store.correlate("job-zzz") == []
+    assert store.correlate("job-zzz") is None
 
 
 # ---- tail cursor ----------------------------------------------------------------------------
@@ -996,7 +1066,8 @@ def test_multi_step_queries_read_one_snapshot(tmp_path: Path) -> None:
         assert bodies(reader.logs()) == ["first"]
         writer.ingest([(W1, [log("second", 2, context=JOB_A)])])
         assert bodies(reader.logs()) == ["first"]
-        assert [r.body for r in reader.correlate("job-a")] == ["first"]
+        view = reader.correlate("job-a")
+        assert view is not None and [r.body for r in view.records] == ["first"]
     assert bodies(reader.logs()) == ["first", "second"]
     reader.close()
     writer.close()

@@ -5,7 +5,7 @@ Exit codes: 0 success, 1 what was asked for does not exist (or the store cannot 
 
 ``parser`` declares the commands and their arguments, ``commands`` holds their handlers,
 ``flags`` parses and checks flag values, ``render`` prints for people and ``jsonl`` for
-programs (``--json``).
+programs (``--json``); ``destinations`` says where records go when there is no store.
 """
 
 from __future__ import annotations

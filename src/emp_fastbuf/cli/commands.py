@@ -9,22 +9,22 @@ import importlib
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from emp_fastbuf.cli import render
+from emp_fastbuf.cli.destinations import no_store_message
 from emp_fastbuf.cli.flags import (
     UsageError,
     count,
-    hex_id,
     home,
     parse_attr,
     parse_level,
     parse_since,
+    trace_prefix,
 )
-from emp_fastbuf.cli.jsonl import format_time, metric_json, record_json, write_line
+from emp_fastbuf.cli.jsonl import metric_json, record_json, write_line
 from emp_fastbuf.paths import STORE_FILE
-from emp_fastbuf.store import Store, StoreDamaged, StoredRecord, StoreError
+from emp_fastbuf.store import TRACE_ID_DIGITS, Store, StoreDamaged, StoredRecord, StoreError
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -37,15 +37,38 @@ class NotFound(Exception):
     """What was asked for does not exist: exit 1."""
 
 
-def _no_store(path: Path) -> str:
-    return f"no store at {path} (the agent writes it when it runs with no endpoint)"
+# How many of the trace ids a short one could mean an ambiguity error names.
+_AMBIGUOUS_SHOWN = 5
 
 
-def _open_store(args: argparse.Namespace) -> Store:
+def open_store(args: argparse.Namespace) -> Store:
     path = home(args) / STORE_FILE
     if not path.exists():
-        raise NotFound(_no_store(path))
+        raise NotFound(no_store_message(path, path.parent))
     return Store(path, readonly=True)
+
+
+def _resolve_trace(store: Store, prefix: str, flag: str) -> str | None:
+    """The one stored trace id that starts with ``prefix`` (a whole id as it is); None
+    when no trace has it. An ambiguous prefix is a usage error that names the ids it
+    could mean."""
+    if len(prefix) == TRACE_ID_DIGITS:
+        return prefix
+    ids = store.trace_ids(prefix, limit=_AMBIGUOUS_SHOWN + 1)
+    if len(ids) > 1:
+        shown = ", ".join(ids[:_AMBIGUOUS_SHOWN]) + (
+            " and more" if len(ids) > _AMBIGUOUS_SHOWN else ""
+        )
+        raise UsageError(
+            f"{flag}: {prefix!r} is the start of more than one trace id ({shown}): give more digits"
+        )
+    return ids[0] if ids else None
+
+
+def _no_trace(prefix: str) -> NotFound:
+    if len(prefix) == TRACE_ID_DIGITS:
+        return NotFound(f"no trace {prefix} in the store")
+    return NotFound(f"no trace id starting with {prefix} in the store")
 
 
 def _log_filters(args: argparse.Namespace, now_ns: int) -> dict[str, Any]:
@@ -55,7 +78,7 @@ def _log_filters(args: argparse.Namespace, now_ns: int) -> dict[str, Any]:
         raise UsageError(f"--until {args.until!r} is before --since {args.since!r}")
     return {
         "job": args.job,
-        "trace": hex_id("--trace", args.trace, 16) if args.trace is not None else None,
+        "trace": trace_prefix("--trace", args.trace) if args.trace is not None else None,
         "machine": args.machine,
         "worker": args.worker,
         "service": args.service,
@@ -71,7 +94,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
     """``fastbuf logs``: logs and events, oldest first."""
     filters = _log_filters(args, time.time_ns())
     limit = count("--limit", args.limit)
-    with _open_store(args) as store:
+    with open_store(args) as store:
+        if filters["trace"] is not None:
+            prefix = filters["trace"]
+            filters["trace"] = _resolve_trace(store, prefix, "--trace")
+            if filters["trace"] is None:
+                raise _no_trace(prefix)
         cursor = store.last_id()  # the count and the records of one state of the store
         recs = store.logs(**filters, limit=limit or None, max_id=cursor)
         total = len(recs)
@@ -97,12 +125,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    """``fastbuf trace ID``: the span tree with a waterfall."""
-    trace_id = hex_id("trace id", args.trace_id, 16)
-    with _open_store(args) as store:
-        view = store.trace(trace_id)
+    """``fastbuf trace ID``: the span tree with a waterfall. ``ID`` may be the first
+    digits of the trace id (the short id the other views show)."""
+    prefix = trace_prefix("trace id", args.trace_id)
+    with open_store(args) as store:
+        trace_id = _resolve_trace(store, prefix, "trace id")
+        view = None if trace_id is None else store.trace(trace_id)
     if view is None:
-        raise NotFound(f"no trace {trace_id} in the store")
+        raise _no_trace(prefix)
     if args.json:
         for node in view.spans:
             obj = record_json(node.span)
@@ -122,7 +152,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_metrics(args: argparse.Namespace) -> int:
     """``fastbuf metrics``: the current value of every series."""
     since = parse_since(args.since, time.time_ns()) if args.since is not None else None
-    with _open_store(args) as store:
+    with open_store(args) as store:
         series = store.metrics(
             machine=args.machine, worker=args.worker, name=args.name, since_ns=since
         )
@@ -140,35 +170,45 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 def cmd_correlate(args: argparse.Namespace) -> int:
     """``fastbuf correlate --job ID`` (or ``correlate ID``): the job's spans, logs, events
-    and metrics in time order."""
+    and metrics in time order, with the metrics of its machines in its time window."""
     given = {j for j in (args.job_option, args.job) if j is not None}
     if len(given) != 1:
         raise UsageError(
             "which job? give it as --job ID" if not given else "two different jobs given"
         )
     args.job = given.pop()
-    with _open_store(args) as store:
-        recs = store.correlate(args.job)
-    if not recs:
+    with open_store(args) as store:
+        view = store.correlate(args.job)
+    if view is None:
         raise NotFound(f"no records for job {args.job!r}")
+    recs = view.records
     if args.json:
         for r in recs:
-            write_line(record_json(r), sys.stdout)
+            obj = record_json(r)
+            obj["scope"] = "machine" if view.is_machine(r) else "job"
+            write_line(obj, sys.stdout)
         return EXIT_OK
-    start = min(r.sort_time for r in recs)
-    end = max(r.time_unix_nano for r in recs)
-    sources = sorted({render.source_text(r) for r in recs if r.job_id == args.job})
+    start, end = view.start_unix_nano, view.end_unix_nano
+    sources = sorted({render.source_text(r) for r in recs if not view.is_machine(r)})
+    machine_updates = view.machine_updates
     heading = (
-        f"job {args.job}: {len(recs)} records from {format_time(start)}"
-        f" over {render.duration(end - start)} on {', '.join(sources)}"
+        f"job {args.job}: {len(recs) - machine_updates} records from"
+        f" {render.human_time(start)} over {render.duration(end - start)}"
+        f" on {', '.join(sources)}"
     )
+    if view.machine_ids:
+        updates = "update" if machine_updates == 1 else "updates"
+        heading += (
+            f"; {machine_updates} machine metric {updates} of {', '.join(view.machine_ids)}"
+            " in that time"
+        )
     if render.piped():
         sys.stdout.write(render.one_line(heading) + "\n")
-        render.write_lines(recs, sys.stdout, offsets_from=start)
+        render.write_lines(recs, sys.stdout, offsets_from=start, machine=view.is_machine)
         return EXIT_OK
     console = render.make_console()
     console.print(heading, markup=False)
-    render.print_records(recs, console, offsets_from=start)
+    render.print_records(recs, console, offsets_from=start, machine=view.is_machine)
     return EXIT_OK
 
 
@@ -209,6 +249,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
     if store is None:
         return EXIT_OK  # --max-seconds ran out before the store appeared
     with store:
+        if filters["trace"] is not None:
+            # A prefix no stored trace has yet follows the traces that start with it.
+            filters["trace"] = (
+                _resolve_trace(store, filters["trace"], "--trace") or filters["trace"]
+            )
         try:
             cursor = store.last_id()
             if lines and emit(store.logs(**filters, limit=lines, max_id=cursor)):
@@ -232,7 +277,8 @@ def _wait_for_store(
     path = home(args) / STORE_FILE
     if path.exists():
         return Store(path, readonly=True)
-    print(f"fastbuf tail: {_no_store(path)}; waiting for it (Ctrl-C stops)", file=sys.stderr)
+    message = no_store_message(path, path.parent)
+    print(f"fastbuf tail: {message}; waiting for it (Ctrl-C stops)", file=sys.stderr)
     failing_since: float | None = None
     while deadline is None or time.monotonic() < deadline:
         if path.exists():

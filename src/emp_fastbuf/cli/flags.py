@@ -12,7 +12,7 @@ from pathlib import Path
 from emp_fastbuf import paths
 from emp_fastbuf.errors import HomeError
 from emp_fastbuf.records import SEVERITY_FATAL, SEVERITY_TEXT, SEVERITY_WARN
-from emp_fastbuf.store import MAX_TIME_UNIX_NANO
+from emp_fastbuf.store import MAX_TIME_UNIX_NANO, TRACE_ID_DIGITS
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNIT_NS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
@@ -26,6 +26,9 @@ _LEVELS.update(warning=SEVERITY_WARN, critical=SEVERITY_FATAL)
 _RING_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 # Counts and ids go into SQLite, whose integers are signed 64-bit.
 _MAX_COUNT = 2**63 - 1
+# The fewest hex digits a trace id may be given by (``fastbuf trace 0af7``): fewer would
+# name one trace in only the smallest stores.
+MIN_TRACE_PREFIX = 4
 
 
 class UsageError(ValueError):
@@ -105,11 +108,15 @@ def count(flag: str, value: str | None) -> int | None:
     return n
 
 
-def hex_id(flag: str, value: str, nbytes: int) -> str:
-    """An id of ``nbytes`` bytes as lowercase hex."""
+def trace_prefix(flag: str, value: str) -> str:
+    """A trace id (32 hex digits, any case) or its first ``MIN_TRACE_PREFIX`` or more
+    digits, as lowercase hex: the store resolves a prefix to the one trace it names."""
     text = value.strip().lower()
-    if len(text) != 2 * nbytes or not re.fullmatch(r"[0-9a-f]+", text):
-        raise UsageError(f"{flag}: {value!r} is not a {2 * nbytes}-digit hex id")
+    if not MIN_TRACE_PREFIX <= len(text) <= TRACE_ID_DIGITS or not re.fullmatch(r"[0-9a-f]+", text):
+        raise UsageError(
+            f"{flag}: {value!r} is not a trace id: {TRACE_ID_DIGITS} hex digits, or the first"
+            f" {MIN_TRACE_PREFIX} or more of them"
+        )
     return text
 
 

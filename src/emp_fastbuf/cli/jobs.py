@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from emp_fastbuf import paths
 from emp_fastbuf.agent.status import read_status
 from emp_fastbuf.cli import render
-from emp_fastbuf.cli.commands import EXIT_OK, NotFound, _open_store
+from emp_fastbuf.cli.commands import EXIT_OK, NotFound, open_store
 from emp_fastbuf.cli.flags import UsageError, home, parse_since
 from emp_fastbuf.cli.jsonl import format_time, record_json, write_line
 from emp_fastbuf.store import JobFailure, JobSummary, MachineSeries
@@ -67,7 +67,7 @@ def _time_bounds(args: argparse.Namespace) -> tuple[int | None, int | None]:
 def cmd_jobs(args: argparse.Namespace) -> int:
     """``fastbuf jobs``: one row per job, newest first."""
     since, until = _time_bounds(args)
-    with _open_store(args) as store:
+    with open_store(args) as store:
         found = store.jobs(since_ns=since, until_ns=until, failed=True if args.failed else None)
     if not found:
         raise NotFound("no matching failed jobs" if args.failed else "no matching jobs")
@@ -169,7 +169,7 @@ def cmd_why(args: argparse.Namespace) -> int:
     """``fastbuf why --job ID``: why the job failed (or that it did not)."""
     if args.job is None:
         raise UsageError("which job? give it as --job ID")
-    with _open_store(args) as store:
+    with open_store(args) as store:
         report = store.job_failure(args.job, logs=LOGS_BEFORE)
         if report is None:
             raise NotFound(f"no records for job {args.job!r}")

@@ -52,7 +52,7 @@ _SINCE = "30s, 10m, 2h, 7d or an RFC 3339 time"
 # The filters of logs and tail (Store.logs and Store.tail take the same).
 _LOG_FILTERS = (
     _arg("--job", help="only records of this job id"),
-    _arg("--trace", help="only records of this trace id (32 hex digits)"),
+    _arg("--trace", help="only records of this trace id (32 hex digits, or its first 4+)"),
     _arg("--machine", help="only records from this machine id"),
     _arg("--worker", help="only records from this worker id"),
     _arg("--service", help="only records from this service (service.name)"),
@@ -87,7 +87,7 @@ COMMANDS = (
         "trace",
         "a trace as a span tree with a waterfall",
         cmd_trace,
-        (_arg("trace_id", help="the trace id (32 hex digits)"), *_STORE),
+        (_arg("trace_id", help="the trace id (32 hex digits, or its first 4+)"), *_STORE),
     ),
     Command(
         "metrics",

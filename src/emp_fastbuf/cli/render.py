@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -17,6 +17,8 @@ _SPARK = "▁▂▃▄▅▆▇█"
 # From this many columns the records and metrics tables keep each cell on one line; below
 # it their columns share the width and wrap.
 _WIDE_TERMINAL = 140
+# "07:45:02.123 +01:00": the time column's width on a narrow terminal, its date above.
+_CLOCK_WIDTH = 19
 _SEVERITY_STYLE = {
     SEVERITY_TEXT[SEVERITY_ERROR]: "red",
     SEVERITY_TEXT[SEVERITY_FATAL]: "bold red",
@@ -43,11 +45,18 @@ def one_line(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
-def write_lines(recs: Sequence[StoredRecord], out: TextIO, *, offsets_from: int | None) -> None:
+def write_lines(
+    recs: Sequence[StoredRecord],
+    out: TextIO,
+    *,
+    offsets_from: int | None,
+    machine: Callable[[StoredRecord], bool] | None = None,
+) -> None:
     """The records as ``tail`` prints them, one line each and nothing cut: the view for a
-    pipe. With ``offsets_from`` each line starts with the time since then."""
+    pipe. With ``offsets_from`` each line starts with the time since then; the records
+    ``machine`` picks are shown as machine metrics (``correlate``)."""
     for r in recs:
-        line = tail_line(r, limit=None).plain
+        line = tail_line(r, limit=None, machine=machine is not None and machine(r)).plain
         if offsets_from is not None:
             line = f"+{duration(r.sort_time - offsets_from)} " + line
         out.write(one_line(line) + "\n")
@@ -145,7 +154,9 @@ def sparkline(values: Sequence[float]) -> str:
     return "".join(out)
 
 
-def _what(rec: StoredRecord) -> Any:
+def _what(rec: StoredRecord, machine: bool = False) -> Any:
+    """The record cell: severity and body, ``event`` and name, a span's name, duration and
+    status, or a metric's value (``machine metric`` for one of the job's machines)."""
     from rich.text import Text
 
     if rec.kind == "log":
@@ -167,22 +178,36 @@ def _what(rec: StoredRecord) -> Any:
         value = f"n={rec.count} sum={_number(rec.sum)} max={_number(rec.max)}"
     else:
         value = _number(rec.value)
-    return Text.assemble(("metric ", "green"), f"{rec.name} = {value} {rec.unit or ''}".rstrip())
+    label = "machine metric " if machine else "metric "
+    return Text.assemble((label, "green"), f"{rec.name} = {value} {rec.unit or ''}".rstrip())
 
 
-def print_records(recs: Sequence[StoredRecord], console: Any, *, offsets_from: int | None) -> None:
+def print_records(
+    recs: Sequence[StoredRecord],
+    console: Any,
+    *,
+    offsets_from: int | None,
+    machine: Callable[[StoredRecord], bool] | None = None,
+) -> None:
     """The records table; the first column is the time, or with ``offsets_from`` the
-    time since then."""
+    time since then. The records ``machine`` picks are shown as machine metrics."""
     from rich.table import Table
     from rich.text import Text
 
     table = Table(box=None, pad_edge=False, show_edge=False)
-    # On a narrow terminal every column but the time wraps, the record least.
+    # On a narrow terminal every column but the trace wraps, the record least, and the
+    # time puts its date above the clock and offset.
     wide = console.width >= _WIDE_TERMINAL
     table.expand = not wide
-    table.add_column("time" if offsets_from is None else "offset", no_wrap=True, style="dim")
+    table.add_column(
+        "time" if offsets_from is None else "offset",
+        no_wrap=wide,
+        max_width=None if wide else _CLOCK_WIDTH,
+        style="dim",
+    )
     table.add_column("source", no_wrap=wide, overflow="fold", ratio=None if wide else 2)
     table.add_column("job", no_wrap=wide, overflow="fold", ratio=None if wide else 2)
+    table.add_column("trace", no_wrap=True)
     table.add_column("record", ratio=None if wide else 5)
     table.add_column("attributes", style="dim", overflow="fold", ratio=None if wide else 4)
     for r in recs:
@@ -195,7 +220,8 @@ def print_records(recs: Sequence[StoredRecord], console: Any, *, offsets_from: i
             Text(when),
             Text(source_text(r)),
             Text(r.job_id or "-"),
-            _what(r),
+            Text(short_id(r.trace_id)),
+            _what(r, machine is not None and machine(r)),
             Text(_attrs_text(r.attributes)),
         )
     console.print(table)
@@ -364,16 +390,18 @@ def write_metric_lines(series: Sequence[MetricSeries], out: TextIO) -> None:
         out.write(one_line(line + (f"  {spark}" if spark else "")) + "\n")
 
 
-def tail_line(rec: StoredRecord, limit: int | None = 120) -> Any:
-    """One record as ``tail`` prints it (attributes cut at ``limit`` characters; None:
-    never)."""
+def tail_line(rec: StoredRecord, limit: int | None = 120, *, machine: bool = False) -> Any:
+    """One record as ``tail`` prints it: ``time source [job] trace:SHORT record
+    attributes``, the job and the trace only when the record has them (attributes cut at
+    ``limit`` characters; None: never). ``machine``: a machine metric (``correlate``)."""
     from rich.text import Text
 
     line = Text.assemble(
         (human_time(rec.time_unix_nano) + " ", "dim"),
         (source_text(rec) + " ", ""),
         (f"[{rec.job_id}] " if rec.job_id else "", "dim"),
-        _what(rec),
+        (f"trace:{short_id(rec.trace_id)} " if rec.trace_id else "", "dim"),
+        _what(rec, machine),
     )
     if rec.attributes:
         line.append("  " + _attrs_text(rec.attributes, limit), "dim")

@@ -22,12 +22,14 @@ from emp_fastbuf.store.jobs import Jobs
 from emp_fastbuf.store.model import (
     JobFailure,
     JobSummary,
+    JobView,
     MachineSeries,
     MetricSeries,
     SpanNode,
     StoredRecord,
     TraceView,
 )
+from emp_fastbuf.store.query import TRACE_ID_DIGITS
 from emp_fastbuf.store.retention import DEFAULT_MAX_BYTES, DEFAULT_RETENTION_S, Retention
 from emp_fastbuf.store.rows import MAX_TIME_UNIX_NANO, rows_by_kind, store_row
 from emp_fastbuf.store.schema import APPLICATION_ID, SCHEMA_VERSION
@@ -38,8 +40,10 @@ __all__ = [
     "DEFAULT_RETENTION_S",
     "MAX_TIME_UNIX_NANO",
     "SCHEMA_VERSION",
+    "TRACE_ID_DIGITS",
     "JobFailure",
     "JobSummary",
+    "JobView",
     "MachineSeries",
     "MetricSeries",
     "SpanNode",

@@ -98,6 +98,29 @@ class TraceView:
 
 
 @dataclass(slots=True)
+class JobView:
+    """A job on one timeline (``Store.correlate``): its own records (spans at their start,
+    with their span events; logs; events; metric updates made in its context), and the
+    machine-level metric updates of the machines it ran on inside its time window, from
+    its first record to its last, in timeline order."""
+
+    job_id: str
+    records: list[StoredRecord]
+    machine_ids: list[str]  # the machines the job ran on, sorted
+    start_unix_nano: int  # the job's time window
+    end_unix_nano: int
+
+    def is_machine(self, rec: StoredRecord) -> bool:
+        """Whether ``rec`` is one of the machine metric updates, not the job's own."""
+        return rec.kind == "metric" and rec.job_id != self.job_id
+
+    @property
+    def machine_updates(self) -> int:
+        """How many of the records are machine metric updates."""
+        return sum(1 for r in self.records if self.is_machine(r))
+
+
+@dataclass(slots=True)
 class MetricSeries:
     """The current state of one series (name, instrument, unit, source, attributes)."""
 

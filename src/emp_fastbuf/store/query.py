@@ -27,11 +27,14 @@ from emp_fastbuf.records import (
 )
 from emp_fastbuf.store import schema
 from emp_fastbuf.store.connection import SourceKey, StoreConnection
-from emp_fastbuf.store.model import MetricSeries, SpanNode, StoredRecord, TraceView
+from emp_fastbuf.store.model import JobView, MetricSeries, SpanNode, StoredRecord, TraceView
 from emp_fastbuf.store.rows import f64_values
 from emp_fastbuf.store.schema import METRICS, RECORDS, SQLITE_BUSY, SQLITE_LOCKED
 from emp_fastbuf.values import percentile
 
+# A trace id: 16 bytes, written as 32 hex digits.
+TRACE_ID_DIGITS = 32
+_HEX_DIGITS = frozenset("0123456789abcdef")
 # The kinds the records table holds (metric updates have their own table).
 _KIND_BY_CODE = {kind: KIND_NAMES[kind] for kind in (LOG, EVENT, SPAN)}
 
@@ -85,8 +88,9 @@ _ATTR_TEXT = (
 @dataclass(frozen=True)
 class LogFilters:
     """The filters of ``logs``, ``tail`` and ``count_logs``; a record matches every one
-    given. ``attrs``: (key, value) pairs, each an attribute the record has with that value
-    as text; ``grep``: a case-sensitive substring of the body, the event name or any
+    given. ``trace``: a trace id, or its first hex digits (records of every trace whose id
+    starts with them); ``attrs``: (key, value) pairs, each an attribute the record has with
+    that value as text; ``grep``: a case-sensitive substring of the body, the event name or any
     attribute value (exception type, message and stack trace included)."""
 
     job: str | None = None
@@ -229,8 +233,9 @@ class Queries(StoreConnection):
             where.append("r.job_id = ?")
             params.append(f.job)
         if f.trace is not None:
-            where.append("r.trace_id = ?")
-            params.append(_id_bytes(f.trace))
+            cond, bounds = _trace_match("r.trace_id", f.trace)
+            where.append(cond)
+            params += bounds
         _source_filters("r", f.machine, f.worker, where, params, f.service)
         if f.level is not None:
             where.append(f"r.kind = {LOG} AND r.severity_number >= ?")
@@ -281,13 +286,14 @@ class Queries(StoreConnection):
         where, params = self._log_where(f, max_id)
         if trace is not None:
             # A trace is small and has its own chunks: no paging.
+            cond, bounds = _trace_match("t.trace_id", trace)
             sql = (
                 f"SELECT {_RECORD_COLUMNS} FROM trace_chunks t CROSS JOIN records r"
                 " ON r.id BETWEEN t.first_id AND t.last_id"
-                f" WHERE t.trace_id = ? AND {' AND '.join(where)}"
+                f" WHERE {cond} AND {' AND '.join(where)}"
                 " ORDER BY r.time_unix_nano DESC, r.id DESC"
             )
-            params.insert(0, _id_bytes(trace))
+            params[:0] = bounds
             if limit is not None:
                 sql += " LIMIT ?"
                 params.append(limit)
@@ -322,12 +328,13 @@ class Queries(StoreConnection):
         )
         where, params = self._log_where(f, max_id)
         if trace is not None:
+            cond, bounds = _trace_match("t.trace_id", trace)
             sql = (
                 "SELECT count(*) FROM trace_chunks t CROSS JOIN records r"
                 " ON r.id BETWEEN t.first_id AND t.last_id"
-                f" WHERE t.trace_id = ? AND {' AND '.join(where)}"
+                f" WHERE {cond} AND {' AND '.join(where)}"
             )
-            return int(self._query(sql, [_id_bytes(trace), *params])[0][0])
+            return int(self._query(sql, [*bounds, *params])[0][0])
         chunk_where, chunk_params = self._chunk_filters(RECORDS, f)
         sql = f"SELECT count(*) {_RECORD_JOIN} WHERE {' AND '.join(chunk_where + where)}"
         return int(self._query(sql, [*chunk_params, *params])[0][0])
@@ -463,6 +470,19 @@ class Queries(StoreConnection):
             params,
         )
         return [self._record(row) for row in rows], int(top)
+
+    def trace_ids(self, prefix: str, limit: int = 10) -> list[str]:
+        """The ids of the stored traces that start with ``prefix`` (hex digits, any case, up
+        to a whole id), in order, at most ``limit``: how a short trace id is resolved. Read
+        from the trace index; a trace whose records retention deleted is not counted."""
+        cond, bounds = _trace_match("t.trace_id", prefix)
+        rows = self._query(
+            f"SELECT DISTINCT t.trace_id FROM trace_chunks t WHERE {cond} AND EXISTS"
+            " (SELECT 1 FROM records r WHERE r.id BETWEEN t.first_id AND t.last_id"
+            " AND r.trace_id = t.trace_id) ORDER BY t.trace_id LIMIT ?",
+            [*bounds, limit],
+        )
+        return [bytes(row[0]).hex() for row in rows]
 
     def trace(self, trace_id: str) -> TraceView | None:
         """The spans of a trace as a tree (root first, children by start time) with the logs
@@ -662,15 +682,18 @@ class Queries(StoreConnection):
             )
         return out
 
-    def correlate(self, job: str) -> list[StoredRecord]:
-        """Everything about a job on one timeline: its spans (with their span events), logs
-        and events, and the metric updates, during the job's time window, of the processes
-        that ran it and of their machines (machine-level series: no worker id). Spans sit at
-        their start time. Empty when the store has no record of the job."""
+    def correlate(self, job: str) -> JobView | None:
+        """A job on one timeline (``JobView``): its spans (with their span events), logs,
+        events and the metric updates made in its context; and the updates of the
+        machine-level series (a source with a machine id and no worker id: the agent's
+        CPU, memory and GPU gauges) of the machines it ran on, made inside its time window
+        (its first record to its last) in no job's context. Nothing of another job, and
+        no series of another process. Spans sit at their start time; at equal times,
+        records come before metric updates. None when the store has no record of the job."""
         with self._snapshot():
             return self._correlate(job)
 
-    def _correlate(self, job: str) -> list[StoredRecord]:
+    def _correlate(self, job: str) -> JobView | None:
         recs = [
             self._record(row)
             for row in self._query(
@@ -679,43 +702,51 @@ class Queries(StoreConnection):
                 (job, job),
             )
         ]
-        tagged = self._query(
-            f"SELECT min(m.time_unix_nano), max(m.time_unix_nano) {_METRIC_JOIN}"
-            f" WHERE c.job_id = ? AND c.tbl = {METRICS} AND m.job_id = ?",
-            (job, job),
-        )[0]
-        times = [r.sort_time for r in recs] + [r.time_unix_nano for r in recs]
-        times += [t for t in tagged if t is not None]
-        if not times:
-            return []
-        lo, hi = min(times), max(times)
-        sources = {
-            int(row[0])
-            for row in self._query("SELECT DISTINCT source_id FROM chunks WHERE job_id = ?", (job,))
-        }
-        machines = {self._source(sid)[1] for sid in sources} - {None}
-        machine_sources = {
-            int(row[0])
-            for m in machines
-            for row in self._query(
-                "SELECT id FROM sources WHERE machine_id = ? AND worker_id IS NULL", (m,)
-            )
-        }
-        wanted = sorted(sources | machine_sources)
-        marks = ", ".join("?" * len(wanted))
-        metric_rows = self._query(
-            f"SELECT {_METRIC_COLUMNS} {_METRIC_JOIN} WHERE c.tbl = {METRICS} AND c.max_time >= ?"
-            f" AND c.min_time <= ? AND (c.job_id = ? OR c.source_id IN ({marks}))"
-            f" AND m.time_unix_nano BETWEEN ? AND ? AND (m.job_id = ? OR m.source_id IN ({marks}))",
-            [lo, hi, job, *wanted, lo, hi, job, *wanted],
-        )
-        out = list(recs)
+        own = list(recs)
         for r in recs:
             if r.kind == "span":
-                out.extend(_span_events(r))
-        out.extend(self._metric_record(row) for row in metric_rows)
+                own.extend(_span_events(r))
+        own.extend(
+            self._metric_record(row)
+            for row in self._query(
+                f"SELECT {_METRIC_COLUMNS} {_METRIC_JOIN}"
+                f" WHERE c.job_id = ? AND c.tbl = {METRICS} AND m.job_id = ?",
+                (job, job),
+            )
+        )
+        if not own:
+            return None
+        times = [r.sort_time for r in own] + [r.time_unix_nano for r in own]
+        lo, hi = min(times), max(times)
+        sources = [
+            int(row[0])
+            for row in self._query("SELECT DISTINCT source_id FROM chunks WHERE job_id = ?", (job,))
+        ]
+        machines = sorted({m for sid in sources if (m := self._source(sid)[1]) is not None})
+        out = own
+        if machines:
+            marks = ", ".join("?" * len(machines))
+            machine_sources = [
+                int(row[0])
+                for row in self._query(
+                    f"SELECT id FROM sources WHERE machine_id IN ({marks}) AND worker_id IS NULL",
+                    machines,
+                )
+            ]
+            if machine_sources:
+                marks = ", ".join("?" * len(machine_sources))
+                out.extend(
+                    self._metric_record(row)
+                    for row in self._query(
+                        f"SELECT {_METRIC_COLUMNS} {_METRIC_JOIN} WHERE c.tbl = {METRICS}"
+                        f" AND c.source_id IN ({marks}) AND c.job_id IS NULL"
+                        " AND c.max_time >= ? AND c.min_time <= ?"
+                        " AND m.job_id IS NULL AND m.time_unix_nano BETWEEN ? AND ?",
+                        [*machine_sources, lo, hi, lo, hi],
+                    )
+                )
         out.sort(key=lambda r: (r.sort_time, r.kind == "metric", r.id))
-        return out
+        return JobView(job, out, machines, lo, hi)
 
 
 def _id_bytes(hex_id: str) -> bytes:
@@ -723,6 +754,26 @@ def _id_bytes(hex_id: str) -> bytes:
         return bytes.fromhex(hex_id)
     except ValueError:
         raise StoreError(f"{hex_id!r} is not a hex id") from None
+
+
+def _trace_match(column: str, prefix: str) -> tuple[str, list[bytes]]:
+    """The condition on a trace id ``column`` (a BLOB) for the ids that start with the hex
+    digits ``prefix``, and its parameters. A whole id (32 digits) is an equality; a shorter
+    prefix a range of the index: from the prefix with zeros after it up to, not including,
+    the next prefix (``abc`` -> ``abc0`` to ``abd0``, as bytes: an odd digit count fills
+    the last byte's low half). SQLite compares BLOBs bytewise, a shorter one first when
+    one starts the other."""
+    digits = prefix.lower()
+    if len(digits) > TRACE_ID_DIGITS or not set(digits) <= _HEX_DIGITS:
+        raise StoreError(f"{prefix!r} is not a hex id (a trace id or its first digits)")
+    if len(digits) == TRACE_ID_DIGITS:
+        return f"{column} = ?", [bytes.fromhex(digits)]
+    low = bytes.fromhex(digits.ljust(len(digits) + len(digits) % 2, "0"))
+    if set(digits) <= {"f"}:
+        return f"{column} >= ?", [low]  # ffff... (or nothing): no next prefix
+    after = f"{int(digits, 16) + 1:0{len(digits)}x}"
+    high = bytes.fromhex(after.ljust(len(after) + len(after) % 2, "0"))
+    return f"{column} >= ? AND {column} < ?", [low, high]
 
 
 def _attr_key(series: MetricSeries) -> str:
