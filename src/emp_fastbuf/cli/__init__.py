@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("fastbuf: a command is required (fastbuf --help lists them)", file=sys.stderr)
         return EXIT_USAGE
-    prefix = f"fastbuf {args.command}"
+    prefix = " ".join(filter(None, ("fastbuf", args.command, getattr(args, "subcommand", None))))
     try:
         check_utf8(args)
         render.use_utc(getattr(args, "utc", False))
