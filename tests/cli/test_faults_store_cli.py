@@ -308,6 +308,7 @@ HOME_COMMANDS = [
     *QUERIES,
     ["agent", "--idle-exit", "1"],
     ["demo", "--workers", "1", "--jobs", "1"],
+    ["status"],
     ["deadletter", "list"],
     ["deadletter", "replay", "--all"],
 ]
