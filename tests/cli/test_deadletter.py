@@ -10,6 +10,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pty
+import re
 import stat
 import subprocess
 import sys
@@ -370,3 +372,43 @@ def test_two_replays_at_once_send_each_dead_letter_once(
     assert any("nothing to replay" in err for _out, err in outs)
     assert receiver.attempt_count() == 3 and dead_files(letters) == []
     assert sorted(rec.body.string_value for _res, rec in receiver.logs()) == ["a", "b", "c"]
+
+
+def test_on_a_terminal_each_id_has_a_line_of_its_own_and_bodies_are_plain_text(
+    env_clean: Path, receiver: OTLPReceiver
+) -> None:
+    config = AgentConfig.from_env(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "EMP_FASTBUF_HOME": str(env_clean)}
+    )
+    receiver.script(Response(400, body=b"[bold]field[/] 7\nis wrong"))
+    with OTLPHttpExporter(config, RetryPolicy(max_elapsed_s=1.0)) as exporter:
+        assert exporter.export("logs", logs_payload("a")).status == "dead_letter"
+    (letter,) = listed(env_clean)
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "emp_fastbuf", "deadletter", "list"],
+            env={**os.environ, "EMP_FASTBUF_HOME": str(env_clean), "COLUMNS": "40"},
+            stdout=secondary,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the other side is closed and everything was read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(primary)
+    assert proc.returncode == 0, proc.stderr
+    text = re.sub(r"\x1b\[[0-9;]*m", "", b"".join(chunks).decode()).replace("\r", "")
+    lines = text.splitlines()
+    assert lines[0] == letter["id"]  # whole, on a 40-column terminal
+    words = " ".join(text.split())  # as the terminal wrapped it
+    assert "logs status 400 1 record replays 0 [bold]field[/] 7\\nis wrong" in words
+    assert words.endswith("1 dead letter(s); fastbuf deadletter replay --all sends them again")

@@ -46,7 +46,7 @@ def run_list(args: argparse.Namespace) -> int:
         for letter in letters:
             sys.stdout.write(_letter_line(letter, secrets) + "\n")
     else:
-        _print_table(letters, secrets)
+        _print_blocks(letters, secrets)
     return EXIT_OK
 
 
@@ -195,22 +195,23 @@ def _letter_line(letter: DeadLetter, secrets: list[str]) -> str:
     )
 
 
-def _print_table(letters: list[DeadLetter], secrets: list[str]) -> None:
-    from rich.table import Table
+def _print_blocks(letters: list[DeadLetter], secrets: list[str]) -> None:
+    """For a terminal: each dead letter as its id on a line of its own (what replay
+    takes, never cut or wrapped), then what happened to it, then the response."""
+    from rich.text import Text
 
-    table = Table("id", "time", "signal", "status", "records", "replays", "response")
-    for letter in letters:
-        table.add_row(
-            letter.id,
-            render.human_time(letter.time_unix_nano),
-            letter.signal,
-            "-" if letter.status is None else str(letter.status),
-            "?" if letter.records is None else str(letter.records),
-            str(letter.replays),
-            _response(letter, secrets, _BODY_SHOWN),
-        )
     console = render.make_console()
-    console.print(table)
+    for letter in letters:
+        status = "-" if letter.status is None else str(letter.status)
+        console.print(Text(letter.id, style="bold"), soft_wrap=True)
+        console.print(
+            f"  {render.human_time(letter.time_unix_nano)}  {letter.signal}  status {status}"
+            f"  {_records(letter)}  replays {letter.replays}",
+            markup=False,
+        )
+        # Text: a response body is never read as rich markup.
+        console.print(Text(f"  {_response(letter, secrets, _BODY_SHOWN)}"))
     console.print(
-        f"{len(letters)} dead letter(s); fastbuf deadletter replay --all sends them again"
+        f"{len(letters)} dead letter(s); fastbuf deadletter replay --all sends them again",
+        markup=False,
     )
