@@ -1,7 +1,8 @@
 """The ``fastbuf`` command: query the local store, and start the agent or the demo.
 
 Exit codes: 0 success, 1 what was asked for does not exist (or the store cannot be read),
-2 usage errors. See ``docs/cli.md``.
+2 usage errors, 3 ``status``: no agent runs or it is unhealthy, 4 ``deadletter replay``:
+some were not sent. See ``docs/cli.md``.
 
 ``parser`` declares the commands and their arguments, ``commands`` holds their handlers,
 ``flags`` parses and checks flag values, ``render`` prints for people and ``jsonl`` for
