@@ -219,12 +219,44 @@ def test_non_retryable_status_dead_letters(
     meta = json.loads(sidecars[0].read_text())
     assert meta["signal"] == "logs" and meta["status"] == status
     assert meta["body"] == "bad request: field 7"
-    assert "time" in meta
+    assert "time" in meta and meta["time_unix_nano"] > 0
+    assert meta["records"] == 1 and meta["replays"] == 0  # what fastbuf deadletter shows
     data_file = dead / meta["payload"]
     assert data_file.read_bytes() == payload
     for f in (sidecars[0], data_file):
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
     assert not list(dead.glob("*.tmp"))
+
+
+def test_without_dead_letters_a_refusal_is_only_answered(
+    rx: OTLPReceiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replay's exporter: the refused request stays where it came from; the answer
+    carries the status and the body, with the token replaced."""
+    rx.script(Response(401, body=f"token {TOKEN} revoked".encode()))
+    config = make_config(rx, tmp_path / "home", DASH0_AUTH_TOKEN=TOKEN)
+    with (
+        caplog.at_level(logging.INFO),
+        OTLPHttpExporter(config, FAST, dead_letter=False) as exporter,
+    ):
+        result = exporter.export("logs", logs_payload("doomed"))
+    assert (result.status, result.http_status) == ("dead_letter", 401)
+    assert result.body == b"token <redacted> revoked" and TOKEN not in result.message
+    assert not (tmp_path / "home" / "dead-letter").exists()
+    assert not [r for r in caplog.records if "refused" in r.getMessage()]
+
+
+def test_retry_later_carries_the_last_answer(rx: OTLPReceiver, exporter_factory: Factory) -> None:
+    rx.default = Response(503, body=b"overloaded")
+    result = exporter_factory(policy=RetryPolicy(max_elapsed_s=0.3, initial_backoff_s=0.05)).export(
+        "logs", logs_payload("x")
+    )
+    assert (result.status, result.http_status, result.body) == ("retry_later", 503, b"overloaded")
+    rx.down()
+    result = exporter_factory(policy=RetryPolicy(max_elapsed_s=0.3, initial_backoff_s=0.05)).export(
+        "logs", logs_payload("x")
+    )
+    assert (result.status, result.http_status, result.body) == ("retry_later", None, b"")
 
 
 def test_corrupt_payload_is_refused_by_the_receiver(

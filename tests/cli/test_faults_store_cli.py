@@ -304,7 +304,14 @@ def test_a_home_with_bytes_that_are_not_utf8_still_works(sample_home: Path) -> N
 # ---- homes the CLI and the agent refuse -----------------------------------------------------
 
 
-HOME_COMMANDS = [*QUERIES, ["agent", "--idle-exit", "1"], ["demo", "--workers", "1", "--jobs", "1"]]
+HOME_COMMANDS = [
+    *QUERIES,
+    ["agent", "--idle-exit", "1"],
+    ["demo", "--workers", "1", "--jobs", "1"],
+    ["status"],
+    ["deadletter", "list"],
+    ["deadletter", "replay", "--all"],
+]
 
 
 def test_a_home_that_is_a_file_is_refused(tmp_path: Path) -> None:

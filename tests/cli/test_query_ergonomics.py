@@ -325,9 +325,17 @@ def test_version_subprocess(tmp_path: Path) -> None:
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(sub.choices)
+    """Every command and subcommand, by its full name (``deadletter list``)."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    todo = [("", build_parser())]
+    while todo:
+        prefix, parser = todo.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found[f"{prefix} {name}".strip()] = sub
+                    todo.append((f"{prefix} {name}".strip(), sub))
+    return found
 
 
 def test_docs_name_every_command_and_flag_of_the_parser() -> None:

@@ -44,8 +44,9 @@ PRIVATE_OK = {
     ("demo/report.py", "emp_fastbuf.agent.otlp.reference"),
 }
 # Between the agent's own sub-packages, and from the CLI to the agent, only these agent
-# modules are public: the status file (the CLI reads it) and what the demo reads.
-AGENT_PUBLIC = {"emp_fastbuf.agent.status"}
+# modules are public: the status file (the CLI reads it) and what the demo reads, and the
+# dead letters (fastbuf deadletter lists and replays them, fastbuf status counts them).
+AGENT_PUBLIC = {"emp_fastbuf.agent.status", "emp_fastbuf.agent.deadletter"}
 
 FROM_CIMPORT = re.compile(r"^\s*from\s+(emp_fastbuf[\w.]*)\s+cimport\b", re.M)
 

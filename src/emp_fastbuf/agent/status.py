@@ -2,8 +2,10 @@
 second, read by ``fastbuf status`` and the demo.
 
 Here: writing it safely, reading it back, the producers table (who writes into the ring
-and what each process dropped), and the health judgment, made by the agent for itself and
-again by the reader when it reads (a stalled agent no longer updates its own verdict).
+and what each process dropped), the health judgment, made by the agent for itself and
+again by the reader when it reads (a stalled agent no longer updates its own verdict),
+and what the reader adds to the file for ``fastbuf status``: the endpoints as they may be
+shown and the drop totals.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from emp_fastbuf import paths
 from emp_fastbuf.agent.batch import resource_of
@@ -72,7 +75,7 @@ def loop_health(
 ) -> dict[str, Any]:
     """The agent's own verdict: each loop's last round (``beats``, ns) and whether it is
     stalled, the errors caught at the loops, a spool that cannot be written, why a loop
-    gave up. ``fastbuf status`` exits 3 when unhealthy."""
+    gave up. ``fastbuf status`` exits 3 when unhealthy (as when no agent runs)."""
     now = time.time_ns()
     loops = {
         name: {
@@ -189,3 +192,52 @@ class Producers:
             )[:MAX_PRODUCERS_SHOWN]
             self.by_pid = {e["pid"]: e for e in keep}
         return sorted(self.by_pid.values(), key=lambda e: (-e["dropped"], e["pid"]))
+
+
+def shown_url(url: object) -> str | None:
+    """An endpoint as ``fastbuf status`` shows it: scheme, host, port and path only, so no
+    user info, query string or fragment (where credentials may hide), whatever the file
+    holds. None for no endpoint; ``(unreadable)`` for what is not a URL."""
+    if url is None or url == "":
+        return None
+    if not isinstance(url, str):
+        return "(unreadable)"
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "(unreadable)"
+    if parts.scheme not in ("http", "https") or not host:
+        return "(unreadable)"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def shown_endpoints(st: dict[str, Any]) -> dict[str, str | None]:
+    """Each signal's endpoint from the agent's configuration (``shown_url``); empty when
+    the status holds no configuration."""
+    config = (st.get("agent") or {}).get("config") or {}
+    endpoints = config.get("endpoints")
+    if not isinstance(endpoints, dict):
+        return {}
+    return {str(signal): shown_url(url) for signal, url in endpoints.items()}
+
+
+def drop_totals(st: dict[str, Any]) -> dict[str, int]:
+    """Records lost before delivery: dropped by producers (by reason: ring full, no free
+    lane, too large), from the ring when it is there, else the producers table; and
+    ``evicted`` from a full spool."""
+    ring = st.get("ring") or {}
+    producers = st.get("producers") or []
+    totals: dict[str, int] = {}
+    for reason in DROP_REASONS:
+        key = f"dropped_{reason}"
+        if ring:
+            totals[reason] = int(ring.get(key) or 0)
+        else:
+            totals[reason] = sum(int(p.get(key) or 0) for p in producers)
+    dropped = sum(totals.values())
+    evicted = int((st.get("spool") or {}).get("evicted_records") or 0)
+    return {"records": dropped, **totals, "evicted": evicted}

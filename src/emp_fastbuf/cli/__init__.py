@@ -1,7 +1,8 @@
 """The ``fastbuf`` command: query the local store, and start the agent or the demo.
 
 Exit codes: 0 success, 1 what was asked for does not exist (or the store cannot be read),
-2 usage errors. See ``docs/cli.md``.
+2 usage errors, 3 ``status``: no agent runs or it is unhealthy, 4 ``deadletter replay``:
+some were not sent. See ``docs/cli.md``.
 
 ``parser`` declares the commands and their arguments, ``commands`` holds their handlers,
 ``flags`` parses and checks flag values, ``render`` prints for people and ``jsonl`` for
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("fastbuf: a command is required (fastbuf --help lists them)", file=sys.stderr)
         return EXIT_USAGE
-    prefix = f"fastbuf {args.command}"
+    prefix = " ".join(filter(None, ("fastbuf", args.command, getattr(args, "subcommand", None))))
     try:
         check_utf8(args)
         render.use_utc(getattr(args, "utc", False))

@@ -36,8 +36,11 @@ def _arg(*names: str, **options: Any) -> Arg:
 class Command:
     name: str
     help: str
-    handler: Handler
+    #: None for a command that only has subcommands.
+    handler: Handler | None
     args: tuple[Arg, ...]
+    #: ``fastbuf NAME SUBCOMMAND ...``: one of these is required; each has its own handler.
+    subcommands: tuple[Command, ...] = ()
 
 
 _HOME = _arg("--home", help="the emp-fastbuf home (default: $EMP_FASTBUF_HOME)")
@@ -171,6 +174,39 @@ COMMANDS = (
         (_arg("--json", action="store_true", help="print JSON"), _HOME, _RING),
     ),
     Command(
+        "deadletter",
+        "requests the endpoint refused: list them, send them again",
+        None,
+        (),
+        (
+            Command(
+                "list",
+                "each dead letter: time, signal, status, records, response",
+                delegate("emp_fastbuf.cli.deadletter", "run_list"),
+                (
+                    _HOME,
+                    _arg("--json", action="store_true", help="print JSON Lines (docs/cli.md)"),
+                    _arg("--utc", action="store_true", help="print times in UTC"),
+                ),
+            ),
+            Command(
+                "replay",
+                "send dead letters again with the current configuration",
+                delegate("emp_fastbuf.cli.deadletter", "run_replay"),
+                (
+                    _arg("id", nargs="?", metavar="ID", help="the dead letter (list shows ids)"),
+                    _arg("--all", action="store_true", help="every dead letter"),
+                    _arg("--endpoint", help="OTLP/HTTP endpoint (as fastbuf agent)"),
+                    _arg("--headers", help="request headers, k=v,k2=v2"),
+                    _arg("--compression", choices=("gzip", "zstd", "none")),
+                    _arg("--timeout", type=int, help="request timeout in milliseconds"),
+                    _arg("--dataset", help="the Dash0 dataset"),
+                    _HOME,
+                ),
+            ),
+        ),
+    ),
+    Command(
         "demo",
         "run simulated GPU workers through the pipeline",
         delegate("emp_fastbuf.demo", "run"),
@@ -194,8 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastbuf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
-        p = sub.add_parser(command.name, help=command.help)
-        for arg in command.args:
-            p.add_argument(*arg.names, **arg.options)
-        p.set_defaults(handler=command.handler)
+        _add_command(sub, command)
     return parser
+
+
+def _add_command(sub: Any, command: Command) -> None:
+    p = sub.add_parser(command.name, help=command.help)
+    for arg in command.args:
+        p.add_argument(*arg.names, **arg.options)
+    if command.handler is not None:
+        p.set_defaults(handler=command.handler)
+    if command.subcommands:
+        nested = p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+        for subcommand in command.subcommands:
+            _add_command(nested, subcommand)

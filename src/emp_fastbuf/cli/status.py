@@ -1,8 +1,10 @@
-"""``fastbuf status``: the agent's status file, judged now, with the ring's own view.
+"""``fastbuf status``: the agent's status file, judged now, with the ring's own view, the
+dead letters waiting in the home and the records lost on the way.
 
-Exit 0 when healthy, 1 when neither a ring nor an agent status exists, 2 for an unusable
-home, 3 when the agent is unhealthy (a stalled loop, a spool that cannot be written, a
-loop that gave up).
+Exit 0 when an agent runs and is healthy; 3 when no agent runs (no status file, or one
+whose agent is gone, whether or not a ring exists) or when it is unhealthy (a stalled
+loop, a spool that cannot be written, a loop that gave up); 1 when the ring exists but
+cannot be read; 2 for an unusable home.
 """
 
 from __future__ import annotations
@@ -12,20 +14,35 @@ import sys
 import time
 from typing import Any
 
+import emp_fastbuf.agent.deadletter as deadletter
 from emp_fastbuf import paths
-from emp_fastbuf.agent.status import judge_health, producers_from_ring, read_status
+from emp_fastbuf.agent.status import (
+    drop_totals,
+    judge_health,
+    producers_from_ring,
+    read_status,
+    shown_endpoints,
+)
+from emp_fastbuf.cli.render import human_time, one_line
 from emp_fastbuf.errors import HomeError, RingError, RingNotFound
 from emp_fastbuf.ring import Ring, default_ring_name
 
+EXIT_OK = 0
+EXIT_RING_UNREADABLE = 1
+EXIT_HOME = 2
+EXIT_NOT_RUNNING_OR_UNHEALTHY = 3
+# The last export error is shown up to this many characters.
+_ERROR_SHOWN = 300
+
 
 def run(args: Any) -> int:
-    """``fastbuf status``: the agent, the ring's lanes, the spool and the export.
-    Exit 1 when neither a ring nor an agent status exists."""
+    """``fastbuf status``: the agent, the ring's lanes, the spool, the export and the dead
+    letters. Exit 3 when no agent runs or it is unhealthy."""
     try:
-        home = paths.home(getattr(args, "home", None))
+        home = paths.checked_home(getattr(args, "home", None))
     except HomeError as exc:
         print(f"fastbuf status: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_HOME
     ring_name = getattr(args, "ring", None) or default_ring_name()
     data = read_status(home, ring_name)
     ring_stats: dict[str, Any] | None = None
@@ -35,28 +52,36 @@ def run(args: Any) -> int:
         ring = None
     except RingError as exc:
         print(f"fastbuf status: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_RING_UNREADABLE
     if ring is not None:
         try:
             ring_stats = ring.stats()
         finally:
             ring.close()
-    if data is None and ring_stats is None:
-        print(
-            f"fastbuf status: no ring {ring_name!r} and no agent status in {home}", file=sys.stderr
-        )
-        return 1
     out = dict(data or {"agent": {"alive": False, "ring": ring_name}})
     if ring_stats is not None:
         out["ring"] = ring_stats
         if not out.get("producers"):
             out["producers"] = producers_from_ring(ring_stats)
     healthy = judge_health(out)
+    running = bool(out["agent"].get("alive"))
+    out["running"] = running
+    out["endpoints"] = shown_endpoints(out)
+    out["dead_letter"] = {
+        "count": deadletter.count(home),
+        "directory": str(deadletter.directory(home)),
+    }
+    out["dropped"] = drop_totals(out)
+    if data is None and ring_stats is None:
+        print(
+            f"fastbuf status: no agent runs: no ring {ring_name!r} and no agent status in {home}",
+            file=sys.stderr,
+        )
     if getattr(args, "json", False):
         print(json.dumps(out, default=str))
     else:
         _print_status(out)
-    return 0 if healthy else 3
+    return EXIT_OK if running and healthy else EXIT_NOT_RUNNING_OR_UNHEALTHY
 
 
 def _fmt_bytes(n: float) -> str:
@@ -71,11 +96,62 @@ def _print_status(st: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = Console(highlight=False)
     agent = st.get("agent", {})
     health = st.get("health") or {}
-    if agent.get("alive") and health.get("problems"):
-        con.print("[bold red]unhealthy[/]: " + "; ".join(health["problems"]))
+    ring = st.get("ring") or {}
+    lease = ring.get("consumer", {})
+    pid = agent.get("pid")
+    if not st.get("running"):
+        gone = f" (pid {pid} is gone; the figures below are from its last status)" if pid else ""
+        con.print(f"[bold red]no agent runs[/]{gone}")
+    elif health.get("problems"):
+        con.print("[bold red]unhealthy[/]: " + _text("; ".join(health["problems"])))
+    con.print(
+        f"[bold]agent[/]: {'alive' if agent.get('alive') else 'not running'}"
+        f"{f' (pid {pid})' if pid else ''}; "
+        f"ring {_text(repr(ring.get('name', agent.get('ring'))))}; lease holder: "
+        f"{lease.get('pid') or 'none'}{' (alive)' if lease.get('alive') else ''}"
+    )
+    con.print(f"[bold]endpoint[/]: {_text(_endpoint_text(st))}")
+    ex = st.get("export") or {}
+    if ex.get("last_error"):
+        when = ex.get("last_error_ns")
+        at = f" ({human_time(int(when))})" if isinstance(when, int) else ""
+        error = one_line(str(ex["last_error"]))
+        if len(error) > _ERROR_SHOWN:
+            error = error[: _ERROR_SHOWN - 1] + "…"
+        con.print(f"[bold]last export error[/]{at}: {_text(error)}")
+    dead = st.get("dead_letter") or {}
+    n_dead = int(dead.get("count") or 0)
+    con.print(
+        f"[bold]dead letters[/]: {n_dead} in {_text(str(dead.get('directory', '-')))}"
+        + ("; fastbuf deadletter list shows them" if n_dead else "")
+    )
+    dropped = st.get("dropped") or {}
+    con.print(
+        f"[bold]dropped[/]: {dropped.get('records', 0)} records (ring full "
+        f"{dropped.get('full', 0)}, no lane {dropped.get('no_lane', 0)}, too large "
+        f"{dropped.get('too_large', 0)}); spool evicted {dropped.get('evicted', 0)}"
+    )
+    dropping = [p for p in st.get("producers") or [] if p.get("dropped")]
+    if dropping:
+        con.print(
+            f"[bold red]dropped records[/]: {len(dropping)} producer process(es) lost records "
+            f"(the agent did not keep up, or the ring is too small):"
+        )
+        drops = Table("pid", "service", "worker", "alive", "ring full", "no lane", "too large")
+        for p in dropping[:20]:
+            drops.add_row(
+                str(p["pid"]),
+                _text(str(p.get("service") or "-")),
+                _text(str(p.get("worker_id") or "-")),
+                "yes" if p.get("alive") else "no",
+                str(p.get("dropped_full", 0)),
+                str(p.get("dropped_no_lane", 0)),
+                str(p.get("dropped_too_large", 0)),
+            )
+        con.print(drops)
     loops = health.get("loops") or {}
     if agent.get("alive") and loops:
         now = time.time_ns()
@@ -92,38 +168,9 @@ def _print_status(st: dict[str, Any]) -> None:
             f"[bold]agent errors[/]: {health['agent_errors']} caught at the loops (the agent "
             f"carried on; the first of each kind is in its log)"
         )
-    ring = st.get("ring") or {}
-    lease = ring.get("consumer", {})
-    pid = agent.get("pid")
-    con.print(
-        f"[bold]agent[/]: {'alive' if agent.get('alive') else 'not running'}"
-        f"{f' (pid {pid})' if pid else ''}; "
-        f"ring {ring.get('name', agent.get('ring'))!r}; lease holder: "
-        f"{lease.get('pid') or 'none'}{' (alive)' if lease.get('alive') else ''}"
-    )
-    dropping = [p for p in st.get("producers") or [] if p.get("dropped")]
-    if dropping:
-        con.print(
-            f"[bold red]dropped records[/]: {len(dropping)} producer process(es) lost records "
-            f"(the agent did not keep up, or the ring is too small):"
-        )
-        drops = Table("pid", "service", "worker", "alive", "ring full", "no lane", "too large")
-        for p in dropping[:20]:
-            drops.add_row(
-                str(p["pid"]),
-                str(p.get("service") or "-"),
-                str(p.get("worker_id") or "-"),
-                "yes" if p.get("alive") else "no",
-                str(p.get("dropped_full", 0)),
-                str(p.get("dropped_no_lane", 0)),
-                str(p.get("dropped_too_large", 0)),
-            )
-        con.print(drops)
     if ring:
         con.print(
-            f"[bold]ring[/]: written {ring['written']}, acked {ring['acked']}, dropped "
-            f"{ring['dropped']} (full {ring['dropped_full']}, no lane "
-            f"{ring['dropped_no_lane']}, too large {ring['dropped_too_large']}), in flight "
+            f"[bold]ring[/]: written {ring['written']}, acked {ring['acked']}, in flight "
             f"{ring['in_flight']}"
         )
         table = Table("lane", "pid", "alive", "written", "dropped", "occupancy")
@@ -155,8 +202,8 @@ def _print_status(st: dict[str, Any]) -> None:
             f"{spool.get('evicted_files', 0)} files, quarantined "
             f"{spool.get('quarantined_files', 0)}"
         )
-    ex = st.get("export")
     if ex:
+        latency = ex.get("latency_s") or {}
         wire = ex.get("bytes_on_wire", 0)
         raw = ex.get("bytes_uncompressed", 0)
         ratio = f"{raw / wire:.1f}x" if wire else "-"
@@ -165,7 +212,7 @@ def _print_status(st: dict[str, Any]) -> None:
             f"the wire (compression {ratio}); retries {ex.get('retries', 0)}, "
             f"dead-lettered {ex.get('dead_lettered', 0)}, rejected by partial success "
             f"{ex.get('partial_rejected', 0)}; export latency p50 "
-            f"{ex.get('latency_p50_ms', '-')} ms, p99 {ex.get('latency_p99_ms', '-')} ms"
+            f"{_ms(latency.get('p50'))}, p99 {_ms(latency.get('p99'))}"
         )
     store = st.get("store")
     if store:
@@ -182,3 +229,37 @@ def _print_status(st: dict[str, Any]) -> None:
                 else ""
             )
         )
+
+
+def _ms(seconds: object) -> str:
+    return f"{seconds * 1000:.1f} ms" if isinstance(seconds, int | float) else "-"
+
+
+def _text(value: str) -> str:
+    """A value from the status file (untrusted) as plain text: one line, no rich markup."""
+    from rich.markup import escape
+
+    return escape(one_line(value))
+
+
+def _endpoint_text(st: dict[str, Any]) -> str:
+    """Where the signals go: one base URL for the signals sent to ``<base>/v1/<signal>``,
+    else each signal's URL; the signals with no endpoint go to the store."""
+    endpoints = st.get("endpoints") or {}
+    if not endpoints:
+        return "unknown (no agent status)"
+    sent = {signal: url for signal, url in endpoints.items() if url}
+    stored = [signal for signal, url in endpoints.items() if not url]
+    if not sent:
+        return "none: every signal goes to the local store"
+    bases = {
+        url[: -len(f"/v1/{signal}")] if url.endswith(f"/v1/{signal}") else None
+        for signal, url in sent.items()
+    }
+    if len(bases) == 1 and None not in bases:
+        text = f"{bases.pop()} ({', '.join(sent)})"
+    else:
+        text = ", ".join(f"{signal} {url}" for signal, url in sent.items())
+    if stored:
+        text += f"; to the local store: {', '.join(stored)}"
+    return text

@@ -8,7 +8,9 @@ on, system trust store). :meth:`OTLPHttpExporter.export` takes a serialized, unc
 * ``retry_later``: not delivered yet (retry deadline reached, circuit open, exporter
   closed); the caller keeps the batch in its spool and offers it again later;
 * ``dead_letter``: the endpoint refused it for good (400, 401, 413, 500...): the payload is
-  written under ``<home>/dead-letter/`` with its status and response body.
+  written under ``<home>/dead-letter/`` with its status and response body
+  (:mod:`emp_fastbuf.agent.otlp.deadletter_files`), unless the exporter was made with
+  ``dead_letter=False`` (a replay of a dead letter, which keeps its own files).
 
 Only 429, 502, 503, 504, connection failures and timeouts are retried, as OTLP prescribes.
 
@@ -19,11 +21,9 @@ counts as a timeout. At most ``RESPONSE_MAX_BYTES`` of a response body are read.
 
 from __future__ import annotations
 
-import base64
 import collections
 import email.utils
 import gzip
-import json
 import logging
 import math
 import os
@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +52,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from emp_fastbuf import paths
 from emp_fastbuf._version import __version__
 from emp_fastbuf.agent.config import REDACTED, SIGNALS, AgentConfig, Signal, redact_url
+from emp_fastbuf.agent.otlp import deadletter_files
 from emp_fastbuf.values import percentile
 
 log = logging.getLogger("emp_fastbuf.agent")
@@ -126,6 +127,9 @@ class ExportResult:
     rejected: int = 0
     message: str = ""
     attempts: int = 0
+    #: The endpoint's answer to the last attempt when it was not a success: at most 64 KiB,
+    #: every secret replaced.
+    body: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -135,10 +139,13 @@ class ExportResult:
 
 @dataclass(frozen=True)
 class _Failure:
-    """An attempt that may be retried: why it failed, and the server's ``Retry-After``."""
+    """An attempt that may be retried: why it failed, the server's ``Retry-After``, and
+    its answer when there was one (status, scrubbed body)."""
 
     reason: str
     retry_after: float | None = None
+    http_status: int | None = None
+    body: bytes = b""
 
 
 def _per_signal() -> dict[str, int]:
@@ -160,6 +167,7 @@ class ExporterStats:
     retry_later: dict[str, int] = field(default_factory=_per_signal)
     breaker_opened: int = 0
     last_error: str | None = None
+    last_error_ns: int | None = None
     last_latency_s: float | None = None
     latencies: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=_LATENCY_RESERVOIR)
@@ -368,9 +376,15 @@ def _install_log_filter() -> None:
 class OTLPHttpExporter:
     """Sends OTLP/HTTP protobuf requests for the three signals to the configured endpoints."""
 
-    def __init__(self, config: AgentConfig, policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self, config: AgentConfig, policy: RetryPolicy | None = None, *, dead_letter: bool = True
+    ) -> None:
+        """``dead_letter=False``: a refused request is only answered ``dead_letter`` (with
+        the endpoint's status and body), neither written to ``<home>/dead-letter/`` nor
+        logged; the caller keeps it (a replay of a dead letter)."""
         self.config = config
         self.policy = policy or RetryPolicy()
+        self.writes_dead_letters = dead_letter
         self._pool = urllib3.PoolManager(
             num_pools=4,
             maxsize=4,
@@ -437,14 +451,17 @@ class OTLPHttpExporter:
                     outcome.reason,
                 )
                 return self._later(
-                    signal, f"circuit breaker opened after: {outcome.reason}", attempts
+                    signal, f"circuit breaker opened after: {outcome.reason}", attempts, outcome
                 )
             wait = self.policy.backoff(attempts)
             if outcome.retry_after is not None:
                 wait = max(wait, outcome.retry_after)
             if time.monotonic() + wait > deadline:
                 return self._later(
-                    signal, f"retry deadline reached; last error: {outcome.reason}", attempts
+                    signal,
+                    f"retry deadline reached; last error: {outcome.reason}",
+                    attempts,
+                    outcome,
                 )
             with self._lock:
                 self._stats.retries[signal] += 1
@@ -495,6 +512,7 @@ class OTLPHttpExporter:
                 breaker_opened=s.breaker_opened,
                 breaker_state=breaker,
                 last_error=s.last_error,
+                last_error_ns=s.last_error_ns,
                 latency_s={
                     "last": s.last_latency_s,
                     "p50": percentile(latencies, 50),
@@ -592,7 +610,7 @@ class OTLPHttpExporter:
                 self._not_before = max(self._not_before, time.monotonic() + retry_after)
         reason = self._scrub(f"{signal}: HTTP {status}: {_body_text(resp_body)}")
         self._failed(signal, reason)
-        return _Failure(reason, retry_after)
+        return _Failure(reason, retry_after, status, self._scrub_body(resp_body))
 
     def _post(
         self, url: str, body: bytes, headers: dict[str, str], timeout: float, total: float
@@ -665,15 +683,28 @@ class OTLPHttpExporter:
             text = text.replace(secret, REDACTED)
         return text
 
+    def _scrub_body(self, body: bytes) -> bytes:
+        return deadletter_files.scrub_body(body, self._secrets)[1]
+
     def _failed(self, signal: Signal, reason: str) -> None:
         with self._lock:
             self._stats.failures[signal] += 1
             self._stats.last_error = reason
+            self._stats.last_error_ns = time.time_ns()
 
-    def _later(self, signal: Signal, message: str, attempts: int) -> ExportResult:
+    def _later(
+        self, signal: Signal, message: str, attempts: int, last: _Failure | None = None
+    ) -> ExportResult:
+        """Not delivered yet; with ``last``, the answer of the last failed attempt."""
         with self._lock:
             self._stats.retry_later[signal] += 1
-        return ExportResult("retry_later", message=self._scrub(message), attempts=attempts)
+        return ExportResult(
+            "retry_later",
+            http_status=None if last is None else last.http_status,
+            message=self._scrub(message),
+            attempts=attempts,
+            body=b"" if last is None else last.body,
+        )
 
     def _succeeded(self, signal: Signal, status: int, body: bytes, attempts: int) -> ExportResult:
         rejected, error_message = self._partial_success(signal, body)
@@ -718,8 +749,23 @@ class OTLPHttpExporter:
         with self._lock:
             self._stats.dead_lettered[signal] += 1
             self._stats.last_error = f"{signal}: {message}"
+            self._stats.last_error_ns = time.time_ns()
+        result = ExportResult(
+            "dead_letter", status, 0, message, attempts, self._scrub_body(resp_body)
+        )
+        if not self.writes_dead_letters:
+            return result
         try:
-            path = self._write_dead_letter(signal, data, url, status, resp_body, message)
+            path = deadletter_files.write(
+                self.dead_letter_dir,
+                signal,
+                data,
+                redact_url(url),
+                status,
+                resp_body,
+                message,
+                self._secrets,
+            )
         except OSError as exc:
             log.error(
                 "OTLP %s export refused (%s) and the dead-letter write failed: %s",
@@ -729,58 +775,7 @@ class OTLPHttpExporter:
             )
         else:
             log.error("OTLP %s export refused (%s); payload kept in %s", signal, message, path.name)
-        return ExportResult("dead_letter", status, 0, message, attempts)
-
-    def _write_dead_letter(
-        self,
-        signal: Signal,
-        data: bytes,
-        url: str,
-        status: int | None,
-        resp_body: bytes,
-        message: str,
-    ) -> Path:
-        directory = self.dead_letter_dir
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
-        now = time.time()
-        stem = f"{time.time_ns()}-{os.getpid()}-{threading.get_ident()}-{signal}-{status or 0}"
-        body_text = self._scrub(resp_body.decode("utf-8", "replace"))
-        # The raw bytes are kept only when the server did not echo a secret back.
-        echoed = any(secret.encode("utf-8") in resp_body for secret in self._secrets)
-        raw = body_text.encode("utf-8") if echoed else resp_body
-        sidecar = {
-            "signal": signal,
-            "status": status,
-            "message": message,
-            "body": body_text,
-            "body_b64": base64.b64encode(raw).decode("ascii"),
-            "url": redact_url(url),
-            "time": datetime.fromtimestamp(now, UTC).isoformat(),
-            "payload": f"{stem}.pb",
-            "payload_bytes": len(data),
-            "content_type": "application/x-protobuf",
-        }
-        payload_path = directory / f"{stem}.pb"
-        _write_private(payload_path, data)
-        sidecar_path = directory / f"{stem}.json"
-        _write_private(sidecar_path, json.dumps(sidecar, indent=1).encode("utf-8"))
-        return sidecar_path
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a new owner-only file, atomically visible under its final name."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+        return result
 
 
 def _describe_exception(exc: BaseException) -> str:
