@@ -111,6 +111,8 @@ elif mode in ("segv", "abort"):
     def die():
         ctypes.string_at(0) if mode == "segv" else os.abort()  # the fatal error
     with fastbuf.context(job_id=job_id):
+        with fastbuf.context(job_id="job-done-before"):
+            fastbuf.log.info("a job that ended")
         with fastbuf.span("job"):
             fastbuf.log.info("about to die")
             die()
@@ -411,6 +413,7 @@ def test_a_fatal_error_is_one_error_record_of_the_process_and_its_job(
     assert dump.stat().st_size > fatal.HEADER_SIZE
     with deliver(env_clean, agent_ring, has_job_error(f"job-{mode}")) as store:
         (err,) = errors(store.logs())
+    # The job of the context open when it died, not of one that had closed.
     assert err.job_id == f"job-{mode}"
     assert (err.service, err.machine_id, err.worker_id) == ("crash-svc", "m-1", f"w-{mode}")
     assert err.severity_text == "ERROR" and err.trace_id is None
@@ -515,6 +518,33 @@ def test_the_empty_file_of_a_process_that_exited_is_removed_by_the_agent(
     with deliver(env_clean, agent_ring, has_job_error("job-thread")):
         pass
     assert crash_files(env_clean) == []
+
+
+FIRST = r"""
+import emp_fastbuf as fastbuf
+try:
+    with fastbuf.span("first"):
+        raise ValueError("before any record")
+except ValueError:
+    pass
+"""
+
+
+def test_a_span_exception_that_is_the_first_record_attaches_and_is_written(
+    env_clean: Path, agent_ring: str
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", FIRST],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "EMP_FASTBUF_RING": agent_ring},
+    )
+    assert out.returncode == 0, out.stderr
+    with fastbuf.Ring.open(agent_ring) as r:
+        log, span = records(r)
+    assert log.severity_number == 17 and log.body == "ValueError: before any record"
+    assert (log.trace_id, log.span_id) == (span.trace_id, span.span_id)
 
 
 # ---- asyncio is wrapped whenever it is imported, and not imported for it ----------------
@@ -705,6 +735,49 @@ def _raised_in_spans() -> BaseException:
     except RuntimeError as exc:
         return exc
     raise AssertionError("unreachable")
+
+
+@fastbuf.traced
+def _descend(n: int) -> None:
+    if n == 0:
+        _fail("at the bottom")
+    _descend(n - 1)
+
+
+def test_a_recursive_traced_function_is_one_record_and_one_stack_for_every_span(
+    ring: fastbuf.Ring,
+) -> None:
+    with pytest.raises(RuntimeError):
+        _descend(40)
+    recs = records(ring)
+    (log,) = [r for r in recs if r.severity_number == 17]
+    spans = [r for r in recs if r.kind == 3]
+    assert len(spans) == 41
+    stack = str(log.attributes["exception.stacktrace"])
+    assert stack.count("in _descend\n") == 41
+    # Each span's event has the whole stack, which is the same for all of them.
+    assert {str(s.events[0].attributes["exception.stacktrace"]) for s in spans} == {
+        crash.clip(stack)
+    }
+
+
+def test_an_exception_raised_again_elsewhere_gets_the_stack_of_there(ring: fastbuf.Ring) -> None:
+    try:
+        with fastbuf.span("first"):
+            _fail("once")
+    except RuntimeError as exc:
+        saved = exc
+
+    def again() -> None:
+        with fastbuf.span("second"):
+            raise saved
+
+    with pytest.raises(RuntimeError):
+        again()
+    log, first, second = records(ring)
+    assert log.severity_number == 17 and (first.name, second.name) == ("first", "second")
+    assert "in again" not in str(first.events[0].attributes["exception.stacktrace"])
+    assert "in again\n    raise saved\n" in str(second.events[0].attributes["exception.stacktrace"])
 
 
 def test_a_context_left_inside_the_span_gives_the_record_its_job(ring: fastbuf.Ring) -> None:

@@ -375,6 +375,7 @@ def auto_attach() -> None:
 
 
 _codec.bind(None, auto_attach, _after_fork, False)
+crash.set_attach(auto_attach)
 
 
 @atexit.register

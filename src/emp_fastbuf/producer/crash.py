@@ -80,6 +80,7 @@ STACKTRACE_MAX_CHARS = fatal.STACKTRACE_MAX_CHARS
 
 _SCOPE_ATTR = "_emp_fastbuf_scope"  # the innermost scope the exception left
 _DONE_ATTR = "_emp_fastbuf_recorded"  # an ERROR record was written for it
+_STACK_ATTR = "_emp_fastbuf_stack"  # its whole stack, formatted at the span it left first
 _LOOP_MODULE = "asyncio.base_events"
 _WRAPPED_ATTR = "_emp_fastbuf_wrapped"
 
@@ -88,6 +89,9 @@ _installed = False
 # The ring this process writes to now, or None (set by install): a hook that runs after
 # ``shutdown()`` writes nothing, rather than attaching again.
 _ring: Callable[[], object | None] = lambda: None  # noqa: E731
+# How the API attaches on the first record (``set_attach``): a span's exception may come
+# before any record was written, and its record is then the first.
+_attach: Callable[[], None] | None = None
 
 
 def enabled() -> bool:
@@ -135,6 +139,41 @@ def _whole_stack(tb: TracebackType | None) -> TracebackType | None:
         tb = TracebackType(tb, frame, frame.f_lasti, frame.f_lineno)
         frame = frame.f_back
     return tb
+
+
+def _callers(tb: TracebackType) -> tuple[tuple[int, int], ...]:
+    """The frames above ``tb``'s first one, nearest first, each as (id, instruction)."""
+    out: list[tuple[int, int]] = []
+    frame = tb.tb_frame.f_back
+    while frame is not None:
+        out.append((id(frame), frame.f_lasti))
+        frame = frame.f_back
+    return tuple(out)
+
+
+def _span_stack(etype: type[BaseException], exc: BaseException, tb: TracebackType | None) -> str:
+    """The whole stack of ``exc`` leaving a span, formatted once as it propagates: the next
+    span out sees the same stack when the frames it passed since are the callers the first
+    one saw, at the same instructions (not when the exception was caught and raised again
+    elsewhere). Formatting is the costly part: a recursive traced function that fails
+    would format it once per level."""
+    cached = getattr(exc, _STACK_ATTR, None)
+    if tb is not None and isinstance(cached, tuple) and len(cached) == 3:
+        marker, callers, text = cached
+        passed: list[tuple[int, int]] = []
+        entry: TracebackType | None = tb
+        while entry is not None and entry is not marker and len(passed) <= len(callers):
+            passed.append((id(entry.tb_frame), entry.tb_lasti))
+            entry = entry.tb_next
+        if entry is marker and tuple(reversed(passed)) == callers[: len(passed)]:
+            return str(text)
+    text = _format(etype, exc, _whole_stack(tb))
+    if tb is not None:
+        try:
+            setattr(exc, _STACK_ATTR, (tb, _callers(tb), text))
+        except Exception:
+            pass  # an exception type that takes no attributes: formatted at each span
+    return text
 
 
 def _message(exc: BaseException) -> str:
@@ -195,13 +234,15 @@ def _span_exception(
         return None
     here = _codec.current()
     etype = exc_type if exc_type is not None else type(exc)
-    stack = _format(etype, exc, _whole_stack(tb))
+    stack = _span_stack(etype, exc, tb)
     attrs = {
         "exception.type": getattr(etype, "__qualname__", str(etype)),
         "exception.message": _message(exc),
         "exception.stacktrace": stack,
     }
     recorded = getattr(exc, _DONE_ATTR, False)
+    if not recorded and not _is_control_flow(exc) and not _installed and _attach is not None:
+        _attach()  # the first record of the process, as any first record attaches
     if not recorded and not _is_control_flow(exc) and _ring() is not None:
         # A context() left inside this span tagged a scope with more context (a job id)
         # and this span's ids: that one. One tagged elsewhere (the exception was caught
@@ -566,6 +607,13 @@ def shutdown() -> None:
         if current.pid == os.getpid():
             faulthandler.disable()
         current.close(remove_if_empty=current.pid == os.getpid())
+
+
+def set_attach(attach: Callable[[], None]) -> None:
+    """What attaches this process when a span's exception is its first record (the API's
+    ``auto_attach``, which never raises)."""
+    global _attach
+    _attach = attach
 
 
 def install(ring: Callable[[], object | None]) -> None:
