@@ -37,7 +37,7 @@ delivers it afterwards.
 One exception, one record: once written, the exception is marked recorded, and outer
 spans and the hooks write no other. ``SystemExit``, ``GeneratorExit`` and asyncio's
 ``CancelledError`` leaving a span are control flow, not crashes: the span gets its event,
-and a hook records them only if they go uncaught (``SystemExit`` never).
+and a hook records ``CancelledError`` if it goes uncaught (the other two never).
 
 A fatal error (a segfault, an abort) runs no Python code: ``install`` enables
 ``faulthandler`` (unless the process enabled it already) into this process's file under
@@ -240,21 +240,21 @@ def _span_exception(
         "exception.message": _message(exc),
         "exception.stacktrace": stack,
     }
-    recorded = getattr(exc, _DONE_ATTR, False)
-    if not recorded and not _is_control_flow(exc) and not _installed and _attach is not None:
-        _attach()  # the first record of the process, as any first record attaches
-    if not recorded and not _is_control_flow(exc) and _ring() is not None:
-        # A context() left inside this span tagged a scope with more context (a job id)
-        # and this span's ids: that one. One tagged elsewhere (the exception was caught
-        # and raised again here) is not this span's.
-        scope = getattr(exc, _SCOPE_ATTR, None)
-        if not isinstance(scope, _codec.Scope) or scope.span_id != here.span_id:
-            scope = here
-        _tag(exc, _DONE_ATTR, True)
-        try:
-            _emit({**attrs, "exception.stacktrace": clip(stack, _record_limit())}, scope)
-        except Exception:
-            pass  # the span still ends, with its event
+    if not getattr(exc, _DONE_ATTR, False) and not _is_control_flow(exc):
+        if not _installed and _attach is not None:
+            _attach()  # the process's first record: it attaches, as any first record does
+        if _ring() is not None:
+            # A context() left inside this span tagged a scope with more context (a job
+            # id) and this span's ids: that one. One tagged elsewhere (the exception was
+            # caught and raised again here) is not this span's.
+            scope = getattr(exc, _SCOPE_ATTR, None)
+            if not isinstance(scope, _codec.Scope) or scope.span_id != here.span_id:
+                scope = here
+            _tag(exc, _DONE_ATTR, True)
+            try:
+                _emit({**attrs, "exception.stacktrace": clip(stack, _record_limit())}, scope)
+            except Exception:
+                pass  # the span still ends, with its event
     _tag(exc, _SCOPE_ATTR, here)
     attrs["exception.stacktrace"] = clip(stack)
     return attrs
