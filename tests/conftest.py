@@ -17,6 +17,23 @@ from emp_fastbuf.producer import _codec, api
 _ring_numbers = itertools.count()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A home for the whole run where the environment names none: worker processes a test
+    starts without a home of its own write their fatal-error files (producer.crash) there,
+    not in the user's home. ``fastbuf_home`` gives a test its own."""
+    if os.environ.get("EMP_FASTBUF_HOME", "").strip():
+        yield
+        return
+    home = tmp_path_factory.mktemp("session-home")
+    home.chmod(0o700)
+    os.environ["EMP_FASTBUF_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        os.environ.pop("EMP_FASTBUF_HOME", None)
+
+
 @pytest.fixture
 def ring_name() -> Iterator[str]:
     """A unique ring name, unlinked after the test if the test left it behind. Short:

@@ -1,5 +1,5 @@
 """The emp-fastbuf home and what lives in it: the one place that says where the agent,
-the store, the spool and the CLI keep their files."""
+the store, the spool, the workers' fatal-error dumps and the CLI keep their files."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ STORE_FILE = "store.sqlite"
 SPOOL_DIR = "spool"
 DEAD_LETTER_DIR = "dead-letter"
 AGENT_LOG = "agent.log"
+# Fatal-error dumps (faulthandler) of the workers, one file per process (records.fatal).
+CRASH_DIR = "crashes"
 
 
 def home(

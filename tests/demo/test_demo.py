@@ -181,14 +181,20 @@ def test_a_failed_job_has_an_error_span_and_a_stacktrace(run: DemoRun) -> None:
     failed_step = [s for s in spans if s["name"] == "denoise.step" and s["status"] == "error"]
     assert [s["attributes"]["step"] for s in failed_step] == [job["steps_run"] - 1]
     logs = json_lines(run.q("logs", "--job", job_id, "--level", "error", "--json"))
-    assert len(logs) == 1
-    attrs = logs[0]["attributes"]
-    assert logs[0]["severity"] == "ERROR" and logs[0]["body"] == "job failed"
+    # The exception's own record, written as it left the failed step's span (the spans
+    # above it write no other), then the worker's log of the failure it handled.
+    assert [r["severity"] for r in logs] == ["ERROR", "ERROR"]
+    crash, handled = logs
+    assert crash["body"].startswith("SimulatedGpuError: CUDA out of memory")
+    assert crash["span_id"] == failed_step[0]["span_id"]
+    assert "in run_job" in crash["attributes"]["exception.stacktrace"]
+    attrs = handled["attributes"]
+    assert handled["body"] == "job failed"
     assert attrs["exception.type"] == "SimulatedGpuError"
     assert "Traceback (most recent call last)" in attrs["exception.stacktrace"]
     assert "CUDA out of memory" in attrs["exception.message"]
     job_span = next(s for s in spans if s["name"] == "job")
-    assert logs[0]["span_id"] == job_span["span_id"]
+    assert handled["span_id"] == job_span["span_id"]
 
 
 def test_a_crashed_job_is_captured_with_its_stack_trace(run: DemoRun) -> None:

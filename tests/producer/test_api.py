@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import emp_fastbuf as fastbuf
-from emp_fastbuf.producer import _codec, api
+from emp_fastbuf.producer import _codec, api, crash
 from emp_fastbuf.records import (
     COUNTER,
     DEFAULT_HISTOGRAM_BOUNDS,
@@ -146,11 +146,23 @@ def test_spans_nest_and_carry_ids(ring: fastbuf.Ring) -> None:
 def test_span_exception_sets_error_and_propagates(ring: fastbuf.Ring) -> None:
     with pytest.raises(ValueError, match="bad"), fastbuf.span("failing"):
         raise ValueError("bad")
-    (rec,) = records(ring)
-    assert rec.status_code == STATUS_ERROR
+    # The ERROR record, written on the way out, then the span.
+    log, rec = records(ring)
+    assert rec.kind == SPAN and rec.status_code == STATUS_ERROR
     assert "ValueError: bad" in rec.status_message
     assert rec.events and rec.events[0].name == "exception"
     assert rec.events[0].attributes["exception.type"] == "ValueError"
+    assert log.severity_text == "ERROR" and log.body == "ValueError: bad"
+    assert (log.trace_id, log.span_id) == (rec.trace_id, rec.span_id)
+    event = rec.events[0].attributes
+    for key in ("exception.type", "exception.message"):
+        assert event[key] == log.attributes[key]
+    stack = str(log.attributes["exception.stacktrace"])
+    assert event["exception.stacktrace"] == crash.clip(stack)
+    # The whole stack: the callers of this test (pytest's frames), then the raise.
+    assert stack.startswith("Traceback (most recent call last):\n")
+    assert "_pytest" in stack and "in test_span_exception_sets_error_and_propagates" in stack
+    assert stack.rstrip().endswith("ValueError: bad")
 
 
 def test_span_events_links_status(ring: fastbuf.Ring) -> None:

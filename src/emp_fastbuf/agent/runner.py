@@ -5,6 +5,8 @@ Two threads:
 - the drain loop (main thread) reads every lane, cuts batches by time, size and lane
   pressure (producers close to dropping cut one at once), writes each batch to the spool
   as one group commit (one fsynced file) and acknowledges it on the ring right after;
+  every 2 s it also spools the fatal-error dumps of workers that are gone as their ERROR
+  records (``agent.fatal``);
 - the delivery loop offers spool files, oldest first, to every sink (``agent.sinks``) that
   still needs them and marks each destination done; the spool deletes a file once every
   destination has it.
@@ -32,6 +34,7 @@ from emp_fastbuf._version import __version__
 from emp_fastbuf.agent import status as status_file
 from emp_fastbuf.agent.batch import Batch
 from emp_fastbuf.agent.config import SPAWNED_IDLE_EXIT_S, AgentConfig, ConfigError
+from emp_fastbuf.agent.fatal import FatalFiles
 from emp_fastbuf.agent.machine import collect_machine_metrics, machine_resource
 from emp_fastbuf.agent.sinks import Sink
 from emp_fastbuf.agent.spool import CorruptSpoolFile, Spool
@@ -58,6 +61,8 @@ PRESSURE_CHECK_S = 0.002
 FILE_FAILURES_TO_QUARANTINE = 3  # a spool file that fails delivery this often in a row
 LOOP_ERRORS_TO_GIVE_UP = 100  # consecutive unexpected errors: the loop cannot continue
 SPOOL_RETRY_MAX_S = 5.0
+# How often the drain loop looks for the fatal-error dumps of workers that are gone.
+FATAL_SCAN_INTERVAL_S = 2.0
 
 
 @dataclass
@@ -135,6 +140,7 @@ class Agent:
         self.spool_error: dict[str, Any] | None = None
         self.fatal: str | None = None
         self.delivery_thread: threading.Thread | None = None
+        self.fatal_files = FatalFiles(self.home / paths.CRASH_DIR, ring_name)
 
     # ---- drain ---------------------------------------------------------------------
 
@@ -200,6 +206,7 @@ class Agent:
             # Final drain: everything in the ring goes to the spool before we exit.
             try:
                 self._drain_once(final=True)
+                self._spool_fatal_dumps()
             except Exception as exc:  # e.g. the disk is full: the ring keeps the records
                 self._loop_error("drain", exc)
             self.stop_event.set()
@@ -234,6 +241,7 @@ class Agent:
         batch_started = time.monotonic()
         last_status = 0.0
         last_machine = 0.0
+        last_fatal_scan = -FATAL_SCAN_INTERVAL_S
         last_pressure = 0.0
         idle_since: float | None = None
         errors_in_a_row = 0
@@ -293,6 +301,9 @@ class Agent:
                 if now - last_machine >= self.config.metrics_interval_s:
                     last_machine = now
                     pending.append(self._own_metrics())
+                if now - last_fatal_scan >= FATAL_SCAN_INTERVAL_S:
+                    last_fatal_scan = now
+                    self._spool_fatal_dumps()
                 cut = None
                 if pending:
                     if pending_bytes >= self.config.batch_max_bytes:
@@ -404,6 +415,21 @@ class Agent:
         self.spool.write(chunks)
         self.consumer.ack()
         self.counters.batches += 1
+        self.delivery_wake.set()
+
+    def _spool_fatal_dumps(self) -> None:
+        """The fatal-error dumps of workers that are gone, as their ERROR records: spooled
+        in a file of their own (nothing to acknowledge), then their files removed."""
+        chunks, files = self.fatal_files.collect()
+        if not chunks:
+            return
+        try:
+            self.spool.write(chunks)
+        except OSError as exc:  # the next scan tries again; the files stay until then
+            log.warning("cannot spool %d fatal-error dump(s) yet: %s", len(chunks), exc)
+            return
+        self.fatal_files.remove(files)
+        log.info("recorded %d fatal-error dump(s) of worker processes", len(chunks))
         self.delivery_wake.set()
 
     def _own_metrics(self) -> LaneChunk:
@@ -618,6 +644,10 @@ class Agent:
                 "corrupt_spool_files": self.counters.corrupt_spool_files,
             },
             "spool": self.spool.stats(),
+            "fatal_files": {
+                "recorded": self.fatal_files.recorded,
+                "unreadable": self.fatal_files.unreadable,
+            },
             "store": None if store is None else {"records": self.counters.store_records, **store},
             "export": self._sink_status("export"),
             "ring": ring_stats,

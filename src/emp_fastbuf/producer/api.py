@@ -114,7 +114,9 @@ def _resource() -> dict[str, Any]:
 
 def _publish_resource() -> None:
     if _state.ring is not None:
-        _state.ring.set_meta(_codec.encode_resource(_resource(), "emp_fastbuf", __version__))
+        resource = _resource()
+        _state.ring.set_meta(_codec.encode_resource(resource, "emp_fastbuf", __version__))
+        crash.describe(_state.ring_name, resource)  # whose a fatal-error dump is
 
 
 # The last merge: (the attributes merged, this process's resource attribute dict then).
@@ -236,8 +238,10 @@ def configure(
     room, the GIL released, then drops).
     ``agent``: ``"spawn"`` (default, from ``EMP_FASTBUF_AGENT``) starts a drainer when none
     holds the ring; ``"external"`` leaves that to the operator.
-    Uncaught exceptions (main thread, threads, asyncio loops) become ERROR records from
-    then on, unless ``EMP_FASTBUF_CAPTURE_EXCEPTIONS=false`` (``producer.crash``).
+    Uncaught exceptions (main thread, threads, asyncio loops) and exceptions leaving a
+    ``span`` become ERROR records from then on, and a fatal error (segfault, abort) a dump
+    the agent delivers as one, unless ``EMP_FASTBUF_CAPTURE_EXCEPTIONS=false``
+    (``producer.crash``).
     """
     _check_str(service=service, machine_id=machine_id, worker_id=worker_id, ring=ring)
     env = os.environ
@@ -371,6 +375,7 @@ def auto_attach() -> None:
 
 
 _codec.bind(None, auto_attach, _after_fork, False)
+crash.set_attach(auto_attach)
 
 
 @atexit.register
@@ -384,12 +389,14 @@ def _release_at_exit() -> None:
 
 
 def shutdown() -> None:
-    """Detach from the ring (records already written stay there for the drainer)."""
+    """Detach from the ring (records already written stay there for the drainer) and
+    turn off the fatal-error dumps that attaching turned on (``producer.crash``)."""
     with _lock:
         if _state.ring is not None:
             _state.ring.close()
         _state.ring = None
         _codec.bind(None, auto_attach, _after_fork, False)
+    crash.shutdown()
 
 
 def ring() -> Ring | None:
@@ -542,9 +549,14 @@ def _scope(scope: _codec.Scope) -> Iterator[None]:
 
 @contextmanager
 def context(**attrs: Any) -> Iterator[None]:
-    """Every record inside carries these attributes (``job_id`` becomes ``emp.job_id``)."""
-    with _scope(_codec.current().with_attrs(attrs)):
-        yield
+    """Every record inside carries these attributes (``job_id`` becomes ``emp.job_id``).
+    While it is open, a fatal error of the process is recorded for its ``job_id``."""
+    job = crash.enter_job(attrs["job_id"]) if "job_id" in attrs else None
+    try:
+        with _scope(_codec.current().with_attrs(attrs)):
+            yield
+    finally:
+        crash.leave_job(job)
 
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")

@@ -17,6 +17,7 @@ from emp_fastbuf.ring._ring import (
     default_ring_name,
     layout_for,
     process_alive,
+    process_start,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "default_ring_name",
     "layout_for",
     "process_alive",
+    "process_start",
 ]

@@ -139,6 +139,14 @@ cdef uint64_t _my_start() noexcept:
     return st
 
 
+def process_start(long pid):
+    """The start time of process ``pid`` as the ring records its owners (Linux: clock ticks
+    since boot), 0 where it cannot be read; ``process_alive(pid, start)`` compares it."""
+    cdef uint64_t st = 0
+    efb_proc_stat(pid, &st)
+    return st
+
+
 def process_alive(long pid, uint64_t start=0):
     """True if the process ``pid`` (started at ``start``, 0 = any) is alive."""
     return bool(efb_alive(pid, start))
