@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 from emp_fastbuf._version import __version__
 from emp_fastbuf.errors import RingCorrupt, RingError, RingNotFound
-from emp_fastbuf.producer import _codec, crash
+from emp_fastbuf.producer import _codec, crash, otelenv
 from emp_fastbuf.producer._codec import Instrument, Log, scope_var
 from emp_fastbuf.records import (
     COUNTER,
@@ -238,6 +238,13 @@ def configure(
     holds the ring; ``"external"`` leaves that to the operator.
     Uncaught exceptions (main thread, threads, asyncio loops) become ERROR records from
     then on, unless ``EMP_FASTBUF_CAPTURE_EXCEPTIONS=false`` (``producer.crash``).
+    ``max_attributes`` and ``max_value_length`` hold for every record; unset, the
+    OpenTelemetry variables ``OTEL_ATTRIBUTE_COUNT_LIMIT`` and
+    ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` (and their ``OTEL_SPAN_*`` and
+    ``OTEL_LOGRECORD_*`` forms, for spans and for logs and events) set them. Spans are
+    sampled as ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG`` say (default
+    ``parentbased_always_on``). A bad value in any of these variables is ignored with
+    one warning.
     """
     _check_str(service=service, machine_id=machine_id, worker_id=worker_id, ring=ring)
     env = os.environ
@@ -245,8 +252,9 @@ def configure(
         layout_for(ring_size)  # TypeError / ValueError for a size that cannot be used
     block_ns = _on_full_wait(on_full, env)
     _codec.set_limits(
-        attributes=max_attributes, key_length=max_key_length, value_length=max_value_length
+        key_length=max_key_length, **otelenv.limits(env, max_attributes, max_value_length)
     )
+    _codec.set_sampler(*otelenv.sampler(env))
     with _lock:
         if _truthy(env.get("OTEL_SDK_DISABLED")):
             _state.disabled = True
@@ -371,6 +379,10 @@ def auto_attach() -> None:
 
 
 _codec.bind(None, auto_attach, _after_fork, False)
+# Spans and context scopes may come before the first record attaches (and configures):
+# the variables hold from the start.
+_codec.set_limits(**otelenv.limits(os.environ, None, None))
+_codec.set_sampler(*otelenv.sampler(os.environ))
 
 
 @atexit.register
@@ -475,6 +487,9 @@ def record_span(
     ``status`` ``"unset"``, ``"ok"`` or ``"error"`` (with ``message``), as in
     ``Span.set_status``.
 
+    The sampler decides as for ``fastbuf.span``: an unsampled span is counted in
+    ``stats()["unsampled_spans"]`` and not written.
+
     Returns the new span's id (lowercase hex). A time that is not an integer (a float,
     say), or a name, message or attributes of the wrong type, raises TypeError; an
     unknown kind or status raises ValueError. A time outside 0..2**64-1 is clamped and an
@@ -502,9 +517,10 @@ def record_span(
         end = start
     sc = _codec.current()
     span_id = _random_id(8)
+    trace_id = sc.trace_id if sc.trace_id is not None else _random_id(16)
     _codec.write_span(
         name,
-        sc.trace_id if sc.trace_id is not None else _random_id(16),
+        trace_id,
         span_id,
         sc.span_id,
         start,
@@ -515,7 +531,7 @@ def record_span(
         attrs,
         None,
         None,
-        sc.trace_flags,
+        _codec.span_flags(sc, trace_id),
     )
     return span_id.hex()
 
@@ -567,7 +583,8 @@ def parse_traceparent(header: object) -> tuple[bytes, bytes, int] | None:
 
 
 def traceparent() -> str | None:
-    """The W3C ``traceparent`` of the current span, or None outside spans."""
+    """The W3C ``traceparent`` of the current span, or None outside spans. Its flags are
+    the span's: ``01`` when sampled, ``00`` when not, so the next service can follow."""
     sc = _codec.current()
     if sc.trace_id is None or sc.span_id is None:
         return None
@@ -576,7 +593,10 @@ def traceparent() -> str | None:
 
 @contextmanager
 def continue_trace(header: str | None) -> Iterator[None]:
-    """Spans inside join the trace of ``header`` (an invalid header is ignored)."""
+    """Spans inside join the trace of ``header`` (an invalid header is ignored). Under
+    a ``parentbased_*`` sampler (the default) they follow its sampled flag: ``-01``
+    recorded, ``-00`` not; logs and events inside carry the trace and its flags either
+    way."""
     parsed = parse_traceparent(header)
     if parsed is None:
         yield
@@ -722,7 +742,9 @@ def flush(timeout: float = 5.0) -> bool:
 
 def stats() -> dict[str, Any]:
     """This process's counters: emitted (total and per kind), dropped by reason, bytes,
-    truncated values, dropped attributes, coerced values."""
+    truncated values, dropped attributes, coerced values, and the spans the sampler
+    dropped (``unsampled_spans``: never encoded, so in neither ``emitted`` nor
+    ``dropped``)."""
     c = _codec.counter_values()
     per_kind = {k: c[k] for k in ("log", "event", "span", "metric")}
     dropped = {
@@ -740,6 +762,7 @@ def stats() -> dict[str, Any]:
         "truncated_values": c["truncated_values"],
         "dropped_attributes": c["dropped_attributes"],
         "coerced_values": c["coerced_values"],
+        "unsampled_spans": c["unsampled_spans"],
         "errors": c["errors"],
         "disabled": _state.disabled,
         "ring": _state.ring_name if r is not None else None,
