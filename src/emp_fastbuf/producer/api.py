@@ -12,9 +12,11 @@ import inspect
 import logging
 import operator
 import os
+import platform
 import random
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -49,6 +51,8 @@ _logger = logging.getLogger("emp_fastbuf")
 DEFAULT_RING_SIZE = DEFAULT_SIZE
 ON_FULL_ENV = "EMP_FASTBUF_ON_FULL"
 MAX_BLOCK_MS = 60_000.0
+# What OpenTelemetry calls a service that did not name itself.
+UNKNOWN_SERVICE = "unknown_service:python"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,7 +61,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 class _State:
     ring: Ring | None = None
     ring_name: str = ""
-    service: str = "unknown_service"
+    service: str = UNKNOWN_SERVICE
     machine_id: str = ""
     worker_id: str | None = None  # None: host name and pid, recomputed after fork
     resource_attributes: dict[str, Any] = field(default_factory=dict)
@@ -91,6 +95,17 @@ def parse_resource_attributes(value: str) -> dict[str, str]:
     return out
 
 
+# The OpenTelemetry resource conventions for the SDK and the Python runtime.
+_RUNTIME = {
+    "process.runtime.name": sys.implementation.name,
+    "process.runtime.version": platform.python_version(),
+    "process.runtime.description": sys.version,
+    "telemetry.sdk.name": "emp-fastbuf",
+    "telemetry.sdk.language": "python",
+    "telemetry.sdk.version": __version__,
+}
+
+
 def _resource() -> dict[str, Any]:
     st = _state
     host = socket.gethostname()
@@ -102,11 +117,9 @@ def _resource() -> dict[str, Any]:
             "service.instance.id": st.instance_id,
             "host.name": host,
             "process.pid": pid,
-            "process.runtime.name": "cpython",
             "emp.machine_id": st.machine_id or host,
             "emp.worker_id": st.worker_id or f"{host}-{pid}",
-            "telemetry.sdk.name": "emp-fastbuf",
-            "telemetry.sdk.version": __version__,
+            **_RUNTIME,
         }
     )
     return attrs
@@ -125,7 +138,7 @@ _merged: tuple[object, object] | None = None
 
 def merge_resource(attributes: Mapping[str, Any] | None) -> None:
     """Merge another SDK's resource attributes into the resource this process publishes
-    in its lane: ``service.name`` only where fastbuf has none (``unknown_service``), the
+    in its lane: ``service.name`` only where fastbuf has none (``unknown_service:python``), the
     identity attributes fastbuf sets itself keep fastbuf's values, any other key takes
     the new value. Attaches first when not attached yet (attaching later would reset the
     resource). Costs an identity check when called again with the same mapping."""
@@ -146,7 +159,7 @@ def merge_resource(attributes: Mapping[str, Any] | None) -> None:
             if key == "service.name":
                 # fastbuf's own service name wins; the SDK's fills in when there is none.
                 svc = str(value)
-                if st.service == "unknown_service" and not svc.startswith("unknown_service"):
+                if st.service == UNKNOWN_SERVICE and not svc.startswith("unknown_service"):
                     st.service = svc
                     changed = True
                 continue
@@ -300,7 +313,7 @@ def _set_identity(
     if resource_attributes:
         res.update(resource_attributes)
     svc = service or env.get("OTEL_SERVICE_NAME") or res.get("service.name")
-    _state.service = str(svc or "unknown_service")
+    _state.service = str(svc or UNKNOWN_SERVICE)
     _state.machine_id = machine_id or env.get("EMP_MACHINE_ID") or socket.gethostname()
     _state.worker_id = worker_id or env.get("EMP_WORKER_ID") or None
     _state.resource_attributes = res
