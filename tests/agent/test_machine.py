@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import psutil
 import pytest
 
-from emp_fastbuf.agent.machine import collect_machine_metrics, machine_resource
+from emp_fastbuf.agent.machine import (
+    MAX_MACHINE_IDS,
+    collect_machine_metrics,
+    machine_ids,
+    machine_resource,
+)
 from emp_fastbuf.records import GAUGE, METRIC, Record
+from support.agent import AgentProc, run_worker
 
 # name -> unit, per the OpenTelemetry semantic conventions.
 UNITS = {
@@ -203,3 +211,36 @@ def test_no_nvml_means_a_debug_line_and_no_error() -> None:
     else:
         assert int(proc.stdout) == 0
         assert "GPU metrics off" in proc.stderr
+
+
+def test_machine_ids_are_the_agents_then_each_other_one_declared() -> None:
+    declared = ["m-1", None, "", "host-a", 3, "m-2", "m-1"]
+    assert machine_ids("host-a", declared) == ["host-a", "m-1", "m-2"]
+    many = machine_ids("own", (f"m{i}" for i in range(100)))
+    assert len(many) == MAX_MACHINE_IDS and many[:2] == ["own", "m0"]
+
+
+def test_machine_metrics_carry_the_machine_id_a_producer_configured(
+    env_clean: Path, agent_ring: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker says ``configure(machine_id="m-1")``: the agent's machine metrics go
+    out under that id too, so ``fastbuf metrics --machine m-1`` shows them; the agent's
+    own id (the host name here) keeps them."""
+    monkeypatch.delenv("EMP_MACHINE_ID", raising=False)
+    run_worker(agent_ring, 3, "M")
+    agent = AgentProc(agent_ring, env_clean)
+    assert agent.stop() == 0
+    env = {**os.environ, "EMP_FASTBUF_HOME": str(env_clean)}
+    for machine in ("m-1", socket.gethostname()):
+        out = subprocess.run(
+            [sys.executable, "-m", "emp_fastbuf", "metrics", "--machine", machine, "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        series = [json.loads(line) for line in out.stdout.splitlines()]
+        machine_series = {s["name"] for s in series if s["service"] == "emp-fastbuf-agent"}
+        assert {"system.memory.limit", "system.cpu.utilization"} <= machine_series, machine
+        assert {s["machine_id"] for s in series} == {machine}

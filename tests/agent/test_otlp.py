@@ -169,7 +169,7 @@ def test_log_and_event_records_round_trip_every_field() -> None:
     assert lr.span_id == SID
     assert lr.dropped_attributes_count == 3
     assert lr.event_name == ""
-    assert lr.flags == 0
+    assert lr.flags == 1  # the trace's W3C flags: sampled
     # context first (job_id renamed), then the record's own attributes
     assert keys(lr.attributes)[:2] == ["emp.job_id", "tenant"]
     assert attrs(lr.attributes) == {
@@ -205,8 +205,18 @@ def test_log_and_event_records_round_trip_every_field() -> None:
     assert er.observed_time_unix_nano == T0 + 99
     assert not er.HasField("body")
     assert er.severity_number == 0 and er.severity_text == ""
-    assert er.trace_id == b"" and er.span_id == b""
+    assert er.trace_id == b"" and er.span_id == b"" and er.flags == 0
     assert attrs(er.attributes) == {"n": ("int_value", 3)}  # no event.name attribute
+
+
+def test_a_log_in_an_unsampled_trace_keeps_its_trace_and_flags() -> None:
+    rec = log(5, trace_id=TID, span_id=SID, trace_flags=0)
+    odd = log(6, trace_id=TID, span_id=SID, trace_flags=0x03)
+    data = build_logs_request([(res(), [rec, odd])], observed_time_unix_nano=T0 + 99)
+    assert data is not None
+    lr, lr_odd = parse_logs(data.SerializeToString()).resource_logs[0].scope_logs[0].log_records
+    assert (lr.trace_id, lr.span_id, lr.flags) == (TID, SID, 0)
+    assert lr_odd.flags == 0x03
 
 
 def test_observed_time_defaults_to_now() -> None:
@@ -798,6 +808,7 @@ def _norm_logs(req: ExportLogsServiceRequest) -> list[dict[str, Any]]:
                         "span_id": lr.span_id,
                         "event_name": lr.event_name,
                         "dropped_attributes": lr.dropped_attributes_count,
+                        "flags": lr.flags,
                     }
                 )
     return out
@@ -870,8 +881,8 @@ def test_logs_and_events_match_the_sdk_encoder() -> None:
     )
     assert ours is not None
     ours = parse_logs(ours.SerializeToString())
-    # Normalised away: telemetry.sdk.* resource keys, and LogRecord.flags (the SDK copies
-    # the span's trace flags there; our LOG records do not carry them).
+    # Normalised away: telemetry.sdk.* resource keys. LogRecord.flags is compared: the SDK
+    # copies the span's trace flags there, as our records do.
     assert _norm_logs(ours) == _norm_logs(sdk_req)
     assert len(_norm_logs(ours)) == 2
     sdk_records = sdk_req.resource_logs[0].scope_logs[0].log_records

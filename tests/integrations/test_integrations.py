@@ -32,7 +32,7 @@ from emp_fastbuf.integrations.otel import (
 from emp_fastbuf.integrations.stdlib import FastbufHandler, instrument_logging, severity_number
 from emp_fastbuf.integrations.structlog import FastbufProcessor
 from emp_fastbuf.producer import _codec, api
-from emp_fastbuf.records import LOG, SPAN, STATUS_ERROR, Record, reference
+from emp_fastbuf.records import LOG, SPAN, STATUS_ERROR, Record, reference, severity_name
 from support.api import drain, records
 from support.integrations import (
     SPAN_WORKER,
@@ -75,9 +75,10 @@ def test_handler_keeps_message_ids_and_attributes(ring: fastbuf.Ring) -> None:
     assert rec.context == {"job_id": "j1"} and rec.job_id == "j1"
     a = rec.attributes
     assert a["logger.name"] == "tests.stdlib"
-    assert a["code.filepath"] == __file__
-    assert a["code.lineno"] == line
-    assert a["code.function"] == "test_handler_keeps_message_ids_and_attributes"
+    assert a["code.file.path"] == __file__
+    assert a["code.line.number"] == line
+    assert a["code.function.name"] == "test_handler_keeps_message_ids_and_attributes"
+    assert not {"code.filepath", "code.lineno", "code.function"} & a.keys()
     assert a["thread.id"] == threading.get_ident()
     assert a["thread.name"] == threading.current_thread().name
     assert a["process.pid"] == os.getpid()
@@ -108,7 +109,54 @@ def test_level_mapping(ring: fastbuf.Ring, level: int, number: int) -> None:
     logger.log(level, "x")
     (rec,) = records(ring)
     assert rec.severity_number == number == severity_number(level)
-    assert rec.severity_text == logging.getLevelName(level)
+    assert rec.severity_text == severity_name(number)  # fastbuf's text, not logging's
+
+
+def test_severity_text_is_the_same_on_every_path(ring: fastbuf.Ring) -> None:
+    """Native, stdlib, the SDK's logging handler and structlog write one text per level:
+    fastbuf's (WARN, FATAL), whatever the other library calls it."""
+    std_logger = private_logger("tests.sev.stdlib", FastbufHandler())
+    otel_logger, log_provider, _ = sdk_logging("tests.sev.otel")
+    slog = structlog.wrap_logger(structlog.ReturnLogger(), processors=[FastbufProcessor(drop=True)])
+    methods = ("debug", "info", "warning", "error", "critical")
+    try:
+        for method in methods:
+            getattr(fastbuf.log, method)(f"native {method}")
+            getattr(std_logger, method)(f"stdlib {method}")
+            getattr(otel_logger, method)(f"otel {method}")
+            getattr(slog, method)(f"structlog {method}")
+    finally:
+        otel_logger.handlers.clear()
+        log_provider.shutdown()
+    seen: dict[str, set[tuple[str, int, str]]] = {}
+    for rec in records(ring):
+        if rec.kind == LOG:
+            path, method = rec.body.split()
+            seen.setdefault(method, set()).add((path, rec.severity_number, rec.severity_text))
+    paths = ("native", "stdlib", "otel", "structlog")
+    expected = {"debug": (5, "DEBUG"), "info": (9, "INFO"), "warning": (13, "WARN")}
+    expected.update(error=(17, "ERROR"), critical=(21, "FATAL"))
+    assert seen == {m: {(p, *expected[m]) for p in paths} for m in methods}
+
+
+def test_sdk_log_records_get_the_current_code_attribute_names(ring: fastbuf.Ring) -> None:
+    provider = LoggerProvider(shutdown_on_exit=False)
+    provider.add_log_record_processor(FastbufLogRecordProcessor(flush_timeout=0.1))
+    try:
+        old = {"code.filepath": "/app/x.py", "code.lineno": 7, "code.function": "f", "k": 1}
+        provider.get_logger("tests.code").emit(
+            body="old names", severity_number=SeverityNumber.INFO, attributes=old
+        )
+    finally:
+        provider.shutdown()
+    (rec,) = [r for r in records(ring) if r.kind == LOG]
+    a = rec.attributes
+    assert (a["code.file.path"], a["code.line.number"], a["code.function.name"]) == (
+        "/app/x.py",
+        7,
+        "f",
+    )
+    assert a["k"] == 1 and not {"code.filepath", "code.lineno", "code.function"} & a.keys()
 
 
 def test_handler_level_and_lazy_message(ring: fastbuf.Ring) -> None:
@@ -343,7 +391,7 @@ def test_sdk_log_records_keep_ids(ring: fastbuf.Ring) -> None:
     third = by_body["outside"]
     assert third.trace_id is None and third.severity_number == 17
     direct = by_body['{"structured": [1, 2]}']
-    assert direct.severity_number == 14 and direct.severity_text == "WARN2"
+    assert direct.severity_number == 14 and direct.severity_text == "WARN"  # fastbuf's text
     assert direct.attributes["event.name"] == "my.event" and direct.attributes["a"] == 1
     assert direct.trace_id is None
 
@@ -544,8 +592,8 @@ def test_structlog_drop_mode_and_levels(ring: fastbuf.Ring) -> None:
     recs = records(ring)
     assert [(r.body, r.severity_number, r.severity_text) for r in recs] == [
         ("d", 5, "DEBUG"),
-        ("w", 13, "WARNING"),
-        ("c", 21, "CRITICAL"),
+        ("w", 13, "WARN"),
+        ("c", 21, "FATAL"),
         ("12345", 9, "INFO"),
     ]
 
@@ -582,10 +630,10 @@ def test_structlog_odd_event_dicts(ring: fastbuf.Ring) -> None:
     assert processor(None, "", {"event": None}) == {"event": None}
     assert processor(None, "nonsense", {"event": "e"}) == {"event": "e"}
     a, b, c = records(ring)
-    assert (a.body, a.severity_number, a.severity_text) == ("", 13, "WARNING")
+    assert (a.body, a.severity_number, a.severity_text) == ("", 13, "WARN")
     assert a.attributes == {"1": "int key"}
     assert (b.body, b.severity_number) == ("None", 9)
-    assert (c.severity_number, c.severity_text) == (9, "NONSENSE")
+    assert (c.severity_number, c.severity_text) == (9, "INFO")
 
 
 # ---- crash: what was ended is in the ring ---------------------------------------------
@@ -666,3 +714,29 @@ def test_the_producer_does_not_import_the_agent() -> None:
     native_import = re.compile(r"^\s*(from|import|cimport)\s+emp_fastbuf\.agent", re.M)
     for path in sorted(folder.glob("*.pyx")):
         assert not native_import.search(path.read_text()), path.name
+
+
+def test_sdk_spans_recorded_but_not_sampled_are_counted_not_written(ring: fastbuf.Ring) -> None:
+    """A sampler that says RECORD_ONLY: the span reaches the processor with flags 00,
+    and is skipped as an exporter would skip it; a fastbuf span inside follows it."""
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+
+    class RecordOnly(Sampler):
+        def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+            return SamplingResult(Decision.RECORD_ONLY)
+
+        def get_description(self) -> str:
+            return "RecordOnly"
+
+    provider = TracerProvider(sampler=RecordOnly(), shutdown_on_exit=False)
+    provider.add_span_processor(FastbufSpanProcessor(flush_timeout=0.1))
+    tracer = provider.get_tracer("tests")
+    with tracer.start_as_current_span("sdk.recorded") as sdk_span, fastbuf.span("inside") as inside:
+        fastbuf.log.info("kept")
+    assert sdk_span.is_recording() is False  # ended
+    assert inside.sampled is False
+    (log,) = records(ring)
+    flags = int(sdk_span.get_span_context().trace_flags)  # not sampled; random in newer SDKs
+    assert log.kind == LOG and log.trace_flags == flags and not flags & 1
+    assert log.trace_id == ids(sdk_span)[0]
+    assert fastbuf.stats()["unsampled_spans"] == 2

@@ -224,13 +224,13 @@ def test_record_span_end_defaults_to_now(ring: fastbuf.Ring) -> None:
 
 
 def test_record_span_joins_a_continued_trace(ring: fastbuf.Ring) -> None:
-    header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+    header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03"
     with fastbuf.continue_trace(header):
         fastbuf.record_span("remote.child", 10, 20)
     (rec,) = records(ring)
     assert rec.trace_id == bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
     assert rec.parent_span_id == bytes.fromhex("00f067aa0ba902b7")
-    assert rec.trace_flags == 0
+    assert rec.trace_flags == 3  # the caller's flags: sampled, and the random bit kept
 
 
 def test_record_span_wrong_types_raise(ring: fastbuf.Ring) -> None:

@@ -677,6 +677,21 @@ def test_a_crash_record_keeps_a_stack_trace_longer_than_the_value_limit(
     assert rec.attributes["exception.message"] == "'level 40'"
 
 
+def test_a_lower_log_record_limit_still_keeps_the_whole_stack_trace(ring: fastbuf.Ring) -> None:
+    """OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT below the general limit: the crash
+    record's stack trace is raised over the log limit, not cut at its end by it."""
+    exc = _chained(10)
+    full = "".join(traceback.format_exception(exc))
+    assert 200 < len(full) < 4096
+    _codec.set_limits(log_value_length=200)
+    try:
+        assert crash.record(exc)
+    finally:
+        _codec.set_limits(log_value_length=4096)
+    (rec,) = records(ring)
+    assert rec.attributes["exception.stacktrace"] == full
+
+
 def test_a_longer_stack_trace_is_cut_in_the_middle(ring: fastbuf.Ring) -> None:
     exc = _chained(300)
     assert crash.record(exc)

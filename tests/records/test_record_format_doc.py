@@ -136,6 +136,7 @@ KINDS = {n: f"K_{n}" for n in ("LOG", "EVENT", "SPAN", "METRIC", "RESOURCE")}
 FLAGS = {
     "FLAG_HAS_TRACE": "F_HAS_TRACE",
     "FLAG_HAS_LIMITS": "F_HAS_LIMITS",
+    "FLAG_HAS_TRACE_FLAGS": "F_HAS_TRACE_FLAGS",
     "KNOWN_FLAGS": "F_KNOWN",
 }
 TAGS = same("T_NONE", "T_STR", "T_INT", "T_DOUBLE", "T_BOOL", "T_BYTES", "T_ARRAY")
@@ -267,7 +268,9 @@ def test_the_tables_are_whole() -> None:
     assert set(records.KIND_NAMES) == {getattr(records, k) for k in KINDS} - {records.RESOURCE}
     assert set(records.INSTRUMENT_NAMES) == {getattr(records, i) for i in INSTRUMENTS}
     assert set(records.SEVERITY_TEXT) == {getattr(records, s) for s in SEVERITIES}
-    assert records.KNOWN_FLAGS == records.FLAG_HAS_TRACE | records.FLAG_HAS_LIMITS
+    assert records.KNOWN_FLAGS == (
+        records.FLAG_HAS_TRACE | records.FLAG_HAS_LIMITS | records.FLAG_HAS_TRACE_FLAGS
+    )
 
 
 @pytest.mark.parametrize(
@@ -329,8 +332,12 @@ def test_an_own_copy_is_caught() -> None:
 # "## Limits" rows whose default is a setting of the native encoder (``_codec.get_limits``).
 LIMIT_ROWS = {
     "attributes per record (context + own)": "max_attributes",
+    "attributes per SPAN record": "span_max_attributes",
+    "attributes per LOG or EVENT record": "log_max_attributes",
     "key length": "max_key_length",
     "string / bytes value length": "max_value_length",
+    "string / bytes value length in a SPAN record": "span_max_value_length",
+    "string / bytes value length in a LOG or EVENT record": "log_max_value_length",
     "array length": "max_array_length",
     "log body": "max_body_length",
 }

@@ -3,6 +3,7 @@ every malformed input into ``CorruptRecord`` (docs/record-format.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import struct
@@ -19,6 +20,7 @@ from emp_fastbuf.records import (
     EVENT,
     FLAG_HAS_LIMITS,
     FLAG_HAS_TRACE,
+    FLAG_HAS_TRACE_FLAGS,
     GAUGE,
     HISTOGRAM,
     LOG,
@@ -210,6 +212,28 @@ def test_log_round_trip_with_trace_and_limits() -> None:
     out = roundtrip(rec)
     assert same(out, rec)
     assert out.job_id == "job-42"
+
+
+@pytest.mark.parametrize("kind", [LOG, EVENT, METRIC])
+def test_a_record_in_an_unsampled_trace_carries_its_trace_flags(kind: int) -> None:
+    fields = {LOG: {"body": "x"}, EVENT: {"name": "e"}, METRIC: {"instrument": COUNTER}}
+    rec = Record(
+        kind=kind, time_unix_nano=T0, trace_id=TRACE, span_id=SPAN_ID, trace_flags=0, **fields[kind]
+    )
+    buf = reference.encode_record(rec)
+    assert buf[2] == FLAG_HAS_TRACE | FLAG_HAS_TRACE_FLAGS
+    assert buf[12:28] == TRACE and buf[28:36] == SPAN_ID and buf[36] == 0
+    out = roundtrip(rec)
+    assert same(out, rec) and out.trace_flags == 0
+    # Sampled (01), the common case, is written as before: no flags byte.
+    sampled = reference.encode_record(dataclasses.replace(rec, trace_flags=1))
+    assert sampled[2] == FLAG_HAS_TRACE and len(sampled) == len(buf) - 1
+    assert reference.decode_record(sampled).trace_flags == 1
+
+
+def test_trace_flags_need_a_trace() -> None:
+    with pytest.raises(ValueError, match="trace_flags other than 1"):
+        reference.encode_record(Record(kind=LOG, time_unix_nano=T0, trace_flags=0))
 
 
 def test_flags_are_clear_without_trace_or_limits() -> None:
@@ -590,7 +614,13 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
     "kind 0": (head(kind=0) + GOOD_LOG[12:], "kind 0"),
     "kind 5 (a resource)": (head(kind=5) + GOOD_LOG[12:], "resource"),
     "kind 200": (head(kind=200) + GOOD_LOG[12:], "kind 200"),
-    "flag bit 2": (head(flags=4) + GOOD_LOG[12:], "flag bits 0x04"),
+    "flag bit 3": (head(flags=8) + GOOD_LOG[12:], "flag bits 0x08"),
+    "HAS_TRACE_FLAGS without HAS_TRACE": (head(flags=4) + GOOD_LOG[12:], "without HAS_TRACE"),
+    "HAS_TRACE_FLAGS on a SPAN": (
+        head(SPAN, flags=5) + TRACE + SPAN_ID + b"\x00" + span_body() + NO_ATTRS * 2,
+        "on a SPAN",
+    ),
+    "trace_flags cut short": (head(flags=5) + TRACE + SPAN_ID, "trace_flags"),
     "flag bit 7": (head(flags=0x81) + TRACE + SPAN_ID + GOOD_LOG[12:], "flag bits 0x80"),
     "reserved byte": (head(reserved=1) + GOOD_LOG[12:], "reserved"),
     "ids cut short": (head(flags=1) + TRACE + SPAN_ID[:7], "trace_id and span_id"),

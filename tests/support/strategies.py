@@ -91,6 +91,9 @@ def records(draw: st.DrawFn, kinds: Sequence[int] = (LOG, LOG, EVENT, SPAN, METR
         "context": draw(attr_dicts),
         "attributes": draw(attr_dicts),
     }
+    if traced and kind != SPAN:
+        # A SPAN's flags are in its body; another record's in the header, 01 most often.
+        common["trace_flags"] = draw(st.one_of(st.just(1), st.integers(0, 255)))
     if kind == LOG:
         return Record(
             kind=LOG,

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import psutil
@@ -23,13 +24,16 @@ from emp_fastbuf import records
 from emp_fastbuf._version import __version__
 from emp_fastbuf.records import GAUGE, METRIC, Attributes, Record, Resource
 
-__all__ = ["collect_machine_metrics", "machine_resource"]
+__all__ = ["collect_machine_metrics", "machine_ids", "machine_resource"]
 
 log = logging.getLogger("emp_fastbuf.agent")
 
 AGENT_SERVICE_NAME = "emp-fastbuf-agent"
 # One id per agent process: distinguishes restarts of the agent on the same machine.
 _INSTANCE_ID = str(uuid.uuid4())
+# Machine ids the machine metrics go out under, the agent's own included: a bound on the
+# copies, whatever the producers declare.
+MAX_MACHINE_IDS = 16
 # Read-only image mounts (snaps) are always 100% full; they only add noise.
 _SKIP_FSTYPES = frozenset({"squashfs"})
 
@@ -254,6 +258,22 @@ def collect_machine_metrics(now_ns: int | None = None) -> list[records.Record]:
     elif now_ns < 0:
         raise ValueError("now_ns must not be negative")
     return _cpu(now_ns) + _memory(now_ns) + _filesystems(now_ns) + _gpus(now_ns)
+
+
+def machine_ids(own: str, declared: Iterable[object]) -> list[str]:
+    """The machine ids this machine's metrics go out under: ``own`` (the agent's), then
+    each other non-empty id in ``declared`` (the ``emp.machine_id`` of the producers'
+    resources), first seen first, ``MAX_MACHINE_IDS`` in all. Every producer of a ring
+    runs on the agent's machine (the ring is shared memory), so each id a producer
+    configured names this machine: ``fastbuf metrics --machine ID`` finds the readings
+    under any of them."""
+    out = [own]
+    for value in declared:
+        if len(out) >= MAX_MACHINE_IDS:
+            break
+        if isinstance(value, str) and value and value not in out:
+            out.append(value)
+    return out
 
 
 def machine_resource(machine_id: str) -> records.Resource:

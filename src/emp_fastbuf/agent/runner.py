@@ -32,10 +32,10 @@ from typing import Any
 from emp_fastbuf import paths
 from emp_fastbuf._version import __version__
 from emp_fastbuf.agent import status as status_file
-from emp_fastbuf.agent.batch import Batch
+from emp_fastbuf.agent.batch import Batch, resource_of
 from emp_fastbuf.agent.config import SPAWNED_IDLE_EXIT_S, AgentConfig, ConfigError
 from emp_fastbuf.agent.fatal import FatalFiles
-from emp_fastbuf.agent.machine import collect_machine_metrics, machine_resource
+from emp_fastbuf.agent.machine import collect_machine_metrics, machine_ids, machine_resource
 from emp_fastbuf.agent.sinks import Sink
 from emp_fastbuf.agent.spool import CorruptSpoolFile, Spool
 from emp_fastbuf.agent.status import DROP_REASONS
@@ -46,7 +46,7 @@ from emp_fastbuf.errors import (
     RingNotFound,
     RingVersionError,
 )
-from emp_fastbuf.records import GAUGE, METRIC, LaneChunk, Record, reference
+from emp_fastbuf.records import GAUGE, METRIC, LaneChunk, Record, Resource, reference
 from emp_fastbuf.ring import Consumer, Ring, default_ring_name, shm
 from emp_fastbuf.ring.segments import CREATION_GRACE_S, creation_in_progress, sweep_stale
 
@@ -63,6 +63,7 @@ LOOP_ERRORS_TO_GIVE_UP = 100  # consecutive unexpected errors: the loop cannot c
 SPOOL_RETRY_MAX_S = 5.0
 # How often the drain loop looks for the fatal-error dumps of workers that are gone.
 FATAL_SCAN_INTERVAL_S = 2.0
+MAX_CACHED_RESOURCES = 4096  # decoded lane resources kept to find the producers' machine ids
 
 
 @dataclass
@@ -125,6 +126,9 @@ class Agent:
         self._down: set[str] = set()
         self.machine_id = os.environ.get("EMP_MACHINE_ID") or socket.gethostname()
         self.agent_meta = reference.encode_resource(machine_resource(self.machine_id))
+        # Other machine ids the producers declared -> the resource blob of that id.
+        self.machine_metas: dict[str, bytes] = {}
+        self._lane_resources: dict[bytes, Resource] = {}
         self.ring: Ring | None = None
         self.consumer: Consumer | None = None
         self.delivery_wake = threading.Event()
@@ -300,7 +304,7 @@ class Agent:
                 now = time.monotonic()
                 if now - last_machine >= self.config.metrics_interval_s:
                     last_machine = now
-                    pending.append(self._own_metrics())
+                    pending.extend(self._own_metrics())
                 if now - last_fatal_scan >= FATAL_SCAN_INTERVAL_S:
                     last_fatal_scan = now
                     self._spool_fatal_dumps()
@@ -403,7 +407,7 @@ class Agent:
                 self.counters.drained_records += len(recs)
                 self.counters.drained_bytes += n
         if final:
-            chunks.append(self._own_metrics())
+            chunks.extend(self._own_metrics())
         if chunks:
             self.counters.cuts["final"] += 1
             self._spool_and_ack(chunks)
@@ -432,30 +436,51 @@ class Agent:
         log.info("recorded %d fatal-error dump(s) of worker processes", len(chunks))
         self.delivery_wake.set()
 
-    def _own_metrics(self) -> LaneChunk:
-        """Machine status and the agent's own counters, as records of the agent."""
+    def _own_metrics(self) -> list[LaneChunk]:
+        """Machine status and the agent's own counters, as records of the agent; the
+        machine status again under each other machine id a producer of this ring
+        declared (``configure(machine_id=...)``, ``EMP_MACHINE_ID``)."""
         now = time.time_ns()
-        recs: list[Record] = []
+        machine: list[bytes] = []
         try:
-            recs.extend(collect_machine_metrics(now))
+            machine = [reference.encode_record(r) for r in collect_machine_metrics(now)]
         except Exception as exc:  # machine metrics are best effort
             log.debug("machine metrics failed: %s", exc)
+        out = [LaneChunk(meta, machine) for meta in self._producer_machine_metas() if machine]
+        own = list(machine)
         for name, value, kind, attrs in self._self_metrics():
             unit = "By" if "bytes" in name else ("{file}" if "files" in name else "{record}")
             if name.startswith("fastbuf.export.requests"):
                 unit = "{request}"
-            recs.append(
-                Record(
-                    kind=METRIC,
-                    time_unix_nano=now,
-                    instrument=kind,
-                    name=name,
-                    value=value,
-                    unit=unit,
-                    attributes=dict(attrs),
-                )
+            record = Record(
+                kind=METRIC,
+                time_unix_nano=now,
+                instrument=kind,
+                name=name,
+                value=value,
+                unit=unit,
+                attributes=dict(attrs),
             )
-        return LaneChunk(self.agent_meta, [reference.encode_record(r) for r in recs])
+            own.append(reference.encode_record(record))
+        out.append(LaneChunk(self.agent_meta, own))
+        return out
+
+    def _producer_machine_metas(self) -> list[bytes]:
+        """The resource blobs of the machine ids, other than the agent's own, in the
+        resources last read in each lane (``machine.machine_ids``)."""
+        if len(self._lane_resources) > MAX_CACHED_RESOURCES:
+            self._lane_resources.clear()  # producers come and go: keep the cache bounded
+        declared = (
+            resource_of(meta, self._lane_resources).attributes.get("emp.machine_id")
+            for meta in list(self.lane_meta.values())
+        )
+        wanted = machine_ids(self.machine_id, declared)[1:]
+        self.machine_metas = {
+            machine_id: self.machine_metas.get(machine_id)
+            or reference.encode_resource(machine_resource(machine_id))
+            for machine_id in wanted
+        }
+        return list(self.machine_metas.values())
 
     def _self_metrics(self) -> list[tuple[str, int | float, int, tuple[tuple[str, str], ...]]]:
         out: list[tuple[str, int | float, int, tuple[tuple[str, str], ...]]] = []

@@ -22,11 +22,12 @@ from typing import Any
 from emp_fastbuf.producer import bridge
 
 
-def clip_trace(text: str) -> str:
-    """A stack trace that fits the encoder's value limit, cut in the middle: the first
-    line (``Traceback ...``/``Stack ...``) and the innermost frames and the exception line
-    at the end are what a reader needs; the encoder alone would cut the end off."""
-    limit = bridge.max_value_length()
+def clip_trace(text: str, signal: str = "log") -> str:
+    """A stack trace that fits the encoder's value limit for ``signal``'s records
+    (``"log"`` or ``"span"``), cut in the middle: the first line (``Traceback
+    ...``/``Stack ...``) and the innermost frames and the exception line at the end are
+    what a reader needs; the encoder alone would cut the end off."""
+    limit = bridge.max_value_length(signal)
     if len(text) <= limit:
         return text
     head, sep, _ = text.partition("\n")

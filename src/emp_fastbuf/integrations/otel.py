@@ -41,6 +41,7 @@ from emp_fastbuf.producer.bridge import (
     write_log,
     write_span,
 )
+from emp_fastbuf.records import severity_name
 
 __all__ = [
     "FastbufLogRecordProcessor",
@@ -179,14 +180,30 @@ def _attrs(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def _event_attrs(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
     attrs = _attrs(mapping)
-    _clip_stacktrace(attrs)
+    _clip_stacktrace(attrs, "span")
     return attrs
 
 
-def _clip_stacktrace(attrs: dict[str, Any]) -> None:
+def _clip_stacktrace(attrs: dict[str, Any], signal: str = "log") -> None:
     trace_text = attrs.get("exception.stacktrace")
     if isinstance(trace_text, str):
-        attrs["exception.stacktrace"] = clip_trace(trace_text)
+        attrs["exception.stacktrace"] = clip_trace(trace_text, signal)
+
+
+# The code location names of older SDKs (and of their logging handler) -> the current
+# semantic conventions, which every fastbuf path writes.
+_OLD_CODE_KEYS = (
+    ("code.filepath", "code.file.path"),
+    ("code.lineno", "code.line.number"),
+    ("code.function", "code.function.name"),
+)
+
+
+def _rename_code_keys(attrs: dict[str, Any]) -> None:
+    for old, new in _OLD_CODE_KEYS:
+        if old in attrs:
+            value = attrs.pop(old)
+            attrs.setdefault(new, value)
 
 
 def _span_attrs(span: ReadableSpan) -> dict[str, Any]:
@@ -334,7 +351,11 @@ class FastbufLogRecordProcessor(LogRecordProcessor):
     with the SDK's ``ReadWriteLogRecord`` (1.35+) and the older ``LogData``: both carry
     the record as ``.log_record``. The record keeps its trace and span ids, severity,
     body (a non-string body as JSON) and attributes; ``event_name`` becomes the
-    ``event.name`` attribute and the instrumentation scope ``otel.scope.name``.
+    ``event.name`` attribute and the instrumentation scope ``otel.scope.name``. The
+    severity text is fastbuf's for the severity number (``WARN``, not the logging
+    handler's ``WARNING``), as on every path; the SDK's older code location names
+    (``code.filepath``, ``code.lineno``, ``code.function``) become ``code.file.path``,
+    ``code.line.number`` and ``code.function.name``.
     """
 
     def __init__(self, *, flush_timeout: float = 5.0) -> None:
@@ -358,13 +379,14 @@ class FastbufLogRecordProcessor(LogRecordProcessor):
         merge_resource(resource.attributes if resource is not None else None)
         attrs = _attrs(record.attributes)
         _clip_stacktrace(attrs)
+        _rename_code_keys(attrs)
         event_name = getattr(record, "event_name", None)
         if event_name:
             attrs["event.name"] = event_name
         _scope_attrs(attrs, getattr(data, "instrumentation_scope", None))
         sev = record.severity_number
         number = int(sev.value) if sev is not None else 0
-        text = record.severity_text or ""
+        text = severity_name(number) if number else (record.severity_text or "")
         body = _body(record.body)
         ts = int(record.timestamp or record.observed_timestamp or 0)
         trace_id = record.trace_id or 0

@@ -15,6 +15,7 @@ from typing import Any
 
 from emp_fastbuf.integrations import add_exception_attributes, clip_trace
 from emp_fastbuf.producer.bridge import write_log
+from emp_fastbuf.records import severity_name
 
 __all__ = ["FastbufHandler", "instrument_logging", "severity_number"]
 
@@ -36,6 +37,9 @@ def severity_number(levelno: int) -> int:
 
 
 _SEVERITY_TABLE = tuple(severity_number(n) for n in range(61))
+# The severity text is fastbuf's for the number (WARN, not logging's WARNING), as on
+# every path; a custom level name is not kept.
+_TEXT_TABLE = tuple(severity_name(number) for number in _SEVERITY_TABLE)
 _instrument_lock = threading.Lock()
 
 
@@ -51,8 +55,10 @@ def _exception_attributes(exc_info: Any, attrs: dict[str, Any]) -> None:
 class FastbufHandler(logging.Handler):
     """A ``logging.Handler`` that writes every record it handles into the fastbuf ring.
 
-    Attributes of each record: ``logger.name``, ``code.filepath``, ``code.lineno``,
-    ``code.function``, ``thread.id``, ``thread.name``, ``process.pid``, every ``extra``
+    The severity text is fastbuf's for the severity number (``WARN``, ``FATAL``), as on
+    every path. Attributes of each record: ``logger.name``, ``code.file.path``,
+    ``code.line.number``, ``code.function.name`` (the OpenTelemetry semantic
+    conventions), ``thread.id``, ``thread.name``, ``process.pid``, every ``extra``
     field under its own name, ``exception.type``/``exception.message``/
     ``exception.stacktrace`` when the record has ``exc_info``, and ``code.stacktrace``
     with ``stack_info``. The body is ``record.getMessage()``, or ``self.format(record)``
@@ -78,12 +84,17 @@ class FastbufHandler(logging.Handler):
         try:
             body = self.format(record) if self.formatter is not None else record.getMessage()
             levelno = record.levelno
-            sev = _SEVERITY_TABLE[levelno] if 0 <= levelno <= 60 else severity_number(levelno)
+            if 0 <= levelno <= 60:
+                sev = _SEVERITY_TABLE[levelno]
+                text = _TEXT_TABLE[levelno]
+            else:
+                sev = severity_number(levelno)
+                text = severity_name(sev)
             attrs: dict[str, Any] = {
                 "logger.name": record.name,
-                "code.filepath": record.pathname,
-                "code.lineno": record.lineno,
-                "code.function": record.funcName,
+                "code.file.path": record.pathname,
+                "code.line.number": record.lineno,
+                "code.function.name": record.funcName,
                 "thread.id": record.thread,
                 "thread.name": record.threadName,
                 "process.pid": record.process,
@@ -95,7 +106,7 @@ class FastbufHandler(logging.Handler):
                 _exception_attributes(record.exc_info, attrs)
             if record.stack_info:
                 attrs["code.stacktrace"] = clip_trace(record.stack_info)
-            write_log(sev, str(record.levelname), body, attrs, int(record.created * 1e9))
+            write_log(sev, text, body, attrs, int(record.created * 1e9))
         except RecursionError:  # the stdlib handlers let this one through too
             raise
         except Exception:

@@ -15,6 +15,7 @@ import structlog
 
 from emp_fastbuf.integrations import add_exception_attributes, clip_trace
 from emp_fastbuf.producer.bridge import write_log
+from emp_fastbuf.records import severity_name
 
 __all__ = ["FastbufProcessor"]
 
@@ -33,7 +34,6 @@ _SEVERITY = {
     "critical": 21,
     "fatal": 21,
 }
-_TEXT = {"warn": "WARNING", "exception": "ERROR", "msg": "INFO", "log": "INFO", "fatal": "CRITICAL"}
 _RESERVED = frozenset(("event", "level", "exc_info", "exception"))
 
 
@@ -61,7 +61,8 @@ def _add_exception(event_dict: MutableMapping[str, Any], attrs: dict[str, Any]) 
 
 class FastbufProcessor:
     """A structlog processor: ``event`` becomes the body, ``level`` (or the method name)
-    the severity, ``exc_info``/``exception`` the ``exception.*`` attributes, and every
+    the severity (its text fastbuf's: ``WARN`` for ``warning``), ``exc_info``/
+    ``exception`` the ``exception.*`` attributes, and every
     other key an attribute. Trace ids and ``fastbuf.context()`` attributes come from
     the current scope.
 
@@ -88,7 +89,7 @@ class FastbufProcessor:
         level = event_dict.get("level")
         name = (level if isinstance(level, str) else method_name or "info").lower()
         severity = _SEVERITY.get(name, 9)
-        text = _TEXT.get(name, name.upper())
+        text = severity_name(severity)  # fastbuf's text for the number, as on every path
         event = event_dict.get("event", "")
         attrs = {k: v for k, v in event_dict.items() if k not in _RESERVED}
         if "exc_info" in event_dict or "exception" in event_dict:

@@ -28,6 +28,7 @@ from emp_fastbuf.records import SEVERITY_TEXT as _SEVERITY_TEXT
 from emp_fastbuf.records._format cimport (
     F_HAS_LIMITS,
     F_HAS_TRACE,
+    F_HAS_TRACE_FLAGS,
     FORMAT_VERSION,
     I_COUNTER,
     I_GAUGE,
@@ -91,7 +92,8 @@ cdef enum:
     C_DROPPED_ATTRS = 10
     C_COERCED = 11
     C_ERRORS = 12
-    C_COUNT = 13
+    C_UNSAMPLED = 13  # spans the sampler dropped: never encoded
+    C_COUNT = 14
 
 cdef uint64_t counters[C_COUNT]
 
@@ -100,7 +102,7 @@ COUNTER_NAMES = {
     "dropped_full": C_DROP_FULL, "dropped_no_lane": C_DROP_NO_LANE,
     "dropped_too_large": C_DROP_TOO_LARGE, "bytes": C_BYTES,
     "truncated_values": C_TRUNCATED, "dropped_attributes": C_DROPPED_ATTRS,
-    "coerced_values": C_COERCED, "errors": C_ERRORS,
+    "coerced_values": C_COERCED, "errors": C_ERRORS, "unsampled_spans": C_UNSAMPLED,
 }
 
 
@@ -122,11 +124,16 @@ def reset_counters():
 
 
 # ---- limits -------------------------------------------------------------------------
-cdef int max_attributes = 128
 cdef int max_key_length = 128
-cdef int max_value_length = 4096
 cdef int max_array_length = 128
 cdef int max_body_length = 65536
+# Attributes per record and characters per string value, by record kind: index 0 is the
+# context attributes (encoded once per scope), the resource and instrument heads; then
+# K_LOG..K_METRIC. An encoder takes its kind's pair at the start of a record.
+cdef enum:
+    N_LIMIT_KINDS = K_METRIC + 1
+cdef int lim_attrs[N_LIMIT_KINDS]
+cdef int lim_value[N_LIMIT_KINDS]
 # Fixed (docs/record-format.md): span events and links kept per span; an instrument's
 # name and description in UTF-8 bytes.
 cdef enum:
@@ -136,34 +143,64 @@ cdef enum:
     MAX_INSTRUMENT_DESCRIPTION_BYTES = 2048
 
 
+cdef void _set_kinds(int *table, int value, int first, int last) noexcept:
+    cdef int k
+    for k in range(first, last + 1):
+        table[k] = value
+
+
 def set_limits(attributes=None, key_length=None, value_length=None, array_length=None,
-               body_length=None):
-    """Set the encoder's limits (documented in docs/record-format.md)."""
-    global max_attributes, max_key_length, max_value_length, max_array_length
-    global max_body_length
+               body_length=None, *, span_attributes=None, span_value_length=None,
+               log_attributes=None, log_value_length=None):
+    """Set the encoder's limits (documented in docs/record-format.md). ``attributes`` and
+    ``value_length`` apply to every record kind and to the context attributes; the
+    ``span_*`` ones then to SPAN records, the ``log_*`` ones to LOG and EVENT records.
+    None keeps a limit as it is."""
+    global max_key_length, max_array_length, max_body_length
     for label, v, hi in (("max_attributes", attributes, 65535),
                          ("max_key_length", key_length, 16384),
                          ("max_value_length", value_length, 1 << 24),
                          ("max_array_length", array_length, 65535),
-                         ("max_body_length", body_length, 1 << 24)):
+                         ("max_body_length", body_length, 1 << 24),
+                         ("span_attributes", span_attributes, 65535),
+                         ("span_value_length", span_value_length, 1 << 24),
+                         ("log_attributes", log_attributes, 65535),
+                         ("log_value_length", log_value_length, 1 << 24)):
         if v is not None and (type(v) is not int or not 1 <= v <= hi):
             raise ValueError(f"{label} must be an int between 1 and {hi}, got {v!r}")
+    # Every kind first, then the span and log forms over them.
     if attributes is not None:
-        max_attributes = attributes
+        _set_kinds(lim_attrs, attributes, 0, K_METRIC)
+    if value_length is not None:
+        _set_kinds(lim_value, value_length, 0, K_METRIC)
+    if span_attributes is not None:
+        _set_kinds(lim_attrs, span_attributes, K_SPAN, K_SPAN)
+    if span_value_length is not None:
+        _set_kinds(lim_value, span_value_length, K_SPAN, K_SPAN)
+    if log_attributes is not None:
+        _set_kinds(lim_attrs, log_attributes, K_LOG, K_EVENT)
+    if log_value_length is not None:
+        _set_kinds(lim_value, log_value_length, K_LOG, K_EVENT)
     if key_length is not None:
         max_key_length = key_length
-    if value_length is not None:
-        max_value_length = value_length
     if array_length is not None:
         max_array_length = array_length
     if body_length is not None:
         max_body_length = body_length
 
 
+set_limits(attributes=128, value_length=4096)
+
+
 def get_limits():
-    return dict(max_attributes=max_attributes, max_key_length=max_key_length,
-                max_value_length=max_value_length, max_array_length=max_array_length,
-                max_body_length=max_body_length)
+    """The limits in force: ``max_attributes`` and ``max_value_length`` are those of
+    the context attributes and METRIC records; ``span_*`` and ``log_*`` those of SPAN
+    and of LOG and EVENT records."""
+    return dict(max_attributes=lim_attrs[0], max_key_length=max_key_length,
+                max_value_length=lim_value[0], max_array_length=max_array_length,
+                max_body_length=max_body_length,
+                span_max_attributes=lim_attrs[K_SPAN], span_max_value_length=lim_value[K_SPAN],
+                log_max_attributes=lim_attrs[K_LOG], log_max_value_length=lim_value[K_LOG])
 
 
 # ---- the encoder state --------------------------------------------------------------
@@ -174,6 +211,8 @@ cdef struct Enc:
     uint32_t dropped
     uint32_t truncated
     uint32_t nattrs
+    uint32_t max_attrs  # this record kind's limits (lim_attrs, lim_value)
+    Py_ssize_t max_value
 
 
 cdef inline bint room(Enc *e, Py_ssize_t n) noexcept:
@@ -275,12 +314,12 @@ cdef int put_scalar(Enc *e, object v, bint in_array) except -1:
     cdef Py_ssize_t n
     if t is str:
         put_u8(e, T_STR)
-        return put_text(e, v, 4, max_value_length)
+        return put_text(e, v, 4, e.max_value)
     if t is int:
         iv = PyLong_AsLongLongAndOverflow(v, &overflow)
         if overflow:
             put_u8(e, T_STR)  # beyond 64 bits: as text
-            return put_text(e, big_int_text(v), 4, max_value_length)
+            return put_text(e, big_int_text(v, e.max_value), 4, e.max_value)
         put_u8(e, T_INT)
         put_u64(e, <uint64_t>iv)
         return 0
@@ -302,10 +341,10 @@ cdef int put_scalar(Enc *e, object v, bint in_array) except -1:
             counters[C_COERCED] += 1
             b = coerced_text(v)
             put_u8(e, T_STR)
-            return put_text(e, b, 4, max_value_length)
+            return put_text(e, b, 4, e.max_value)
         n = len(b)
-        if n > max_value_length:
-            n = max_value_length
+        if n > e.max_value:
+            n = e.max_value
             e.truncated += 1
         put_u8(e, T_BYTES)
         put_u32(e, <uint32_t>n)
@@ -364,13 +403,13 @@ cdef str coerced_text(object v):
         return "<unprintable>"
 
 
-cdef str big_int_text(object v):
+cdef str big_int_text(object v, Py_ssize_t max_value):
     """An int beyond 64 bits: its decimal string, or where that is longer than the value
     length limit or than Python converts (``sys.get_int_max_str_digits()``, 4,300 digits
     by default), its scientific notation, counted as coerced."""
     try:
         s = str(v)
-        if PyUnicode_GET_LENGTH(s) <= max_value_length:
+        if PyUnicode_GET_LENGTH(s) <= max_value:
             return s
     except ValueError:
         pass
@@ -440,7 +479,7 @@ cdef int put_attrlist(Enc *e, PyObject *attrs, PyObject *kn, PyObject **kv,
         elif not PyDict_Next(<object>attrs, &pos, &k, &v):
             break
         i += 1
-        if e.nattrs >= <uint32_t>max_attributes:
+        if e.nattrs >= e.max_attrs:
             e.dropped += 1
             continue
         put_key(e, <object>k)
@@ -486,6 +525,8 @@ cdef class Scope:
         e.dropped = 0
         e.truncated = 0
         e.nattrs = 0
+        e.max_attrs = <uint32_t>lim_attrs[0]
+        e.max_value = lim_value[0]
         put_attrs(&e, self.attrs)
         if e.overflow:
             # Oversized context: keep what fits by dropping values, never fail the scope.
@@ -595,6 +636,84 @@ def new_span_id():
     return new_id(8)
 
 
+# ---- sampling ------------------------------------------------------------------------
+# The sampler (OTEL_TRACES_SAMPLER, set by api.configure): the decision for a span with
+# no parent (root_mode), and whether a span with a parent, local or remote, follows the
+# parent's sampled flag instead (the parentbased_* samplers). An unsampled span gets ids
+# and a scope (its children and traceparent() carry flags 00) but is never encoded.
+cdef enum:
+    SAMPLE_OFF = 0
+    SAMPLE_ON = 1
+    SAMPLE_RATIO = 2
+
+cdef int root_mode = SAMPLE_ON
+cdef bint parent_based = True
+cdef uint64_t ratio_bound = 0  # SAMPLE_RATIO: kept when the trace id's low 64 bits are below
+
+SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
+            "parentbased_always_off", "parentbased_traceidratio")
+
+
+def set_sampler(str name, double ratio=1.0):
+    """Use sampler ``name`` (one of ``SAMPLERS``) from now on; ``ratio`` (0..1) is the
+    share of traces the two ratio samplers keep. The ratio sampler is OpenTelemetry's
+    TraceIdRatioBased: a trace is kept when the low 64 bits of its id, read big-endian,
+    are below ``round(ratio * 2**64)``, so every service keeps the same traces."""
+    global root_mode, parent_based, ratio_bound
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+    if not 0.0 <= ratio <= 1.0:  # NaN too
+        raise ValueError(f"the sampler ratio must be between 0 and 1, got {ratio!r}")
+    base = name.removeprefix("parentbased_")
+    bound = round(ratio * (1 << 64))
+    mode = SAMPLE_ON if base == "always_on" else SAMPLE_OFF if base == "always_off" else (
+        SAMPLE_ON if bound >= (1 << 64) else SAMPLE_OFF if bound == 0 else SAMPLE_RATIO)
+    ratio_bound = bound if mode == SAMPLE_RATIO else 0
+    root_mode = mode
+    parent_based = name.startswith("parentbased_")
+
+
+def get_sampler():
+    """(root decision: "on", "off" or "ratio", follows the parent, the ratio bound)."""
+    return ({SAMPLE_OFF: "off", SAMPLE_ON: "on"}.get(root_mode, "ratio"), bool(parent_based),
+            int(ratio_bound))
+
+
+cdef inline uint64_t low64(bytes trace_id) noexcept:
+    # The trace id's last 8 bytes as a big-endian number (the id's low 64 bits in W3C).
+    cdef const uint8_t *b = <const uint8_t *>PyBytes_AS_STRING(trace_id)
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(8, 16):
+        v = (v << 8) | b[i]
+    return v
+
+
+cdef inline int sample_flags(Scope parent, bytes trace_id) noexcept:
+    """The W3C trace flags of a new span of trace ``trace_id`` under ``parent``: the
+    parent's (none for a root span), with the sampled bit as the sampler decides."""
+    cdef int flags
+    if parent.trace_id is None:
+        flags = 0
+    else:
+        flags = parent.trace_flags
+        if parent_based:
+            return flags
+    if root_mode == SAMPLE_ON:
+        return flags | 1
+    if root_mode == SAMPLE_RATIO and low64(trace_id) < ratio_bound:
+        return flags | 1
+    return flags & 0xFE
+
+
+def span_flags(Scope parent not None, bytes trace_id not None):
+    """The trace flags the sampler gives a new span of ``trace_id`` (16 bytes) under
+    scope ``parent``: bit 0 set when it is sampled."""
+    if len(trace_id) != 16:
+        raise ValueError("a trace id is 16 bytes")
+    return sample_flags(parent, trace_id)
+
+
 # ---- the producer ------------------------------------------------------------------
 cdef Ring _ring = None
 cdef bint _disabled = False
@@ -632,28 +751,40 @@ cdef int ensure_ring() except -1:
     return 0
 
 
-cdef inline void begin(Enc *e, char *buf, Py_ssize_t cap) noexcept:
+cdef inline void begin(Enc *e, char *buf, Py_ssize_t cap, int kind) noexcept:
+    """Start a record of ``kind`` (0: the context, resource and instrument heads)."""
     e.p = buf
     e.end = buf + cap
     e.overflow = False
     e.dropped = 0
     e.truncated = 0
     e.nattrs = 0
+    e.max_attrs = <uint32_t>lim_attrs[kind]
+    e.max_value = lim_value[kind]
 
 
 cdef inline void put_header(Enc *e, uint8_t kind, Scope sc, uint64_t t) noexcept:
     cdef char *p = e.p
+    cdef uint8_t flags = 0
     if not room(e, 12):
         return
+    if sc.trace_id is not None:
+        flags = F_HAS_TRACE
+        # A SPAN carries its flags in its body; other records only when they are not
+        # the common "sampled" (01), so that those stay as they were.
+        if sc.trace_flags != 1 and kind != K_SPAN:
+            flags |= F_HAS_TRACE_FLAGS
     p[0] = <char>FORMAT_VERSION
     p[1] = <char>kind
-    p[2] = <char>(F_HAS_TRACE if sc.trace_id is not None else 0)
+    p[2] = <char>flags
     p[3] = 0
     memcpy(p + 4, &t, 8)
     e.p += 12
-    if sc.trace_id is not None:
+    if flags:
         put_raw(e, PyBytes_AS_STRING(sc.trace_id), 16)
         put_raw(e, PyBytes_AS_STRING(sc.span_id), 8)
+        if flags & F_HAS_TRACE_FLAGS:
+            put_u8(e, <uint8_t>sc.trace_flags)
 
 
 cdef inline void put_ctx(Enc *e, Scope sc) noexcept:
@@ -672,7 +803,8 @@ cdef inline Py_ssize_t finish(Enc *e, char *start) noexcept:
     if EFB_UNLIKELY(e.dropped or e.truncated):
         if e.end - e.p < 4:
             return -1
-        at = 12 + (24 if start[2] & F_HAS_TRACE else 0)
+        at = (12 + (24 if start[2] & F_HAS_TRACE else 0)
+              + (1 if start[2] & F_HAS_TRACE_FLAGS else 0))
         memmove(start + at + 4, start + at, n - at)
         d = <uint16_t>(e.dropped if e.dropped < 65535 else 65535)
         t = <uint16_t>(e.truncated if e.truncated < 65535 else 65535)
@@ -741,7 +873,7 @@ cdef int write_record(uint8_t kind, body_fn fn, Call *c, Scope sc) except -1:
         for mode in range(3):
             cap = r._window(&buf, mode)
             if cap >= 0:
-                begin(&e, buf, cap)
+                begin(&e, buf, cap, kind)
                 n = fn(&e, buf, c, sc, t, reduce)
                 if n >= 0 or cap >= r.max_record:
                     break
@@ -815,7 +947,7 @@ cdef Py_ssize_t body_span(Enc *e, char *start, Call *c, Scope sc, uint64_t t,
     put_u8(e, <uint8_t>s.status)
     put_u8(e, <uint8_t>s.kind)
     put_u8(e, <uint8_t>sc.trace_flags)
-    put_text(e, s.message, 2, max_value_length)
+    put_text(e, s.message, 2, e.max_value)
     if nev > MAX_SPAN_EVENTS:
         nev = MAX_SPAN_EVENTS
     if nln > MAX_SPAN_LINKS:
@@ -975,18 +1107,17 @@ def log_record_raised(int severity, str severity_text, msg, dict attrs, int valu
     back before this returns. No other Python code runs in between, unless an on-full
     wait (``block:<ms>``) releases the GIL: then a record another thread writes meanwhile
     gets the raised limit too."""
-    global max_value_length
     if not 0 <= severity <= MAX_SEVERITY:
         raise ValueError(f"severity must be 0..{MAX_SEVERITY}, got {severity}")
     if not 1 <= value_length <= (1 << 24):
         raise ValueError(f"value_length must be 1..{1 << 24}, got {value_length}")
-    cdef int saved = max_value_length
+    cdef int saved = lim_value[K_LOG]
     if value_length > saved:
-        max_value_length = value_length
+        lim_value[K_LOG] = value_length
     try:
         _log(severity, severity_text, msg, <PyObject *>attrs, NULL, NULL, 0)
     finally:
-        max_value_length = saved
+        lim_value[K_LOG] = saved
 
 
 cdef class Log:
@@ -1046,13 +1177,17 @@ def write_span(str name, bytes trace_id, bytes span_id, bytes parent_span_id,
                dict attrs, list events=None, list links=None, int trace_flags=1):
     """Write a finished span with explicit ids and times (used by the OpenTelemetry
     bridge). Ids are 16 and 8 bytes; events are ``(name, time_ns, attrs)``, links
-    ``(trace_id, span_id, attrs)``."""
+    ``(trace_id, span_id, attrs)``. A span whose ``trace_flags`` say unsampled (bit 0
+    clear) is counted in ``unsampled_spans`` and not written."""
     if len(trace_id) != 16 or len(span_id) != 8 or (
             parent_span_id is not None and len(parent_span_id) != 8):
         raise ValueError("trace_id must be 16 bytes, span ids 8 bytes")
     if not 0 <= status <= MAX_STATUS_CODE or not 0 <= kind <= MAX_SPAN_KIND:
         raise ValueError(f"status must be 0..{MAX_STATUS_CODE} and kind 0..{MAX_SPAN_KIND} "
                          f"(OTLP numbering)")
+    if not trace_flags & 1:
+        counters[C_UNSAMPLED] += 1
+        return
     if ensure_ring():
         return
     cdef Span s = Span.__new__(Span)
@@ -1103,14 +1238,18 @@ cdef class Span:
         cdef bytes trace_id = parent.trace_id
         if trace_id is None:
             trace_id = new_id(16)
+        cdef int flags = sample_flags(parent, trace_id)
         self.parent_span = parent.span_id
-        self.scope = derive(parent, trace_id, new_id(8), parent.trace_flags, False)
+        self.scope = derive(parent, trace_id, new_id(8), flags, False)
         self.token = PyContextVar_Set(_scope_var, self.scope)
-        self.start_ns = efb_now_ns(1)
+        if flags & 1:  # an unsampled span is never written: no clock to read
+            self.start_ns = efb_now_ns(1)
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        cdef uint64_t end_ns = efb_now_ns(1)
+        cdef uint64_t end_ns = 0
+        if self.scope is not None and self.scope.trace_flags & 1:
+            end_ns = efb_now_ns(1)
         if exc is not None and self.status != STATUS_OK:
             self.status = STATUS_ERROR
             try:
@@ -1143,6 +1282,9 @@ cdef class Span:
 
     cdef _write(self, uint64_t end_ns):
         cdef Call c
+        if not self.scope.trace_flags & 1:
+            counters[C_UNSAMPLED] += 1
+            return
         if ensure_ring():
             return
         init_call(&c)
@@ -1159,7 +1301,7 @@ cdef class Span:
         if self.ended or self.scope is None:
             return
         self.ended = True
-        self._write(efb_now_ns(1))
+        self._write(efb_now_ns(1) if self.scope.trace_flags & 1 else 0)
 
     def set(self, **attrs):
         """Add or replace attributes."""
@@ -1211,6 +1353,11 @@ cdef class Span:
     @property
     def parent_span_id(self):
         return self.parent_span.hex() if self.parent_span is not None else None
+
+    @property
+    def sampled(self):
+        """Whether the sampler kept the span (it is written when it ends), once entered."""
+        return bool(self.scope.trace_flags & 1) if self.scope is not None else None
 
 
 cdef object span_fast(object self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
@@ -1356,7 +1503,7 @@ cdef class Instrument:
         self.name = name
         self.unit = unit
         self.description = description
-        begin(&e, buf, sizeof(buf))
+        begin(&e, buf, sizeof(buf), 0)
         put_u8(&e, <uint8_t>kind)
         # Within both a character and a UTF-8 byte limit, so that the head (at most
         # 3,333 bytes) fits the buffer and leaves room in every record.
@@ -1367,7 +1514,7 @@ cdef class Instrument:
             raise AssertionError("instrument head does not fit its buffer")
         self.head = buf[:e.p - buf]
         self.head_cut = e.truncated
-        begin(&e, buf, sizeof(buf))
+        begin(&e, buf, sizeof(buf), 0)
         if bounds is None:
             put_u16(&e, 0)
         else:
@@ -1450,7 +1597,7 @@ def encode_resource(dict attrs, str scope_name="emp_fastbuf", str scope_version=
     """The resource blob a producer publishes in its lane's metadata."""
     cdef char buf[8192]
     cdef Enc e
-    begin(&e, buf, sizeof(buf))
+    begin(&e, buf, sizeof(buf), 0)
     put_u8(&e, FORMAT_VERSION)
     put_u8(&e, K_RESOURCE)
     put_text(&e, scope_name, 2, 256)

@@ -12,9 +12,11 @@ import inspect
 import logging
 import operator
 import os
+import platform
 import random
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -26,7 +28,7 @@ from urllib.parse import unquote
 
 from emp_fastbuf._version import __version__
 from emp_fastbuf.errors import RingCorrupt, RingError, RingNotFound
-from emp_fastbuf.producer import _codec, crash
+from emp_fastbuf.producer import _codec, crash, otelenv
 from emp_fastbuf.producer._codec import Instrument, Log, scope_var
 from emp_fastbuf.records import (
     COUNTER,
@@ -49,6 +51,8 @@ _logger = logging.getLogger("emp_fastbuf")
 DEFAULT_RING_SIZE = DEFAULT_SIZE
 ON_FULL_ENV = "EMP_FASTBUF_ON_FULL"
 MAX_BLOCK_MS = 60_000.0
+# What OpenTelemetry calls a service that did not name itself.
+UNKNOWN_SERVICE = "unknown_service:python"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,7 +61,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 class _State:
     ring: Ring | None = None
     ring_name: str = ""
-    service: str = "unknown_service"
+    service: str = UNKNOWN_SERVICE
     machine_id: str = ""
     worker_id: str | None = None  # None: host name and pid, recomputed after fork
     resource_attributes: dict[str, Any] = field(default_factory=dict)
@@ -91,6 +95,17 @@ def parse_resource_attributes(value: str) -> dict[str, str]:
     return out
 
 
+# The OpenTelemetry resource conventions for the SDK and the Python runtime.
+_RUNTIME = {
+    "process.runtime.name": sys.implementation.name,
+    "process.runtime.version": platform.python_version(),
+    "process.runtime.description": sys.version,
+    "telemetry.sdk.name": "emp-fastbuf",
+    "telemetry.sdk.language": "python",
+    "telemetry.sdk.version": __version__,
+}
+
+
 def _resource() -> dict[str, Any]:
     st = _state
     host = socket.gethostname()
@@ -102,11 +117,9 @@ def _resource() -> dict[str, Any]:
             "service.instance.id": st.instance_id,
             "host.name": host,
             "process.pid": pid,
-            "process.runtime.name": "cpython",
             "emp.machine_id": st.machine_id or host,
             "emp.worker_id": st.worker_id or f"{host}-{pid}",
-            "telemetry.sdk.name": "emp-fastbuf",
-            "telemetry.sdk.version": __version__,
+            **_RUNTIME,
         }
     )
     return attrs
@@ -127,7 +140,7 @@ _merged: tuple[object, object] | None = None
 
 def merge_resource(attributes: Mapping[str, Any] | None) -> None:
     """Merge another SDK's resource attributes into the resource this process publishes
-    in its lane: ``service.name`` only where fastbuf has none (``unknown_service``), the
+    in its lane: ``service.name`` only where fastbuf has none (``unknown_service:python``), the
     identity attributes fastbuf sets itself keep fastbuf's values, any other key takes
     the new value. Attaches first when not attached yet (attaching later would reset the
     resource). Costs an identity check when called again with the same mapping."""
@@ -148,7 +161,7 @@ def merge_resource(attributes: Mapping[str, Any] | None) -> None:
             if key == "service.name":
                 # fastbuf's own service name wins; the SDK's fills in when there is none.
                 svc = str(value)
-                if st.service == "unknown_service" and not svc.startswith("unknown_service"):
+                if st.service == UNKNOWN_SERVICE and not svc.startswith("unknown_service"):
                     st.service = svc
                     changed = True
                 continue
@@ -242,6 +255,13 @@ def configure(
     ``span`` become ERROR records from then on, and a fatal error (segfault, abort) a dump
     the agent delivers as one, unless ``EMP_FASTBUF_CAPTURE_EXCEPTIONS=false``
     (``producer.crash``).
+    ``max_attributes`` and ``max_value_length`` hold for every record; unset, the
+    OpenTelemetry variables ``OTEL_ATTRIBUTE_COUNT_LIMIT`` and
+    ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` (and their ``OTEL_SPAN_*`` and
+    ``OTEL_LOGRECORD_*`` forms, for spans and for logs and events) set them. Spans are
+    sampled as ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG`` say (default
+    ``parentbased_always_on``). A bad value in any of these variables is ignored with
+    one warning.
     """
     _check_str(service=service, machine_id=machine_id, worker_id=worker_id, ring=ring)
     env = os.environ
@@ -249,8 +269,9 @@ def configure(
         layout_for(ring_size)  # TypeError / ValueError for a size that cannot be used
     block_ns = _on_full_wait(on_full, env)
     _codec.set_limits(
-        attributes=max_attributes, key_length=max_key_length, value_length=max_value_length
+        key_length=max_key_length, **otelenv.limits(env, max_attributes, max_value_length)
     )
+    _codec.set_sampler(*otelenv.sampler(env))
     with _lock:
         if _truthy(env.get("OTEL_SDK_DISABLED")):
             _state.disabled = True
@@ -296,7 +317,7 @@ def _set_identity(
     if resource_attributes:
         res.update(resource_attributes)
     svc = service or env.get("OTEL_SERVICE_NAME") or res.get("service.name")
-    _state.service = str(svc or "unknown_service")
+    _state.service = str(svc or UNKNOWN_SERVICE)
     _state.machine_id = machine_id or env.get("EMP_MACHINE_ID") or socket.gethostname()
     _state.worker_id = worker_id or env.get("EMP_WORKER_ID") or None
     _state.resource_attributes = res
@@ -376,6 +397,10 @@ def auto_attach() -> None:
 
 _codec.bind(None, auto_attach, _after_fork, False)
 crash.set_attach(auto_attach)
+# Spans and context scopes may come before the first record attaches (and configures):
+# the variables hold from the start.
+_codec.set_limits(**otelenv.limits(os.environ, None, None))
+_codec.set_sampler(*otelenv.sampler(os.environ))
 
 
 @atexit.register
@@ -482,6 +507,9 @@ def record_span(
     ``status`` ``"unset"``, ``"ok"`` or ``"error"`` (with ``message``), as in
     ``Span.set_status``.
 
+    The sampler decides as for ``fastbuf.span``: an unsampled span is counted in
+    ``stats()["unsampled_spans"]`` and not written.
+
     Returns the new span's id (lowercase hex). A time that is not an integer (a float,
     say), or a name, message or attributes of the wrong type, raises TypeError; an
     unknown kind or status raises ValueError. A time outside 0..2**64-1 is clamped and an
@@ -509,9 +537,10 @@ def record_span(
         end = start
     sc = _codec.current()
     span_id = _random_id(8)
+    trace_id = sc.trace_id if sc.trace_id is not None else _random_id(16)
     _codec.write_span(
         name,
-        sc.trace_id if sc.trace_id is not None else _random_id(16),
+        trace_id,
         span_id,
         sc.span_id,
         start,
@@ -522,7 +551,7 @@ def record_span(
         attrs,
         None,
         None,
-        sc.trace_flags,
+        _codec.span_flags(sc, trace_id),
     )
     return span_id.hex()
 
@@ -579,7 +608,8 @@ def parse_traceparent(header: object) -> tuple[bytes, bytes, int] | None:
 
 
 def traceparent() -> str | None:
-    """The W3C ``traceparent`` of the current span, or None outside spans."""
+    """The W3C ``traceparent`` of the current span, or None outside spans. Its flags are
+    the span's: ``01`` when sampled, ``00`` when not, so the next service can follow."""
     sc = _codec.current()
     if sc.trace_id is None or sc.span_id is None:
         return None
@@ -588,7 +618,10 @@ def traceparent() -> str | None:
 
 @contextmanager
 def continue_trace(header: str | None) -> Iterator[None]:
-    """Spans inside join the trace of ``header`` (an invalid header is ignored)."""
+    """Spans inside join the trace of ``header`` (an invalid header is ignored). Under
+    a ``parentbased_*`` sampler (the default) they follow its sampled flag: ``-01``
+    recorded, ``-00`` not; logs and events inside carry the trace and its flags either
+    way."""
     parsed = parse_traceparent(header)
     if parsed is None:
         yield
@@ -734,7 +767,9 @@ def flush(timeout: float = 5.0) -> bool:
 
 def stats() -> dict[str, Any]:
     """This process's counters: emitted (total and per kind), dropped by reason, bytes,
-    truncated values, dropped attributes, coerced values."""
+    truncated values, dropped attributes, coerced values, and the spans the sampler
+    dropped (``unsampled_spans``: never encoded, so in neither ``emitted`` nor
+    ``dropped``)."""
     c = _codec.counter_values()
     per_kind = {k: c[k] for k in ("log", "event", "span", "metric")}
     dropped = {
@@ -752,6 +787,7 @@ def stats() -> dict[str, Any]:
         "truncated_values": c["truncated_values"],
         "dropped_attributes": c["dropped_attributes"],
         "coerced_values": c["coerced_values"],
+        "unsampled_spans": c["unsampled_spans"],
         "errors": c["errors"],
         "disabled": _state.disabled,
         "ring": _state.ring_name if r is not None else None,

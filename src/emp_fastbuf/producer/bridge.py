@@ -63,7 +63,10 @@ Scope = _codec.Scope
 merge_resource = api.merge_resource
 
 
-def max_value_length() -> int:
-    """The encoder's limit on a string value, in characters: longer values are cut (a
-    bridge that knows better where to cut, such as a stack trace, does it first)."""
-    return int(_codec.get_limits()["max_value_length"])
+def max_value_length(signal: str = "log") -> int:
+    """The encoder's limit on a string value of a log record (``signal="log"``) or of a
+    span (``"span"``), in characters: longer values are cut (a bridge that knows better
+    where to cut, such as a stack trace, does it first)."""
+    if signal not in ("log", "span"):
+        raise ValueError(f"signal must be 'log' or 'span', got {signal!r}")
+    return int(_codec.get_limits()[f"{signal}_max_value_length"])

@@ -101,8 +101,10 @@ def enabled() -> bool:
     return value not in ("0", "false", "no", "off")
 
 
-def _value_limit() -> int:
-    return int(_codec.get_limits()["max_value_length"])
+def _value_limit(kind: str = "log") -> int:
+    """The string value limit of a LOG record (a crash record), or of a SPAN record (the
+    exception event): ``OTEL_LOGRECORD_*`` and ``OTEL_SPAN_*`` may set them apart."""
+    return int(_codec.get_limits()[f"{kind}_max_value_length"])
 
 
 def clip(text: str, limit: int | None = None) -> str:
@@ -256,7 +258,7 @@ def _span_exception(
             except Exception:
                 pass  # the span still ends, with its event
     _tag(exc, _SCOPE_ATTR, here)
-    attrs["exception.stacktrace"] = clip(stack)
+    attrs["exception.stacktrace"] = clip(stack, _value_limit("span"))
     return attrs
 
 

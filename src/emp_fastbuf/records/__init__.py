@@ -32,7 +32,8 @@ KIND_NAMES = {LOG: "log", EVENT: "event", SPAN: "span", METRIC: "metric"}
 # Flags (record byte 2); any other bit is malformed.
 FLAG_HAS_TRACE = 0x01
 FLAG_HAS_LIMITS = 0x02
-KNOWN_FLAGS = FLAG_HAS_TRACE | FLAG_HAS_LIMITS
+FLAG_HAS_TRACE_FLAGS = 0x04
+KNOWN_FLAGS = FLAG_HAS_TRACE | FLAG_HAS_LIMITS | FLAG_HAS_TRACE_FLAGS
 
 # Attribute value tags.
 T_NONE = 0
@@ -153,7 +154,7 @@ class Record:
     start_unix_nano: int = 0
     status_code: int = STATUS_UNSET
     span_kind: int = 0
-    trace_flags: int = 1
+    trace_flags: int = 1  # W3C flags of the record's trace (any kind with a trace_id)
     status_message: str = ""
     events: list[SpanEvent] = field(default_factory=list)
     links: list[SpanLink] = field(default_factory=list)

@@ -16,7 +16,8 @@ cdef enum:
     # flags (byte 2)
     F_HAS_TRACE = 1
     F_HAS_LIMITS = 2
-    F_KNOWN = 3
+    F_HAS_TRACE_FLAGS = 4
+    F_KNOWN = 7
 
     # attribute value tags
     T_NONE = 0

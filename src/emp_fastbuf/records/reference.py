@@ -23,6 +23,7 @@ from emp_fastbuf.records import (
     EVENT,
     FLAG_HAS_LIMITS,
     FLAG_HAS_TRACE,
+    FLAG_HAS_TRACE_FLAGS,
     FORMAT_VERSION,
     GAUGE,
     HISTOGRAM,
@@ -388,11 +389,21 @@ def _decode_record(data: bytes) -> Record:
         raise CorruptRecord(f"reserved byte is {reserved}, must be 0")
     pos = _HEAD_SIZE
     trace_id = span_id = None
+    trace_fields: dict[str, object] = {}
     if flags & FLAG_HAS_TRACE:
         trace_id, span_id = _ids(data, pos, end, "record")
         pos += 24
     elif kind == SPAN:
         raise CorruptRecord("SPAN record without HAS_TRACE")
+    if flags & FLAG_HAS_TRACE_FLAGS:
+        if not flags & FLAG_HAS_TRACE:
+            raise CorruptRecord("HAS_TRACE_FLAGS without HAS_TRACE")
+        if kind == SPAN:
+            raise CorruptRecord("HAS_TRACE_FLAGS on a SPAN record (its body has the flags)")
+        if pos >= end:
+            raise _short("trace_flags", pos, 1, end)
+        trace_fields["trace_flags"] = data[pos]
+        pos += 1
     dropped = truncated = 0
     if flags & FLAG_HAS_LIMITS:
         if pos + 4 > end:
@@ -433,6 +444,7 @@ def _decode_record(data: bytes) -> Record:
         truncated_values=truncated,
         context=context,
         attributes=attributes,
+        **trace_fields,  # type: ignore[arg-type]
         **fields,  # type: ignore[arg-type]
     )
     if pos != end:
@@ -691,7 +703,8 @@ def encode_record(rec: Record) -> bytes:
     """Encode ``rec`` in the record format v1, exactly as given.
 
     Sets ``HAS_TRACE`` when ``trace_id``/``span_id`` are present (both or neither;
-    required for a SPAN) and ``HAS_LIMITS`` when ``dropped_attributes`` or
+    required for a SPAN), ``HAS_TRACE_FLAGS`` when a record of another kind in a trace
+    has ``trace_flags`` other than 1, and ``HAS_LIMITS`` when ``dropped_attributes`` or
     ``truncated_values`` is nonzero. Fields that do not apply to ``rec.kind`` are not
     encoded. Raises ``TypeError``/``ValueError`` for a record the format cannot hold.
     """
@@ -706,8 +719,13 @@ def encode_record(rec: Record) -> bytes:
             raise ValueError("trace_id and span_id go together: set both or neither")
         ids = _id_bytes(rec.trace_id, 16, "trace_id") + _id_bytes(rec.span_id, 8, "span_id")
         flags |= FLAG_HAS_TRACE
+        if kind != SPAN and rec.trace_flags != 1:
+            ids += bytes((_uint(rec.trace_flags, 8, "trace_flags"),))
+            flags |= FLAG_HAS_TRACE_FLAGS
     elif kind == SPAN:
         raise ValueError("a SPAN record needs trace_id and span_id")
+    elif rec.trace_flags != 1:
+        raise ValueError("trace_flags other than 1 need trace_id and span_id")
     dropped = _uint(rec.dropped_attributes, 16, "dropped_attributes")
     truncated = _uint(rec.truncated_values, 16, "truncated_values")
     if dropped or truncated:

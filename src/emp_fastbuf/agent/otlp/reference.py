@@ -338,6 +338,7 @@ def build_logs_request(
                 if len(trace_id) != 16 or type(trace_id) is not bytes:
                     _check_id(trace_id, 16, "trace_id")
                 msg.trace_id = trace_id
+                msg.flags = record.trace_flags & 0xFF  # the W3C trace flags, low 8 bits
             span_id = record.span_id
             if span_id is not None:
                 if len(span_id) != 8 or type(span_id) is not bytes:

@@ -169,6 +169,12 @@ cdef int encode_log(Buf *b, State *s, const uint8_t *p, Py_ssize_t n) noexcept:
         put1(b, 0x38)
         put_varint(b, h.dropped)
     if h.trace != NULL:
+        if h.flags:
+            put1(b, 0x45)  # flags, fixed32: the W3C trace flags in the low byte
+            put1(b, h.flags)
+            put1(b, 0)
+            put1(b, 0)
+            put1(b, 0)
         put_bytes_field(b, 0x4A, h.trace, 16)
         put_bytes_field(b, 0x52, h.trace + 16, 8)
     if s.observed:

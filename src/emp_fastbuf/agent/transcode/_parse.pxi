@@ -344,6 +344,7 @@ ctypedef struct State:
 ctypedef struct Head:
     uint64_t time
     const uint8_t *trace  # trace_id then span_id; NULL without HAS_TRACE
+    uint8_t flags  # W3C trace flags of a record in a trace (HAS_TRACE_FLAGS, else 1)
     uint32_t dropped
     Py_ssize_t pos
 
@@ -356,12 +357,19 @@ cdef bint parse_head(const uint8_t *p, Py_ssize_t n, Head *h) noexcept:
         return False
     h.time = rd64(p + 4)
     h.trace = NULL
+    h.flags = 1
     h.dropped = 0
     if p[2] & F_HAS_TRACE:
         if pos + 24 > n or all_zero(p + pos, 16) or all_zero(p + pos + 16, 8):
             return False
         h.trace = p + pos
         pos += 24
+    if p[2] & F_HAS_TRACE_FLAGS:
+        # Only in a trace, and never on a SPAN (its body carries the flags).
+        if h.trace == NULL or p[1] == K_SPAN or pos + 1 > n:
+            return False
+        h.flags = p[pos]
+        pos += 1
     if p[2] & F_HAS_LIMITS:
         if pos + 4 > n:
             return False

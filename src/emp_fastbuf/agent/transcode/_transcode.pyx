@@ -53,6 +53,7 @@ from libc.string cimport memcmp, memcpy, memmove, strlen
 from emp_fastbuf.records._format cimport (
     F_HAS_LIMITS,
     F_HAS_TRACE,
+    F_HAS_TRACE_FLAGS,
     F_KNOWN,
     FORMAT_VERSION,
     I_COUNTER,
