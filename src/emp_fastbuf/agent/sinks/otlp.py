@@ -15,7 +15,7 @@ from typing import Any
 
 from emp_fastbuf.agent.batch import Batch
 from emp_fastbuf.agent.config import AgentConfig
-from emp_fastbuf.agent.otlp.http import OTLPHttpExporter
+from emp_fastbuf.agent.otlp.http import OTLPExporter
 from emp_fastbuf.agent.otlp.metrics import MetricsAggregator
 from emp_fastbuf.agent.sinks import Delivery
 from emp_fastbuf.agent.transcode import _transcode
@@ -32,9 +32,9 @@ class OTLPSink:
 
     name = "export"
 
-    def __init__(self, config: AgentConfig, exporter: OTLPHttpExporter | None = None) -> None:
+    def __init__(self, config: AgentConfig, exporter: OTLPExporter | None = None) -> None:
         self.config = config
-        self.exporter = exporter if exporter is not None else OTLPHttpExporter(config)
+        self.exporter = exporter if exporter is not None else OTLPExporter(config)
         self.sends_metrics = config.endpoint("metrics") is not None
         # Apart from "export": a file's logs are done (and never sent again after a
         # restart) as soon as they are sent, while its metric updates wait for the next
@@ -121,7 +121,7 @@ class OTLPSink:
         return completed
 
     def status(self) -> dict[str, Any]:
-        """The exporter's counters (``OTLPHttpExporter.stats``)."""
+        """The exporter's counters (``OTLPExporter.stats``)."""
         return self.exporter.stats()
 
     def close(self) -> None:
