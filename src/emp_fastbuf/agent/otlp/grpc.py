@@ -94,9 +94,7 @@ class GrpcTransport:
             if channel is None:
                 channel = _channel(export, options)
                 self._channels[key] = channel
-            self._calls[export.signal] = channel.unary_unary(
-                SERVICES[export.signal], _registered_method=False
-            )
+            self._calls[export.signal] = channel.unary_unary(SERVICES[export.signal])
             self._metadata[export.signal] = [
                 (name.lower(), value)
                 for name, value in export.headers.items()
