@@ -157,7 +157,7 @@ class GrpcReceiver:
             options.append(("grpc.compression_enabled_algorithms_bitset", 1))  # identity
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=4),
-            handlers=[_Handler(self)],
+            handlers=_handlers(self),
             options=options,
         )
         address = f"127.0.0.1:{self._port}"
@@ -268,16 +268,19 @@ class GrpcReceiver:
         return bytes(response.SerializeToString())
 
 
-class _Handler(grpc.GenericRpcHandler):
-    def __init__(self, receiver: GrpcReceiver) -> None:
-        self._receiver = receiver
+def _handlers(receiver: GrpcReceiver) -> list[Any]:
+    """One generic handler per OTLP service, its Export method answered by ``receiver``
+    (an unknown method is UNIMPLEMENTED, grpcio's doing)."""
+    handlers = []
+    for method in METHODS:
+        service, _, name = method.strip("/").rpartition("/")
 
-    def service(self, handler_call_details: Any) -> Any:
-        method = handler_call_details.method
-        if method not in METHODS:
-            return None  # UNIMPLEMENTED
+        def unary(data: bytes, context: grpc.ServicerContext, method: str = method) -> bytes:
+            return receiver._handle(method, data, context)
 
-        def unary(data: bytes, context: grpc.ServicerContext) -> bytes:
-            return self._receiver._handle(method, data, context)
-
-        return grpc.unary_unary_rpc_method_handler(unary)
+        handlers.append(
+            grpc.method_handlers_generic_handler(
+                service, {name: grpc.unary_unary_rpc_method_handler(unary)}
+            )
+        )
+    return handlers

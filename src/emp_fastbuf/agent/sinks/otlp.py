@@ -1,10 +1,13 @@
-"""The OTLP sink: a batch's logs, events and spans to their OTLP/HTTP endpoints, its metric
-updates into a cumulative aggregate exported every ``metrics_interval_s``.
+"""The OTLP sink: a batch's logs, events and spans to their OTLP endpoints, its metric
+updates into a cumulative aggregate exported every ``metrics_interval_s``
+(``OTEL_METRIC_EXPORT_INTERVAL``). A signal without an endpoint (none configured, or its
+``OTEL_<SIGNAL>_EXPORTER`` is ``none``) is skipped here: the store sink takes it.
 
 Two spool destinations: ``export`` (logs and traces, done as soon as they are sent, never
 sent again after a restart) and, with a metrics endpoint, ``metrics`` (done only once the
 aggregate that includes the file's updates is sent). Retries, ``Retry-After`` and the
-circuit breaker are the exporter's (:mod:`emp_fastbuf.agent.otlp.http`), per signal.
+circuit breaker are the exporter's (:mod:`emp_fastbuf.agent.otlp.http`), and so are each
+signal's protocol, headers, compression, timeout and TLS settings.
 """
 
 from __future__ import annotations
