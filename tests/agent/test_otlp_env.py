@@ -251,6 +251,25 @@ def test_unknown_protocol_values_are_not_guessed() -> None:
                 AgentConfig.from_env(env)
 
 
+@pytest.mark.parametrize(
+    ("setting", "good", "bad"),
+    [
+        ("PROTOCOL", "http/json", "http/xml"),
+        ("COMPRESSION", "none", "brotli"),
+        ("TIMEOUT", "100", "soon"),
+        ("INSECURE", "true", "maybe"),
+        ("HEADERS", "a=b", "novalue"),
+    ],
+)
+def test_a_bad_general_value_is_refused_even_where_every_signal_has_its_own(
+    setting: str, good: str, bad: str
+) -> None:
+    env = {"HOME": "/h", var(None, "ENDPOINT"): "http://127.0.0.1:1", var(None, setting): bad}
+    env.update({var(s, setting): good for s in SIGNALS})
+    with pytest.raises(ConfigError, match=f"^{var(None, setting)}: "):
+        AgentConfig.from_env(env)
+
+
 TRACE = bytes.fromhex("5b8efff798038103d269b633813fc60c")
 SPAN, PARENT, LINKED = bytes.fromhex("eee19b7ec3c1b174"), b"\x01" * 8, b"\xfe" * 8
 

@@ -958,15 +958,6 @@ def _check_grpc_url(url: str, source: str) -> None:
 # -- the OTLP exporter's variables ----------------------------------------------------------
 
 
-def _pick(env: Mapping[str, str], variable: OTLPVariable, signal: Signal) -> tuple[str, str] | None:
-    """The signal's variable if set, else the general one: ``(name, value)``, or None."""
-    for name in (variable.of(signal), variable.general):
-        value = _env(env, name)
-        if value is not None:
-            return name, value
-    return None
-
-
 def _otlp_settings(env: Mapping[str, str], given: Mapping[str, object]) -> dict[str, Any]:
     """The AgentConfig fields the OTLP exporter's variables and flags set."""
     out: dict[str, Any] = {"headers": _headers(env, given, HEADERS_VARS.general)}
@@ -984,6 +975,9 @@ def _otlp_settings(env: Mapping[str, str], given: Mapping[str, object]) -> dict[
     out["certificate"] = _certificate(env, CERTIFICATE_VARS.general)
     out["client_certificate"] = _pem_file(env, CLIENT_CERTIFICATE_VARS.general)
     out["client_key"] = _pem_file(env, CLIENT_KEY_VARS.general)
+    general_insecure = False  # INSECURE only decides how a scheme-less grpc endpoint is read
+    if (value := _env(env, INSECURE_VARS.general)) is not None:
+        general_insecure = _parse_bool(value, INSECURE_VARS.general)
     signals: dict[Signal, SignalSettings] = {}
     off: set[Signal] = set()
     for signal in SIGNALS:
@@ -1006,9 +1000,10 @@ def _otlp_settings(env: Mapping[str, str], given: Mapping[str, object]) -> dict[
         own["certificate"] = _certificate(env, CERTIFICATE_VARS.of(signal))
         own["client_certificate"] = _pem_file(env, CLIENT_CERTIFICATE_VARS.of(signal))
         own["client_key"] = _pem_file(env, CLIENT_KEY_VARS.of(signal))
-        insecure = False
-        if (picked := _pick(env, INSECURE_VARS, signal)) is not None:
-            insecure = _parse_bool(picked[1], picked[0])
+        insecure = general_insecure
+        name = INSECURE_VARS.of(signal)
+        if (value := _env(env, name)) is not None:
+            insecure = _parse_bool(value, name)
         protocol = own.get("protocol") or out.get("protocol", "http/protobuf")
         endpoint = _endpoint(env, given.get("endpoint"), signal, protocol, insecure)
         if _exporter_off(env, signal):
