@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= test,bench,lint,gpu
+EXTRAS ?= test,bench,lint,gpu,grpc
 
 .PHONY: all venv build demo test lint stress bench wheel clean
 

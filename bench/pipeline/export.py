@@ -6,7 +6,7 @@ export of the same records.
   what the agent does with every batch: the drain (read the lanes, spool the batch fsynced,
   acknowledge it), then the delivery through the agent's own ``OTLPSink``: the spool file
   read back into a ``Batch``, its logs and spans transcoded natively, compressed (gzip or
-  zstd, level 1) and POSTed by ``OTLPHttpExporter`` to a receiver on 127.0.0.1 that runs in
+  zstd, level 1) and POSTed by ``OTLPExporter`` to a receiver on 127.0.0.1 that runs in
   another process, its metric records looked for, the file marked done for ``export`` and
   ``metrics`` (deleted). The process CPU time of every call and the exporter's wire bytes
   are kept (``pipeline_measurements()``) for the cost per million events.

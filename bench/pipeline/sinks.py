@@ -11,18 +11,18 @@ from collections.abc import Iterator
 
 from emp_fastbuf.agent.batch import Batch, decode_batch
 from emp_fastbuf.agent.config import AgentConfig, Signal
-from emp_fastbuf.agent.otlp.http import ExportResult, OTLPHttpExporter
+from emp_fastbuf.agent.otlp.http import ExportResult, OTLPExporter
 from emp_fastbuf.agent.otlp.reference import iter_logs_requests, iter_traces_requests
 from emp_fastbuf.agent.sinks import Delivery
 from emp_fastbuf.agent.sinks.otlp import OTLPSink
 
 
-class StrictExporter(OTLPHttpExporter):
+class StrictExporter(OTLPExporter):
     """The agent's exporter, raising on any outcome but ``ok``: a retry or a dropped
     request (what the agent lives with) has no place in a benchmark's loop."""
 
     def export(self, signal: Signal, payload: bytes) -> ExportResult:
-        """``OTLPHttpExporter.export``; raises ``RuntimeError`` unless the result is ok."""
+        """``OTLPExporter.export``; raises ``RuntimeError`` unless the result is ok."""
         result = super().export(signal, payload)
         if not result.ok:
             raise RuntimeError(f"{signal} export failed: {result.status} {result.message}")

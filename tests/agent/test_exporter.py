@@ -1,4 +1,4 @@
-"""OTLPHttpExporter against a real OTLP/HTTP receiver on 127.0.0.1."""
+"""OTLPExporter against a real OTLP/HTTP receiver on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from emp_fastbuf._version import __version__
 from emp_fastbuf.agent.config import AgentConfig
 from emp_fastbuf.agent.otlp.http import (
     ExportResult,
-    OTLPHttpExporter,
+    OTLPExporter,
     RetryPolicy,
     parse_retry_after,
 )
@@ -52,15 +52,15 @@ def make_config(rx: OTLPReceiver, home: Path, **env: str) -> AgentConfig:
 
 
 class Factory(Protocol):
-    def __call__(self, policy: RetryPolicy = ..., **env: str) -> OTLPHttpExporter: ...
+    def __call__(self, policy: RetryPolicy = ..., **env: str) -> OTLPExporter: ...
 
 
 @pytest.fixture
 def exporter_factory(tmp_path: Path, rx: OTLPReceiver) -> Iterator[Factory]:
-    made: list[OTLPHttpExporter] = []
+    made: list[OTLPExporter] = []
 
-    def factory(policy: RetryPolicy = FAST, **env: str) -> OTLPHttpExporter:
-        exporter = OTLPHttpExporter(make_config(rx, tmp_path / "home", **env), policy)
+    def factory(policy: RetryPolicy = FAST, **env: str) -> OTLPExporter:
+        exporter = OTLPExporter(make_config(rx, tmp_path / "home", **env), policy)
         made.append(exporter)
         return exporter
 
@@ -396,7 +396,7 @@ def test_bad_input(rx: OTLPReceiver, exporter_factory: Factory, tmp_path: Path) 
     empty = exporter.export("logs", b"")
     assert empty.ok and empty.attempts == 0
     assert rx.attempt_count() == 0
-    local = OTLPHttpExporter(AgentConfig(home=tmp_path))
+    local = OTLPExporter(AgentConfig(home=tmp_path))
     with pytest.raises(ValueError, match="no OTLP endpoint"):
         local.export("logs", logs_payload("x"))
     local.close()
@@ -408,7 +408,7 @@ def test_bad_input(rx: OTLPReceiver, exporter_factory: Factory, tmp_path: Path) 
 
 def test_oversized_request_dead_lettered_without_sending(rx: OTLPReceiver, tmp_path: Path) -> None:
     config = AgentConfig(logs_endpoint=f"{rx.url}/v1/logs", home=tmp_path, request_max_bytes=64)
-    with OTLPHttpExporter(config, FAST) as exporter:
+    with OTLPExporter(config, FAST) as exporter:
         result = exporter.export("logs", logs_payload("x" * 100))
     assert result.status == "dead_letter" and "request_max_bytes" in result.message
     assert rx.attempt_count() == 0
@@ -527,7 +527,7 @@ def test_tls_verification_is_on(self_signed: tuple[str, str], tmp_path: Path) ->
             }
         )
         policy = RetryPolicy(initial_backoff_s=0.01, max_elapsed_s=0.3, breaker_threshold=100)
-        with OTLPHttpExporter(config, policy) as exporter:
+        with OTLPExporter(config, policy) as exporter:
             result = exporter.export("logs", logs_payload("x"))
             last_error = exporter.stats()["last_error"]
         assert result.status == "retry_later"
@@ -545,7 +545,7 @@ def test_tls_with_trusted_certificate(self_signed: tuple[str, str], tmp_path: Pa
                 "DASH0_AUTH_TOKEN": TOKEN,
             }
         )
-        with OTLPHttpExporter(config, FAST) as exporter:
+        with OTLPExporter(config, FAST) as exporter:
             assert exporter.export("logs", logs_payload("secure")).ok
         assert [r.body.string_value for _, r in tls_rx.logs()] == ["secure"]
         assert tls_rx.requests[0][1]["authorization"] == f"Bearer {TOKEN}"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from emp_fastbuf.agent.config import AgentConfig
-from emp_fastbuf.agent.otlp.http import OTLPHttpExporter, RetryPolicy
+from emp_fastbuf.agent.otlp.http import OTLPExporter, RetryPolicy
 from emp_fastbuf.testing.receiver import OTLPReceiver, Response
 from support.agent import AgentProc, run_worker, seqs
 from support.otlp import logs_payload
@@ -55,7 +55,7 @@ def test_retry_after_superscript_digit_is_ignored(receiver: OTLPReceiver, tmp_pa
     config = AgentConfig.from_env(
         {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "EMP_FASTBUF_HOME": str(tmp_path)}
     )
-    with OTLPHttpExporter(config, RetryPolicy(initial_backoff_s=0.01)) as exporter:
+    with OTLPExporter(config, RetryPolicy(initial_backoff_s=0.01)) as exporter:
         result = exporter.export("logs", logs_payload("after a bad Retry-After"))
     assert result.ok and result.attempts == 2
     assert [r.body.string_value for _, r in receiver.logs()] == ["after a bad Retry-After"]
@@ -323,7 +323,7 @@ def server_factory() -> Iterator[type[MisbehavingServer]]:
         server.close()
 
 
-def exporter_for(url: str, home: Path, policy: RetryPolicy) -> OTLPHttpExporter:
+def exporter_for(url: str, home: Path, policy: RetryPolicy) -> OTLPExporter:
     # A 1 s timeout per request.
     config = AgentConfig.from_env(
         {
@@ -332,7 +332,7 @@ def exporter_for(url: str, home: Path, policy: RetryPolicy) -> OTLPHttpExporter:
             "EMP_FASTBUF_HOME": str(home),
         }
     )
-    return OTLPHttpExporter(config, policy)
+    return OTLPExporter(config, policy)
 
 
 def test_trickling_response_is_cut_off_and_the_next_request_goes_out(

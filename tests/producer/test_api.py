@@ -699,6 +699,33 @@ print("ok", len(recs))
         fastbuf.Ring.unlink(ring_name)
 
 
+def test_worker_id_from_the_environment(ring_name: str) -> None:
+    """EMP_WORKER_ID names the worker (emp.worker_id); an argument still wins."""
+    code = f"""
+import os
+os.environ.update(EMP_FASTBUF_RING={ring_name!r}, EMP_FASTBUF_AGENT="external",
+                  EMP_WORKER_ID="gpu-worker-7")
+import emp_fastbuf as fastbuf
+from emp_fastbuf.records import reference
+fastbuf.configure(service="w")
+fastbuf.emit("hello")
+fastbuf.configure(service="w", worker_id="from-argument")
+fastbuf.emit("again")
+c = fastbuf.Ring.open({ring_name!r}).consumer()
+ids = [reference.decode_resource(meta).attributes["emp.worker_id"]
+       for _lane, meta, _recs in c.read_lanes(10)]
+print(sorted(ids))
+"""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "['from-argument', 'gpu-worker-7']"
+    finally:
+        fastbuf.Ring.unlink(ring_name)
+
+
 def test_unattachable_ring_turns_telemetry_off_without_raising(tmp_path: object) -> None:
     code = """
 import os

@@ -1,29 +1,43 @@
 """Agent configuration: OpenTelemetry and Dash0 environment variables plus `fastbuf agent` flags.
 
-Precedence, highest first:
+Every variable of the OTLP exporter specification is read, in its general form
+(``OTEL_EXPORTER_OTLP_<SETTING>``) and per signal (``OTEL_EXPORTER_OTLP_<SIGNAL>_<SETTING>``,
+which wins): ENDPOINT, HEADERS, COMPRESSION, TIMEOUT, PROTOCOL, CERTIFICATE, CLIENT_KEY,
+CLIENT_CERTIFICATE and INSECURE. Precedence, highest first:
 
 * endpoints: the ``endpoint`` override (a base URL, applied to every signal) >
   ``OTEL_EXPORTER_OTLP_{TRACES,METRICS,LOGS}_ENDPOINT`` (used as they are) >
   ``OTEL_EXPORTER_OTLP_ENDPOINT`` (base URL, ``v1/<signal>`` appended) > ``DASH0_ENDPOINT``
-  (base URL). With none of them the agent runs in local store mode (every endpoint is None).
-* headers: the ``headers`` override > ``OTEL_EXPORTER_OTLP_HEADERS`` > the Dash0 variables
+  (base URL). Over grpc every form is used as it is (``scheme://host:port``; without a
+  scheme, https unless INSECURE is true). With none of them the agent runs in local store
+  mode (every endpoint is None). ``OTEL_{TRACES,METRICS,LOGS}_EXPORTER=none`` takes a
+  signal off OTLP whatever its endpoint: it goes to the local store.
+* headers: the ``headers`` override > the signal's ``HEADERS`` variable, which replaces the
+  general ``OTEL_EXPORTER_OTLP_HEADERS`` (as the SDKs do) > the Dash0 variables
   (``DASH0_AUTH_TOKEN`` -> ``Authorization: Bearer <token>``, ``DASH0_DATASET`` ->
   ``Dash0-Dataset``); the ``dataset`` override beats every source of ``Dash0-Dataset``.
   A ``Dash0-Dataset`` of ``default`` is dropped (the token's default dataset is used).
   Header names compare case-insensitively.
-* ``OTEL_EXPORTER_OTLP_CERTIFICATE``: a PEM bundle trusted instead of the system store.
+* compression and timeout: the override (for every signal) > per signal > general > default.
+* protocol (``http/protobuf``, ``http/json``, ``grpc``), CERTIFICATE (a PEM bundle trusted
+  instead of the system store), CLIENT_CERTIFICATE and CLIENT_KEY (a PEM pair, both or
+  neither), INSECURE: per signal > general > default.
+* ``OTEL_METRIC_EXPORT_INTERVAL`` (ms): how often the metrics aggregate is exported.
 * ``EMP_FASTBUF_LOG_LEVEL``: debug, info (default), warning, error or critical.
 * everything else: override > environment variable > default.
 
 A signal with no endpoint goes to the local store (:meth:`AgentConfig.stored_signals`).
+grpc needs the optional ``grpc`` extra (grpcio): a signal exported over grpc without it is
+a ConfigError naming the extra, never a silent fallback to another protocol.
 
 An empty environment variable counts as unset, as the OpenTelemetry specification says.
 URLs are parsed by urllib3's ``parse_url``, the parser that sends the requests, and
 ambiguous ones (backslash, user info, whitespace, control characters) are refused.
-Header values must be ISO-8859-1 (what HTTP/1.1 can carry); others are refused.
-Secrets (the ``Authorization`` header and other credential-like headers, URL query
-strings) never appear in ``repr()``, ``str()``, ``describe()`` or ``ConfigError``, and
-credential-like headers go over plain http only to this machine.
+Header values must be ISO-8859-1 (what HTTP/1.1 can carry), printable ASCII over grpc;
+others are refused. Secrets (the ``Authorization`` header and other credential-like
+headers, URL query strings) never appear in ``repr()``, ``str()``, ``describe()`` or
+``ConfigError``, and credential-like headers go over plain http (or insecure grpc) only to
+this machine.
 """
 
 from __future__ import annotations
@@ -51,12 +65,17 @@ if TYPE_CHECKING:
 
 Signal = Literal["traces", "metrics", "logs"]
 Compression = Literal["gzip", "zstd", "none"]
+Protocol = Literal["http/protobuf", "http/json", "grpc"]
 
 SIGNALS: tuple[Signal, ...] = ("traces", "metrics", "logs")
 COMPRESSIONS: tuple[Compression, ...] = ("gzip", "zstd", "none")
+PROTOCOLS: tuple[Protocol, ...] = ("http/protobuf", "http/json", "grpc")
 REDACTED = "<redacted>"
+GRPC_EXTRA = "pip install 'emp-fastbuf[grpc]'"
 
 DEFAULT_TIMEOUT_S = 10.0
+# The SDKs export metrics every 60 s; the agent's aggregate goes out every 10 s by default.
+DEFAULT_METRICS_INTERVAL_S = 10.0
 # An agent spawned on demand by a worker exits after this much idle time.
 SPAWNED_IDLE_EXIT_S = 30.0
 
@@ -92,6 +111,87 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # A host as urllib3 connects to it: a name (IDNA-encoded by parse_url) or an IP literal.
 _HOST = re.compile(r"^(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])$")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# gRPC metadata: lowercase names (sent lowercased), printable ASCII values.
+_GRPC_VALUE = re.compile(r"^[\x20-\x7e]*$")
+
+
+@dataclass(frozen=True)
+class OTLPVariable:
+    """One setting of the OTLP exporter specification: its general variable and the
+    variable of each signal, which wins over the general one."""
+
+    general: str
+    traces: str
+    metrics: str
+    logs: str
+
+    def of(self, signal: Signal) -> str:
+        """The variable of ``signal``."""
+        return cast("str", getattr(self, signal))
+
+
+# Spelled out, never built from a template: docs/configuration.md has a row for every
+# variable the package reads, and its test finds them by their literal names.
+ENDPOINT_VARS = OTLPVariable(
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+)
+HEADERS_VARS = OTLPVariable(
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+)
+COMPRESSION_VARS = OTLPVariable(
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION",
+)
+TIMEOUT_VARS = OTLPVariable(
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
+)
+PROTOCOL_VARS = OTLPVariable(
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+)
+CERTIFICATE_VARS = OTLPVariable(
+    "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE",
+)
+CLIENT_CERTIFICATE_VARS = OTLPVariable(
+    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_LOGS_CLIENT_CERTIFICATE",
+)
+CLIENT_KEY_VARS = OTLPVariable(
+    "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
+    "OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY",
+)
+INSECURE_VARS = OTLPVariable(
+    "OTEL_EXPORTER_OTLP_INSECURE",
+    "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+    "OTEL_EXPORTER_OTLP_METRICS_INSECURE",
+    "OTEL_EXPORTER_OTLP_LOGS_INSECURE",
+)
+EXPORTER_VARS: dict[Signal, str] = {
+    "traces": "OTEL_TRACES_EXPORTER",
+    "metrics": "OTEL_METRICS_EXPORTER",
+    "logs": "OTEL_LOGS_EXPORTER",
+}
+METRIC_INTERVAL_VAR = "OTEL_METRIC_EXPORT_INTERVAL"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -203,6 +303,32 @@ def signal_url(base: str, signal: Signal) -> str:
     return str(parts._replace(path=path, fragment=None).url)
 
 
+def grpc_url(value: object, source: str, insecure: bool = False) -> str:
+    """An OTLP/gRPC endpoint as ``scheme://host:port``, the form the exporter dials.
+
+    ``http://`` and ``https://`` are kept as given (they win over INSECURE, as the
+    specification says); a ``host:port`` without a scheme is https, or http when
+    ``insecure``. A missing port is the scheme's (443, 80). A gRPC endpoint has no path:
+    the service path is fixed, so ``/v1/traces`` and the like are refused.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: expected a URL string, got {type(value).__name__}")
+    text = value.strip()
+    if text and "://" not in text:
+        text = ("http://" if insecure else "https://") + text
+    url = check_url(text, source)
+    parts = _parse_url(url)
+    if (parts.path or "/") != "/":
+        raise ConfigError(
+            f"{source}: {redact_url(url)!r} has a path, which a gRPC endpoint cannot have "
+            "(give scheme://host:port; the service path is fixed)"
+        )
+    if parts.query:
+        raise ConfigError(f"{source}: {redact_url(url)!r} must not have a query string over grpc")
+    port = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{parts.host}:{port}"
+
+
 def check_header(name: str, value: str, source: str) -> None:
     """Refuse a header HTTP/1.1 cannot carry as it is; the message names it, never its value.
 
@@ -303,6 +429,51 @@ def _check_compression(value: object, source: str) -> Compression:
     return lowered
 
 
+def _check_protocol(value: object, source: str) -> Protocol:
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: expected a string, got {type(value).__name__}")
+    lowered = value.strip().lower()
+    if lowered not in PROTOCOLS:
+        raise ConfigError(
+            f"{source}: unknown protocol {_shown(value)!r} "
+            "(expected http/protobuf, http/json or grpc)"
+        )
+    return lowered
+
+
+def _shown(value: str) -> str:
+    """A bad value for an error message: printable, and short."""
+    return "".join(c if c.isprintable() else "?" for c in value.strip())[:40]
+
+
+def _check_grpc_headers(headers: Mapping[str, str], source: str) -> None:
+    """gRPC metadata is stricter than HTTP/1.1 headers: printable ASCII values, no
+    ``grpc-`` names (the transport's own) and no ``-bin`` names (binary values)."""
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered.startswith("grpc-") or lowered.endswith("-bin"):
+            raise ConfigError(
+                f"{source}: header {name!r} cannot be sent over grpc "
+                "(grpc-* names are the transport's, -bin names carry binary values)"
+            )
+        if not _GRPC_VALUE.match(value):
+            raise ConfigError(
+                f"{source}: the value of header {name!r} is not printable ASCII, "
+                "which gRPC metadata requires"
+            )
+
+
+def _require_grpc(source: str) -> None:
+    """grpcio is the optional ``grpc`` extra: without it, say so at start."""
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"{source}: the grpc protocol needs the optional grpc extra (grpcio), "
+            f"which is not installed: {GRPC_EXTRA}"
+        ) from None
+
+
 def _override_headers(value: object) -> dict[str, str]:
     """Headers given as flags: a mapping, a ``k=v,k2=v2`` string or a list of ``k=v``."""
     source = "--header"
@@ -338,12 +509,67 @@ def _env(environ: Mapping[str, str], name: str) -> str | None:
     return value
 
 
+@dataclass(frozen=True, repr=False)
+class SignalSettings:
+    """A signal's own settings, from its ``OTEL_EXPORTER_OTLP_<SIGNAL>_*`` variables; None
+    means the general setting applies. ``headers``, when set, is the signal's whole header
+    set (the Dash0 variables and the flags included)."""
+
+    headers: dict[str, str] | None = None
+    compression: Compression | None = None
+    timeout_s: float | None = None
+    protocol: Protocol | None = None
+    certificate: Path | None = None
+    client_certificate: Path | None = None
+    client_key: Path | None = None
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name == "headers":
+                value = _redacted(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"SignalSettings({', '.join(shown)})"
+
+
+@dataclass(frozen=True, repr=False)
+class SignalExport:
+    """Everything the exporter needs for one signal, resolved: see
+    :meth:`AgentConfig.export_settings`."""
+
+    signal: Signal
+    endpoint: str
+    protocol: Protocol
+    headers: dict[str, str]
+    compression: Compression
+    timeout_s: float
+    certificate: Path | None
+    client_certificate: Path | None
+    client_key: Path | None
+
+    def __repr__(self) -> str:
+        return (
+            f"SignalExport({self.signal}, {self.protocol} {redact_url(self.endpoint)}, "
+            f"headers={_redacted(self.headers)!r}, compression={self.compression}, "
+            f"timeout_s={self.timeout_s})"
+        )
+
+
+def _redacted(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: (REDACTED if is_sensitive_header(k) else v) for k, v in headers.items()}
+
+
 @dataclass(repr=False)
 class AgentConfig:
     """Everything the agent needs; build it with :meth:`from_env`.
 
-    ``*_endpoint`` is the full URL of a signal, or None: with no endpoint at all the agent
-    writes to the local store only.
+    ``*_endpoint`` is the full URL of a signal (``scheme://host:port`` over grpc), or None:
+    with no endpoint at all the agent writes to the local store only. ``headers`` to
+    ``client_key`` are the general settings; ``signals`` holds what a signal sets for
+    itself, which wins (:meth:`export_settings` resolves both).
     """
 
     traces_endpoint: str | None = None
@@ -352,16 +578,22 @@ class AgentConfig:
     headers: dict[str, str] = field(default_factory=dict)
     compression: Compression = "gzip"
     timeout_s: float = DEFAULT_TIMEOUT_S
-    traces_timeout_s: float | None = None
-    metrics_timeout_s: float | None = None
-    logs_timeout_s: float | None = None
+    protocol: Protocol = "http/protobuf"
+    # A PEM bundle trusted instead of the system store (OTEL_EXPORTER_OTLP_CERTIFICATE).
+    certificate: Path | None = None
+    # The client's PEM certificate and key, for servers that ask for one (mutual TLS).
+    client_certificate: Path | None = None
+    client_key: Path | None = None
+    signals: dict[Signal, SignalSettings] = field(default_factory=dict)
+    # Signals whose OTEL_<SIGNAL>_EXPORTER is none: never exported (they have no endpoint).
+    exporters_off: frozenset[Signal] = frozenset()
     home: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "emp-fastbuf")
     spool_limit_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     spool_codec: SpoolCodec = "zstd"
     batch_interval_s: float = 1.0
     batch_max_bytes: int = 8 << 20
     request_max_bytes: int = 64 << 20
-    metrics_interval_s: float = 10.0
+    metrics_interval_s: float = DEFAULT_METRICS_INTERVAL_S
     local_copy: bool = False
     ring: str | None = None
     idle_exit_s: float | None = None
@@ -369,8 +601,6 @@ class AgentConfig:
     store_max_bytes: int = 2 << 30
     # How long a stopping agent keeps trying to deliver what it has spooled.
     shutdown_timeout_s: float = 10.0
-    # A PEM bundle trusted instead of the system store (OTEL_EXPORTER_OTLP_CERTIFICATE).
-    certificate: Path | None = None
     # The agent's logging level (EMP_FASTBUF_LOG_LEVEL).
     log_level: int = logging.INFO
 
@@ -379,18 +609,13 @@ class AgentConfig:
             url = getattr(self, f"{signal}_endpoint")
             if url is not None:
                 setattr(self, f"{signal}_endpoint", check_url(url, f"{signal}_endpoint"))
-        if not isinstance(self.headers, dict):
-            raise ConfigError("headers: expected a dict of strings")
-        for name, value in self.headers.items():
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise ConfigError("headers: header names and values must be strings")
-            check_header(name, value, "headers")
+        _check_headers_dict(self.headers, "headers")
         self.compression = _check_compression(self.compression, "compression")
         _check_seconds(self.timeout_s, "timeout_s")
-        for signal in SIGNALS:
-            _check_seconds(
-                getattr(self, f"{signal}_timeout_s"), f"{signal}_timeout_s", allow_none=True
-            )
+        self.protocol = _check_protocol(self.protocol, "protocol")
+        for name in ("certificate", "client_certificate", "client_key"):
+            _check_path_field(getattr(self, name), name)
+        self._check_signals()
         if not isinstance(self.home, Path):
             raise ConfigError(f"home: expected a Path, got {type(self.home).__name__}")
         for name in (
@@ -415,33 +640,84 @@ class AgentConfig:
             raise ConfigError("local_copy: expected a boolean")
         if self.ring is not None and (not isinstance(self.ring, str) or not self.ring):
             raise ConfigError("ring: expected a non-empty name")
-        if self.certificate is not None:
-            if not isinstance(self.certificate, Path):
-                raise ConfigError("certificate: expected a Path")
-            _check_certificate(self.certificate, "certificate")
         if (
             isinstance(self.log_level, bool)
             or not isinstance(self.log_level, int)
             or self.log_level not in logging.getLevelNamesMapping().values()
         ):
             raise ConfigError("log_level: expected a logging level (logging.INFO...)")
+        for signal in SIGNALS:
+            if self.endpoint(signal) is not None:
+                self._check_export(signal)
         self._check_token_transport()
+
+    def _check_signals(self) -> None:
+        if not isinstance(self.signals, dict) or any(
+            s not in SIGNALS or not isinstance(v, SignalSettings) for s, v in self.signals.items()
+        ):
+            raise ConfigError("signals: expected a dict of signal -> SignalSettings")
+        for signal, own in self.signals.items():
+            if own.headers is not None:
+                _check_headers_dict(own.headers, f"{signal} headers")
+            if own.compression is not None:
+                _check_compression(own.compression, f"{signal} compression")
+            _check_seconds(own.timeout_s, f"{signal} timeout_s", allow_none=True)
+            if own.protocol is not None:
+                _check_protocol(own.protocol, f"{signal} protocol")
+            for name in ("certificate", "client_certificate", "client_key"):
+                _check_path_field(getattr(own, name), f"{signal} {name}")
+        if not isinstance(self.exporters_off, frozenset) or not self.exporters_off <= set(SIGNALS):
+            raise ConfigError("exporters_off: expected a frozenset of signals")
+        for signal in self.exporters_off:
+            if self.endpoint(signal) is not None:
+                raise ConfigError(f"{signal}: its exporter is none, yet it has an endpoint")
+
+    def _check_export(self, signal: Signal) -> None:
+        """What only the combination of a signal's settings can get wrong."""
+        export = self.export_settings(signal)
+        cert, key = CLIENT_CERTIFICATE_VARS, CLIENT_KEY_VARS
+        if export.client_certificate is not None and export.client_key is None:
+            raise ConfigError(
+                f"{signal}: a client certificate ({cert.of(signal)} or {cert.general}) needs "
+                f"its private key ({key.of(signal)} or {key.general})"
+            )
+        if export.client_key is not None and export.client_certificate is None:
+            raise ConfigError(
+                f"{signal}: a client key ({key.of(signal)} or {key.general}) needs its "
+                f"certificate ({cert.of(signal)} or {cert.general})"
+            )
+        if export.client_certificate is not None and export.client_key is not None:
+            _check_client_pair(
+                export.client_certificate, export.client_key, f"{signal} client certificate"
+            )
+        if export.protocol != "grpc":
+            return
+        source = f"{signal} ({PROTOCOL_VARS.of(signal)} or {PROTOCOL_VARS.general})"
+        _require_grpc(source)
+        if export.compression == "zstd":
+            raise ConfigError(
+                f"{source}: zstd compression is not available over grpc: set "
+                f"{COMPRESSION_VARS.of(signal)} or {COMPRESSION_VARS.general} to gzip or none"
+            )
+        _check_grpc_headers(export.headers, f"{signal} headers")
+        _check_grpc_url(export.endpoint, f"{signal}_endpoint")
 
     def _check_token_transport(self) -> None:
         """Refuse to send credentials in clear text anywhere but to this machine."""
-        credentials = [name for name in self.headers if is_sensitive_header(name)]
-        if not credentials:
-            return
         for signal in SIGNALS:
             url = self.endpoint(signal)
             if url is None:
                 continue
+            credentials = [name for name in self.headers_for(signal) if is_sensitive_header(name)]
+            if not credentials:
+                continue
             # The same parser as the sender: the host checked is the host connected to.
             parts = _parse_url(url)
             if parts.scheme == "http" and not is_loopback_host(parts.host or ""):
+                plain = "insecure grpc" if self.protocol_for(signal) == "grpc" else "plain http"
                 raise ConfigError(
                     f"refusing to send credentials (header {', '.join(credentials)}) over "
-                    f"plain http to {redact_url(url)!r}: use https:// (http is allowed only "
+                    f"{plain} to {redact_url(url)!r}: use https:// (http is allowed only "
                     "for localhost, 127.0.0.0/8 and ::1)"
                 )
 
@@ -453,12 +729,47 @@ class AgentConfig:
             raise ValueError(f"unknown signal {signal!r}")
         return cast("str | None", getattr(self, f"{signal}_endpoint"))
 
-    def timeout_for(self, signal: Signal) -> float:
-        """The per-request timeout in seconds for a signal."""
+    def _own(self, signal: Signal) -> SignalSettings:
         if signal not in SIGNALS:
             raise ValueError(f"unknown signal {signal!r}")
-        specific = cast("float | None", getattr(self, f"{signal}_timeout_s"))
-        return self.timeout_s if specific is None else specific
+        return self.signals.get(signal) or SignalSettings()
+
+    def timeout_for(self, signal: Signal) -> float:
+        """The per-request timeout in seconds for a signal."""
+        own = self._own(signal).timeout_s
+        return self.timeout_s if own is None else own
+
+    def headers_for(self, signal: Signal) -> dict[str, str]:
+        """The headers a signal's requests carry."""
+        own = self._own(signal).headers
+        return self.headers if own is None else own
+
+    def compression_for(self, signal: Signal) -> Compression:
+        """The compression of a signal's requests."""
+        return self._own(signal).compression or self.compression
+
+    def protocol_for(self, signal: Signal) -> Protocol:
+        """The OTLP protocol of a signal: http/protobuf, http/json or grpc."""
+        return self._own(signal).protocol or self.protocol
+
+    def export_settings(self, signal: Signal) -> SignalExport:
+        """A signal's settings, the signal's own over the general ones. Raises
+        ValueError for a signal that is not exported."""
+        url = self.endpoint(signal)
+        if url is None:
+            raise ValueError(f"no OTLP endpoint is configured for {signal}")
+        own = self._own(signal)
+        return SignalExport(
+            signal=signal,
+            endpoint=url,
+            protocol=self.protocol_for(signal),
+            headers=self.headers_for(signal),
+            compression=self.compression_for(signal),
+            timeout_s=self.timeout_for(signal),
+            certificate=own.certificate or self.certificate,
+            client_certificate=own.client_certificate or self.client_certificate,
+            client_key=own.client_key or self.client_key,
+        )
 
     @property
     def exporting(self) -> bool:
@@ -471,17 +782,23 @@ class AgentConfig:
         return "otlp" if self.exporting else "local"
 
     def stored_signals(self) -> tuple[Signal, ...]:
-        """The signals the local store gets: those with no OTLP endpoint, all of them with
-        ``local_copy``. A signal is never acknowledged without a destination."""
+        """The signals the local store gets: those with no OTLP endpoint (an exporter of
+        none included), all of them with ``local_copy``. A signal is never acknowledged
+        without a destination."""
         return tuple(s for s in SIGNALS if self.local_copy or self.endpoint(s) is None)
 
     def routes(self) -> dict[str, list[str]]:
-        """Where each signal goes: its redacted OTLP endpoint and/or ``store``."""
+        """Where each signal goes: its redacted OTLP endpoint (with its protocol when that
+        is not http/protobuf) and/or ``store``."""
         out: dict[str, list[str]] = {}
         stored = self.stored_signals()
         for signal in SIGNALS:
             url = self.endpoint(signal)
-            where = [] if url is None else [redact_url(url)]
+            where = []
+            if url is not None:
+                protocol = self.protocol_for(signal)
+                suffix = "" if protocol == "http/protobuf" else f" ({protocol})"
+                where.append(redact_url(url) + suffix)
             if signal in stored:
                 where.append("store")
             out[signal] = where
@@ -496,18 +813,40 @@ class AgentConfig:
 
     def redacted_headers(self) -> dict[str, str]:
         """Headers for display: credential-like values replaced by ``<redacted>``."""
-        return {k: (REDACTED if is_sensitive_header(k) else v) for k, v in self.headers.items()}
+        return _redacted(self.headers)
 
     def secrets(self) -> list[str]:
-        """Values that must never be shown: credential-like header values and bearer tokens."""
+        """Values that must never be shown: credential-like header values and bearer
+        tokens, of every signal."""
         found: list[str] = []
-        for name, value in self.headers.items():
-            if is_sensitive_header(name) and value:
-                found.append(value)
-                scheme, _, credential = value.partition(" ")
-                if credential and scheme.lower() in ("bearer", "basic", "token"):
-                    found.append(credential)
+        sets = [self.headers] + [s.headers for s in self.signals.values() if s.headers]
+        for headers in sets:
+            for name, value in headers.items():
+                if is_sensitive_header(name) and value and value not in found:
+                    found.append(value)
+                    scheme, _, credential = value.partition(" ")
+                    if credential and scheme.lower() in ("bearer", "basic", "token"):
+                        found.append(credential)
         return found
+
+    def _describe_signal(self, signal: Signal) -> dict[str, Any]:
+        own = self._own(signal)
+        url = self.endpoint(signal)
+
+        def path(value: Path | None) -> str | None:
+            return None if value is None else str(value)
+
+        return {
+            "exporter": "none" if signal in self.exporters_off else "otlp",
+            "endpoint": None if url is None else redact_url(url),
+            "protocol": self.protocol_for(signal),
+            "headers": _redacted(self.headers_for(signal)),
+            "compression": self.compression_for(signal),
+            "timeout_s": self.timeout_for(signal),
+            "certificate": path(own.certificate or self.certificate),
+            "client_certificate": path(own.client_certificate or self.client_certificate),
+            "client_key": path(own.client_key or self.client_key),
+        }
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready, secret-free summary for ``fastbuf status``."""
@@ -520,6 +859,8 @@ class AgentConfig:
             "compression": self.compression,
             "timeout_s": self.timeout_s,
             "timeouts_s": {s: self.timeout_for(s) for s in SIGNALS},
+            "protocol": self.protocol,
+            "signals": {s: self._describe_signal(s) for s in SIGNALS},
             "home": str(self.home),
             "spool_limit_bytes": self.spool_limit_bytes,
             "spool_codec": self.spool_codec,
@@ -573,49 +914,168 @@ class AgentConfig:
         if unknown:
             raise ConfigError(f"unknown agent option(s): {', '.join(unknown)}")
 
-        endpoints = _endpoints(env, given.get("endpoint"))
-        headers = _headers(env, given)
         return cls(
-            traces_endpoint=endpoints["traces"],
-            metrics_endpoint=endpoints["metrics"],
-            logs_endpoint=endpoints["logs"],
-            headers=headers,
-            compression=_compression(env, given.get("compression")),
-            **_timeouts(env, given.get("timeout")),
+            **_otlp_settings(env, given),
             home=_home(env, given.get("home")),
             **_spool_settings(env, given.get("spool_max")),
+            metrics_interval_s=_metrics_interval(env),
             local_copy=_local_copy(env, given.get("local_copy")),
             ring=_ring(env, given.get("ring")),
             idle_exit_s=_check_seconds(given.get("idle_exit"), "--idle-exit", allow_none=True),
-            certificate=_certificate(env),
             log_level=_log_level(env),
         )
 
 
-def _endpoints(env: Mapping[str, str], override: object) -> dict[Signal, str | None]:
-    if override is not None:
-        flag_base = check_url(override, "--endpoint")
-        return {s: signal_url(flag_base, s) for s in SIGNALS}
-    base: str | None = None
-    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "DASH0_ENDPOINT"):
-        value = _env(env, name)
-        if value is not None:
-            base = check_url(value, name)
-            break
-    result: dict[Signal, str | None] = {}
+def _check_headers_dict(headers: object, source: str) -> None:
+    if not isinstance(headers, dict):
+        raise ConfigError(f"{source}: expected a dict of strings")
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise ConfigError(f"{source}: header names and values must be strings")
+        check_header(name, value, source)
+
+
+def _check_path_field(value: object, name: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Path):
+        raise ConfigError(f"{name}: expected a Path")
+    if name.endswith("certificate") and not name.endswith("client_certificate"):
+        _check_certificate(value, name)
+    elif not value.is_file():
+        raise ConfigError(f"{name}: {str(value)!r} is not a readable file")
+
+
+def _check_grpc_url(url: str, source: str) -> None:
+    parts = _parse_url(url)
+    if (parts.path or "/") != "/" or parts.query:
+        raise ConfigError(
+            f"{source}: {redact_url(url)!r} has a path or query, which a gRPC endpoint "
+            "cannot have (scheme://host:port)"
+        )
+
+
+# -- the OTLP exporter's variables ----------------------------------------------------------
+
+
+def _otlp_settings(env: Mapping[str, str], given: Mapping[str, object]) -> dict[str, Any]:
+    """The AgentConfig fields the OTLP exporter's variables and flags set."""
+    out: dict[str, Any] = {"headers": _headers(env, given, HEADERS_VARS.general)}
+    if "compression" in given:
+        out["compression"] = _check_compression(given["compression"], "--compression")
+    elif (value := _env(env, COMPRESSION_VARS.general)) is not None:
+        out["compression"] = _check_compression(value, COMPRESSION_VARS.general)
+    if "timeout" in given:
+        # An explicit flag sets one timeout for every signal.
+        out["timeout_s"] = _check_seconds(given["timeout"], "--timeout")
+    elif (value := _env(env, TIMEOUT_VARS.general)) is not None:
+        out["timeout_s"] = _parse_timeout_ms(value, TIMEOUT_VARS.general)
+    if (value := _env(env, PROTOCOL_VARS.general)) is not None:
+        out["protocol"] = _check_protocol(value, PROTOCOL_VARS.general)
+    out["certificate"] = _certificate(env, CERTIFICATE_VARS.general)
+    out["client_certificate"] = _pem_file(env, CLIENT_CERTIFICATE_VARS.general)
+    out["client_key"] = _pem_file(env, CLIENT_KEY_VARS.general)
+    general_insecure = False  # INSECURE only decides how a scheme-less grpc endpoint is read
+    if (value := _env(env, INSECURE_VARS.general)) is not None:
+        general_insecure = _parse_bool(value, INSECURE_VARS.general)
+    signals: dict[Signal, SignalSettings] = {}
+    off: set[Signal] = set()
     for signal in SIGNALS:
-        name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
-        specific = _env(env, name)
-        if specific is not None:
-            result[signal] = check_url(specific, name)
-        elif base is not None:
-            result[signal] = signal_url(base, signal)
+        own: dict[str, Any] = {}
+        if _env(env, HEADERS_VARS.of(signal)) is not None:
+            own["headers"] = _headers(env, given, HEADERS_VARS.of(signal))
+        name = COMPRESSION_VARS.of(signal)
+        if (value := _env(env, name)) is not None:
+            compression = _check_compression(value, name)
+            if "compression" not in given:
+                own["compression"] = compression
+        name = TIMEOUT_VARS.of(signal)
+        if (value := _env(env, name)) is not None:
+            timeout = _parse_timeout_ms(value, name)
+            if "timeout" not in given:
+                own["timeout_s"] = timeout
+        name = PROTOCOL_VARS.of(signal)
+        if (value := _env(env, name)) is not None:
+            own["protocol"] = _check_protocol(value, name)
+        own["certificate"] = _certificate(env, CERTIFICATE_VARS.of(signal))
+        own["client_certificate"] = _pem_file(env, CLIENT_CERTIFICATE_VARS.of(signal))
+        own["client_key"] = _pem_file(env, CLIENT_KEY_VARS.of(signal))
+        insecure = general_insecure
+        name = INSECURE_VARS.of(signal)
+        if (value := _env(env, name)) is not None:
+            insecure = _parse_bool(value, name)
+        protocol = own.get("protocol") or out.get("protocol", "http/protobuf")
+        endpoint = _endpoint(env, given.get("endpoint"), signal, protocol, insecure)
+        if _exporter_off(env, signal):
+            off.add(signal)
+            endpoint = None
+        out[f"{signal}_endpoint"] = endpoint
+        own = {k: v for k, v in own.items() if v is not None}
+        if own:
+            signals[signal] = SignalSettings(**own)
+    out["signals"] = signals
+    out["exporters_off"] = frozenset(off)
+    return out
+
+
+def _endpoint(
+    env: Mapping[str, str], flag: object, signal: Signal, protocol: Protocol, insecure: bool
+) -> str | None:
+    """A signal's endpoint (see the module docstring for the precedence)."""
+    if flag is not None:
+        raw: object = flag
+        source, base = "--endpoint", True
+    elif (value := _env(env, ENDPOINT_VARS.of(signal))) is not None:
+        raw, source, base = value, ENDPOINT_VARS.of(signal), False
+    else:
+        for name in (ENDPOINT_VARS.general, "DASH0_ENDPOINT"):
+            if (value := _env(env, name)) is not None:
+                raw, source, base = value, name, True
+                break
         else:
-            result[signal] = None
-    return result
+            return None
+    if protocol == "grpc":
+        return grpc_url(raw, source, insecure)
+    url = check_url(raw, source)
+    return signal_url(url, signal) if base else url
 
 
-def _headers(env: Mapping[str, str], given: Mapping[str, object]) -> dict[str, str]:
+def _exporter_off(env: Mapping[str, str], signal: Signal) -> bool:
+    """``OTEL_<SIGNAL>_EXPORTER``: ``otlp`` (the default) or ``none``; a comma-separated
+    list of the same is accepted, as the specification allows lists."""
+    name = EXPORTER_VARS[signal]
+    value = _env(env, name)
+    if value is None:
+        return False
+    items = {item.strip().lower() for item in value.split(",") if item.strip()}
+    if items == {"none"}:
+        return True
+    if items == {"otlp"}:
+        return False
+    raise ConfigError(
+        f"{name}: {_shown(value)!r} is not an exporter this agent has (expected otlp or none)"
+    )
+
+
+def _metrics_interval(env: Mapping[str, str]) -> float:
+    value = _env(env, METRIC_INTERVAL_VAR)
+    if value is None:
+        return DEFAULT_METRICS_INTERVAL_S
+    try:
+        millis = float(value.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{METRIC_INTERVAL_VAR}: {_shown(value)!r} is not a number of milliseconds"
+        ) from None
+    if not math.isfinite(millis) or millis <= 0:
+        raise ConfigError(
+            f"{METRIC_INTERVAL_VAR}: the interval must be a positive number of milliseconds"
+        )
+    return millis / 1000.0
+
+
+def _headers(env: Mapping[str, str], given: Mapping[str, object], variable: str) -> dict[str, str]:
+    """The Dash0 variables, then ``variable`` (a HEADERS variable), then the flags."""
     headers: dict[str, str] = {}
     token = _env(env, "DASH0_AUTH_TOKEN")
     if token is not None:
@@ -627,9 +1087,9 @@ def _headers(env: Mapping[str, str], given: Mapping[str, object]) -> dict[str, s
     dataset = _env(env, "DASH0_DATASET")
     if dataset is not None:
         _set_header(headers, "Dash0-Dataset", _check_dataset(dataset, "DASH0_DATASET"))
-    text = _env(env, "OTEL_EXPORTER_OTLP_HEADERS")
+    text = _env(env, variable)
     if text is not None:
-        for name, value in parse_headers(text, "OTEL_EXPORTER_OTLP_HEADERS").items():
+        for name, value in parse_headers(text, variable).items():
             _set_header(headers, name, value)
     if "headers" in given:
         for name, value in _override_headers(given["headers"]).items():
@@ -650,35 +1110,6 @@ def _check_dataset(value: str, source: str) -> str:
     if any(c.isspace() or c in "\0," for c in value):
         raise ConfigError(f"{source}: {value!r} is not a valid dataset slug")
     return value
-
-
-def _compression(env: Mapping[str, str], override: object) -> Compression:
-    if override is not None:
-        return _check_compression(override, "--compression")
-    value = _env(env, "OTEL_EXPORTER_OTLP_COMPRESSION")
-    if value is None:
-        return "gzip"
-    return _check_compression(value, "OTEL_EXPORTER_OTLP_COMPRESSION")
-
-
-def _timeouts(env: Mapping[str, str], override: object) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    if override is not None:
-        # An explicit flag sets one timeout for every signal.
-        result["timeout_s"] = _check_seconds(override, "--timeout")
-        return result
-    value = _env(env, "OTEL_EXPORTER_OTLP_TIMEOUT")
-    result["timeout_s"] = (
-        DEFAULT_TIMEOUT_S
-        if value is None
-        else _parse_timeout_ms(value, "OTEL_EXPORTER_OTLP_TIMEOUT")
-    )
-    for signal in SIGNALS:
-        name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_TIMEOUT"
-        specific = _env(env, name)
-        if specific is not None:
-            result[f"{signal}_timeout_s"] = _parse_timeout_ms(specific, name)
-    return result
 
 
 def _home(env: Mapping[str, str], override: object) -> Path:
@@ -760,12 +1191,25 @@ def _ring(env: Mapping[str, str], override: object) -> str | None:
     return None if value is None else value.strip()
 
 
-def _certificate(env: Mapping[str, str]) -> Path | None:
-    value = _env(env, "OTEL_EXPORTER_OTLP_CERTIFICATE")
+def _certificate(env: Mapping[str, str], name: str) -> Path | None:
+    """A CERTIFICATE variable: a PEM bundle, loaded now to refuse a bad one at start."""
+    value = _env(env, name)
     if value is None:
         return None
     path = Path(value.strip()).expanduser()
-    _check_certificate(path, "OTEL_EXPORTER_OTLP_CERTIFICATE")
+    _check_certificate(path, name)
+    return path
+
+
+def _pem_file(env: Mapping[str, str], name: str) -> Path | None:
+    """A CLIENT_CERTIFICATE or CLIENT_KEY variable: an existing file (the pair is loaded
+    together once both sides are known)."""
+    value = _env(env, name)
+    if value is None:
+        return None
+    path = Path(value.strip()).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{name}: {str(path)!r} is not a readable file")
     return path
 
 
@@ -783,6 +1227,31 @@ def _check_certificate(path: Path, source: str) -> None:
         ) from None
     except OSError as exc:
         raise ConfigError(f"{source}: {str(path)!r} cannot be read ({exc.strerror})") from None
+
+
+def no_passphrase() -> bytes:
+    """The password callback for client keys: an encrypted key fails to load instead of
+    OpenSSL asking for its passphrase on the terminal (the agent runs unattended)."""
+    return b""
+
+
+def _check_client_pair(certificate: Path, key: Path, source: str) -> None:
+    """Load the client certificate and key as the exporter will: not PEM, encrypted, or
+    a key of another certificate fails here. Messages name the files, never their bytes."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+            str(certificate), str(key), password=no_passphrase
+        )
+    except ssl.SSLError as exc:
+        reason = exc.reason or "not PEM"
+        raise ConfigError(
+            f"{source}: {str(certificate)!r} and {str(key)!r} are not a PEM certificate and "
+            f"its unencrypted private key ({reason})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{source}: {str(certificate)!r} or {str(key)!r} cannot be read ({exc.strerror})"
+        ) from None
 
 
 def _log_level(env: Mapping[str, str]) -> int:

@@ -11,6 +11,13 @@ Responses come from the script queue first, then from ``rx.default`` (200 with a
 ``Export*ServiceResponse``). ``rx.down()`` closes the listening socket and every open
 connection; ``rx.up()`` listens again on the same port.
 
+Bodies are protobuf (``application/x-protobuf``) or OTLP/JSON (``application/json``,
+answered in JSON). JSON is held to the OTLP rules, not only to protobuf's JSON mapping:
+lowerCamelCase field names, trace and span ids in hex, enums as integers, timestamps as
+strings; a body that breaks one is answered 400 saying which. With ``tls=`` and
+``client_ca=``, the receiver asks for a client certificate signed by that CA and keeps
+the subject's common name of each request's certificate (``Attempt.client_subject``).
+
 Under load (bench), ``OTLPReceiver(decode=False)`` keeps each body as it came and answers at
 once: nothing is decompressed or parsed while requests arrive, so the receiver costs the
 client next to nothing; the bodies are decoded after the run. :class:`ReceiverProcess` runs
@@ -23,8 +30,10 @@ a receiver in a child process of its own, so that its work is not the measured p
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
+import json
 import multiprocessing
 import socket
 import ssl
@@ -32,13 +41,14 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 import zstandard
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsPartialSuccess,
@@ -82,6 +92,11 @@ _SIGNALS: dict[str, tuple[Any, Any, Any, str]] = {
     ),
 }
 _MAX_BODY = 64 << 20
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+# OTLP/JSON: ids in hex (of this many hex digits), enums as integers, 64-bit times as strings.
+_HEX_IDS = {"traceId": 32, "spanId": 16, "parentSpanId": 16}
+_ENUM_FIELDS = frozenset({"kind", "severityNumber", "aggregationTemporality"})
 
 
 @dataclass
@@ -107,6 +122,8 @@ class Attempt:
     headers: dict[str, str]
     error: str | None = None
     size: int = 0  # body bytes read, as sent (compressed)
+    # The common name of the client certificate (a receiver with client_ca), else None.
+    client_subject: str | None = None
 
 
 class Body(NamedTuple):
@@ -116,13 +133,14 @@ class Body(NamedTuple):
     path: str
     encoding: str  # Content-Encoding, lowercased; "identity" when the request had none
     raw: bytes
+    content_type: str = PROTOBUF
 
 
-def decode_body(path: str, encoding: str, raw: bytes) -> Message:
+def decode_body(path: str, encoding: str, raw: bytes, content_type: str = PROTOBUF) -> Message:
     """The ``Export*ServiceRequest`` of one request body to ``path`` (``/v1/logs``...),
-    decompressed (``gzip``, ``zstd`` or ``identity``) and parsed. Raises ``ValueError``
-    saying why for an unknown path or encoding and for a body that does not decompress
-    or parse."""
+    decompressed (``gzip``, ``zstd`` or ``identity``) and parsed as ``content_type``
+    (protobuf, or OTLP/JSON). Raises ``ValueError`` saying why for an unknown path,
+    encoding or content type and for a body that does not decompress or parse."""
     kinds = _SIGNALS.get(path)
     if kinds is None:
         raise ValueError(f"unknown path {path}")
@@ -136,11 +154,60 @@ def decode_body(path: str, encoding: str, raw: bytes) -> Message:
     except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
         raise ValueError(f"cannot decompress: {exc}") from exc
     message: Message = kinds[0]()
+    if content_type == JSON:
+        return _decode_json(message, raw)
+    if content_type != PROTOBUF:
+        raise ValueError(f"unsupported Content-Type {content_type}")
     try:
         message.ParseFromString(raw)
     except DecodeError as exc:
         raise ValueError(f"cannot decode protobuf: {exc}") from exc
     return message
+
+
+def _decode_json(message: Message, raw: bytes) -> Message:
+    """OTLP/JSON into ``message``, after checking the OTLP rules protobuf's JSON parser
+    does not (it also takes snake_case names, enum names, numbers for 64-bit ints and
+    base64 ids)."""
+    try:
+        tree = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"cannot decode JSON: {exc}") from exc
+    _check_otlp_json(tree, "$")
+    try:
+        json_format.ParseDict(tree, message)
+    except json_format.ParseError as exc:
+        raise ValueError(f"not an OTLP/JSON request: {exc}") from exc
+    return message
+
+
+def _check_otlp_json(node: Any, where: str) -> None:
+    """Check, and rewrite the hex ids of, an OTLP/JSON tree in place (ids to base64,
+    which protobuf's JSON mapping reads)."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_otlp_json(item, f"{where}[{i}]")
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        at = f"{where}.{key}"
+        if "_" in key:
+            raise ValueError(f"{at}: field names must be lowerCamelCase")
+        if key in _HEX_IDS and isinstance(value, str):
+            digits = _HEX_IDS[key]
+            if len(value) != digits or value != value.lower():
+                raise ValueError(f"{at}: expected {digits} lowercase hex digits, got {value!r}")
+            try:
+                node[key] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
+            except ValueError:
+                raise ValueError(f"{at}: not hex: {value!r}") from None
+        elif key in _ENUM_FIELDS and not isinstance(value, int):
+            raise ValueError(f"{at}: enums must be integers, got {value!r}")
+        elif key.endswith("UnixNano") and not isinstance(value, str):
+            raise ValueError(f"{at}: 64-bit integers must be strings, got {value!r}")
+        else:
+            _check_otlp_json(value, at)
 
 
 def attr_value(value: AnyValue) -> Any:
@@ -164,13 +231,30 @@ class OTLPReceiver:
     """A threaded OTLP/HTTP server on 127.0.0.1 with scripted answers."""
 
     def __init__(
-        self, port: int = 0, tls: tuple[str, str] | None = None, *, decode: bool = True
+        self,
+        port: int = 0,
+        tls: tuple[str, str] | None = None,
+        *,
+        decode: bool = True,
+        client_ca: str | None = None,
+        paths: Mapping[str, str] | None = None,
     ) -> None:
-        """``tls=(certfile, keyfile)`` serves HTTPS instead of HTTP. ``decode=False`` keeps
-        every body to a known path in ``bodies`` as it came, and parses none while
-        requests arrive (``requests`` stays empty; ``logs()``, ``spans()`` and
-        ``metrics()`` decode the kept bodies when called)."""
+        """``tls=(certfile, keyfile)`` serves HTTPS instead of HTTP; ``client_ca`` (a PEM
+        file) then requires a client certificate it signed. ``decode=False`` keeps every
+        body to a known path in ``bodies`` as it came, and parses none while requests
+        arrive (``requests`` stays empty; ``logs()``, ``spans()`` and ``metrics()``
+        decode the kept bodies when called). ``paths`` maps more paths to the signal
+        path they stand for (``{"/ingest/logs": "/v1/logs"}``): requests to them are
+        taken as that signal's (``requests`` and ``bodies`` name the signal path,
+        ``attempts`` the one requested)."""
+        if client_ca is not None and tls is None:
+            raise ValueError("client_ca needs tls")
+        unknown = sorted(set((paths or {}).values()) - set(_SIGNALS))
+        if unknown:
+            raise ValueError(f"paths must map to signal paths, not {unknown}")
         self._tls = tls
+        self._client_ca = client_ca
+        self._paths = dict(paths or {})
         self.decode = decode
         self._lock = threading.Lock()
         self._script: deque[Response] = deque()
@@ -222,6 +306,9 @@ class OTLPReceiver:
         if self._tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*self._tls)
+            if self._client_ca is not None:
+                context.verify_mode = ssl.CERT_REQUIRED
+                context.load_verify_locations(cafile=self._client_ca)
             # The handshake then runs in the connection's thread, not the accept loop.
             server.socket = context.wrap_socket(
                 server.socket, server_side=True, do_handshake_on_connect=False
@@ -349,8 +436,10 @@ class OTLPReceiver:
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         arrived = time.monotonic()
         headers = {k.lower(): v for k, v in handler.headers.items()}
-        path = handler.path.split("?", 1)[0]
+        requested = handler.path.split("?", 1)[0]
+        path = self._paths.get(requested, requested)
         kinds = _SIGNALS.get(path)
+        content_type = headers.get("content-type", PROTOBUF).split(";")[0].strip().lower()
         error: str | None = None
         decoded: Message | None = None
         kept: Body | None = None
@@ -365,16 +454,18 @@ class OTLPReceiver:
             encoding = headers.get("content-encoding", "identity").strip().lower()
             if error is None and self.decode:
                 try:
-                    decoded = decode_body(path, encoding, raw)
+                    decoded = decode_body(path, encoding, raw, content_type)
                 except ValueError as exc:
                     status, error = 400, str(exc)
             elif error is None:
-                kept = Body(path, encoding, raw)
+                kept = Body(path, encoding, raw, content_type)
         answer = self._next_response() if error is None else Response(status)
         if error is None:
             status = answer.status
         with self._lock:
-            self.attempts.append(Attempt(path, arrived, status, headers, error, size))
+            self.attempts.append(
+                Attempt(requested, arrived, status, headers, error, size, _client_subject(handler))
+            )
             if decoded is not None:
                 self.requests.append((path, headers, decoded))
                 self._accepted.append(200 <= status < 300)
@@ -391,8 +482,10 @@ class OTLPReceiver:
             body = answer.body
             content_type = answer.headers.get("Content-Type", "application/x-protobuf")
         else:
-            body = _response_body(kinds, answer)
-            content_type = "application/x-protobuf"
+            # A JSON request is answered in JSON, as OTLP/HTTP says.
+            as_json = content_type == JSON
+            body = _response_body(kinds, answer, as_json)
+            content_type = JSON if as_json else PROTOBUF
         handler.send_response(status)
         handler.send_header("Content-Type", content_type)
         handler.send_header("Content-Length", str(len(body)))
@@ -418,7 +511,9 @@ class OTLPReceiver:
         return 200, handler.rfile.read(length), None
 
 
-def _response_body(kinds: tuple[Any, Any, Any, str] | None, answer: Response) -> bytes:
+def _response_body(
+    kinds: tuple[Any, Any, Any, str] | None, answer: Response, as_json: bool = False
+) -> bytes:
     if kinds is None:
         return b""
     _, response_type, partial_type, rejected_field = kinds
@@ -427,7 +522,26 @@ def _response_body(kinds: tuple[Any, Any, Any, str] | None, answer: Response) ->
         partial = partial_type(error_message=answer.error_message)
         setattr(partial, rejected_field, answer.rejected)
         response.partial_success.CopyFrom(partial)
+    if as_json:
+        return str(json_format.MessageToJson(response)).encode("utf-8")
     return bytes(response.SerializeToString())
+
+
+def _client_subject(handler: BaseHTTPRequestHandler) -> str | None:
+    """The common name in the client certificate of the handler's TLS connection."""
+    connection = handler.connection
+    if not isinstance(connection, ssl.SSLSocket):
+        return None
+    try:
+        cert = connection.getpeercert()
+    except (ValueError, OSError):
+        return None
+    subject: Any = (cert or {}).get("subject", ())
+    for rdn in subject:
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
 
 
 class _Server(ThreadingHTTPServer):

@@ -149,9 +149,12 @@ def write(
     resp_body: bytes,
     message: str,
     secrets: Sequence[str],
+    *,
+    protocol: str = "http/protobuf",
 ) -> Path:
-    """Keep a refused request: its payload, then its sidecar (``url`` already without
-    credentials, ``message`` already scrubbed). Returns the sidecar's path."""
+    """Keep a refused request: its payload (the protobuf request, whatever ``protocol``
+    sent it), then its sidecar (``url`` already without credentials, ``message`` already
+    scrubbed). Returns the sidecar's path."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     now_ns = time.time_ns()
@@ -164,6 +167,7 @@ def write(
         "body": body_text,
         "body_b64": base64.b64encode(raw).decode("ascii"),
         "url": url,
+        "protocol": protocol,
         "time": _iso(now_ns),
         "time_unix_nano": now_ns,
         "payload": f"{stem}.pb",

@@ -1,8 +1,12 @@
-"""OTLP/HTTP transport: compression, retries with ``Retry-After``, circuit breaker, dead-letter.
+"""The OTLP exporter: compression, retries with ``Retry-After``, circuit breaker, dead-letter.
 
-One :class:`OTLPHttpExporter` owns one keep-alive ``urllib3.PoolManager`` (TLS verification
-on, system trust store). :meth:`OTLPHttpExporter.export` takes a serialized, uncompressed
-``Export*ServiceRequest`` and answers with an :class:`ExportResult`:
+Each signal is sent with its own settings (``AgentConfig.export_settings``): over HTTP as
+protobuf (``http/protobuf``) or JSON (``http/json``, :mod:`emp_fastbuf.agent.otlp.otlpjson`),
+or over gRPC (:mod:`emp_fastbuf.agent.otlp.grpc`, imported only when a signal uses it).
+One :class:`OTLPExporter` owns a keep-alive ``urllib3.PoolManager`` per TLS setting (TLS
+verification on: the signal's CERTIFICATE, else the system trust store; its client
+certificate when one is set). :meth:`OTLPExporter.export` takes a serialized,
+uncompressed ``Export*ServiceRequest`` and answers with an :class:`ExportResult`:
 
 * ``ok``: delivered (possibly with a partial success, which is counted, never retried);
 * ``retry_later``: not delivered yet (retry deadline reached, circuit open, exporter
@@ -12,7 +16,10 @@ on, system trust store). :meth:`OTLPHttpExporter.export` takes a serialized, unc
   (:mod:`emp_fastbuf.agent.otlp.deadletter_files`), unless the exporter was made with
   ``dead_letter=False`` (a replay of a dead letter, which keeps its own files).
 
-Only 429, 502, 503, 504, connection failures and timeouts are retried, as OTLP prescribes.
+Only 429, 502, 503, 504, connection failures and timeouts are retried, as OTLP prescribes;
+over gRPC, the codes it names (UNAVAILABLE, DEADLINE_EXCEEDED..., RESOURCE_EXHAUSTED only
+with a RetryInfo, whose delay is then honoured like a ``Retry-After``). gRPC compresses
+inside grpcio: ``bytes_on_wire`` counts its messages before that compression.
 
 Each attempt has one total deadline, the signal's timeout, for connect, send and the whole
 response: a server that trickles its answer is cut off when it passes, and the attempt
@@ -37,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import urllib3
 import urllib3.connection
@@ -51,9 +58,21 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from emp_fastbuf import paths
 from emp_fastbuf._version import __version__
-from emp_fastbuf.agent.config import REDACTED, SIGNALS, AgentConfig, Signal, redact_url
-from emp_fastbuf.agent.otlp import deadletter_files
+from emp_fastbuf.agent.config import (
+    REDACTED,
+    SIGNALS,
+    AgentConfig,
+    Compression,
+    Signal,
+    SignalExport,
+    no_passphrase,
+    redact_url,
+)
+from emp_fastbuf.agent.otlp import deadletter_files, otlpjson
 from emp_fastbuf.values import percentile
+
+if TYPE_CHECKING:
+    from emp_fastbuf.agent.otlp.grpc import GrpcTransport
 
 log = logging.getLogger("emp_fastbuf.agent")
 
@@ -120,7 +139,8 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class ExportResult:
-    """The outcome of one :meth:`OTLPHttpExporter.export` call."""
+    """The outcome of one :meth:`OTLPExporter.export` call. ``http_status`` is None over
+    gRPC (``message`` names the gRPC status code)."""
 
     status: ExportStatus
     http_status: int | None = None
@@ -154,7 +174,7 @@ def _per_signal() -> dict[str, int]:
 
 @dataclass
 class ExporterStats:
-    """Counters of an exporter; read them through :meth:`OTLPHttpExporter.stats`."""
+    """Counters of an exporter; read them through :meth:`OTLPExporter.stats`."""
 
     requests: dict[str, int] = field(default_factory=_per_signal)
     exported: dict[str, int] = field(default_factory=_per_signal)
@@ -327,15 +347,44 @@ class _HTTPSPool(urllib3.HTTPSConnectionPool):
     ConnectionCls = _HTTPSConnection
 
 
-def _tls_context(config: AgentConfig) -> ssl.SSLContext:
-    """urllib3's defaults with the trust store loaded once, not for every connection (tens
-    of milliseconds that would count against each attempt's deadline)."""
+_TLSKey = tuple[Path | None, Path | None, Path | None]
+
+
+def _tls_key(export: SignalExport) -> _TLSKey:
+    return (export.certificate, export.client_certificate, export.client_key)
+
+
+def _tls_context(key: _TLSKey) -> ssl.SSLContext:
+    """urllib3's defaults with the trust store (and the client certificate) loaded once,
+    not for every connection (tens of milliseconds that would count against each
+    attempt's deadline)."""
+    certificate, client_certificate, client_key = key
     context = urllib3.util.ssl_.create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
-    if config.certificate is None:
+    if certificate is None:
         context.load_default_certs()
     else:
-        context.load_verify_locations(cafile=str(config.certificate))
+        context.load_verify_locations(cafile=str(certificate))
+    if client_certificate is not None:
+        context.load_cert_chain(
+            str(client_certificate),
+            None if client_key is None else str(client_key),
+            password=no_passphrase,
+        )
     return context
+
+
+def _pool_manager(key: _TLSKey) -> urllib3.PoolManager:
+    pool = urllib3.PoolManager(
+        num_pools=4,
+        maxsize=4,
+        block=False,
+        cert_reqs="CERT_REQUIRED",
+        ssl_context=_tls_context(key),
+        retries=False,
+    )
+    # Connections that hold each attempt to its deadline (see _arm_watchdog).
+    pool.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+    return pool
 
 
 def _read_bounded(response: urllib3.BaseHTTPResponse) -> bytes:
@@ -373,8 +422,9 @@ def _install_log_filter() -> None:
         target.addFilter(_RedactRequestTargets())
 
 
-class OTLPHttpExporter:
-    """Sends OTLP/HTTP protobuf requests for the three signals to the configured endpoints."""
+class OTLPExporter:
+    """Sends OTLP requests for the three signals to the configured endpoints, each signal
+    with its own protocol, headers, compression, timeout and TLS settings."""
 
     def __init__(
         self, config: AgentConfig, policy: RetryPolicy | None = None, *, dead_letter: bool = True
@@ -385,16 +435,20 @@ class OTLPHttpExporter:
         self.config = config
         self.policy = policy or RetryPolicy()
         self.writes_dead_letters = dead_letter
-        self._pool = urllib3.PoolManager(
-            num_pools=4,
-            maxsize=4,
-            block=False,
-            cert_reqs="CERT_REQUIRED",
-            ssl_context=_tls_context(config),
-            retries=False,
-        )
-        # Connections that hold each attempt to its deadline (see _arm_watchdog).
-        self._pool.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        exports = [config.export_settings(s) for s in SIGNALS if config.endpoint(s) is not None]
+        # One pool per TLS setting: the general one always (an exporter without endpoints
+        # still answers), one more for each signal with TLS settings of its own.
+        self._pools: dict[_TLSKey, urllib3.PoolManager] = {}
+        general: _TLSKey = (config.certificate, config.client_certificate, config.client_key)
+        for key in [general] + [_tls_key(e) for e in exports if e.protocol != "grpc"]:
+            if key not in self._pools:
+                self._pools[key] = _pool_manager(key)
+        grpc_exports = [e for e in exports if e.protocol == "grpc"]
+        self._grpc: GrpcTransport | None = None
+        if grpc_exports:
+            from emp_fastbuf.agent.otlp.grpc import GrpcTransport
+
+            self._grpc = GrpcTransport(grpc_exports, USER_AGENT, RESPONSE_MAX_BYTES)
         _install_log_filter()
         self._lock = threading.Lock()
         self._stats = ExporterStats()
@@ -412,9 +466,7 @@ class OTLPHttpExporter:
             raise ValueError(f"unknown signal {signal!r} (expected logs, traces or metrics)")
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
-        url = self.config.endpoint(signal)
-        if url is None:
-            raise ValueError(f"no OTLP endpoint is configured for {signal}")
+        export = self.config.export_settings(signal)  # ValueError without an endpoint
         data = bytes(payload)
         if not data:
             # OTLP: do not send empty requests.
@@ -426,10 +478,19 @@ class OTLPHttpExporter:
                 f"request of {len(data)} bytes exceeds request_max_bytes "
                 f"({self.config.request_max_bytes})"
             )
-            return self._dead_letter(signal, data, url, None, b"", message, 0)
+            return self._dead_letter(export, data, None, b"", message, 0)
 
-        body, encoding = self._compress(data)
-        headers = self._headers(encoding)
+        if export.protocol == "grpc":
+            body, headers = data, {}  # grpcio compresses, and sends the metadata
+            encoded = len(data)
+        else:
+            if export.protocol == "http/json":
+                wire, content_type = otlpjson.request_json(signal, data), otlpjson.CONTENT_TYPE
+            else:
+                wire, content_type = data, "application/x-protobuf"
+            body, encoding = self._compress(wire, export.compression)
+            headers = self._headers(export, content_type, encoding)
+            encoded = len(wire)
         deadline = time.monotonic() + self.policy.max_elapsed_s
         attempts = 0
         while True:
@@ -437,7 +498,7 @@ class OTLPHttpExporter:
             if refused is not None:
                 return refused
             attempts += 1
-            outcome = self._attempt(signal, url, data, body, headers, deadline, attempts)
+            outcome = self._attempt(export, data, body, headers, encoded, deadline, attempts)
             if isinstance(outcome, ExportResult):
                 return outcome
             with self._lock:
@@ -528,11 +589,14 @@ class OTLPHttpExporter:
         return self.config.home / paths.DEAD_LETTER_DIR
 
     def close(self) -> None:
-        """Stop retry waits, refuse new exports (``retry_later``) and close the pool."""
+        """Stop retry waits, refuse new exports (``retry_later``) and close the connections."""
         self._closed.set()
-        self._pool.clear()
+        for pool in self._pools.values():
+            pool.clear()
+        if self._grpc is not None:
+            self._grpc.close()
 
-    def __enter__(self) -> OTLPHttpExporter:
+    def __enter__(self) -> OTLPExporter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -560,27 +624,29 @@ class OTLPHttpExporter:
 
     def _attempt(
         self,
-        signal: Signal,
-        url: str,
+        export: SignalExport,
         data: bytes,
         body: bytes,
         headers: dict[str, str],
+        encoded: int,
         deadline: float,
         attempts: int,
     ) -> ExportResult | _Failure:
-        """One POST of ``body`` (``data`` compressed). An :class:`ExportResult` when the
-        endpoint gave its verdict (accepted, or refused for good: dead-lettered); a
-        :class:`_Failure` when it may be retried (counted; a ``Retry-After`` is kept)."""
-        timeout = max(0.05, min(self.config.timeout_for(signal), deadline - time.monotonic()))
+        """One request of ``body`` (``data`` encoded, ``encoded`` bytes, and compressed). An
+        :class:`ExportResult` when the endpoint gave its verdict (accepted, or refused for
+        good: dead-lettered); a :class:`_Failure` when it may be retried (counted; a
+        ``Retry-After`` or gRPC RetryInfo is kept)."""
+        signal = export.signal
+        timeout = max(0.05, min(export.timeout_s, deadline - time.monotonic()))
         with self._lock:
             self._stats.requests[signal] += 1
-            self._stats.bytes_uncompressed[signal] += len(data)
+            self._stats.bytes_uncompressed[signal] += encoded
             self._stats.bytes_on_wire[signal] += len(body)
+        if export.protocol == "grpc":
+            return self._attempt_grpc(export, data, timeout, attempts)
         started = time.monotonic()
         try:
-            response, full_body = self._post(
-                url, body, headers, timeout, self.config.timeout_for(signal)
-            )
+            response, full_body = self._post(export, body, headers, timeout)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             reason = self._scrub(f"{signal}: {_describe_exception(exc)}")
             self._failed(signal, reason)
@@ -589,41 +655,78 @@ class OTLPHttpExporter:
             # Not a verdict on the endpoint: a half-open probe must not stay taken.
             self._release_probe()
             raise
-        elapsed = time.monotonic() - started
+        self._latency(time.monotonic() - started)
         status = response.status
         resp_body = full_body[:_BODY_KEEP]
-        with self._lock:
-            self._stats.last_latency_s = elapsed
-            self._stats.latencies.append(elapsed)
         if 200 <= status < 300:
-            return self._succeeded(signal, status, resp_body, attempts)
+            content_type = response.headers.get("Content-Type", "")
+            as_json = content_type.split(";")[0].strip().lower() == otlpjson.CONTENT_TYPE
+            return self._succeeded(signal, status, resp_body, attempts, as_json)
         if status not in RETRYABLE_STATUSES:
             # The endpoint answered: it is up, whatever it thinks of this request.
             with self._lock:
                 self._breaker.success()
             message = f"HTTP {status}: {_body_text(resp_body)}"
-            return self._dead_letter(signal, data, url, status, resp_body, message, attempts)
+            return self._dead_letter(export, data, status, resp_body, message, attempts)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        if retry_after is not None:
-            retry_after = min(retry_after, self.policy.max_retry_after_s)
-            with self._lock:
-                self._not_before = max(self._not_before, time.monotonic() + retry_after)
+        self._keep_retry_after(retry_after)
         reason = self._scrub(f"{signal}: HTTP {status}: {_body_text(resp_body)}")
         self._failed(signal, reason)
         return _Failure(reason, retry_after, status, self._scrub_body(resp_body))
 
+    def _attempt_grpc(
+        self, export: SignalExport, data: bytes, timeout: float, attempts: int
+    ) -> ExportResult | _Failure:
+        """One Export call; its status code decides as the HTTP status does above."""
+        assert self._grpc is not None
+        signal = export.signal
+        started = time.monotonic()
+        try:
+            reply = self._grpc.call(signal, data, timeout)
+        except BaseException:
+            self._release_probe()
+            raise
+        self._latency(time.monotonic() - started)
+        if reply.ok:
+            return self._succeeded(signal, None, reply.body[:_BODY_KEEP], attempts, False)
+        text = "".join(c if c.isprintable() else " " for c in reply.details[:512]).strip()
+        message = f"gRPC {reply.code}: {text or '(no details)'}"
+        if not reply.retryable:
+            with self._lock:
+                self._breaker.success()
+            return self._dead_letter(export, data, None, text.encode(), message, attempts)
+        self._keep_retry_after(reply.retry_after)
+        reason = self._scrub(f"{signal}: {message}")
+        self._failed(signal, reason)
+        return _Failure(reason, reply.retry_after)
+
+    def _latency(self, elapsed: float) -> None:
+        with self._lock:
+            self._stats.last_latency_s = elapsed
+            self._stats.latencies.append(elapsed)
+
+    def _keep_retry_after(self, retry_after: float | None) -> float | None:
+        """A server's wait applies to every export: kept (clamped) for the next ones."""
+        if retry_after is None:
+            return None
+        retry_after = min(retry_after, self.policy.max_retry_after_s)
+        with self._lock:
+            self._not_before = max(self._not_before, time.monotonic() + retry_after)
+        return retry_after
+
     def _post(
-        self, url: str, body: bytes, headers: dict[str, str], timeout: float, total: float
+        self, export: SignalExport, body: bytes, headers: dict[str, str], timeout: float
     ) -> tuple[urllib3.BaseHTTPResponse, bytes]:
         """One attempt: each socket operation within ``timeout`` (what is left of the retry
-        deadline), and the whole of it (connect, send, the complete response) within
-        ``total``, the signal's configured timeout."""
+        deadline), and the whole of it (connect, send, the complete response) within the
+        signal's configured timeout."""
+        total = export.timeout_s
         state = _Attempt(time.monotonic() + total)
         _current.attempt = state
         try:
-            response = self._pool.request(
+            response = self._pools[_tls_key(export)].request(
                 "POST",
-                url,
+                export.endpoint,
                 body=body,
                 headers=headers,
                 timeout=urllib3.Timeout(total=timeout),
@@ -641,8 +744,10 @@ class OTLPHttpExporter:
                 state.watchdog.cancel()
             _current.attempt = None
 
-    def _headers(self, encoding: str | None) -> dict[str, str]:
-        headers = dict(self.config.headers)
+    def _headers(
+        self, export: SignalExport, content_type: str, encoding: str | None
+    ) -> dict[str, str]:
+        headers = dict(export.headers)
         # The transport's own headers win over configured ones with the same name.
         for key in [
             k
@@ -650,16 +755,21 @@ class OTLPHttpExporter:
             if k.lower() in ("content-type", "content-encoding", "user-agent", "content-length")
         ]:
             del headers[key]
-        headers["Content-Type"] = "application/x-protobuf"
+        headers["Content-Type"] = content_type
         headers["User-Agent"] = USER_AGENT
         if encoding is not None:
             headers["Content-Encoding"] = encoding
         return headers
 
-    def _compress(self, data: bytes) -> tuple[bytes, str | None]:
-        if self.config.compression == "gzip":
+    def _compress(
+        self, data: bytes, compression: Compression | None = None
+    ) -> tuple[bytes, str | None]:
+        """``data`` compressed with ``compression`` (the general setting when None), and
+        its Content-Encoding."""
+        compression = compression or self.config.compression
+        if compression == "gzip":
             return gzip.compress(data, compresslevel=1, mtime=0), "gzip"
-        if self.config.compression == "zstd":
+        if compression == "zstd":
             # A compressor object is not safe to share between threads: one per call.
             return zstandard.ZstdCompressor(level=1).compress(data), "zstd"
         return data, None
@@ -706,8 +816,10 @@ class OTLPHttpExporter:
             body=b"" if last is None else last.body,
         )
 
-    def _succeeded(self, signal: Signal, status: int, body: bytes, attempts: int) -> ExportResult:
-        rejected, error_message = self._partial_success(signal, body)
+    def _succeeded(
+        self, signal: Signal, status: int | None, body: bytes, attempts: int, as_json: bool
+    ) -> ExportResult:
+        rejected, error_message = self._partial_success(signal, body, as_json)
         with self._lock:
             self._breaker.success()
             self._stats.exported[signal] += 1
@@ -720,15 +832,24 @@ class OTLPHttpExporter:
             log.warning("OTLP %s export %s", signal, message)
         return ExportResult("ok", status, rejected, message, attempts)
 
-    def _partial_success(self, signal: Signal, body: bytes) -> tuple[int, str]:
+    def _partial_success(self, signal: Signal, body: bytes, as_json: bool) -> tuple[int, str]:
+        """The partial success of a success response: protobuf, or JSON where the server
+        answered with JSON (a JSON request's answer)."""
         if not body:
             return 0, ""
-        response = _RESPONSE_TYPES[signal]()
-        try:
-            response.ParseFromString(body)
-        except DecodeError:
-            log.warning("OTLP %s export: the success response is not a valid protobuf", signal)
-            return 0, ""
+        if as_json:
+            try:
+                response = otlpjson.parse_response(signal, body)
+            except ValueError:
+                log.warning("OTLP %s export: the success response is not valid JSON", signal)
+                return 0, ""
+        else:
+            response = _RESPONSE_TYPES[signal]()
+            try:
+                response.ParseFromString(body)
+            except DecodeError:
+                log.warning("OTLP %s export: the success response is not a valid protobuf", signal)
+                return 0, ""
         partial = getattr(response, "partial_success", None)
         if partial is None:
             return 0, ""
@@ -737,14 +858,14 @@ class OTLPHttpExporter:
 
     def _dead_letter(
         self,
-        signal: Signal,
+        export: SignalExport,
         data: bytes,
-        url: str,
         status: int | None,
         resp_body: bytes,
         message: str,
         attempts: int,
     ) -> ExportResult:
+        signal = export.signal
         message = self._scrub(message)
         with self._lock:
             self._stats.dead_lettered[signal] += 1
@@ -760,11 +881,12 @@ class OTLPHttpExporter:
                 self.dead_letter_dir,
                 signal,
                 data,
-                redact_url(url),
+                redact_url(export.endpoint),
                 status,
                 resp_body,
                 message,
                 self._secrets,
+                protocol=export.protocol,
             )
         except OSError as exc:
             log.error(

@@ -1,10 +1,13 @@
-"""The OTLP sink: a batch's logs, events and spans to their OTLP/HTTP endpoints, its metric
-updates into a cumulative aggregate exported every ``metrics_interval_s``.
+"""The OTLP sink: a batch's logs, events and spans to their OTLP endpoints, its metric
+updates into a cumulative aggregate exported every ``metrics_interval_s``
+(``OTEL_METRIC_EXPORT_INTERVAL``). A signal without an endpoint (none configured, or its
+``OTEL_<SIGNAL>_EXPORTER`` is ``none``) is skipped here: the store sink takes it.
 
 Two spool destinations: ``export`` (logs and traces, done as soon as they are sent, never
 sent again after a restart) and, with a metrics endpoint, ``metrics`` (done only once the
 aggregate that includes the file's updates is sent). Retries, ``Retry-After`` and the
-circuit breaker are the exporter's (:mod:`emp_fastbuf.agent.otlp.http`), per signal.
+circuit breaker are the exporter's (:mod:`emp_fastbuf.agent.otlp.http`), and so are each
+signal's protocol, headers, compression, timeout and TLS settings.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 from emp_fastbuf.agent.batch import Batch
 from emp_fastbuf.agent.config import AgentConfig
-from emp_fastbuf.agent.otlp.http import OTLPHttpExporter
+from emp_fastbuf.agent.otlp.http import OTLPExporter
 from emp_fastbuf.agent.otlp.metrics import MetricsAggregator
 from emp_fastbuf.agent.sinks import Delivery
 from emp_fastbuf.agent.transcode import _transcode
@@ -32,9 +35,9 @@ class OTLPSink:
 
     name = "export"
 
-    def __init__(self, config: AgentConfig, exporter: OTLPHttpExporter | None = None) -> None:
+    def __init__(self, config: AgentConfig, exporter: OTLPExporter | None = None) -> None:
         self.config = config
-        self.exporter = exporter if exporter is not None else OTLPHttpExporter(config)
+        self.exporter = exporter if exporter is not None else OTLPExporter(config)
         self.sends_metrics = config.endpoint("metrics") is not None
         # Apart from "export": a file's logs are done (and never sent again after a
         # restart) as soon as they are sent, while its metric updates wait for the next
@@ -121,7 +124,7 @@ class OTLPSink:
         return completed
 
     def status(self) -> dict[str, Any]:
-        """The exporter's counters (``OTLPHttpExporter.stats``)."""
+        """The exporter's counters (``OTLPExporter.stats``)."""
         return self.exporter.stats()
 
     def close(self) -> None:
