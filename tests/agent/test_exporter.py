@@ -237,7 +237,7 @@ def test_without_dead_letters_a_refusal_is_only_answered(
     config = make_config(rx, tmp_path / "home", DASH0_AUTH_TOKEN=TOKEN)
     with (
         caplog.at_level(logging.INFO),
-        OTLPHttpExporter(config, FAST, dead_letter=False) as exporter,
+        OTLPExporter(config, FAST, dead_letter=False) as exporter,
     ):
         result = exporter.export("logs", logs_payload("doomed"))
     assert (result.status, result.http_status) == ("dead_letter", 401)

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from emp_fastbuf.agent.config import AgentConfig
-from emp_fastbuf.agent.otlp.http import OTLPHttpExporter, RetryPolicy
+from emp_fastbuf.agent.otlp.http import OTLPExporter, RetryPolicy
 from emp_fastbuf.testing.receiver import OTLPReceiver, Response
 from support.agent import AgentProc, run_worker, seqs
 from support.otlp import logs_payload, spans_payload
@@ -161,7 +161,7 @@ def letters(env_clean: Path, receiver: OTLPReceiver) -> Iterator[Path]:
         }
     )
     receiver.script(*[Response(401, body=REFUSED)] * 3)
-    with OTLPHttpExporter(config, RetryPolicy(max_elapsed_s=1.0)) as exporter:
+    with OTLPExporter(config, RetryPolicy(max_elapsed_s=1.0)) as exporter:
         results = [
             exporter.export("logs", logs_payload("a", "b")),
             exporter.export("logs", logs_payload("c")),
@@ -381,7 +381,7 @@ def test_on_a_terminal_each_id_has_a_line_of_its_own_and_bodies_are_plain_text(
         {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "EMP_FASTBUF_HOME": str(env_clean)}
     )
     receiver.script(Response(400, body=b"[bold]field[/] 7\nis wrong"))
-    with OTLPHttpExporter(config, RetryPolicy(max_elapsed_s=1.0)) as exporter:
+    with OTLPExporter(config, RetryPolicy(max_elapsed_s=1.0)) as exporter:
         assert exporter.export("logs", logs_payload("a")).status == "dead_letter"
     (letter,) = listed(env_clean)
     primary, secondary = pty.openpty()

@@ -21,7 +21,7 @@ from emp_fastbuf import paths
 from emp_fastbuf.agent.config import AgentConfig, ConfigError
 from emp_fastbuf.agent.otlp import deadletter_files
 from emp_fastbuf.agent.otlp.deadletter_files import Damaged, DamagedFile, DeadLetter
-from emp_fastbuf.agent.otlp.http import OTLPHttpExporter, RetryPolicy
+from emp_fastbuf.agent.otlp.http import OTLPExporter, RetryPolicy
 
 __all__ = [
     "REPLAY_OPTIONS",
@@ -109,7 +109,7 @@ class Replayer:
     def __init__(self, config: AgentConfig, policy: RetryPolicy = REPLAY_POLICY) -> None:
         self.config = config
         self.directory = directory(config.home)
-        self._exporter = OTLPHttpExporter(config, policy, dead_letter=False)
+        self._exporter = OTLPExporter(config, policy, dead_letter=False)
         self._secrets = [s for s in config.secrets() if len(s) >= 4]
         self._lock_fd: int | None = None
 
