@@ -22,13 +22,20 @@ from collections.abc import Mapping, Sequence
 from contextvars import Token
 from typing import Any, cast
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.context.context import Context, _RuntimeContext
-from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
-from opentelemetry.sdk._logs import LogRecordProcessor
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.context.context import Context, _RuntimeContext
+    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+    from opentelemetry.sdk._logs import LogRecordProcessor
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+except ImportError as exc:  # the error names what to install, not only what is missing
+    raise ImportError(
+        f"emp_fastbuf.integrations.otel needs the OpenTelemetry SDK ({exc.name or exc} is"
+        " missing): pip install 'emp-fastbuf[otel]'",
+        name=exc.name,
+    ) from exc
 
 import emp_fastbuf as fastbuf
 from emp_fastbuf.integrations import clip_trace

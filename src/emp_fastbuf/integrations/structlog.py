@@ -11,7 +11,13 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
-import structlog
+try:
+    import structlog
+except ImportError as exc:  # the error names what to install, not only what is missing
+    raise ImportError(
+        "emp_fastbuf.integrations.structlog needs structlog: pip install 'emp-fastbuf[structlog]'",
+        name=exc.name,
+    ) from exc
 
 from emp_fastbuf.integrations import add_exception_attributes, clip_trace
 from emp_fastbuf.producer.bridge import write_log
