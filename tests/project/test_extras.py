@@ -99,7 +99,25 @@ def test_machine_metrics_without_nvml_are_the_cpu_and_memory_ones() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_grpc_without_its_library_is_covered_by_the_agent_test() -> None:
+    """The grpc extra absent: a real agent told to export over gRPC exits 2 naming the
+    extra; that test lives with the gRPC transport."""
+    source = (ROOT / "tests" / "agent" / "test_otlp_grpc.py").read_text()
+    assert "def test_grpc_without_the_extra_exits_2_naming_it(" in source
+
+
 # ---- installed --------------------------------------------------------------------------
+
+
+def test_grpc_installed_gives_the_grpc_transport() -> None:
+    pytest.importorskip("grpc", reason="the grpc extra is not installed")
+    out = subprocess.run(
+        [sys.executable, "-c", "import emp_fastbuf.agent.otlp.grpc as g; print(g.GrpcTransport)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and "GrpcTransport" in out.stdout, out.stderr
 
 
 def test_nvml_installed_gives_gpu_metrics_or_none_without_a_gpu() -> None:
