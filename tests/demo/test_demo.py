@@ -187,7 +187,7 @@ def test_a_failed_job_has_an_error_span_and_a_stacktrace(run: DemoRun) -> None:
     crash, handled = logs
     assert crash["body"].startswith("SimulatedGpuError: CUDA out of memory")
     assert crash["span_id"] == failed_step[0]["span_id"]
-    assert "in run_job" in crash["attributes"]["exception.stacktrace"]
+    assert ", in _job\n" in crash["attributes"]["exception.stacktrace"]
     attrs = handled["attributes"]
     assert handled["body"] == "job failed"
     assert attrs["exception.type"] == "SimulatedGpuError"

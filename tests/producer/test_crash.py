@@ -246,7 +246,8 @@ def assert_cli_shows(home: Path, job: str, err: StoredRecord) -> None:
     )
     assert out.returncode == 0, out.stderr
     (line,) = out.stdout.splitlines()
-    assert f"[{job}] ERROR RuntimeError: CUDA out of memory: tried to allocate 2.00 GiB" in line
+    assert f"[{job}] trace:{err.trace_id[:8]} ERROR RuntimeError: CUDA out of memory:" in line
+    assert "tried to allocate 2.00 GiB" in line
     assert "exception.type=RuntimeError" in line
     assert f'line {RAISE_LINE}, in load_model\\n    raise RuntimeError("CUDA out of memory' in line
     stack = str(err.attributes["exception.stacktrace"])
@@ -286,9 +287,8 @@ def test_uncaught_exception_in_a_thread(env_clean: Path, agent_ring: str, tmp_pa
         (err,) = errors(store.logs())
         assert_crash_record(err, trace_id, span_id)
         assert err.job_id == "job-thread"
-        # Written at the span, before the thread hook ran (which adds thread.name to
-        # a record of its own only).
-        assert "thread.name" not in err.attributes
+        # Written at the span, before the thread hook ran: it names the thread too.
+        assert err.attributes["thread.name"] == "trainer-thread"
         stack = str(err.attributes["exception.stacktrace"])
         # What Python printed from the thread's run() down, with the thread's callers above.
         printed = out.stderr.split("Traceback (most recent call last):\n", 1)[1]

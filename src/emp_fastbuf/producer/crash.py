@@ -254,7 +254,13 @@ def _span_exception(
                 scope = here
             _tag(exc, _DONE_ATTR, True)
             try:
-                _emit({**attrs, "exception.stacktrace": clip(stack, _record_limit())}, scope)
+                # Outside the main thread, which thread, as the thread hook says too.
+                thread = threading.current_thread()
+                named = {} if thread is threading.main_thread() else {"thread.name": thread.name}
+                _emit(
+                    {**attrs, **named, "exception.stacktrace": clip(stack, _record_limit())},
+                    scope,
+                )
             except Exception:
                 pass  # the span still ends, with its event
     _tag(exc, _SCOPE_ATTR, here)
