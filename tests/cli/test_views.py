@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from emp_fastbuf import cli
+from emp_fastbuf.agent.status import shown_url
 from emp_fastbuf.cli import render
-from emp_fastbuf.cli.destinations import shown_url
 from emp_fastbuf.store import Store, StoreError
 from emp_fastbuf.testing.receiver import OTLPReceiver
 from support.agent import AgentProc
@@ -262,8 +262,8 @@ def test_shown_url_keeps_nothing_a_credential_may_be_in() -> None:
     assert shown_url(SECRET_URL) == SHOWN_URL
     assert shown_url(" http://[::1]:4318/v1/logs ") == "http://[::1]:4318/v1/logs"
     assert shown_url("https://h.example?token=x") == "https://h.example"
-    assert shown_url("http://h:99999") == "an endpoint URL that does not parse"
-    assert shown_url("collector:4318") == "an endpoint URL without a host"
+    assert shown_url("http://h:99999") == "(unreadable)"
+    assert shown_url("collector:4318") == "(unreadable)"
     assert shown_url("http://h/a\x1b[31mb") == "http://h/a?[31mb"  # stays one plain line
 
 

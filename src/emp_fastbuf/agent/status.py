@@ -203,7 +203,7 @@ def shown_url(url: object) -> str | None:
     if not isinstance(url, str):
         return "(unreadable)"
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(url.strip())
         host, port = parts.hostname, parts.port
     except ValueError:
         return "(unreadable)"
@@ -212,7 +212,8 @@ def shown_url(url: object) -> str | None:
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port is None else f"{host}:{port}"
-    return f"{parts.scheme}://{netloc}{parts.path}"
+    # One plain line, whatever the file holds: no escape sequence reaches the terminal.
+    return "".join(c if c.isprintable() else "?" for c in f"{parts.scheme}://{netloc}{parts.path}")
 
 
 def shown_endpoints(st: dict[str, Any]) -> dict[str, str | None]:

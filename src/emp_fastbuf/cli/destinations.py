@@ -10,7 +10,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+
+from emp_fastbuf.agent.status import shown_url
 
 # The agent's endpoint variables, in its order of precedence: the base URL (or Dash0's
 # when it is unset), then one per signal.
@@ -23,22 +24,6 @@ LOCAL_COPY_HINT = (
     f"to keep a local copy too, run the agent as `fastbuf agent --local-copy` or with"
     f" {LOCAL_COPY_ENV}=1"
 )
-
-
-def shown_url(url: str) -> str:
-    """``url`` as it may be shown: scheme, host, port and path; never the user info, the
-    query string or the fragment, where credentials may be."""
-    try:
-        parts = urlsplit(url.strip())
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return "an endpoint URL that does not parse"
-    if not parts.scheme or not host:
-        return "an endpoint URL without a host"
-    if ":" in host:  # an IPv6 literal
-        host = f"[{host}]"
-    shown = f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{parts.path}"
-    return "".join(c if c.isprintable() else "?" for c in shown)  # one line, no escapes
 
 
 def _env(environ: Mapping[str, str], name: str) -> str | None:
@@ -55,7 +40,7 @@ def env_endpoints(environ: Mapping[str, str]) -> list[str]:
     base = next((name for name in _BASE_VARS if _env(environ, name) is not None), None)
     if base is not None and len(names) < len(_SIGNAL_VARS):  # a signal goes to the base
         names.insert(0, base)
-    return [f"{shown_url(_env(environ, name) or '')} (${name})" for name in names]
+    return [f"{shown_url(_env(environ, name))} (${name})" for name in names]
 
 
 def status_endpoints(home: Path) -> list[str]:
@@ -68,7 +53,7 @@ def status_endpoints(home: Path) -> list[str]:
         endpoints = config.get("endpoints")
         if config.get("local_copy") or not isinstance(endpoints, dict):
             continue
-        urls = sorted({shown_url(u) for u in endpoints.values() if isinstance(u, str)})
+        urls = sorted({shown_url(u) or "" for u in endpoints.values() if isinstance(u, str) and u})
         found.extend(f"{url} (the agent of ring {ring!r})" for url in urls)
     return found
 

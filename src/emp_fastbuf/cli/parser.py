@@ -149,7 +149,11 @@ COMMANDS = (
         "run the agent: drain the ring, export or store",
         delegate("emp_fastbuf.agent.runner", "run_agent"),
         (
-            _arg("--endpoint", help="OTLP/HTTP endpoint (default: $OTEL_EXPORTER_OTLP_ENDPOINT)"),
+            _arg(
+                "--endpoint",
+                help="OTLP endpoint, the base URL of every signal (default:"
+                " $OTEL_EXPORTER_OTLP_ENDPOINT; protocol: $OTEL_EXPORTER_OTLP_PROTOCOL)",
+            ),
             _arg("--headers", help="request headers, k=v,k2=v2"),
             _arg("--compression", choices=("gzip", "zstd", "none")),
             _arg("--timeout", type=int, help="export request timeout in milliseconds"),
@@ -196,7 +200,7 @@ COMMANDS = (
                 (
                     _arg("id", nargs="?", metavar="ID", help="the dead letter (list shows ids)"),
                     _arg("--all", action="store_true", help="every dead letter"),
-                    _arg("--endpoint", help="OTLP/HTTP endpoint (as fastbuf agent)"),
+                    _arg("--endpoint", help="OTLP endpoint (as fastbuf agent)"),
                     _arg("--headers", help="request headers, k=v,k2=v2"),
                     _arg("--compression", choices=("gzip", "zstd", "none")),
                     _arg("--timeout", type=int, help="request timeout in milliseconds"),
