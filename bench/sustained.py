@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from emp_fastbuf.testing.receiver import OTLPReceiver, ReceiverProcess
+    from emp_fastbuf.testing.receiver import Body, OTLPReceiver, ReceiverProcess
 
 __all__ = [
     "DURATION_S",
@@ -287,7 +287,7 @@ def _producer_main(kind: str, target: str, index: int, rate: int, duration: floa
 # ---- the loopback receiver (a process of its own) ----------------------------------------
 
 
-def count_log_bodies(bodies: Iterable[tuple[str, str, bytes]]) -> dict[str, int]:
+def count_log_bodies(bodies: Iterable[Body]) -> dict[str, int]:
     """Decode the ``/v1/logs`` bodies (gzip, zstd or none) as ``ExportLogsServiceRequest``
     and count the log records: in all, distinct by ``seq``, duplicates, without a ``seq``,
     without ``emp.job_id`` = ``JOB_ID``; plus undecodable bodies and other requests."""
@@ -311,14 +311,14 @@ def count_log_bodies(bodies: Iterable[tuple[str, str, bytes]]) -> dict[str, int]
         0,
     )
     mask = (1 << SEQ_SHIFT) - 1
-    for path, encoding, raw in bodies:
+    for path, encoding, raw, content_type in bodies:
         if path != "/v1/logs":
             out["other_requests"] += 1
             continue
         out["requests"] += 1
         out["wire_bytes"] += len(raw)
         try:
-            request = decode_body(path, encoding, raw)
+            request = decode_body(path, encoding, raw, content_type)
         except ValueError:
             out["undecodable"] += 1
             continue

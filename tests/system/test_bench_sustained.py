@@ -18,6 +18,7 @@ import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from emp_fastbuf.testing.receiver import Body
 from support import ROOT
 
 if str(ROOT) not in sys.path:
@@ -97,11 +98,11 @@ def _body(seqs: list[int | None], job: str = sustained.JOB_ID) -> bytes:
 def test_receiver_counts_distinct_records_and_duplicates_apart() -> None:
     p1 = 1 << sustained.SEQ_SHIFT
     bodies = [
-        ("/v1/logs", "gzip", _body([0, 1, 2, p1])),
-        ("/v1/logs", "gzip", _body([2, p1, 200_000, None])),  # a resent batch overlaps
-        ("/v1/logs", "gzip", _body([3], job="another")),
-        ("/v1/logs", "gzip", b"not gzip"),
-        ("/v1/metrics", "gzip", b""),
+        Body("/v1/logs", "gzip", _body([0, 1, 2, p1])),
+        Body("/v1/logs", "gzip", _body([2, p1, 200_000, None])),  # a resent batch overlaps
+        Body("/v1/logs", "gzip", _body([3], job="another")),
+        Body("/v1/logs", "gzip", b"not gzip"),
+        Body("/v1/metrics", "gzip", b""),
     ]
     counts = sustained.count_log_bodies(bodies)
     assert counts["log_records"] == 9
