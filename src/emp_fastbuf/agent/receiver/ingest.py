@@ -2,7 +2,8 @@
 
 Requests that arrive together are written as one spool file (a group commit, one fsync,
 like a ring batch): each waits until the file that holds its records is durable. When
-the spool is at its limit, nothing is taken (``SpoolFull``: HTTP 503 with Retry-After,
+the spool is past 90% of its limit, or the request would take it past the limit,
+nothing is taken (``SpoolFull``: HTTP 503 with Retry-After,
 gRPC UNAVAILABLE), since the spool would evict the oldest files to make room; the same
 when the spool cannot be written (disk full, read-only).
 """
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 __all__ = ["RETRY_AFTER_S", "Ingest", "SpoolFull"]
 
 RETRY_AFTER_S = 2
+# Past this share of its limit the spool takes no received data: the rest is room for the
+# ring's batches, which would otherwise evict the oldest files.
+HIGH_WATER = 0.9
 # Most records one group commit gathers: the rest waits for the next file.
 _GROUP_MAX_RECORDS = 200_000
 
@@ -87,7 +91,8 @@ class Ingest:
 
     def _commit(self, chunks: list[LaneChunk], size: int) -> None:
         stats = self.spool.stats()
-        if stats["bytes"] + size > stats["limit_bytes"]:
+        limit = stats["limit_bytes"]
+        if stats["bytes"] + size > limit or stats["bytes"] > limit * HIGH_WATER:
             self.count("refused")
             raise SpoolFull(f"the spool is full ({stats['bytes']} of {stats['limit_bytes']} bytes)")
         waiter = _Waiter(chunks, sum(len(c.records) for c in chunks))
