@@ -16,6 +16,11 @@ from emp_fastbuf.producer import _codec, api
 
 _ring_numbers = itertools.count()
 
+# Agents the tests start listen for OTLP only where a test asks (on port 0): the default
+# ports are the machine's, and tests run side by side.
+os.environ.setdefault("EMP_FASTBUF_OTLP_LISTEN", "off")
+os.environ.setdefault("EMP_FASTBUF_OTLP_GRPC_LISTEN", "off")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:

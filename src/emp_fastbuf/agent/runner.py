@@ -36,6 +36,8 @@ from emp_fastbuf.agent.batch import Batch, resource_of
 from emp_fastbuf.agent.config import SPAWNED_IDLE_EXIT_S, AgentConfig, ConfigError
 from emp_fastbuf.agent.fatal import FatalFiles
 from emp_fastbuf.agent.machine import collect_machine_metrics, machine_ids, machine_resource
+from emp_fastbuf.agent.receiver.server import Receivers
+from emp_fastbuf.agent.receiver.settings import ReceiverSettings
 from emp_fastbuf.agent.sinks import Sink
 from emp_fastbuf.agent.spool import CorruptSpoolFile, Spool
 from emp_fastbuf.agent.status import DROP_REASONS
@@ -145,6 +147,9 @@ class Agent:
         self.fatal: str | None = None
         self.delivery_thread: threading.Thread | None = None
         self.fatal_files = FatalFiles(self.home / paths.CRASH_DIR, ring_name)
+        # The OTLP receivers (agent.receiver): set by run_agent, started once attached.
+        self.receiver_settings: ReceiverSettings | None = None
+        self.receivers: Receivers | None = None
 
     # ---- drain ---------------------------------------------------------------------
 
@@ -204,9 +209,13 @@ class Agent:
         delivery = threading.Thread(target=self._delivery_loop, name="delivery", daemon=True)
         self.delivery_thread = delivery
         delivery.start()
+        if self.receiver_settings is not None:
+            self.receivers = Receivers(self.receiver_settings, self.spool, self.delivery_wake)
         try:
             self._drain_loop()
         finally:
+            if self.receivers is not None:
+                self.receivers.close()  # what it answered 200 is in the spool by now
             # Final drain: everything in the ring goes to the spool before we exit.
             try:
                 self._drain_once(final=True)
@@ -659,7 +668,10 @@ class Agent:
                 "updated_ns": time.time_ns(),
                 "destinations": list(self.spool.destinations),
                 "config": self.config.describe(),
+                "otlp_listen": None if self.receivers is None else self.receivers.http_listen,
+                "otlp_grpc_listen": None if self.receivers is None else self.receivers.grpc_listen,
             },
+            "receiver": None if self.receivers is None else self.receivers.status(),
             "drained": {
                 "records": self.counters.drained_records,
                 "bytes": self.counters.drained_bytes,
@@ -718,6 +730,12 @@ def run_agent(args: Any) -> int:
     the ring, 1 when the ring cannot be used, 2 on bad configuration."""
     try:
         config = config_from_args(args)
+        receiver_settings = ReceiverSettings.from_env(
+            os.environ,
+            listen=getattr(args, "otlp_listen", None),
+            grpc_listen=getattr(args, "otlp_grpc_listen", None),
+            spawned=bool(getattr(args, "spawned", False)),
+        )
     except ConfigError as exc:
         print(f"fastbuf agent: {exc}", file=sys.stderr)
         return 2
@@ -726,6 +744,7 @@ def run_agent(args: Any) -> int:
     )
     ring_name = getattr(args, "ring", None) or config.ring or default_ring_name()
     agent = Agent(config, ring_name, spawned=bool(getattr(args, "spawned", False)))
+    agent.receiver_settings = receiver_settings
 
     def on_signal(signum: int, _frame: object) -> None:
         # No lock may be taken here: the handler runs in the main thread between two of its

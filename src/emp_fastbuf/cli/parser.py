@@ -168,6 +168,18 @@ COMMANDS = (
                 help="spool size limit: bytes or 512M, 2G"
                 " (default 1G; $EMP_FASTBUF_SPOOL_MAX_BYTES)",
             ),
+            _arg(
+                "--otlp-listen",
+                metavar="HOST:PORT",
+                help="OTLP/HTTP receiver address, or off (default 127.0.0.1:4318;"
+                " $EMP_FASTBUF_OTLP_LISTEN)",
+            ),
+            _arg(
+                "--otlp-grpc-listen",
+                metavar="HOST:PORT",
+                help="OTLP/gRPC receiver address, or off (default 127.0.0.1:4317 with the"
+                " grpc extra; $EMP_FASTBUF_OTLP_GRPC_LISTEN)",
+            ),
             _arg("--spawned", action="store_true", help=argparse.SUPPRESS),
         ),
     ),

@@ -1,0 +1,3 @@
+def decode_logs(
+    data: bytes, now: int
+) -> tuple[list[tuple[bytes, bytes, list[bytes | tuple[bytes]]]], int, int]: ...
