@@ -345,6 +345,9 @@ def test_bad_requests_get_their_answer_and_the_agent_keeps_running(
             {**PROTOBUF, "Content-Encoding": "zstd"},
         )  # fmt: skip
         assert status == 200
+        # `fastbuf status` names where the receiver listens.
+        shown = _fastbuf(fastbuf_home, "status", "--ring", ring_name)
+        assert f"OTLP receiver: http on 127.0.0.1:{port}" in shown.stdout, shown.stdout
     finally:
         assert agent.stop() == 0, agent.output()
     logs = _fastbuf(fastbuf_home, "logs", "--json")

@@ -92,6 +92,27 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def _receiver_text(st: dict[str, Any]) -> str:
+    """Where the agent's OTLP receivers listen, and what they took and refused."""
+    agent = st.get("agent") or {}
+    listening = [
+        f"{label} on {agent[key]}"
+        for label, key in (("http", "otlp_listen"), ("grpc", "otlp_grpc_listen"))
+        if isinstance(agent.get(key), str)
+    ]
+    if not listening:
+        return "off"
+    rx = st.get("receiver") or {}
+    counts = (
+        f"; {rx.get('records', 0)} records received, {rx.get('rejected', 0)} rejected,"
+        f" {rx.get('refused', 0)} requests refused (spool full), {rx.get('bad_requests', 0)}"
+        " bad requests"
+        if rx
+        else ""
+    )
+    return ", ".join(listening) + counts
+
+
 def _print_status(st: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -114,6 +135,7 @@ def _print_status(st: dict[str, Any]) -> None:
         f"{lease.get('pid') or 'none'}{' (alive)' if lease.get('alive') else ''}"
     )
     con.print(f"[bold]endpoint[/]: {_text(_endpoint_text(st))}")
+    con.print(f"[bold]OTLP receiver[/]: {_text(_receiver_text(st))}")
     ex = st.get("export") or {}
     if ex.get("last_error"):
         when = ex.get("last_error_ns")
