@@ -24,6 +24,7 @@ state again at the next one, which repeats values and never adds to them.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,7 @@ from emp_fastbuf.agent import datasets
 from emp_fastbuf.agent.batch import Batch
 from emp_fastbuf.agent.config import AgentConfig, Signal
 from emp_fastbuf.agent.otlp.deadletter_files import count_records
-from emp_fastbuf.agent.otlp.http import ExportResult, OTLPExporter
+from emp_fastbuf.agent.otlp.http import ExportStatus, OTLPExporter
 from emp_fastbuf.agent.otlp.metrics import MetricsAggregator
 from emp_fastbuf.agent.sinks import Delivery
 from emp_fastbuf.agent.transcode import _transcode
@@ -103,7 +104,9 @@ class OTLPSink:
         self.awaiting_metrics: list[str] = []  # spool files whose metrics await export
         self.last_metrics_export = time.monotonic()
         self._progress: dict[tuple[str, str], _Progress] = {}
+        # Per Dash0-Dataset sent; status() reads it from another thread.
         self._datasets: dict[str | None, _DatasetStats] = {}
+        self._lock = threading.Lock()
         if routes is not None:
             log.info("datasets: %s", routes.text() or "no route")
 
@@ -188,7 +191,7 @@ class OTLPSink:
                     part.later = True
                     return part
                 progress.delivered.add(sent)
-                self._count(signal, dataset, result)
+                self._count(signal, dataset, result.status)
                 if result.status == "dead_letter":
                     # Rare: parsing the refused request is how its records are known.
                     lost = count_records(signal, payload) or 0
@@ -196,7 +199,8 @@ class OTLPSink:
                     refused[signal] = refused.get(signal, 0) + lost
         for signal, n in encoded.items():
             accepted = n - progress.refused_records.get(signal, 0)
-            self._stats(signal, dataset).records += max(0, accepted)
+            if accepted > 0:
+                self._count(signal, dataset, records=accepted)
             part.records += n
         return part
 
@@ -205,19 +209,25 @@ class OTLPSink:
         while len(self._progress) > MAX_PROGRESS:
             del self._progress[next(iter(self._progress))]
 
-    def _stats(self, signal: Signal, dataset: str | None) -> _DatasetStats:
+    def _count(
+        self,
+        signal: Signal,
+        dataset: str | None,
+        status: ExportStatus | None = None,
+        records: int = 0,
+        metric_points: int = 0,
+    ) -> None:
+        """Count a request's outcome (``status``), records or points for the dataset a
+        request of ``signal`` routed to ``dataset`` carries."""
         sent = self.config.dataset_sent(signal, dataset)
-        stats = self._datasets.get(sent)
-        if stats is None:
-            stats = self._datasets[sent] = _DatasetStats()
-        return stats
-
-    def _count(self, signal: Signal, dataset: str | None, result: ExportResult) -> None:
-        stats = self._stats(signal, dataset)
-        if result.status == "ok":
-            stats.requests += 1
-        elif result.status == "dead_letter":
-            stats.dead_lettered += 1
+        with self._lock:
+            stats = self._datasets.get(sent)
+            if stats is None:
+                stats = self._datasets[sent] = _DatasetStats()
+            stats.requests += int(status == "ok")
+            stats.dead_lettered += int(status == "dead_letter")
+            stats.records += records
+            stats.metric_points += metric_points
 
     def holds(self, file_id: str) -> bool:
         """Whether ``file_id``'s metric updates await the next export of the aggregate."""
@@ -247,9 +257,8 @@ class OTLPSink:
                 result = self.exporter.export("metrics", part.SerializeToString(), dataset)
                 if result.status == "retry_later":
                     return []
-                self._count("metrics", dataset, result)
-                if result.status == "ok":
-                    self._stats("metrics", dataset).metric_points += _points(part)
+                points = _points(part) if result.status == "ok" else 0
+                self._count("metrics", dataset, result.status, metric_points=points)
         self.last_metrics_export = now
         self.aggregator.forget_idle(time.time_ns() - METRIC_SERIES_IDLE_NS)
         completed = [(file_id, "metrics") for file_id in self.awaiting_metrics]
@@ -261,9 +270,10 @@ class OTLPSink:
         ``Dash0-Dataset`` sent (null: none), the records, metric points and requests
         accepted and the requests dead-lettered."""
         stats = self.exporter.stats()
-        stats["datasets"] = [
-            {"dataset": dataset, **vars(counts)} for dataset, counts in self._datasets.items()
-        ]
+        with self._lock:
+            stats["datasets"] = [
+                {"dataset": dataset, **vars(counts)} for dataset, counts in self._datasets.items()
+            ]
         return stats
 
     def close(self) -> None:
