@@ -21,9 +21,9 @@ class StrictExporter(OTLPExporter):
     """The agent's exporter, raising on any outcome but ``ok``: a retry or a dropped
     request (what the agent lives with) has no place in a benchmark's loop."""
 
-    def export(self, signal: Signal, payload: bytes) -> ExportResult:
+    def export(self, signal: Signal, payload: bytes, dataset: str | None = None) -> ExportResult:
         """``OTLPExporter.export``; raises ``RuntimeError`` unless the result is ok."""
-        result = super().export(signal, payload)
+        result = super().export(signal, payload, dataset)
         if not result.ok:
             raise RuntimeError(f"{signal} export failed: {result.status} {result.message}")
         return result

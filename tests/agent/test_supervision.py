@@ -195,7 +195,7 @@ def test_an_endpoint_that_is_down_never_holds_the_store_back(
     sent: list[str] = []
     up = False
 
-    def export(signal: str, payload: bytes) -> ExportResult:
+    def export(signal: str, payload: bytes, dataset: str | None = None) -> ExportResult:
         sent.append(signal)
         return ExportResult("ok") if up else ExportResult("retry_later", message="down")
 
@@ -221,7 +221,7 @@ def test_a_store_that_is_down_never_holds_the_export_back_across_rounds(
     agent, store, otlp = _copying_agent(tmp_path / "home", ring_name)
     sent: list[bytes] = []
 
-    def export(signal: str, payload: bytes) -> ExportResult:
+    def export(signal: str, payload: bytes, dataset: str | None = None) -> ExportResult:
         sent.append(payload)
         return ExportResult("ok")
 

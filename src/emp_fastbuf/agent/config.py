@@ -18,6 +18,9 @@ CLIENT_CERTIFICATE and INSECURE. Precedence, highest first:
   ``Dash0-Dataset``); the ``dataset`` override beats every source of ``Dash0-Dataset``.
   A ``Dash0-Dataset`` of ``default`` is dropped (the token's default dataset is used).
   Header names compare case-insensitively.
+* datasets by environment (``EMP_FASTBUF_DATASETS``, ``--dataset ENV=DATASET``): a route
+  beats every source of ``Dash0-Dataset`` for the records of its environment
+  (:mod:`emp_fastbuf.agent.datasets`); ``--dataset NAME`` alone is the one dataset, as above.
 * compression and timeout: the override (for every signal) > per signal > general > default.
 * protocol (``http/protobuf``, ``http/json``, ``grpc``), CERTIFICATE (a PEM bundle trusted
   instead of the system store), CLIENT_CERTIFICATE and CLIENT_KEY (a PEM pair, both or
@@ -56,6 +59,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import unquote, urlsplit
 
+from emp_fastbuf.agent import datasets as dataset_routing
+from emp_fastbuf.agent.datasets import DatasetRoutes
 from emp_fastbuf.errors import ConfigError as ConfigError
 from emp_fastbuf.errors import HomeError
 from emp_fastbuf.paths import checked_home
@@ -603,6 +608,8 @@ class AgentConfig:
     shutdown_timeout_s: float = 10.0
     # The agent's logging level (EMP_FASTBUF_LOG_LEVEL).
     log_level: int = logging.INFO
+    # Datasets by deployment environment (EMP_FASTBUF_DATASETS, --dataset ENV=DATASET).
+    datasets: DatasetRoutes | None = None
 
     def __post_init__(self) -> None:
         for signal in SIGNALS:
@@ -646,6 +653,8 @@ class AgentConfig:
             or self.log_level not in logging.getLevelNamesMapping().values()
         ):
             raise ConfigError("log_level: expected a logging level (logging.INFO...)")
+        if self.datasets is not None and not isinstance(self.datasets, DatasetRoutes):
+            raise ConfigError("datasets: expected DatasetRoutes or None")
         for signal in SIGNALS:
             if self.endpoint(signal) is not None:
                 self._check_export(signal)
@@ -751,6 +760,22 @@ class AgentConfig:
     def protocol_for(self, signal: Signal) -> Protocol:
         """The OTLP protocol of a signal: http/protobuf, http/json or grpc."""
         return self._own(signal).protocol or self.protocol
+
+    def dataset_sent(self, signal: Signal, dataset: str | None) -> str | None:
+        """The ``Dash0-Dataset`` a request of ``signal`` routed to ``dataset`` carries
+        (None: no header): the configured header when ``dataset`` is None (no route),
+        none for ``default``."""
+        if dataset is None:
+            return _get_header(self.headers_for(signal), "Dash0-Dataset")
+        return None if dataset == dataset_routing.OMIT else dataset
+
+    def describe_datasets(self) -> dict[str, Any] | None:
+        """The routes for ``fastbuf status``, with the dataset each signal's unmapped
+        environments get (``unmapped``; null: no header); None without routes."""
+        if self.datasets is None:
+            return None
+        unmapped = {s: self.dataset_sent(s, self.datasets.fallback) for s in SIGNALS}
+        return {**self.datasets.describe(), "unmapped": unmapped}
 
     def export_settings(self, signal: Signal) -> SignalExport:
         """A signal's settings, the signal's own over the general ones. Raises
@@ -877,6 +902,7 @@ class AgentConfig:
             "certificate": None if self.certificate is None else str(self.certificate),
             "log_level": logging.getLevelName(self.log_level),
             "routes": self.routes(),
+            "datasets": self.describe_datasets(),
         }
 
     def __repr__(self) -> str:
@@ -913,9 +939,14 @@ class AgentConfig:
         unknown = sorted(set(given) - OVERRIDE_KEYS)
         if unknown:
             raise ConfigError(f"unknown agent option(s): {', '.join(unknown)}")
+        # --dataset NAME is the Dash0-Dataset header; its ENV=DATASET forms are routes.
+        one_dataset, datasets = dataset_routing.resolve(env, given.pop("dataset", None))
+        if one_dataset is not None:
+            given["dataset"] = one_dataset
 
         return cls(
             **_otlp_settings(env, given),
+            datasets=datasets,
             home=_home(env, given.get("home")),
             **_spool_settings(env, given.get("spool_max")),
             metrics_interval_s=_metrics_interval(env),

@@ -4,7 +4,10 @@ exporter kept in ``<home>/dead-letter/``, and replaying it with the current conf
 
 A replay sends each request again with the real exporter (:class:`Replayer`): one the
 endpoint accepts is removed, one that fails again stays, its sidecar updated with the new
-status, message and body. Replays of one home take turns (a lock on the directory), so
+status, message and body. With dataset routes, a request goes to the dataset of its
+resources under the current routes; one whose resources the routes now send to several
+datasets goes as one request per dataset, and stays whole (every part sent again next
+time) unless all of them are accepted. Replays of one home take turns (a lock on the directory), so
 two of them never send the same request twice.
 """
 
@@ -18,7 +21,8 @@ from pathlib import Path
 from typing import Literal
 
 from emp_fastbuf import paths
-from emp_fastbuf.agent.config import AgentConfig, ConfigError
+from emp_fastbuf.agent import datasets
+from emp_fastbuf.agent.config import AgentConfig, ConfigError, Signal
 from emp_fastbuf.agent.otlp import deadletter_files
 from emp_fastbuf.agent.otlp.deadletter_files import Damaged, DamagedFile, DeadLetter
 from emp_fastbuf.agent.otlp.http import OTLPExporter, RetryPolicy
@@ -138,11 +142,34 @@ class Replayer:
             message = f"no OTLP endpoint is configured for {letter.signal}"
             return self._failed(letter, None, message, b"")
         payload = deadletter_files.read_payload(letter.directory, letter.id)
-        result = self._exporter.export(letter.signal, payload)
-        if result.ok:
-            deadletter_files.remove(letter)
-            return ReplayResult(letter, "sent", result.http_status, result.message, result.rejected)
-        return self._failed(letter, result.http_status, result.message, result.body)
+        status: int | None = None
+        rejected = 0
+        messages: list[str] = []
+        for dataset, part in self._by_dataset(letter.signal, payload):
+            result = self._exporter.export(letter.signal, part, dataset)
+            if not result.ok:
+                return self._failed(letter, result.http_status, result.message, result.body)
+            status = result.http_status
+            rejected += result.rejected
+            messages += [result.message] if result.message else []
+        deadletter_files.remove(letter)
+        return ReplayResult(letter, "sent", status, "; ".join(messages), rejected)
+
+    def _by_dataset(self, signal: Signal, payload: bytes) -> list[tuple[str | None, bytes]]:
+        """The payload as the requests the current dataset routes make of it: itself, with
+        the dataset of its resources (one, as the agent built it), or one request per
+        dataset when the routes changed since. A payload that does not parse goes as it
+        is, with the configured headers."""
+        routes = self.config.datasets
+        if routes is None:
+            return [(None, payload)]
+        request = deadletter_files.parse_request(signal, payload)
+        if request is None:
+            return [(None, payload)]
+        parts = datasets.split_request(signal, request, routes)
+        if len(parts) == 1:
+            return [(parts[0][0], payload)]
+        return [(dataset, part.SerializeToString()) for dataset, part in parts]
 
     def _failed(
         self, letter: DeadLetter, status: int | None, message: str, body: bytes

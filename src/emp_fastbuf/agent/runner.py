@@ -637,7 +637,8 @@ class Agent:
             self.counters.corrupt_records += delivery.refused
             if delivery.later:
                 self._down.add(sink.name)
-            elif delivery.taken:
+            # A sink may take part of a file and wait for the rest (one dataset failing).
+            if delivery.taken:
                 took = True
                 delivered = self.counters.delivered_records
                 delivered[sink.name] = delivered.get(sink.name, 0) + delivery.records

@@ -157,7 +157,13 @@ COMMANDS = (
             _arg("--headers", help="request headers, k=v,k2=v2"),
             _arg("--compression", choices=("gzip", "zstd", "none")),
             _arg("--timeout", type=int, help="export request timeout in milliseconds"),
-            _arg("--dataset", help="the Dash0 dataset"),
+            _arg(
+                "--dataset",
+                action="append",
+                metavar="NAME|ENV=DATASET",
+                help="the Dash0 dataset, or the dataset of one deployment environment"
+                " (repeatable; * for the others; default: $EMP_FASTBUF_DATASETS)",
+            ),
             _HOME,
             _RING,
             _arg("--local-copy", action="store_true", help="also keep records in the store"),

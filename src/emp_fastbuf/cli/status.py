@@ -236,6 +236,8 @@ def _print_status(st: dict[str, Any]) -> None:
             f"{ex.get('partial_rejected', 0)}; export latency p50 "
             f"{_ms(latency.get('p50'))}, p99 {_ms(latency.get('p99'))}"
         )
+    for line in _dataset_lines(st):
+        con.print(line)
     store = st.get("store")
     if store:
         con.print(
@@ -251,6 +253,43 @@ def _print_status(st: dict[str, Any]) -> None:
                 else ""
             )
         )
+
+
+def _dataset_lines(st: dict[str, Any]) -> list[str]:
+    """The dataset routes (``agent.config.datasets``) and what went to each dataset
+    (``export.datasets``); nothing when there are no routes and no dataset was named."""
+    config = (st.get("agent") or {}).get("config") or {}
+    routing = config.get("datasets")
+    lines: list[str] = []
+    if isinstance(routing, dict):
+        pairs = [f"{env} -> {ds}" for env, ds in (routing.get("routes") or {}).items()]
+        if routing.get("fallback") is not None:
+            pairs.append(f"* -> {routing['fallback']}")
+        unmapped = routing.get("unmapped") or {}
+        shown = {_dataset_name(ds) for ds in unmapped.values()}
+        if len(shown) == 1:
+            others = shown.pop()
+        else:
+            others = ", ".join(f"{sig} {_dataset_name(ds)}" for sig, ds in unmapped.items())
+        lines.append(
+            f"[bold]datasets[/] ({_text(str(routing.get('source')))}): "
+            f"{_text(', '.join(pairs) or 'no route')}; unmapped environments: {_text(others)}"
+        )
+    sent = (st.get("export") or {}).get("datasets") or []
+    if sent and (routing or any(d.get("dataset") is not None for d in sent)):
+        parts = [
+            f"{_text(_dataset_name(d.get('dataset')))} {d.get('records', 0)} records, "
+            f"{d.get('metric_points', 0)} metric points, {d.get('requests', 0)} requests"
+            + (f", {d['dead_lettered']} dead-lettered" if d.get("dead_lettered") else "")
+            for d in sent
+        ]
+        lines.append("[bold]sent per dataset[/]: " + "; ".join(parts))
+    return lines
+
+
+def _dataset_name(dataset: object) -> str:
+    """A ``Dash0-Dataset`` as sent; null is no header (the token's default dataset)."""
+    return "(no header)" if dataset is None else str(dataset)
 
 
 def _ms(seconds: object) -> str:

@@ -101,16 +101,25 @@ class Damaged:
     reason: str
 
 
-def count_records(signal: str, payload: bytes) -> int | None:
-    """Log records, spans or metric data points in a serialized request; None when it
-    does not parse."""
+def parse_request(signal: str, payload: bytes) -> Message | None:
+    """A serialized ``Export*ServiceRequest`` of ``signal``, parsed; None when it does not
+    parse."""
     request_type = _REQUEST_TYPES.get(signal)
     if request_type is None:
         return None
-    request: Any = request_type()
+    request = request_type()
     try:
         request.ParseFromString(payload)
     except DecodeError:
+        return None
+    return request
+
+
+def count_records(signal: str, payload: bytes) -> int | None:
+    """Log records, spans or metric data points in a serialized request; None when it
+    does not parse."""
+    request: Any = parse_request(signal, payload)
+    if request is None:
         return None
     if signal == "logs":
         return sum(

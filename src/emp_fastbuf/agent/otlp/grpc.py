@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ssl
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,27 +96,31 @@ class GrpcTransport:
                 channel = _channel(export, options)
                 self._channels[key] = channel
             self._calls[export.signal] = channel.unary_unary(SERVICES[export.signal])
-            self._metadata[export.signal] = [
-                (name.lower(), value)
-                for name, value in export.headers.items()
-                if name.lower() not in _OWN_METADATA
-            ]
+            self._metadata[export.signal] = _metadata(export.headers)
             self._compression[export.signal] = (
                 grpc.Compression.Gzip
                 if export.compression == "gzip"
                 else grpc.Compression.NoCompression
             )
 
-    def call(self, signal: Signal, data: bytes, timeout_s: float) -> GrpcReply:
+    def call(
+        self,
+        signal: Signal,
+        data: bytes,
+        timeout_s: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> GrpcReply:
         """One Export call with ``data`` (a serialized request) and a deadline of
-        ``timeout_s``; a connection failure is ``UNAVAILABLE``, as gRPC reports it."""
+        ``timeout_s``; a connection failure is ``UNAVAILABLE``, as gRPC reports it.
+        ``headers``: this call's metadata instead of the signal's (a routed dataset)."""
         if signal not in SIGNALS or signal not in self._calls:
             raise ValueError(f"no grpc endpoint is configured for {signal}")
+        metadata = self._metadata[signal] if headers is None else _metadata(headers)
         try:
             body = self._calls[signal](
                 data,
                 timeout=timeout_s,
-                metadata=self._metadata[signal],
+                metadata=metadata,
                 compression=self._compression[signal],
                 wait_for_ready=False,
             )
@@ -130,6 +135,11 @@ class GrpcTransport:
             self._channels.clear()
         for channel in channels:
             channel.close()
+
+
+def _metadata(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Headers as gRPC metadata: names lowercased, the transport's own left out."""
+    return [(k.lower(), v) for k, v in headers.items() if k.lower() not in _OWN_METADATA]
 
 
 def _channel(export: SignalExport, options: list[tuple[str, Any]]) -> grpc.Channel:

@@ -29,6 +29,7 @@ counts as a timeout. At most ``RESPONSE_MAX_BYTES`` of a response body are read.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import email.utils
 import gzip
 import logging
@@ -460,8 +461,12 @@ class OTLPExporter:
 
     # -- public ----------------------------------------------------------------------------
 
-    def export(self, signal: Signal, payload: bytes) -> ExportResult:
-        """Deliver one serialized ``Export*ServiceRequest`` for ``signal``; see the module doc."""
+    def export(self, signal: Signal, payload: bytes, dataset: str | None = None) -> ExportResult:
+        """Deliver one serialized ``Export*ServiceRequest`` for ``signal``; see the module doc.
+
+        ``dataset``: the Dash0 dataset of this request (a route of
+        :mod:`emp_fastbuf.agent.datasets`), in place of the configured ``Dash0-Dataset``
+        header; ``default`` sends none. None: the signal's headers as configured."""
         if signal not in SIGNALS:
             raise ValueError(f"unknown signal {signal!r} (expected logs, traces or metrics)")
         if not isinstance(payload, bytes | bytearray | memoryview):
@@ -480,9 +485,14 @@ class OTLPExporter:
             )
             return self._dead_letter(export, data, None, b"", message, 0)
 
+        if dataset is not None:
+            export = dataclasses.replace(export, headers=with_dataset(export.headers, dataset))
+        metadata: dict[str, str] | None = None  # over grpc: this call's, not the signal's
         if export.protocol == "grpc":
             body, headers = data, {}  # grpcio compresses, and sends the metadata
             encoded = len(data)
+            if dataset is not None:
+                metadata = export.headers
         else:
             if export.protocol == "http/json":
                 wire, content_type = otlpjson.request_json(signal, data), otlpjson.CONTENT_TYPE
@@ -498,7 +508,9 @@ class OTLPExporter:
             if refused is not None:
                 return refused
             attempts += 1
-            outcome = self._attempt(export, data, body, headers, encoded, deadline, attempts)
+            outcome = self._attempt(
+                export, data, body, headers, encoded, deadline, attempts, metadata
+            )
             if isinstance(outcome, ExportResult):
                 return outcome
             with self._lock:
@@ -631,6 +643,7 @@ class OTLPExporter:
         encoded: int,
         deadline: float,
         attempts: int,
+        metadata: dict[str, str] | None = None,
     ) -> ExportResult | _Failure:
         """One request of ``body`` (``data`` encoded, ``encoded`` bytes, and compressed). An
         :class:`ExportResult` when the endpoint gave its verdict (accepted, or refused for
@@ -643,7 +656,7 @@ class OTLPExporter:
             self._stats.bytes_uncompressed[signal] += encoded
             self._stats.bytes_on_wire[signal] += len(body)
         if export.protocol == "grpc":
-            return self._attempt_grpc(export, data, timeout, attempts)
+            return self._attempt_grpc(export, data, metadata, timeout, attempts)
         started = time.monotonic()
         try:
             response, full_body = self._post(export, body, headers, timeout)
@@ -675,14 +688,20 @@ class OTLPExporter:
         return _Failure(reason, retry_after, status, self._scrub_body(resp_body))
 
     def _attempt_grpc(
-        self, export: SignalExport, data: bytes, timeout: float, attempts: int
+        self,
+        export: SignalExport,
+        data: bytes,
+        metadata: dict[str, str] | None,
+        timeout: float,
+        attempts: int,
     ) -> ExportResult | _Failure:
-        """One Export call; its status code decides as the HTTP status does above."""
+        """One Export call (with ``metadata`` in place of the signal's headers when
+        given); its status code decides as the HTTP status does above."""
         assert self._grpc is not None
         signal = export.signal
         started = time.monotonic()
         try:
-            reply = self._grpc.call(signal, data, timeout)
+            reply = self._grpc.call(signal, data, timeout, metadata)
         except BaseException:
             self._release_probe()
             raise
@@ -898,6 +917,15 @@ class OTLPExporter:
         else:
             log.error("OTLP %s export refused (%s); payload kept in %s", signal, message, path.name)
         return result
+
+
+def with_dataset(headers: dict[str, str], dataset: str) -> dict[str, str]:
+    """``headers`` with their ``Dash0-Dataset`` (any case) replaced by ``dataset``, or
+    removed for ``default`` (the token's default dataset)."""
+    out = {k: v for k, v in headers.items() if k.lower() != "dash0-dataset"}
+    if dataset != "default":
+        out["Dash0-Dataset"] = dataset
+    return out
 
 
 def _describe_exception(exc: BaseException) -> str:

@@ -39,7 +39,8 @@ class Delivery:
 
     ``taken``: the sink took its part of the file now (sent, stored, or held for later:
     see :meth:`Sink.holds`). ``later``: it could not (backing off, endpoint failing): offer
-    the file again later. Neither: it had nothing left to take.
+    the file again later. Both: it took some of its destinations (``done``, ``records``)
+    and must be offered the file again for the rest. Neither: it had nothing left to take.
     """
 
     #: Spool destinations of this file that are complete now.
