@@ -157,7 +157,7 @@ def _any_text(value: Any) -> str:
 
 def _scalar(value: Any, which: str | None, cut: _Cut, in_array: bool) -> bytes:
     if which == "string_value":
-        data = value.string_value.encode("utf-8", "surrogatepass")
+        data: bytes = value.string_value.encode("utf-8", "surrogatepass")
         return b"\x01" + _U32.pack(len(data)) + data
     if which == "int_value":
         return b"\x02" + _I64.pack(value.int_value)
@@ -166,8 +166,8 @@ def _scalar(value: Any, which: str | None, cut: _Cut, in_array: bool) -> bytes:
     if which == "bool_value":
         return b"\x04\x01" if value.bool_value else b"\x04\x00"
     if which == "bytes_value":
-        data = value.bytes_value
-        return b"\x05" + _U32.pack(len(data)) + data
+        raw: bytes = value.bytes_value
+        return b"\x05" + _U32.pack(len(raw)) + raw
     if which is None:
         return b"\x00"
     if which == "array_value" and not in_array:
@@ -416,7 +416,7 @@ def _point_key(res_key: bytes, metric: Any, dp: Any) -> tuple[object, ...]:
 
 
 def _number(dp: Any) -> int | float:
-    return dp.as_int if dp.WhichOneof("value") == "as_int" else dp.as_double
+    return int(dp.as_int) if dp.WhichOneof("value") == "as_int" else float(dp.as_double)
 
 
 def _number_record(instrument: int, metric: Any, dp: Any, value: int | float) -> bytes:
@@ -515,10 +515,11 @@ def _metric(metric: Any, blob: bytes, state: Cumulative, out: Converted) -> list
         data = metric.histogram
         cumulative = data.aggregation_temporality == _CUMULATIVE
         for dp in data.data_points:
-            counts: tuple[int, ...] | None = tuple(dp.bucket_counts)
+            given: tuple[int, ...] = tuple(dp.bucket_counts)
+            counts: tuple[int, ...] | None = given
             if cumulative:
                 key = _point_key(blob, metric, dp)
-                counts = state.delta(key, dp.start_time_unix_nano, counts, (0,) * len(counts))
+                counts = state.delta(key, dp.start_time_unix_nano, given, (0,) * len(given))
             try:
                 if counts is not None:
                     records.extend(_histogram_records(metric, dp, counts))

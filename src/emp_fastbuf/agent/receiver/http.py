@@ -235,7 +235,8 @@ class HTTPReceiver:
         self._deadlines_lock = threading.Lock()
         self._stop = threading.Event()
         self.server = _Server((host, port), self)  # raises OSError when the port is taken
-        self.address: tuple[str, int] = self.server.server_address[:2]
+        bound = self.server.server_address
+        self.address: tuple[str, int] = (str(bound[0]), int(bound[1]))
         self._threads = [
             threading.Thread(target=self.server.serve_forever, name="receiver-http", daemon=True),
             threading.Thread(target=self._reap, name="receiver-reaper", daemon=True),
