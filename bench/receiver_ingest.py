@@ -211,6 +211,17 @@ def _sender_main(address: str, connections: int, duration: float) -> None:
     sys.stdout.flush()
 
 
+def _cpu_split(pid: int) -> tuple[float, float] | None:
+    """(utime, stime) of ``pid`` in seconds from ``/proc/<pid>/stat``; None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rpartition(")")[2].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 # ---- the run ------------------------------------------------------------------------------
 
 
@@ -301,6 +312,7 @@ def run(duration: float = DURATION_S, connections: int = CONNECTIONS) -> dict[st
         if sustained._read_line(sender, deadline) != "ready":
             raise RuntimeError("the sender did not say ready")
         cpu0 = sustained._proc_cpu_s(agent.pid)
+        split0 = _cpu_split(agent.pid)
         started = time.monotonic()
         assert sender.stdin is not None
         sender.stdin.write(b"go\n")
@@ -312,6 +324,10 @@ def run(duration: float = DURATION_S, connections: int = CONNECTIONS) -> dict[st
         sender.wait(timeout=30)
         _, delivered_s = _wait_delivered(receiver, sustained._SETTLE_MAX_S, started)
         cpu1 = sustained._proc_cpu_s(agent.pid)
+        split1 = _cpu_split(agent.pid)
+        if split0 is not None and split1 is not None:
+            row["agent_user_s"] = round(split1[0] - split0[0], 3)
+            row["agent_system_s"] = round(split1[1] - split0[1], 3)
         row["agent_peak_rss_bytes"] = sustained._proc_hwm(agent.pid)
         row["agent_exit"] = sustained._stop(agent, sustained._AGENT_STOP_TIMEOUT_S)
         counts = receiver.collect()
