@@ -335,8 +335,9 @@ def run(duration: float = DURATION_S, connections: int = CONNECTIONS) -> dict[st
         for proc in (sender, agent):
             if proc is not None:
                 sustained._stop(proc, sustained._AGENT_STOP_TIMEOUT_S)
-                if proc.stderr is not None:
-                    proc.stderr.close()
+                for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                    if pipe is not None:
+                        pipe.close()
         receiver.close()
         shutil.rmtree(home, ignore_errors=True)
     accepted = int(sent["accepted_requests"]) * RECORDS_PER_REQUEST
