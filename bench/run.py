@@ -7,7 +7,9 @@ Scenarios come from ``bench.peers`` and, when present, ``bench.ours``; both regi
 ``bench.scenarios``. A run of every scenario (no ``--only``) also counts the spans that
 survive a SIGKILL of the worker (``bench.survival``, when present). The sustained-load
 sweep (``bench.sustained``, when present) runs with every scenario and with an ``--only``
-pattern that matches ``sustained``; ``--quick`` shortens each of its loads. Exit status: 0
+pattern that matches ``sustained``; ``--quick`` shortens each of its loads. So does the
+fixed-duration ``receiver.ingest`` run (``bench.receiver_ingest``) with a pattern that
+matches its name. Exit status: 0
 when every scenario ran (or was skipped with a reason) and every budget held; 1 when a
 scenario, the survival run or a sustained run failed or a budget was missed, or, with
 ``--fail-on-regression``, when a P50/P99 regressed by more than the threshold; 2 for bad
@@ -44,6 +46,7 @@ DEFAULT_USD_PER_EGRESS_GB = 0.09
 AGENT_COST_SCENARIO = "agent.export"
 SURVIVAL_SPANS = 10_000
 SUSTAINED = "sustained"  # the name --only matches to select the sustained-load sweep
+RECEIVER_INGEST = "receiver.ingest"  # the fixed-duration run of bench.receiver_ingest
 
 
 def load_scenarios() -> None:
@@ -54,6 +57,7 @@ def load_scenarios() -> None:
         importlib.import_module("bench.ours")
     if _have_sustained():
         importlib.import_module("bench.sustained").register_budgets()
+    importlib.import_module("bench.receiver_ingest").register_budgets()
 
 
 def _have_sustained() -> bool:
@@ -402,6 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_scenarios()
     chosen = select(scenarios.scenarios(), args.only)
     want_sustained = _have_sustained() and matches(SUSTAINED, args.only)
+    want_receiver = matches(RECEIVER_INGEST, args.only)
     if args.list:
         for s in scenarios.scenarios():
             print(f"{s.name:28} {s.peer or 'ours':28} {s.description}")
@@ -410,8 +415,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{SUSTAINED:28} {'ours + opentelemetry-sdk':28} "
                 "records/s offered for seconds through the agent and the SDK; what arrives"
             )
+        print(
+            f"{RECEIVER_INGEST:28} {'ours':28} "
+            "OTLP/HTTP log requests through the agent's receiver to a loopback destination"
+        )
         return 0
-    if not chosen and not want_sustained:
+    if not chosen and not want_sustained and not want_receiver:
         print(f"error: no scenario matches {args.only!r}", file=sys.stderr)
         return 2
 
@@ -450,6 +459,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if sustained.get("errors"):
             failed.append(SUSTAINED)
 
+    receiver_row = None
+    if want_receiver:
+        module = importlib.import_module("bench.receiver_ingest")
+        receiver_row = module.run_logged(args.quick, _log)
+        if "error" in receiver_row:
+            failed.append(RECEIVER_INGEST)
+
     survival = None
     if args.only is None and not args.list:
         survival = run_survival()
@@ -461,6 +477,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra_rows = None
     if sustained is not None:
         extra_rows = importlib.import_module("bench.sustained").budget_rows(sustained)
+    if receiver_row is not None:
+        extra_rows = {
+            **(extra_rows or {}),
+            **importlib.import_module("bench.receiver_ingest").budget_rows(receiver_row),
+        }
     outcomes, unchecked = evaluate_budgets(results, extra_rows)
     notes += [f"budget not checked (its scenario did not run): {n}" for n in unchecked]
     notes += [f"scenario failed: {n}" for n in failed]
@@ -474,14 +495,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         cost=cost,
         sustained=sustained,
     )
+    if receiver_row is not None:
+        document["receiver_ingest"] = receiver_row
     regressions = report.compare(previous, document, args.threshold) if previous else []
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "latest.json", document)
     by_name = {s.name: s for s in scenarios.scenarios()}
-    (out / "latest.md").write_text(
-        report.render_markdown(document, results, by_name, notes, regressions), encoding="utf-8"
-    )
+    markdown = report.render_markdown(document, results, by_name, notes, regressions)
+    if receiver_row is not None:
+        lines = importlib.import_module("bench.receiver_ingest").markdown_lines(receiver_row)
+        markdown = markdown.rstrip("\n") + "\n\n" + "\n".join(lines)
+    (out / "latest.md").write_text(markdown, encoding="utf-8")
     report.write_cdf_png(out / "latest_cdf.png", results)
     charts = "latest_cdf.png"
     if sustained is not None and sustained.get("runs"):

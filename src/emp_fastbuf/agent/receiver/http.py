@@ -149,19 +149,21 @@ class _Handler(BaseHTTPRequestHandler):
                 413, f"the body is larger than {ingest.max_bytes} bytes", json_body, close=True
             )
             return
-        body = self._read(length)
-        if body is None:
-            return
-        try:
-            data = decompress(body, self.headers.get("Content-Encoding", ""), ingest.max_bytes)
-            converted = ingest.accept(signal, data, content_type)
-        except BadRequest as exc:
-            self._fail(exc.status, exc.message, json_body)
-            return
-        except SpoolFull as exc:
-            log.debug("receiver: 503: %s", exc)
-            self._fail(503, f"{exc}; retry later", json_body, retry_after=True)
-            return
+        with ingest.arriving():
+            body = self._read(length)
+            if body is None:
+                return
+            try:
+                encoding = self.headers.get("Content-Encoding", "")
+                data = decompress(body, encoding, ingest.max_bytes)
+                converted = ingest.accept(signal, data, content_type)
+            except BadRequest as exc:
+                self._fail(exc.status, exc.message, json_body)
+                return
+            except SpoolFull as exc:
+                log.debug("receiver: 503: %s", exc)
+                self._fail(503, f"{exc}; retry later", json_body, retry_after=True)
+                return
         response = partial_response(signal, converted)
         if json_body:
             out = json_format.MessageToJson(response, indent=None).encode()

@@ -1,7 +1,10 @@
 """Received records into the spool, durably, before anyone is answered.
 
 Requests that arrive together are written as one spool file (a group commit, one fsync,
-like a ring batch): each waits until the file that holds its records is durable. When
+like a ring batch): each waits until the file that holds its records is durable. The
+committer also waits, at most ``_GATHER_MAX_S``, for requests that have arrived and
+are still being read or decoded when it wakes: with a few senders in flight, their
+records share a file instead of each paying for its own file, fsyncs and export. When
 the spool is past 90% of its limit, or the request would take it past the limit,
 nothing is taken (``SpoolFull``: HTTP 503 with Retry-After,
 gRPC UNAVAILABLE), since the spool would evict the oldest files to make room; the same
@@ -10,7 +13,10 @@ when the spool cannot be written (disk full, read-only).
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,6 +35,8 @@ RETRY_AFTER_S = 2
 HIGH_WATER = 0.9
 # Most records one group commit gathers: the rest waits for the next file.
 _GROUP_MAX_RECORDS = 200_000
+# How long the committer waits for requests still being decoded: well under one fsync.
+_GATHER_MAX_S = 0.002
 
 
 class SpoolFull(Exception):
@@ -65,6 +73,8 @@ class Ingest:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue: list[_Waiter] = []
+        self._decoding = 0  # requests between arrival and the commit queue
+        self._local = threading.local()
         self._closed = False
         self._thread = threading.Thread(
             target=self._commit_loop, name="receiver-commit", daemon=True
@@ -74,6 +84,23 @@ class Ingest:
     def count(self, what: str, n: int = 1) -> None:
         with self._lock:
             setattr(self.counters, what, getattr(self.counters, what) + n)
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Around a request from its arrival (before its body is read) to its answer: the
+        committer waits briefly for requests inside this before it writes a file."""
+        with self._cond:
+            self._decoding += 1
+        self._local.active = True
+        self._local.queued = False
+        try:
+            yield
+        finally:
+            self._local.active = False
+            if not self._local.queued:
+                with self._cond:
+                    self._decoding -= 1
+                    self._cond.notify()
 
     def accept(self, signal: Signal, body: bytes, content_type: str) -> Converted:
         """Convert a decompressed body and return once its records are in the spool.
@@ -100,6 +127,11 @@ class Ingest:
             if self._closed:
                 raise SpoolFull("the agent is stopping")
             self._queue.append(waiter)
+            if getattr(self._local, "active", False) and not self._local.queued:
+                # From arriving to queued in one lock section: the committer always
+                # sees this request in one of the two.
+                self._decoding -= 1
+                self._local.queued = True
             self._cond.notify()
         waiter.done.wait()
         if waiter.error is not None:
@@ -113,6 +145,7 @@ class Ingest:
                     self._cond.wait()
                 if not self._queue:
                     return
+                self._gather()
                 group: list[_Waiter] = []
                 records = 0
                 while self._queue and (not group or records < _GROUP_MAX_RECORDS):
@@ -130,6 +163,18 @@ class Ingest:
             for waiter in group:
                 waiter.error = error
                 waiter.done.set()
+
+    def _gather(self) -> None:
+        """With the lock held and a request queued: wait, at most ``_GATHER_MAX_S``, while
+        other requests are still being decoded, so that they share this commit."""
+        deadline = time.monotonic() + _GATHER_MAX_S
+        while self._decoding > 0 and not self._closed:
+            if sum(w.records for w in self._queue) >= _GROUP_MAX_RECORDS:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def close(self) -> None:
         """Commit what is queued, then stop the committer."""
