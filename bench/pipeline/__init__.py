@@ -1,8 +1,9 @@
 """Scenarios of the drainer side: the agent's delivery through its own sinks, the store's
 ingest and a query. Each module holds one kind of scenario:
 
-- ``export``: ``agent.export`` (gzip), ``agent.export.zstd``, ``agent.export.py`` (the
-  Python encoder) through the agent's ``OTLPSink``, and the SDK's ``otel.export`` and
+- ``export``: ``agent.export`` (gzip), ``agent.export.noredact`` (redaction off),
+  ``agent.export.zstd``, ``agent.export.py`` (the Python encoder) through the agent's
+  ``OTLPSink``, and the SDK's ``otel.export`` and
   ``otel.export.http`` on the same records; ``pipeline_measurements()`` for the cost;
 - ``store``: ``agent.store`` through the agent's ``StoreSink``, ``store.ingest``,
   ``store.ingest.mixed`` and ``store.ingest.py``;

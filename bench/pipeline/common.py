@@ -153,16 +153,19 @@ class StagedRing:
             Ring.unlink(self.name)
 
 
-def agent_config(home: Path, url: str | None = None, compression: str = "gzip") -> AgentConfig:
+def agent_config(
+    home: Path, url: str | None = None, compression: str = "gzip", redact: bool = True
+) -> AgentConfig:
     """The agent's configuration with ``home``, exporting to ``url`` (every signal) when
-    given, else storing. An empty environment: the run's own ``OTEL_*`` variables must
-    not redirect the export."""
+    given, else storing; redaction on (the default) unless ``redact`` is False. An empty
+    environment otherwise: the run's own ``OTEL_*`` variables must not redirect the
+    export."""
     from emp_fastbuf.agent.config import AgentConfig
 
     overrides: dict[str, Any] = {"home": home}
     if url is not None:
         overrides.update(endpoint=url, compression=compression)
-    return AgentConfig.from_env({}, overrides)
+    return AgentConfig.from_env({} if redact else {"EMP_FASTBUF_REDACT": "off"}, overrides)
 
 
 def spool_for(config: AgentConfig, sink: Sink) -> Spool:

@@ -10,6 +10,8 @@ export of the same records.
   another process, its metric records looked for, the file marked done for ``export`` and
   ``metrics`` (deleted). The process CPU time of every call and the exporter's wire bytes
   are kept (``pipeline_measurements()``) for the cost per million events.
+- ``agent.export.noredact``: ``agent.export`` with redaction off, to show what redaction
+  (on by default) costs: the budget holds ``agent.export`` within 10% of it.
 - ``agent.export.py``: the same with the Python encoder, the agent's path before the
   transcoder (``ReferenceOTLPSink`` of ``bench.pipeline.sinks``).
 - ``otel.export``: the SDK's own encoder (``encode_logs`` + serialize) and gzip level 1 on
@@ -39,7 +41,7 @@ from bench.pipeline.common import (
     spool_for,
     start_receiver,
 )
-from bench.scenarios import register
+from bench.scenarios import add_budget, register
 
 if TYPE_CHECKING:
     from emp_fastbuf.agent.spool import Spool
@@ -91,7 +93,7 @@ def pipeline_measurements() -> dict[str, dict[str, float | int | str]]:
 # ---- agent.export -----------------------------------------------------------------------------
 
 
-def _export_scenario(name: str, compression: str, encoder: str) -> Scenario:
+def _export_scenario(name: str, compression: str, encoder: str, redact: bool = True) -> Scenario:
     """The timed call: one batch drained into the spool, then delivered by the sink."""
     home = Path(tempfile.mkdtemp(prefix="bench-export-"))
     staged = StagedRing("export")
@@ -101,7 +103,7 @@ def _export_scenario(name: str, compression: str, encoder: str) -> Scenario:
         receiver = start_receiver()
         from bench.pipeline.sinks import otlp_sink
 
-        config = agent_config(home, receiver.url, compression)
+        config = agent_config(home, receiver.url, compression, redact)
         sink = otlp_sink(config, encoder)
         spool: Spool = spool_for(config, sink)
     except BaseException:
@@ -157,7 +159,8 @@ def _export_scenario(name: str, compression: str, encoder: str) -> Scenario:
             else ""
         )
         return (
-            f"{encoder} encoder, {compression}: {meter.wire_bytes / records:.2f} wire bytes "
+            f"{encoder} encoder, {compression}, redaction {'on' if redact else 'off'}: "
+            f"{meter.wire_bytes / records:.2f} wire bytes "
             f"per record ({meter.uncompressed_bytes / records:.1f} before compression); "
             f"{1e6 * meter.cpu_s / records:.2f} us CPU per record; the receiver decoded "
             f"{counts['log_records']:,} records in {counts['attempts']} requests{refills}"
@@ -169,6 +172,11 @@ def _export_scenario(name: str, compression: str, encoder: str) -> Scenario:
 def agent_export_gzip() -> Scenario:
     """``agent.export``: the agent's path (native encoder) with gzip, its default."""
     return _export_scenario("agent.export", "gzip", "native")
+
+
+def agent_export_noredact() -> Scenario:
+    """``agent.export.noredact``: ``agent.export`` with redaction off, its cost's peer."""
+    return _export_scenario("agent.export.noredact", "gzip", "native", redact=False)
 
 
 def agent_export_zstd() -> Scenario:
@@ -323,6 +331,18 @@ def register_export() -> None:
             f"ring read + spool + native OTLP transcode + gzip 1 + POST, {BATCH} log records"
         ),
         **common,
+    )
+    register(
+        "agent.export.noredact",
+        agent_export_noredact,
+        versus=versus,
+        description=f"agent.export with redaction off (EMP_FASTBUF_REDACT=off), {BATCH} records",
+        **common,
+    )
+    # Redaction (on by default) costs under 10% of the agent's time per record.
+    add_budget(
+        "p50_ns(agent.export) / p50_ns(agent.export.noredact) <= 1.10",
+        name="redaction costs agent.export under 10%",
     )
     register(
         "agent.export.zstd",

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from emp_fastbuf.agent.config import Signal
+from emp_fastbuf.agent.redact import redact_record, redact_resource
 from emp_fastbuf.agent.transcode import _transcode
 from emp_fastbuf.records import LaneChunk, Record, Resource, reference
 
 if TYPE_CHECKING:
     from emp_fastbuf.agent.otlp.metrics import MetricPoint
     from emp_fastbuf.agent.spool import Spool
+    from emp_fastbuf.agent.transcode._transcode import Redactor
 
 # Store rows per resource: one list per kind, in the order of ``Store.ingest_rows``.
 StoreGroups = list[tuple[Resource, list[list[tuple[Any, ...]]]]]
@@ -89,24 +91,40 @@ def store_groups(
     chunks: Iterable[LaneChunk],
     counters: CorruptCounter | None = None,
     resources: dict[bytes, Resource] | None = None,
+    redactor: Redactor | None = None,
 ) -> StoreGroups:
     """Raw lane chunks -> the store's rows (``Store.ingest_rows``), built natively. The
     records the native path leaves (a corrupt record, text that is not UTF-8 and must be
-    repaired...) go through the Python decoder, which counts the corrupt ones."""
+    repaired...) go through the Python decoder, which counts the corrupt ones. With a
+    ``redactor``, records and resources are redacted on both paths."""
     from emp_fastbuf.store import store_row
 
     groups: StoreGroups = []
     cache: dict[bytes, Resource] = {} if resources is None else resources
+    redacted: dict[bytes, Resource] = {}
     for chunk in chunks:
-        logs, events, spans, metrics, declined = _transcode.store_rows(chunk.records)
+        logs, events, spans, metrics, declined = _transcode.store_rows(chunk.records, redactor)
         by_kind = [logs, events, spans, metrics]
         for rec in _decoded(declined, counters):
-            built = store_row(rec)
+            built = store_row(redact_record(rec, redactor))
             if built is not None:
                 by_kind[built[0]].append(built[1])
         if logs or events or spans or metrics:
-            groups.append((resource_of(chunk.meta, cache), by_kind))
+            groups.append((_redacted_resource(chunk.meta, cache, redacted, redactor), by_kind))
     return groups
+
+
+def _redacted_resource(
+    meta: bytes,
+    cache: dict[bytes, Resource],
+    redacted: dict[bytes, Resource],
+    redactor: Redactor | None,
+) -> Resource:
+    """``resource_of`` redacted, once per ``redacted`` (one view of one batch)."""
+    res = redacted.get(meta)
+    if res is None:
+        res = redacted[meta] = redact_resource(resource_of(meta, cache), redactor)
+    return res
 
 
 def only_signals(groups: StoreGroups, signals: Sequence[Signal]) -> StoreGroups:
@@ -145,27 +163,33 @@ class Batch:
         chunks = spool.read(file_id)
         return cls(file_id, chunks, spool.done_for(file_id))
 
-    def store_rows(self, signals: Sequence[Signal]) -> tuple[StoreGroups, int]:
+    def store_rows(
+        self, signals: Sequence[Signal], redactor: Redactor | None = None
+    ) -> tuple[StoreGroups, int]:
         """The store's rows of ``signals`` and the corrupt records met while building
-        them (of every signal: the rows are built for all of them once)."""
+        them (of every signal: the rows are built for all of them once, redacted by the
+        first caller's ``redactor``)."""
         if self._store is None:
             tally = _Tally()
-            groups = store_groups(self.chunks, tally, self._resources)
+            groups = store_groups(self.chunks, tally, self._resources, redactor)
             self._store = (groups, tally.corrupt_records)
         groups, corrupt = self._store
         return only_signals(groups, signals), corrupt
 
-    def metric_records(self) -> tuple[PointGroups, int]:
+    def metric_records(self, redactor: Redactor | None = None) -> tuple[PointGroups, int]:
         """The METRIC records, parsed natively into points for the metrics aggregator
         (``_transcode.metric_points``), per resource, and how many METRIC records are
-        malformed. The other kinds are not parsed."""
+        malformed. The other kinds are not parsed. Redacted by the first caller's
+        ``redactor``."""
         if self._metrics is None:
             groups: PointGroups = []
             corrupt = 0
+            redacted: dict[bytes, Resource] = {}
             for chunk in self.chunks:
-                points, bad = _transcode.metric_points(chunk.records)
+                points, bad = _transcode.metric_points(chunk.records, redactor)
                 corrupt += bad
                 if points:
-                    groups.append((resource_of(chunk.meta, self._resources), points))
+                    res = _redacted_resource(chunk.meta, self._resources, redacted, redactor)
+                    groups.append((res, points))
             self._metrics = (groups, corrupt)
         return self._metrics

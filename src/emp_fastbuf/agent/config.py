@@ -61,6 +61,7 @@ from urllib.parse import unquote, urlsplit
 
 from emp_fastbuf.agent import datasets as dataset_routing
 from emp_fastbuf.agent.datasets import DatasetRoutes
+from emp_fastbuf.agent.redact import RedactRules
 from emp_fastbuf.errors import ConfigError as ConfigError
 from emp_fastbuf.errors import HomeError
 from emp_fastbuf.paths import checked_home
@@ -610,6 +611,8 @@ class AgentConfig:
     log_level: int = logging.INFO
     # Datasets by deployment environment (EMP_FASTBUF_DATASETS, --dataset ENV=DATASET).
     datasets: DatasetRoutes | None = None
+    # What is redacted before export and before the store (EMP_FASTBUF_REDACT).
+    redaction: RedactRules = field(default_factory=RedactRules)
 
     def __post_init__(self) -> None:
         for signal in SIGNALS:
@@ -655,6 +658,8 @@ class AgentConfig:
             raise ConfigError("log_level: expected a logging level (logging.INFO...)")
         if self.datasets is not None and not isinstance(self.datasets, DatasetRoutes):
             raise ConfigError("datasets: expected DatasetRoutes or None")
+        if not isinstance(self.redaction, RedactRules):
+            raise ConfigError("redaction: expected RedactRules")
         for signal in SIGNALS:
             if self.endpoint(signal) is not None:
                 self._check_export(signal)
@@ -903,6 +908,7 @@ class AgentConfig:
             "log_level": logging.getLevelName(self.log_level),
             "routes": self.routes(),
             "datasets": self.describe_datasets(),
+            "redaction": self.redaction.describe(),
         }
 
     def __repr__(self) -> str:
@@ -954,6 +960,7 @@ class AgentConfig:
             ring=_ring(env, given.get("ring")),
             idle_exit_s=_check_seconds(given.get("idle_exit"), "--idle-exit", allow_none=True),
             log_level=_log_level(env),
+            redaction=RedactRules.from_env(env),
         )
 
 

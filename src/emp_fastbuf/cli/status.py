@@ -238,6 +238,7 @@ def _print_status(st: dict[str, Any]) -> None:
         )
     for line in _dataset_lines(st):
         con.print(line)
+    con.print(_redaction_line(st))
     store = st.get("store")
     if store:
         con.print(
@@ -253,6 +254,30 @@ def _print_status(st: dict[str, Any]) -> None:
                 else ""
             )
         )
+
+
+def _redaction_line(st: dict[str, Any]) -> str:
+    """The redaction rules (``agent.config.redaction``) and what each sink replaced."""
+    rules = ((st.get("agent") or {}).get("config") or {}).get("redaction") or {}
+    if not rules.get("enabled", True):
+        return "[bold]redaction[/]: off (EMP_FASTBUF_REDACT=off)"
+    extra = []
+    for label, key in (("added", "added"), ("patterns", "globs"), ("kept", "keep")):
+        if rules.get(key):
+            extra.append(f"{label}: {', '.join(str(v) for v in rules[key])}")
+    parts = []
+    for where, sink in (("before export", "export"), ("before the store", "store")):
+        counts = (st.get(sink) or {}).get("redacted")
+        if isinstance(counts, dict):
+            parts.append(
+                f"{where} {counts.get('attributes', 0)} attribute values, "
+                f"{counts.get('urls', 0)} URL credentials, "
+                f"{counts.get('headers', 0)} Authorization values"
+            )
+    words = len(rules.get("words") or [])
+    head = f"on ({words} key words{'; ' if extra else ''}{'; '.join(extra)})"
+    replaced = f"; replaced {'; '.join(parts)}" if parts else ""
+    return f"[bold]redaction[/]: {_text(head + replaced)}"
 
 
 def _dataset_lines(st: dict[str, Any]) -> list[str]:

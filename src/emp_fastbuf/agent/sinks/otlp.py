@@ -88,6 +88,8 @@ class OTLPSink:
         self.config = config
         self.exporter = exporter if exporter is not None else OTLPExporter(config)
         self.sends_metrics = config.endpoint("metrics") is not None
+        # Secrets are replaced as the requests are built; its counts are this sink's.
+        self.redactor = config.redaction.redactor()
         routes = config.datasets
         self.router = None if routes is None else datasets.Router(routes)
         # The dataset (None: no route) of each destination of logs and traces.
@@ -142,7 +144,7 @@ class OTLPSink:
         if later:
             return Delivery(tuple(done), taken, True, records, corrupt)
         if self.sends_metrics and "metrics" not in batch.done:
-            groups_m, bad = batch.metric_records()
+            groups_m, bad = batch.metric_records(self.redactor)
             corrupt += bad
             has_metrics = False
             for res, points in groups_m:
@@ -176,9 +178,11 @@ class OTLPSink:
             if self.config.endpoint(signal) is None:
                 continue  # only some per-signal endpoints are configured
             if signal == "logs":
-                payloads, n, bad = _transcode.logs_requests(chunks, time.time_ns(), max_bytes)
+                payloads, n, bad = _transcode.logs_requests(
+                    chunks, time.time_ns(), max_bytes, self.redactor
+                )
             else:
-                payloads, n, bad = _transcode.spans_requests(chunks, max_bytes)
+                payloads, n, bad = _transcode.spans_requests(chunks, max_bytes, self.redactor)
             encoded[signal] = n
             part.corrupt += bad
             for index, payload in enumerate(payloads):
@@ -268,8 +272,10 @@ class OTLPSink:
     def status(self) -> dict[str, Any]:
         """The exporter's counters (``OTLPExporter.stats``) and ``datasets``: per
         ``Dash0-Dataset`` sent (null: none), the records, metric points and requests
-        accepted and the requests dead-lettered."""
+        accepted and the requests dead-lettered; ``redacted``: what redaction replaced
+        (null when it is off)."""
         stats = self.exporter.stats()
+        stats["redacted"] = None if self.redactor is None else self.redactor.counts()
         with self._lock:
             stats["datasets"] = [
                 {"dataset": dataset, **vars(counts)} for dataset, counts in self._datasets.items()

@@ -16,6 +16,7 @@ from typing import Any
 from emp_fastbuf import paths
 from emp_fastbuf.agent.batch import Batch
 from emp_fastbuf.agent.config import SIGNALS, AgentConfig, Signal
+from emp_fastbuf.agent.redact import RedactRules
 from emp_fastbuf.agent.sinks import Delivery
 from emp_fastbuf.errors import StoreDamaged, StoreError
 from emp_fastbuf.store import Store
@@ -32,9 +33,16 @@ class StoreSink:
     name = "store"
     destinations: tuple[str, ...] = ("store",)
 
-    def __init__(self, store: Store, signals: Sequence[Signal] = SIGNALS) -> None:
+    def __init__(
+        self,
+        store: Store,
+        signals: Sequence[Signal] = SIGNALS,
+        redaction: RedactRules | None = None,
+    ) -> None:
         self.store = store
         self.signals = tuple(signals)
+        # Secrets are replaced as the rows are built; its counts are this sink's.
+        self.redactor = (redaction or RedactRules()).redactor()
         self.next_retention = time.monotonic() + RETENTION_INTERVAL_S
 
     @classmethod
@@ -47,7 +55,7 @@ class StoreSink:
             max_bytes=config.store_max_bytes,
             recover=True,
         )
-        return cls(store, config.stored_signals())
+        return cls(store, config.stored_signals(), config.redaction)
 
     def retry_in(self) -> float:
         """Seconds left of the pause after a failed write (0.0 when the last one worked)."""
@@ -56,7 +64,7 @@ class StoreSink:
     def deliver(self, batch: Batch) -> Delivery:
         """Ingest the batch's rows in one transaction; ``later`` while the store fails."""
         failed_before = self.store.write_failures
-        rows, corrupt = batch.store_rows(self.signals)
+        rows, corrupt = batch.store_rows(self.signals, self.redactor)
         try:
             stored = self.store.ingest_rows(rows)
         except StoreDamaged:
@@ -89,10 +97,12 @@ class StoreSink:
         return []
 
     def status(self) -> dict[str, Any]:
-        """Times clamped to 2262 and the write failures in a row (0: writing works)."""
+        """Times clamped to 2262, the write failures in a row (0: writing works) and
+        what redaction replaced (null when it is off)."""
         return {
             "clamped_times": self.store.clamped_times,
             "write_failures": self.store.write_failures,
+            "redacted": None if self.redactor is None else self.redactor.counts(),
         }
 
     def close(self) -> None:

@@ -169,7 +169,7 @@ cdef class _Points(_Parser):
         )
 
 
-def metric_points(records):
+def metric_points(records, redactor=None):
     """The METRIC records among ``records`` (the raw records of one chunk), parsed natively
     into the points ``MetricsAggregator.feed_points`` takes.
 
@@ -184,11 +184,13 @@ def metric_points(records):
     ``rejected`` counts the METRIC records (kind byte 4) that ``reference.decode_record``
     rejects; records of the other kinds, or too short to have one, are skipped unchecked.
 
-    ``records`` is an iterable of ``bytes``; anything else raises ``TypeError``.
+    ``records`` is an iterable of ``bytes``; anything else raises ``TypeError``. With a
+    ``Redactor``, the attributes' secrets are replaced (and counted there).
     """
     cdef list points = []
     cdef Py_ssize_t rejected = 0
     cdef _Points parser = _Points()
+    parser.use(redactor)
     cdef const uint8_t *p
     cdef Py_ssize_t n
     cdef tuple out

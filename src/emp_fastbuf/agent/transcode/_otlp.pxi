@@ -232,7 +232,7 @@ cdef int encode_span(Buf *b, State *s, const uint8_t *p, Py_ssize_t n) noexcept:
         q = str16(p, q, n, &ev_name, &el)
         t = rd64(p + q)
         q = parse_attrs(p, q + 8, n, &s.tmp)
-        if q < 0:
+        if q < 0 or redact_tmp(s) != R_OK:
             return R_NOMEM  # validated by parse_span: only memory can fail here
         put1(b, 0x5A)
         sub = begin(b)
@@ -247,7 +247,7 @@ cdef int encode_span(Buf *b, State *s, const uint8_t *p, Py_ssize_t n) noexcept:
     for _i in range(f.n_links):
         ids = p + q
         q = parse_attrs(p, q + 24, n, &s.tmp)
-        if q < 0:
+        if q < 0 or redact_tmp(s) != R_OK:
             return R_NOMEM
         put1(b, 0x6A)
         sub = begin(b)
@@ -350,20 +350,20 @@ cdef class _Builder:
     cdef list order       # _Slot in first-record order
     cdef Py_ssize_t encoded
     cdef Py_ssize_t rejected
+    cdef Redactor redactor  # holds ``st.rules``
 
-    def __cinit__(self, bint spans, uint64_t observed):
+    def __cinit__(self, bint spans, uint64_t observed, Redactor redactor):
         self.spans = spans
         self.st.observed = observed
+        self.redactor = redactor
+        self.st.rules = NULL if redactor is None else redactor.rules()
         self.by_meta = {}
         self.slots = {}
         self.scopes = {}
         self.order = []
 
     def __dealloc__(self):
-        ent_free(&self.st.ctx)
-        ent_free(&self.st.own)
-        ent_free(&self.st.merged)
-        ent_free(&self.st.tmp)
+        state_free(&self.st)
 
     cdef _Scope scope_for(self, bytes meta):
         cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(meta)
@@ -389,6 +389,8 @@ cdef class _Builder:
             elif parse_attrs(<const uint8_t *>PyBytes_AS_STRING(CORRUPT_ATTRS), 0,
                              PyBytes_GET_SIZE(CORRUPT_ATTRS), attrs) < 0:
                 raise MemoryError()
+        if redact_tmp(&self.st) != R_OK:
+            raise MemoryError()
         pairs = []
         for i in range(attrs.n):
             tmp = Buf(NULL, 0, 0, False, False)
@@ -605,13 +607,14 @@ cdef Py_ssize_t check_max_bytes(object max_bytes) except -1:
     return min(max_bytes, 1 << 62)
 
 
-cdef tuple run(object chunks, bint spans, uint64_t observed, Py_ssize_t max_bytes):
-    cdef _Builder builder = _Builder(spans, observed)
+cdef tuple run(object chunks, bint spans, uint64_t observed, Py_ssize_t max_bytes,
+               object redactor):
+    cdef _Builder builder = _Builder(spans, observed, checked_redactor(redactor))
     builder.feed(chunks)
     return builder.payloads(max_bytes), builder.encoded, builder.rejected
 
 
-def logs_request(chunks, observed_time_unix_nano):
+def logs_request(chunks, observed_time_unix_nano, redactor=None):
     """Serialized ``ExportLogsServiceRequest`` for the LOG and EVENT records of
     ``chunks`` (``(meta, records)`` pairs or ``LaneChunk``s), straight from the raw bytes.
 
@@ -619,32 +622,35 @@ def logs_request(chunks, observed_time_unix_nano):
     no record was encoded (send nothing). ``records_rejected`` counts malformed LOG/EVENT
     records and records of no known kind (shorter than 2 bytes, kind byte not 1..4);
     SPAN and METRIC records are skipped without being checked. No size cap: see
-    ``logs_requests``.
+    ``logs_requests``. With a ``Redactor``, secrets are replaced (and counted there) in
+    the attributes of records and resources and in log bodies.
     """
     payloads, encoded, rejected = run(chunks, False, check_observed(observed_time_unix_nano),
-                                      0)
+                                      0, redactor)
     return (payloads[0] if payloads else b""), encoded, rejected
 
 
-def logs_requests(chunks, observed_time_unix_nano, max_bytes=DEFAULT_MAX_BYTES):
+def logs_requests(chunks, observed_time_unix_nano, max_bytes=DEFAULT_MAX_BYTES,
+                  redactor=None):
     """Like ``logs_request``, split as ``otlp.iter_logs_requests`` splits: a list of
     request bodies, each at most ``max_bytes`` unless one record alone is larger."""
     cdef Py_ssize_t cap = check_max_bytes(max_bytes)
-    return run(chunks, False, check_observed(observed_time_unix_nano), cap)
+    return run(chunks, False, check_observed(observed_time_unix_nano), cap, redactor)
 
 
-def spans_request(chunks):
+def spans_request(chunks, redactor=None):
     """Serialized ``ExportTraceServiceRequest`` for the SPAN records of ``chunks``.
 
     Returns ``(payload, records_encoded, records_rejected)``; ``payload`` is ``b""`` when
     no span was encoded. ``records_rejected`` counts malformed SPAN records only (see
-    ``logs_request`` for the others). No size cap: see ``spans_requests``.
+    ``logs_request`` for the others, and for ``redactor``). No size cap: see
+    ``spans_requests``.
     """
-    payloads, encoded, rejected = run(chunks, True, 0, 0)
+    payloads, encoded, rejected = run(chunks, True, 0, 0, redactor)
     return (payloads[0] if payloads else b""), encoded, rejected
 
 
-def spans_requests(chunks, max_bytes=DEFAULT_MAX_BYTES):
+def spans_requests(chunks, max_bytes=DEFAULT_MAX_BYTES, redactor=None):
     """Like ``spans_request``, split as ``otlp.iter_traces_requests`` splits."""
     cdef Py_ssize_t cap = check_max_bytes(max_bytes)
-    return run(chunks, True, 0, cap)
+    return run(chunks, True, 0, cap, redactor)

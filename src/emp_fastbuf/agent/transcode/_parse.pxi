@@ -339,6 +339,21 @@ ctypedef struct State:
     EntList merged
     EntList tmp
     uint64_t observed
+    Rules *rules   # redaction (_redact.pxi); NULL: none
+    Buf sc_rec     # the rewritten values of ``ctx`` and ``own``
+    Buf sc_body    # the rewritten log body
+    Buf sc_tmp     # the rewritten values of ``tmp``
+
+
+cdef void state_free(State *s) noexcept:
+    ent_free(&s.ctx)
+    ent_free(&s.own)
+    ent_free(&s.merged)
+    ent_free(&s.tmp)
+    free(s.sc_rec.data)
+    free(s.sc_body.data)
+    free(s.sc_tmp.data)
+    s.sc_rec.data = s.sc_body.data = s.sc_tmp.data = NULL
 
 
 ctypedef struct Head:
@@ -435,15 +450,87 @@ cdef int merge_record_attrs(State *s) noexcept:
 # ``parse_log`` and ``parse_span`` are inline: called once per record, out of line they
 # cost the exporter a few percent.
 
+# ---- redaction of parsed lists (the rules are in _redact.pxi) ----------------------------
+# A rewritten value is marked T_PENDING with its new size in ``vlen`` while the lists are
+# looked through; the scratch buffer is then sized once and the values written, so that no
+# pointer into it moves.
+cdef enum:
+    T_PENDING = 0xFE
+
+
+cdef Py_ssize_t redact_marks(Rules *r, EntList *l) noexcept:
+    """Replace the values of matching keys, mark the strings holding URL credentials;
+    the bytes the marked ones need."""
+    cdef Py_ssize_t i, size, need = 0
+    cdef Ent *e
+    for i in range(l.n):
+        e = &l.items[i]
+        if key_redacted(r, e.key, e.klen):
+            if not (e.tag == T_STR and e.vlen == MARKER_LEN
+                    and memcmp(e.val, MARKER, MARKER_LEN) == 0):
+                r.n_attributes += 1
+            e.tag = T_STR
+            e.val = <const uint8_t *>MARKER
+            e.vlen = MARKER_LEN
+        elif e.tag == T_STR and e.vlen >= 5:  # "://u@" at least
+            size = text_size(e.val, e.vlen, False)
+            if size >= 0:
+                e.tag = T_PENDING
+                need += size
+    return need
+
+
+cdef void redact_write(Rules *r, EntList *l, Buf *scratch) noexcept:
+    cdef Py_ssize_t i, start
+    cdef Ent *e
+    for i in range(l.n):
+        e = &l.items[i]
+        if e.tag == T_PENDING:
+            start = scratch.len
+            write_text(r, e.val, e.vlen, False, scratch)
+            e.tag = T_STR
+            e.val = scratch.data + start
+            e.vlen = scratch.len - start
+
+
+cdef int redact_lists(Rules *r, EntList *a, EntList *b, Buf *scratch) noexcept:
+    """Apply the rules to ``a`` and ``b`` (may be NULL), rewritten values in ``scratch``
+    (emptied first). R_OK or R_NOMEM."""
+    cdef Py_ssize_t need = redact_marks(r, a)
+    if b != NULL:
+        need += redact_marks(r, b)
+    scratch.len = 0
+    if need == 0:
+        return R_OK
+    if not ensure(scratch, need):
+        return R_NOMEM
+    redact_write(r, a, scratch)
+    if b != NULL:
+        redact_write(r, b, scratch)
+    return R_OK
+
+
+cdef inline int redact_tmp(State *s) noexcept:
+    """The rules applied to ``s.tmp`` (an event's, a link's or a resource's)."""
+    if s.rules == NULL:
+        return R_OK
+    return redact_lists(s.rules, &s.tmp, NULL, &s.sc_tmp)
+
+
 cdef int parse_tail(const uint8_t *p, Py_ssize_t pos, Py_ssize_t n, State *s) noexcept:
-    """The context and attributes at ``pos``, which must end the record."""
+    """The context and attributes at ``pos``, which must end the record; redacted when
+    ``s.rules`` is set."""
     pos = parse_attrs(p, pos, n, &s.ctx)
     if pos < 0:
         return attrs_result(pos)
     pos = parse_attrs(p, pos, n, &s.own)
     if pos < 0:
         return attrs_result(pos)
-    return R_OK if pos == n else R_BAD
+    if pos != n:
+        return R_BAD
+    if s.rules != NULL:
+        return redact_lists(s.rules, &s.ctx, &s.own, &s.sc_rec)
+    return R_OK
 
 
 ctypedef struct LogFields:
@@ -458,8 +545,10 @@ ctypedef struct LogFields:
 
 cdef inline int parse_log(const uint8_t *p, Py_ssize_t n, const Head *h, State *s,
                           LogFields *f) noexcept:
-    """A LOG or EVENT record past its header ``h``; the other kind's fields stay empty."""
-    cdef Py_ssize_t pos = h.pos
+    """A LOG or EVENT record past its header ``h``; the other kind's fields stay empty.
+    With ``s.rules``, the body's secrets are replaced too."""
+    cdef Py_ssize_t pos = h.pos, size
+    cdef int r
     f.sev = 0
     f.text = f.body = f.name = NULL
     f.tl = f.bl = f.nl = 0
@@ -489,7 +578,17 @@ cdef inline int parse_log(const uint8_t *p, Py_ssize_t n, const Head *h, State *
             return R_BAD
     else:
         return R_BAD
-    return parse_tail(p, pos, n, s)
+    r = parse_tail(p, pos, n, s)
+    if r == R_OK and s.rules != NULL and f.bl:
+        size = text_size(f.body, f.bl, True)
+        if size >= 0:
+            s.sc_body.len = 0
+            if not ensure(&s.sc_body, size):
+                return R_NOMEM
+            write_text(s.rules, f.body, f.bl, True, &s.sc_body)
+            f.body = s.sc_body.data
+            f.bl = s.sc_body.len
+    return r
 
 
 # Events and links are validated here, then walked a second time by the writers (from
@@ -605,6 +704,12 @@ cdef list py_array(const uint8_t *q, Py_ssize_t n):
     return out
 
 
+cdef Redactor checked_redactor(object redactor):
+    if redactor is not None and not isinstance(redactor, Redactor):
+        raise TypeError(f"redactor must be a Redactor or None, not {type(redactor).__name__}")
+    return redactor
+
+
 # ---- the state of one call over many records ----------------------------------------
 # The fields ``_Parser.cached`` keeps the last str of.
 cdef enum:
@@ -619,6 +724,7 @@ cdef class _Parser:
     """The parsing state of one call, and the last str made for a few fields:
     consecutive records mostly repeat these."""
     cdef State st
+    cdef Redactor redactor  # holds ``st.rules``
     cdef str c_job
     cdef str c_text
     cdef str c_name
@@ -626,10 +732,12 @@ cdef class _Parser:
     cdef str c_desc
 
     def __dealloc__(self):
-        ent_free(&self.st.ctx)
-        ent_free(&self.st.own)
-        ent_free(&self.st.merged)
-        ent_free(&self.st.tmp)
+        state_free(&self.st)
+
+    cdef use(self, object redactor):
+        """Redact with ``redactor`` (a ``Redactor``, or None for no redaction)."""
+        self.redactor = checked_redactor(redactor)
+        self.st.rules = NULL if self.redactor is None else self.redactor.rules()
 
     cdef inline str cached(self, int which, const uint8_t *p, Py_ssize_t n):
         """The ``n`` bytes of validated UTF-8 at ``p`` as a str; the previous one of

@@ -371,7 +371,7 @@ cdef class _Rows(_Parser):
                 json_u64(b, row_time(rd64(p + q)), False)
                 put_raw(b, b',"attributes":', 14)
                 q = parse_attrs(p, q + 8, n, &s.tmp)
-                if q < 0:
+                if q < 0 or redact_tmp(s) != R_OK:
                     raise MemoryError()  # validated by parse_span: only memory can fail here
                 json_object(b, &s.tmp)
                 put1(b, 125)
@@ -390,7 +390,7 @@ cdef class _Rows(_Parser):
                 json_hex(b, p + q + 16, 8)
                 put_raw(b, b',"attributes":', 14)
                 q = parse_attrs(p, q + 24, n, &s.tmp)
-                if q < 0:
+                if q < 0 or redact_tmp(s) != R_OK:
                     raise MemoryError()
                 json_object(b, &s.tmp)
                 put1(b, 125)
@@ -488,7 +488,7 @@ cdef class _Rows(_Parser):
         return out
 
 
-def store_rows(records):
+def store_rows(records, redactor=None):
     """The embedded store's rows for the raw records of one chunk, built natively.
 
     Returns ``(logs, events, spans, metrics, declined)``: four lists of row tuples, each
@@ -500,7 +500,9 @@ def store_rows(records):
     or released).
 
     ``records`` is a list, a tuple or another iterable of ``bytes`` (``bytearray`` and
-    ``memoryview`` are read too); anything else raises ``TypeError``.
+    ``memoryview`` are read too); anything else raises ``TypeError``. With a ``Redactor``,
+    the secrets of attributes and log bodies are replaced (and counted there); the
+    declined records are not: their caller redacts what it decodes.
     """
     cdef list logs = []
     cdef list events = []
@@ -508,6 +510,7 @@ def store_rows(records):
     cdef list metrics = []
     cdef list declined = []
     cdef _Rows rows = _Rows()
+    rows.use(redactor)
     cdef Py_buffer view
     cdef int which = ROW_DECLINE
     cdef tuple out

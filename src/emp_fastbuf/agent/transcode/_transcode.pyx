@@ -21,9 +21,12 @@ the content is moved when the length needs one or three-plus bytes (``begin``/``
 ``store.store_row`` builds from a ``reference``-decoded record), attribute JSON included,
 and ``metric_points`` to give the agent's metrics aggregation its METRIC records.
 
+With a ``Redactor`` (``redactor=``), secrets are replaced on the way: attribute values of
+secret-like keys, URL credentials, Authorization values in log bodies (_redact.pxi).
+
 One extension module, its source split by topic into include files (in this order, each
 using only those before it): _protobuf.pxi (the output buffer and protobuf's wire
-format), _parse.pxi (the parser of untrusted records), _otlp.pxi (the logs and traces
+format), _redact.pxi (the redaction rules), _parse.pxi (the parser of untrusted records), _otlp.pxi (the logs and traces
 requests), _metrics.pxi (the METRIC parser and the metric points), _rows.pxi (the
 store's rows; its float formatter is floatfmt.h).
 """
@@ -48,7 +51,7 @@ from cpython.unicode cimport (
 from libc.math cimport isfinite, signbit
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
-from libc.string cimport memcmp, memcpy, memmove, strlen
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strlen
 
 from emp_fastbuf.records._format cimport (
     F_HAS_LIMITS,
@@ -79,6 +82,7 @@ from emp_fastbuf.records._format cimport (
 from emp_fastbuf.records import value_sum as _value_sum
 
 include "_protobuf.pxi"
+include "_redact.pxi"
 include "_parse.pxi"
 include "_otlp.pxi"
 include "_metrics.pxi"
