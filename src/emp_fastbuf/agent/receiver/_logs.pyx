@@ -11,7 +11,7 @@ messages cannot hold is malformed (``ValueError``), and strings must be valid UT
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy
 
@@ -115,7 +115,8 @@ cdef inline uint64_t le(const uint8_t* p, int width):
     return v
 
 
-cdef int field(Reader* r, uint32_t* number, uint32_t* wire, size_t* start, size_t* length) except -1:
+cdef int field(Reader* r, uint32_t* number, uint32_t* wire, size_t* start,
+               size_t* length) except -1:
     """Read one field; for LEN fields ``start``/``length`` span the payload, for the
     others the value's bytes (a varint's value goes to ``length``)."""
     cdef uint64_t tag, v
@@ -179,7 +180,8 @@ cdef int utf8_ok(const uint8_t* s, size_t n):
             if (s[i + j] & 0xC0) != 0x80:
                 return 0
             cp = (cp << 6) | (s[i + j] & 0x3F)
-        if (k == 2 and (cp < 0x800 or (cp >= 0xD800 and cp <= 0xDFFF))) or (k == 3 and (cp < 0x10000 or cp > 0x10FFFF)):
+        if (k == 2 and (cp < 0x800 or (cp >= 0xD800 and cp <= 0xDFFF))) or \
+                (k == 3 and (cp < 0x10000 or cp > 0x10FFFF)):
             return 0
         i += k + 1
     return 1
@@ -212,7 +214,8 @@ cdef int scalar(Buf* b, const uint8_t* d, size_t start, size_t length, bint in_a
     while r.pos < r.end:
         field(&r, &number, &wire, &s, &n)
         if number >= 1 and number <= 7:
-            if (number in (1, 5, 6, 7) and wire != 2) or (number in (2, 3) and wire != 0) or (number == 4 and wire != 1):
+            if (number in (1, 5, 6, 7) and wire != 2) or (number in (2, 3) and wire != 0) \
+                    or (number == 4 and wire != 1):
                 raise ValueError("AnyValue field of the wrong wire type")
             last = number
             vs = s
@@ -269,7 +272,8 @@ cdef int array(Buf* b, const uint8_t* d, size_t start, size_t length) except -1:
     return OK
 
 
-cdef int attributes(Buf* b, const uint8_t* d, size_t start, size_t length, uint32_t count) except -1:
+cdef int attributes(Buf* b, const uint8_t* d, size_t start, size_t length,
+                    uint32_t count) except -1:
     """The attrlist of a record's ``attributes`` (field 6 of ``d[start:start+length]``)."""
     cdef Reader r, kr
     cdef uint32_t number, wire, kn, kw
@@ -315,7 +319,8 @@ cdef int attributes(Buf* b, const uint8_t* d, size_t start, size_t length, uint3
     return OK
 
 
-cdef int log_record(Buf* out, Buf* body, const uint8_t* d, size_t start, size_t length, uint64_t now) except -1:
+cdef int log_record(Buf* out, Buf* body, const uint8_t* d, size_t start, size_t length,
+                    uint64_t now) except -1:
     """One LogRecord -> one ring record in ``out`` (cleared first)."""
     cdef Reader r
     cdef uint32_t number, wire, n_attrs = 0
@@ -323,7 +328,7 @@ cdef int log_record(Buf* out, Buf* body, const uint8_t* d, size_t start, size_t 
     cdef uint64_t time_ns = 0, observed = 0, severity = 0, dropped = 0, flags = 0
     cdef size_t text_s = 0, text_n = 0, body_s = 0, body_n = 0, trace_s = 0, trace_n = 0
     cdef size_t span_s = 0, span_n = 0, name_s = 0, name_n = 0
-    cdef bint has_body = False, has_trace = False, truncated = False
+    cdef bint has_body = False, has_trace = False
     cdef uint8_t kind, rflags = 0
     cdef uint64_t cut = 0
     cdef Reader br
@@ -524,7 +529,8 @@ def decode_logs(bytes data not None, uint64_t now):
                         bad_severity += 1
                     else:
                         bad_ids += 1
-                groups.append((data[res_s : res_s + res_n], data[scope_s : scope_s + scope_n], records))
+                groups.append((data[res_s : res_s + res_n],
+                               data[scope_s : scope_s + scope_n], records))
     finally:
         free(out.p)
         free(body.p)

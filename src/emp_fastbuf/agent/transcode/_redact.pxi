@@ -285,11 +285,15 @@ cdef class Redactor:
     cdef Rules r
     cdef list held  # the normalized entries the rules point into
 
-    def __cinit__(self, words=(), globs=(), keep=()):
+    def __cinit__(self):
         self.held = []
         self.r.slots = <KeySlot *>calloc(SLOTS, sizeof(KeySlot))
         if self.r.slots == NULL:
             raise MemoryError()
+
+    def __init__(self, words=(), globs=(), keep=()):
+        if self.held:
+            raise TypeError("a Redactor is initialized once")
         self.r.n_words = self.fill(words, "word", &self.r.words, &self.r.wlen)
         self.r.n_globs = self.fill(globs, "glob", &self.r.globs, &self.r.glen)
         self.r.n_keep = self.fill(keep, "kept key", &self.r.keep, &self.r.klen)
@@ -300,6 +304,8 @@ cdef class Redactor:
             raise TypeError(f"redaction {what}s must be a list or tuple of str")
         cdef list items = [normalized(e, what) for e in entries]
         cdef Py_ssize_t i, n = len(items)
+        free(ptrs[0])  # NULL unless __init__ runs again on an empty Redactor
+        free(lens[0])
         ptrs[0] = <const uint8_t **>calloc(n + 1, sizeof(uint8_t *))
         lens[0] = <Py_ssize_t *>calloc(n + 1, sizeof(Py_ssize_t))
         if ptrs[0] == NULL or lens[0] == NULL:

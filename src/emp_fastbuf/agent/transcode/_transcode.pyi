@@ -1,6 +1,8 @@
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
+from typing_extensions import disjoint_base
+
 from emp_fastbuf.agent.otlp.metrics import MetricPoint
 from emp_fastbuf.records import LaneChunk
 
@@ -10,6 +12,7 @@ _Row = tuple[Any, ...]
 
 DEFAULT_MAX_BYTES: int
 
+@disjoint_base
 class Redactor:
     def __init__(
         self,

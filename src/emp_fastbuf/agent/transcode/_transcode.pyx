@@ -26,9 +26,9 @@ secret-like keys, URL credentials, Authorization values in log bodies (_redact.p
 
 One extension module, its source split by topic into include files (in this order, each
 using only those before it): _protobuf.pxi (the output buffer and protobuf's wire
-format), _redact.pxi (the redaction rules), _parse.pxi (the parser of untrusted records), _otlp.pxi (the logs and traces
-requests), _metrics.pxi (the METRIC parser and the metric points), _rows.pxi (the
-store's rows; its float formatter is floatfmt.h).
+format), _redact.pxi (the redaction rules), _parse.pxi (the parser of untrusted records),
+_otlp.pxi (the logs and traces requests), _metrics.pxi (the METRIC parser and the metric
+points), _rows.pxi (the store's rows; its float formatter is floatfmt.h).
 """
 
 from cpython.bytes cimport (
