@@ -238,7 +238,9 @@ def _print_status(st: dict[str, Any]) -> None:
         )
     for line in _dataset_lines(st):
         con.print(line)
-    con.print(_redaction_line(st))
+    redaction = _redaction_line(st)
+    if redaction is not None:
+        con.print(redaction)
     store = st.get("store")
     if store:
         con.print(
@@ -256,9 +258,12 @@ def _print_status(st: dict[str, Any]) -> None:
         )
 
 
-def _redaction_line(st: dict[str, Any]) -> str:
-    """The redaction rules (``agent.config.redaction``) and what each sink replaced."""
-    rules = ((st.get("agent") or {}).get("config") or {}).get("redaction") or {}
+def _redaction_line(st: dict[str, Any]) -> str | None:
+    """The redaction rules (``agent.config.redaction``) and what each sink replaced; None
+    when the status names no rules (no agent status)."""
+    rules = ((st.get("agent") or {}).get("config") or {}).get("redaction")
+    if not isinstance(rules, dict):
+        return None
     if not rules.get("enabled", True):
         return "[bold]redaction[/]: off (EMP_FASTBUF_REDACT=off)"
     extra = []

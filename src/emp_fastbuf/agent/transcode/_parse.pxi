@@ -451,9 +451,9 @@ cdef int merge_record_attrs(State *s) noexcept:
 # cost the exporter a few percent.
 
 # ---- redaction of parsed lists (the rules are in _redact.pxi) ----------------------------
-# A rewritten value is marked T_PENDING with its new size in ``vlen`` while the lists are
-# looked through; the scratch buffer is then sized once and the values written, so that no
-# pointer into it moves.
+# A value to rewrite is marked T_PENDING while the lists are looked through and the sizes
+# of the rewritten values summed; the scratch buffer is then sized once and the values
+# written, so that no pointer into it moves.
 cdef enum:
     T_PENDING = 0xFE
 
