@@ -466,8 +466,7 @@ cdef Py_ssize_t redact_marks(Rules *r, EntList *l) noexcept:
     for i in range(l.n):
         e = &l.items[i]
         if key_redacted(r, e.key, e.klen):
-            if not (e.tag == T_STR and e.vlen == MARKER_LEN
-                    and memcmp(e.val, MARKER, MARKER_LEN) == 0):
+            if not (e.tag == T_STR and is_marker(e.val, e.vlen)):
                 r.n_attributes += 1
             e.tag = T_STR
             e.val = <const uint8_t *>MARKER

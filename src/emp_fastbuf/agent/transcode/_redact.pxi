@@ -118,16 +118,14 @@ cdef bint decide(const Rules *r, const uint8_t *k, Py_ssize_t kl) noexcept:
 cdef bint key_redacted(Rules *r, const uint8_t *k, Py_ssize_t kl) noexcept:
     """Whether the value of key ``k`` is replaced; the answer is cached per key, since
     records repeat a few keys."""
-    cdef uint64_t h = 1469598103934665603ULL
-    cdef Py_ssize_t i
+    cdef uint64_t h
     cdef size_t slot
     cdef KeySlot *e
     cdef bint out
     if kl > SLOT_KEY or r.slots == NULL:
         return decide(r, k, kl)
-    for i in range(kl):
-        h = (h ^ k[i]) * 1099511628211ULL
-    slot = <size_t>(h ^ (h >> 29)) & (SLOTS - 1)
+    h = key_hash(k, kl)  # the attribute lists' hash (_parse.pxi)
+    slot = <size_t>h & (SLOTS - 1)
     while True:
         e = &r.slots[slot]
         if e.state == 0:
@@ -139,7 +137,7 @@ cdef bint key_redacted(Rules *r, const uint8_t *k, Py_ssize_t kl) noexcept:
     if 2 * r.used >= SLOTS:
         memset(r.slots, 0, SLOTS * sizeof(KeySlot))
         r.used = 0
-        slot = <size_t>(h ^ (h >> 29)) & (SLOTS - 1)
+        slot = <size_t>h & (SLOTS - 1)
         e = &r.slots[slot]
     e.h = h
     e.klen = <uint8_t>kl
@@ -150,6 +148,11 @@ cdef bint key_redacted(Rules *r, const uint8_t *k, Py_ssize_t kl) noexcept:
 
 
 # ---- secrets inside text ----------------------------------------------------------------
+cdef inline bint is_marker(const uint8_t *v, Py_ssize_t n) noexcept:
+    """``v`` is ``MARKER`` already (a record redacted twice): not counted again."""
+    return n == MARKER_LEN and memcmp(v, MARKER, MARKER_LEN) == 0
+
+
 cdef inline bint value_end(uint8_t c) noexcept:
     """Ends an unquoted header value: a line end or a delimiter of the text around it."""
     return c == 10 or c == 13 or c == 34 or c == 39 or c == 44 or c == 59 or c == 125 \
@@ -171,13 +174,59 @@ cdef inline Py_ssize_t find(const uint8_t *v, Py_ssize_t n, Py_ssize_t i, int c)
     return n if hit == NULL else hit - v
 
 
+cdef Py_ssize_t userinfo(const uint8_t *v, Py_ssize_t n, Py_ssize_t j, Py_ssize_t *s0,
+                         Py_ssize_t *s1) noexcept:
+    """The URL authority starting at ``j`` (past ``://``): ``[s0, s1)`` its user info, up to
+    its last ``@``, when it has one; returns where the authority ends."""
+    cdef Py_ssize_t e = j, at = -1
+    while e < n and not authority_end(v[e]):
+        if v[e] == 64:  # '@'
+            at = e
+        e += 1
+    s0[0] = j
+    s1[0] = at if at > j else j
+    return e
+
+
+cdef bint auth_value(const uint8_t *v, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *s0,
+                     Py_ssize_t *s1) noexcept:
+    """Whether the ``:`` or ``=`` at ``i`` follows ``authorization`` (then maybe its key's
+    closing quote and blanks); its non-empty value is then ``[s0, s1)``: to its closing
+    quote when quoted, else to the first ``value_end``, less trailing blanks."""
+    cdef Py_ssize_t k = i, j = i + 1, e
+    cdef uint8_t quote = 0
+    while k > 0 and (v[k - 1] == 32 or v[k - 1] == 9):
+        k -= 1
+    while k > 0 and (v[k - 1] == 34 or v[k - 1] == 39):
+        k -= 1
+    if k < AUTH_LEN or not same_at(v, k - AUTH_LEN, <const uint8_t *>b"authorization",
+                                   AUTH_LEN):
+        return False
+    while j < n and (v[j] == 32 or v[j] == 9):
+        j += 1
+    if j < n and (v[j] == 34 or v[j] == 39):
+        quote = v[j]
+        j += 1
+    e = j
+    if quote:
+        while e < n and v[e] != quote and v[e] != 10 and v[e] != 13:
+            e += 1
+    else:
+        while e < n and not value_end(v[e]):
+            e += 1
+        while e > j and (v[e - 1] == 32 or v[e - 1] == 9):
+            e -= 1
+    s0[0] = j
+    s1[0] = e
+    return e > j
+
+
 cdef bint next_secret(const uint8_t *v, Py_ssize_t n, Py_ssize_t i, bint headers,
                       Py_ssize_t *s0, Py_ssize_t *s1, bint *is_header) noexcept:
     """The next secret of ``v`` from ``i`` on, as ``[s0, s1)``: a URL's user info, or with
     ``headers`` an Authorization header's value. Both hang on a ``:`` (``://``,
     ``Authorization:``) or, for a header, an ``=``: only those bytes are looked at."""
-    cdef Py_ssize_t j, e, at, k, colon, equals = n
-    cdef uint8_t quote
+    cdef Py_ssize_t e, colon, equals = n
     colon = find(v, n, i, 58)  # ':'
     if headers:
         equals = find(v, n, i, 61)  # '='
@@ -190,51 +239,16 @@ cdef bint next_secret(const uint8_t *v, Py_ssize_t n, Py_ssize_t i, bint headers
         if i >= n:
             return False
         if v[i] == 58 and i + 2 < n and v[i + 1] == 47 and v[i + 2] == 47:
-            j = i + 3
-            e = j
-            at = -1
-            while e < n and not authority_end(v[e]):
-                if v[e] == 64:  # '@': the last one ends the user info
-                    at = e
-                e += 1
-            if at > j:
-                s0[0] = j
-                s1[0] = at
+            e = userinfo(v, n, i + 3, s0, s1)
+            if s1[0] > s0[0]:
                 is_header[0] = False
                 return True
             i = e if e > i + 1 else i + 1
-            continue
-        if headers:
-            # ``authorization``, then maybe its key's closing quote and blanks, then here.
-            k = i
-            while k > 0 and (v[k - 1] == 32 or v[k - 1] == 9):
-                k -= 1
-            while k > 0 and (v[k - 1] == 34 or v[k - 1] == 39):
-                k -= 1
-            if k >= AUTH_LEN and same_at(v, k - AUTH_LEN, <const uint8_t *>b"authorization",
-                                         AUTH_LEN):
-                j = i + 1
-                while j < n and (v[j] == 32 or v[j] == 9):
-                    j += 1
-                quote = 0
-                if j < n and (v[j] == 34 or v[j] == 39):
-                    quote = v[j]
-                    j += 1
-                e = j
-                if quote:
-                    while e < n and v[e] != quote and v[e] != 10 and v[e] != 13:
-                        e += 1
-                else:
-                    while e < n and not value_end(v[e]):
-                        e += 1
-                    while e > j and (v[e - 1] == 32 or v[e - 1] == 9):
-                        e -= 1
-                if e > j:
-                    s0[0] = j
-                    s1[0] = e
-                    is_header[0] = True
-                    return True
-        i += 1
+        elif headers and auth_value(v, n, i, s0, s1):
+            is_header[0] = True
+            return True
+        else:
+            i += 1
 
 
 cdef Py_ssize_t text_size(const uint8_t *v, Py_ssize_t n, bint headers) noexcept:
@@ -242,7 +256,7 @@ cdef Py_ssize_t text_size(const uint8_t *v, Py_ssize_t n, bint headers) noexcept
     cdef Py_ssize_t i = 0, s0 = 0, s1 = 0, size = n
     cdef bint is_header = False, found = False
     while next_secret(v, n, i, headers, &s0, &s1, &is_header):
-        if not (s1 - s0 == MARKER_LEN and memcmp(v + s0, MARKER, MARKER_LEN) == 0):
+        if not is_marker(v + s0, s1 - s0):
             found = True
             size += MARKER_LEN - (s1 - s0)
         i = s1
@@ -257,8 +271,8 @@ cdef void write_text(Rules *r, const uint8_t *v, Py_ssize_t n, bint headers,
     while next_secret(v, n, i, headers, &s0, &s1, &is_header):
         put_raw(out, v + i, s0 - i)
         put_raw(out, MARKER, MARKER_LEN)
-        if s1 - s0 == MARKER_LEN and memcmp(v + s0, MARKER, MARKER_LEN) == 0:
-            pass  # already redacted (a record redacted twice): not counted again
+        if is_marker(v + s0, s1 - s0):
+            pass
         elif is_header:
             r.n_headers += 1
         else:
