@@ -30,7 +30,7 @@ from emp_fastbuf.cli.parser import build_parser
 from emp_fastbuf.records import LOG, SPAN, LaneChunk, Record, Resource
 from emp_fastbuf.records.reference import encode_record, encode_resource
 from emp_fastbuf.testing.receiver import OTLPReceiver, Response, attrs_dict
-from support.agent import AgentProc
+from support.agent import AgentProc, fastbuf_cli, run_script
 
 ROUTES = "production=prod,staging=stg"
 FILE_ID = "000000000001-0000000000000000001"
@@ -57,18 +57,9 @@ with fastbuf.span("job", tag=tag):
 
 
 def run_producer(ring: str, n: int, tag: str, environment: str = "", resource: str = "") -> None:
-    env = {**os.environ, "EMP_FASTBUF_AGENT": "external"}
-    env.pop("OTEL_RESOURCE_ATTRIBUTES", None)
-    if resource:
-        env["OTEL_RESOURCE_ATTRIBUTES"] = resource
-    out = subprocess.run(
-        [sys.executable, "-c", WORKER, ring, str(n), tag, environment],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
+    run_script(
+        WORKER, ring, str(n), tag, environment, env={"OTEL_RESOURCE_ATTRIBUTES": resource or None}
     )
-    assert out.returncode == 0, out.stderr
 
 
 def environment(resource: dict[str, Any]) -> str | None:
@@ -84,13 +75,7 @@ def resource_lists(request: Any) -> list[Any]:
 
 
 def fastbuf_status(home: Path, ring: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "emp_fastbuf", "status", "--ring", ring, *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "EMP_FASTBUF_HOME": str(home), "COLUMNS": "250"},
-        timeout=60,
-    )
+    return fastbuf_cli(home, "status", "--ring", ring, *args)
 
 
 def tags_by_dataset(rx: OTLPReceiver) -> dict[str | None, Counter[str]]:

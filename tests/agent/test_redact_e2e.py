@@ -21,7 +21,7 @@ import pytest
 
 from emp_fastbuf.agent.redact import MARKER
 from emp_fastbuf.testing.receiver import OTLPReceiver, attrs_dict
-from support.agent import AgentProc, seqs
+from support.agent import AgentProc, fastbuf_cli, run_script, seqs
 
 pytestmark = pytest.mark.slow
 
@@ -51,29 +51,8 @@ with fastbuf.context(job_id="job-" + tag):
 
 
 def run_producer(ring: str, n: int, tag: str) -> None:
-    env = {
-        **os.environ,
-        "EMP_FASTBUF_AGENT": "external",
-        "OTEL_RESOURCE_ATTRIBUTES": f"db.password={SECRET}-resource,team=a",
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", WORKER, ring, str(n), tag, SECRET],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert out.returncode == 0, out.stderr
-
-
-def fastbuf_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "emp_fastbuf", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "EMP_FASTBUF_HOME": str(home), "COLUMNS": "250"},
-        timeout=60,
-    )
+    resource = f"db.password={SECRET}-resource,team=a"
+    run_script(WORKER, ring, str(n), tag, SECRET, env={"OTEL_RESOURCE_ATTRIBUTES": resource})
 
 
 def wire(rx: OTLPReceiver) -> bytes:

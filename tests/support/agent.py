@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 from emp_fastbuf.testing.receiver import OTLPReceiver, attrs_dict
@@ -34,17 +35,41 @@ print(s.trace_id, flush=True)
 """
 
 
-def run_worker(ring: str, n: int, tag: str, pause: float = 0.0) -> str:
-    """Run ``WORKER`` on ``ring`` to the end; its trace id."""
+def run_script(script: str, *args: str, env: Mapping[str, str | None] | None = None) -> str:
+    """Run a producer ``script`` (``python -c``) with ``args`` to the end, its agent
+    external; ``env`` over this process's environment (None removes a variable). Its
+    stdout; a failure fails the test with its stderr."""
+    full = {**os.environ, "EMP_FASTBUF_AGENT": "external"}
+    for name, value in (env or {}).items():
+        if value is None:
+            full.pop(name, None)
+        else:
+            full[name] = value
     out = subprocess.run(
-        [sys.executable, "-c", WORKER, ring, str(n), tag, str(pause)],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "EMP_FASTBUF_AGENT": "external"},
+        env=full,
     )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
+
+
+def run_worker(ring: str, n: int, tag: str, pause: float = 0.0) -> str:
+    """Run ``WORKER`` on ``ring`` to the end; its trace id."""
+    return run_script(WORKER, ring, str(n), tag, str(pause))
+
+
+def fastbuf_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m emp_fastbuf ARGS`` on ``home``, wide enough that no line is cut."""
+    return subprocess.run(
+        [sys.executable, "-m", "emp_fastbuf", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EMP_FASTBUF_HOME": str(home), "COLUMNS": "250"},
+        timeout=60,
+    )
 
 
 class AgentProc:
