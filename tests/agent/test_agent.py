@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -110,6 +111,32 @@ def test_sigterm_drains_and_delivers_everything(
     run_worker(ring, 300, "t")
     assert agent.stop() == 0  # right away: the final drain and delivery happen on the way out
     assert seqs(receiver, "t") == Counter(range(300))
+
+
+def test_the_final_drain_is_delivered_before_the_agent_exits(env_clean: Path, ring: str) -> None:
+    """SIGTERM right after a worker wrote: the records the final drain spools (the worker's
+    and the agent's last machine metrics) reach the store before the agent exits, though
+    the receivers take a while to close first; no spool file waits for the next agent."""
+    listen = {
+        "EMP_FASTBUF_OTLP_LISTEN": "127.0.0.1:0",
+        "EMP_FASTBUF_OTLP_GRPC_LISTEN": "127.0.0.1:0",
+    }
+    agent = AgentProc(ring, env_clean, env=listen)
+    agent.wait_ready()
+    run_worker(ring, 200, "F")
+    assert agent.stop() == 0
+    status = json.loads(agent.status_path.read_text())
+    assert status["spool"]["files"] == 0, status["spool"]
+    assert list((env_clean / "spool").glob("*.spool")) == []
+    db = sqlite3.connect(f"file:{env_clean / 'store.sqlite'}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT json_extract(attributes, '$.seq') FROM records WHERE job_id = 'job-F'"
+            " AND json_extract(attributes, '$.seq') IS NOT NULL"
+        ).fetchall()
+    finally:
+        db.close()
+    assert Counter(int(r[0]) for r in rows) == Counter(range(200))
 
 
 def test_receiver_down_then_up_loses_nothing(

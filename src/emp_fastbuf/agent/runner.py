@@ -99,6 +99,9 @@ class Agent:
         self.home = Path(config.home)
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.stop_event = threading.Event()
+        # Set once the final drain has spooled what was left: the delivery loop must not
+        # end before, or that last file would wait for the next agent.
+        self.final_drain_done = threading.Event()
         self.stop_requested = False  # set by the signal handler, which takes no lock
         self.counters = Counters()
         # Sinks in delivery order: the store first (local, and it finds the corrupt
@@ -222,6 +225,7 @@ class Agent:
                 self._spool_fatal_dumps()
             except Exception as exc:  # e.g. the disk is full: the ring keeps the records
                 self._loop_error("drain", exc)
+            self.final_drain_done.set()
             self.stop_event.set()
             self.delivery_wake.set()
             delivery.join(timeout=self.config.shutdown_timeout_s + 5)
@@ -547,7 +551,8 @@ class Agent:
                     return
                 self.delivery_wake.wait(min(5.0, 0.1 * 2 ** min(errors_in_a_row, 6)))
             if stopping and (
-                not self._undelivered() or (deadline is not None and time.monotonic() > deadline)
+                (self.final_drain_done.is_set() and not self._undelivered())
+                or (deadline is not None and time.monotonic() > deadline)
             ):
                 return
             if not progressed:
